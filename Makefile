@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv first.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+AUDIT   := $(BIN)/audit
+PYTEST_ARGS ?=
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: venv demo test test-fast lint bench clean
+
+$(BIN)/activate: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch is pinned: the CPU wheel comes from $$PIP_FIND_LINKS where set
+	$(BIN)/pip install -q -e '.[dev,torch]'
+	touch $(BIN)/activate
+
+venv: $(BIN)/activate
+
+demo: venv
+	$(BIN)/python -m auditor.demo
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow and not docker" $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check auditor tests bench
+
+bench: venv
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .auditor demo-out

@@ -1,0 +1,88 @@
+"""The ``RunStore`` protocol: the single source of truth for runs.
+
+One core write per kind of thing (``put_record``, ``add_metrics``) plus thin reads.
+Implementations never leak their rows: every method speaks in schema models or small
+frozen dataclasses. ``store/sql.py`` implements it over SQLAlchemy (SQLite by default,
+PostgreSQL by URL); artifacts live in a ``BlobStore`` beside the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from auditor.schema import RunRecord
+from auditor.store.blobs import BlobStore
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """One logged value. ``value`` keeps NaN, ±Inf, -0.0 and subnormals bit-exactly."""
+
+    key: str
+    step: int
+    value: float
+    time: float
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What ``audit list`` shows, read without parsing whole records."""
+
+    id: str
+    name: str
+    status: str
+    started_at: datetime
+    commit: str | None
+    dirty: bool
+    reproduces: str | None
+    final_metrics: dict[str, float]
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CertificateRow:
+    """A stored certificate (its DSSE envelope bytes are in the blob store)."""
+
+    sha256: str
+    run_id: str
+    rerun_id: str | None
+    verdict: str
+    issued_at: datetime
+    subjects: tuple[str, ...]
+
+
+class RunStore(Protocol):
+    """Where runs, metrics, artifacts and certificates live."""
+
+    blobs: BlobStore
+    url: str
+
+    def put_record(self, record: RunRecord, *, pid: int | None = None) -> None:
+        """Insert or replace a run's record atomically (with its artifact index)."""
+
+    def get_record(self, run_id: str) -> RunRecord:
+        """The full record of a run (exact id); CorruptRecord when it fails its digest."""
+
+    def resolve(self, id_or_prefix: str) -> str:
+        """The full id for an id or unique prefix of >= 6 chars; RunNotFound/Ambiguous."""
+
+    def list_runs(self, *, limit: int | None = None) -> list[RunSummary]:
+        """Runs, newest first."""
+
+    def add_metrics(self, run_id: str, points: Iterable[MetricPoint]) -> int:
+        """Append metric points in one transaction; returns how many were stored."""
+
+    def iter_metrics(self, run_id: str, key: str | None = None) -> Iterator[MetricPoint]:
+        """A run's points in logging order (optionally one key)."""
+
+    def runs_with_artifact(self, sha256: str) -> list[tuple[str, str]]:
+        """(run id, artifact name) pairs that reference an object."""
+
+    def mark_stale_runs(self) -> list[str]:
+        """Mark runs whose recorder died on this host as crashed; returns their ids."""
+
+    def close(self) -> None:
+        """Release connections."""

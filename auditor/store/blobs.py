@@ -1,0 +1,134 @@
+"""Content-addressed blob store: ``objects/sha256/ab/cdef…`` under the store root.
+
+Writes stream into ``tmp/`` on the same filesystem, fsync, then ``os.replace`` into the
+final name and fsync the directory, so no object ever exists under a digest its bytes do
+not hash to (a crash leaves at most a stray temp file, which ``audit fsck --repair``
+removes). Reads re-hash the bytes and raise ``IntegrityError`` naming the object on a
+mismatch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from auditor.errors import IntegrityError, StoreError
+
+CHUNK = 1 << 20
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def sha256_file(path: Path) -> str:
+    """Streamed sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    """Objects named by sha256 under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "objects" / "sha256"
+        self.tmp = root / "tmp"
+
+    def path_for(self, sha256: str) -> Path:
+        """Where the object with this digest lives (whether or not it exists)."""
+        if not _HEX64.fullmatch(sha256):
+            raise IntegrityError(f"not a sha256 digest: {sha256[:80]!r}")
+        return self.objects / sha256[:2] / sha256[2:]
+
+    def has(self, sha256: str) -> bool:
+        """True when the object is present (not verified)."""
+        return self.path_for(sha256).is_file()
+
+    def put_stream(self, stream: BinaryIO) -> tuple[str, int]:
+        """Store bytes from a stream; returns (sha256, size)."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="obj-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := stream.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            self._commit(Path(tmp_name), digest.hexdigest())
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+        return digest.hexdigest(), size
+
+    def _commit(self, tmp_path: Path, sha256: str) -> None:
+        final = self.path_for(sha256)
+        if final.is_file():
+            tmp_path.unlink()
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp_path, 0o444)
+        os.replace(tmp_path, final)
+        _fsync_dir(final.parent)
+
+    def put_file(self, path: Path) -> tuple[str, int]:
+        """Store a file's bytes; returns (sha256, size)."""
+        try:
+            with open(path, "rb") as fh:
+                return self.put_stream(fh)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot read: {exc.strerror}") from None
+
+    def put_bytes(self, data: bytes) -> tuple[str, int]:
+        """Store bytes; returns (sha256, size)."""
+        import io
+
+        return self.put_stream(io.BytesIO(data))
+
+    def verified_path(self, sha256: str, name: str = "") -> Path:
+        """The object's path after re-hashing it; IntegrityError when missing or altered."""
+        path = self.path_for(sha256)
+        label = f"artifact {name!r} " if name else ""
+        if not path.is_file():
+            raise IntegrityError(f"{label}object sha256:{sha256} is missing from {self.objects}")
+        actual = sha256_file(path)
+        if actual != sha256:
+            raise IntegrityError(
+                f"{label}object sha256:{sha256} was altered (its bytes hash to {actual[:16]}…)",
+                hint="run `audit fsck` to list affected runs",
+            )
+        return path
+
+    def read_bytes(self, sha256: str, name: str = "") -> bytes:
+        """The object's bytes, verified."""
+        return self.verified_path(sha256, name).read_bytes()
+
+    def iter_objects(self) -> Iterator[tuple[str, Path]]:
+        """Every stored object as (claimed sha256, path)."""
+        if not self.objects.is_dir():
+            return
+        for sub in sorted(self.objects.iterdir()):
+            for obj in sorted(sub.iterdir()):
+                yield sub.name + obj.name, obj
+
+    def stray_temp_files(self) -> list[Path]:
+        """Leftovers of interrupted writes."""
+        return sorted(self.tmp.iterdir()) if self.tmp.is_dir() else []

@@ -1,0 +1,394 @@
+"""``RunStore`` over SQLAlchemy 2 Core: SQLite by default, PostgreSQL by URL.
+
+SQLite runs in WAL mode with a 30 s busy timeout, and every write transaction starts
+with ``BEGIN IMMEDIATE`` so concurrent writers queue instead of failing with "database
+is locked" at commit time. The schema is created (or refused when old) inside one such
+transaction, so several processes opening a fresh store at once create it exactly once.
+Rows never leave this module: callers get schema models and the dataclasses of
+``store/base.py``. The DB files are touched only through the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from auditor.errors import AmbiguousRunId, CorruptRecord, RunNotFound, StoreError
+from auditor.schema import (
+    MIN_PREFIX,
+    SCHEMA_VERSION,
+    RunRecord,
+    is_run_id_prefix,
+    record_bytes,
+    record_sha256,
+)
+from auditor.store.base import CertificateRow, MetricPoint, RunSummary
+from auditor.store.blobs import BlobStore
+
+STORE_SCHEMA_VERSION = 1
+meta = sa.MetaData()
+
+t_meta = sa.Table("meta", meta, sa.Column("key", sa.String(64), primary_key=True),
+                  sa.Column("value", sa.Text, nullable=False))
+t_runs = sa.Table(
+    "runs", meta,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("started_at", sa.String(40), nullable=False),
+    sa.Column("commit", sa.String(64)),
+    sa.Column("dirty", sa.Boolean, nullable=False, default=False),
+    sa.Column("reproduces", sa.String(26)),
+    sa.Column("host", sa.Text),
+    sa.Column("pid", sa.Integer),
+    sa.Column("summary", sa.Text, nullable=False),  # small JSON: final metrics, tags
+    sa.Column("record", sa.Text, nullable=False),  # canonical JSON of RunRecord
+    sa.Column("record_sha256", sa.String(64), nullable=False),
+)
+sa.Index("ix_runs_started", t_runs.c.started_at)
+t_metrics = sa.Table(
+    "metrics", meta,
+    sa.Column("run_id", sa.String(26), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("step", sa.BigInteger, nullable=False),
+    sa.Column("value", sa.Float),  # NULL for NaN (SQL has none); for queries only
+    sa.Column("bits", sa.BigInteger, nullable=False),  # IEEE-754 bits: the exact value
+    sa.Column("time", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("run_id", "seq"),
+)
+sa.Index("ix_metrics_key", t_metrics.c.run_id, t_metrics.c.key, t_metrics.c.step)
+t_artifacts = sa.Table(
+    "artifacts", meta,
+    sa.Column("run_id", sa.String(26), nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.PrimaryKeyConstraint("run_id", "name"),
+)
+sa.Index("ix_artifacts_sha", t_artifacts.c.sha256)
+t_certs = sa.Table(
+    "certificates", meta,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(26), nullable=False),
+    sa.Column("rerun_id", sa.String(26)),
+    sa.Column("verdict", sa.String(40), nullable=False),
+    sa.Column("issued_at", sa.String(40), nullable=False),
+    sa.Column("subjects", sa.Text, nullable=False),  # JSON list of sha256
+)
+sa.Index("ix_certs_run", t_certs.c.run_id)
+t_builds = sa.Table(
+    "builds", meta,
+    sa.Column("inputs_digest", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(26), nullable=False),
+    sa.Column("result", sa.Text, nullable=False),  # BuildResult JSON (log in a blob)
+    sa.Column("created_at", sa.String(40), nullable=False),
+)
+
+_DOUBLE = struct.Struct("<d")
+_INT64 = struct.Struct("<q")
+
+
+def float_to_bits(value: float) -> int:
+    """The IEEE-754 bits of a double as a signed 64-bit integer."""
+    return int(_INT64.unpack(_DOUBLE.pack(value))[0])
+
+
+def bits_to_float(bits: int) -> float:
+    """Inverse of ``float_to_bits``."""
+    return float(_DOUBLE.unpack(_INT64.pack(bits))[0])
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = sa.create_engine(url, connect_args={"timeout": 30, "isolation_level": None},
+                              poolclass=sa.pool.NullPool)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class SqlStore:
+    """A run store in one SQL database plus a blob directory."""
+
+    def __init__(self, url: str, blobs: BlobStore) -> None:
+        self.url = url
+        self.blobs = blobs
+        self.is_sqlite = url.startswith("sqlite")
+        try:
+            self.engine = _sqlite_engine(url) if self.is_sqlite else sa.create_engine(url)
+            self._init_schema()
+        except sa.exc.OperationalError as exc:
+            raise StoreError(f"cannot open store {url}: {exc.orig}") from None
+        except sa.exc.ArgumentError as exc:
+            raise StoreError(f"not a store URL: {url}: {exc}") from None
+
+    # -- schema -------------------------------------------------------------------------
+    def _init_schema(self) -> None:
+        with self.engine.begin() as conn:
+            meta.create_all(conn, checkfirst=True)
+            row = conn.execute(sa.select(t_meta.c.value).where(t_meta.c.key == "schema_version"))
+            found = row.scalar_one_or_none()
+            if found is None:
+                conn.execute(t_meta.insert().values(key="schema_version",
+                                                    value=str(STORE_SCHEMA_VERSION)))
+                return
+        self._check_version(int(found))
+
+    def _check_version(self, found: int) -> None:
+        if found < STORE_SCHEMA_VERSION:
+            raise StoreError(f"store {self.url} has schema v{found}, this auditor needs "
+                             f"v{STORE_SCHEMA_VERSION}", hint="run `audit store upgrade`")
+        if found > STORE_SCHEMA_VERSION:
+            raise StoreError(f"store {self.url} has schema v{found}, newer than this auditor "
+                             f"(v{STORE_SCHEMA_VERSION})", hint="upgrade auditor")
+
+    def _write(self) -> sa.engine.base.Transaction | object:
+        return self.engine.begin()
+
+    # -- runs ---------------------------------------------------------------------------
+    def put_record(self, record: RunRecord, *, pid: int | None = None) -> None:
+        """Insert or replace a run's record and its artifact index in one transaction."""
+        row = _record_row(record, pid)
+        with self.engine.begin() as conn:
+            conn.execute(t_runs.delete().where(t_runs.c.id == record.identity.id))
+            conn.execute(t_runs.insert().values(**row))
+            conn.execute(t_artifacts.delete().where(t_artifacts.c.run_id == record.identity.id))
+            if record.artifacts:
+                conn.execute(t_artifacts.insert(), [
+                    {"run_id": record.identity.id, "name": a.name, "sha256": a.sha256,
+                     "size": a.size, "kind": a.kind} for a in record.artifacts])
+
+    def get_record(self, run_id: str) -> RunRecord:
+        """The verified record of one exact run id."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t_runs.c.record, t_runs.c.record_sha256)
+                               .where(t_runs.c.id == run_id)).one_or_none()
+        if row is None:
+            raise RunNotFound(run_id)
+        return _parse_record(run_id, row.record, row.record_sha256)
+
+    def resolve(self, id_or_prefix: str) -> str:
+        """Full id of an exact id or a unique prefix (>= 6 chars)."""
+        validate_run_ref(id_or_prefix)
+        with self.engine.connect() as conn:
+            ids = conn.execute(sa.select(t_runs.c.id).where(
+                t_runs.c.id.startswith(id_or_prefix, autoescape=True)).limit(6)).scalars().all()
+        if not ids:
+            raise RunNotFound(id_or_prefix)
+        if len(ids) > 1 and id_or_prefix not in ids:
+            raise AmbiguousRunId(id_or_prefix, list(ids))
+        return id_or_prefix if id_or_prefix in ids else ids[0]
+
+    def list_runs(self, *, limit: int | None = None) -> list[RunSummary]:
+        """Runs newest first, from the small summary columns only."""
+        query = sa.select(t_runs.c.id, t_runs.c.name, t_runs.c.status, t_runs.c.started_at,
+                          t_runs.c.commit, t_runs.c.dirty, t_runs.c.reproduces,
+                          t_runs.c.summary).order_by(t_runs.c.id.desc())
+        if limit:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [_summary(r) for r in rows]
+
+    def run_ids_reproducing(self, run_id: str) -> list[str]:
+        """Reruns that point at ``run_id``, newest first."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(t_runs.c.id).where(t_runs.c.reproduces == run_id)
+                                     .order_by(t_runs.c.id.desc())).scalars())
+
+    def mark_stale_runs(self) -> list[str]:
+        """Runs left 'running' by a recorder process that no longer exists on this host."""
+        host = socket.gethostname()
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t_runs.c.id, t_runs.c.pid).where(
+                t_runs.c.status == "running", t_runs.c.host == host)).all()
+        dead = [r.id for r in rows if r.pid and not _pid_alive(r.pid)]
+        for run_id in dead:
+            self._set_status(run_id, "crashed")
+        return dead
+
+    def _set_status(self, run_id: str, status: str) -> None:
+        record = self.get_record(run_id)
+        if record.identity.status != "running":
+            return
+        ident = record.identity.model_copy(update={"status": status})
+        notes = dict(record.not_captured)
+        notes.setdefault("end", "the recorder process died before the run ended")
+        self.put_record(record.model_copy(update={"identity": ident, "not_captured": notes}))
+
+    # -- metrics ------------------------------------------------------------------------
+    def add_metrics(self, run_id: str, points: Iterable[MetricPoint]) -> int:
+        """Append points in one transaction, preserving exact float bits."""
+        batch = list(points)
+        if not batch:
+            return 0
+        with self.engine.begin() as conn:
+            start = conn.execute(sa.select(sa.func.coalesce(sa.func.max(t_metrics.c.seq), -1))
+                                 .where(t_metrics.c.run_id == run_id)).scalar_one() + 1
+            conn.execute(t_metrics.insert(), [
+                {"run_id": run_id, "seq": start + i, "key": p.key, "step": p.step,
+                 "value": None if p.value != p.value else p.value,
+                 "bits": float_to_bits(p.value), "time": p.time}
+                for i, p in enumerate(batch)])
+        return len(batch)
+
+    def iter_metrics(self, run_id: str, key: str | None = None) -> Iterator[MetricPoint]:
+        """Points in logging order."""
+        query = sa.select(t_metrics.c.key, t_metrics.c.step, t_metrics.c.bits, t_metrics.c.time
+                          ).where(t_metrics.c.run_id == run_id).order_by(t_metrics.c.seq)
+        if key is not None:
+            query = query.where(t_metrics.c.key == key)
+        with self.engine.connect() as conn:
+            for r in conn.execute(query.execution_options(yield_per=10_000)):
+                yield MetricPoint(r.key, int(r.step), bits_to_float(int(r.bits)), float(r.time))
+
+    # -- artifacts and certificates -----------------------------------------------------
+    def runs_with_artifact(self, sha256: str) -> list[tuple[str, str]]:
+        """(run id, artifact name) referencing an object."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t_artifacts.c.run_id, t_artifacts.c.name)
+                                .where(t_artifacts.c.sha256 == sha256)).all()
+        return [(r.run_id, r.name) for r in rows]
+
+    def put_certificate(self, row: CertificateRow) -> None:
+        """Index a certificate whose envelope is already in the blob store."""
+        with self.engine.begin() as conn:
+            conn.execute(t_certs.delete().where(t_certs.c.sha256 == row.sha256))
+            conn.execute(t_certs.insert().values(
+                sha256=row.sha256, run_id=row.run_id, rerun_id=row.rerun_id, verdict=row.verdict,
+                issued_at=row.issued_at.isoformat(), subjects=json.dumps(list(row.subjects))))
+
+    def certificates(self, *, run_id: str | None = None,
+                     subject: str | None = None) -> list[CertificateRow]:
+        """Certificates, newest first, optionally for a run or a subject digest."""
+        query = sa.select(t_certs).order_by(t_certs.c.issued_at.desc())
+        if run_id:
+            query = query.where(t_certs.c.run_id == run_id)
+        if subject:
+            query = query.where(t_certs.c.subjects.contains(subject, autoescape=True))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [CertificateRow(r.sha256, r.run_id, r.rerun_id, r.verdict,
+                               datetime.fromisoformat(r.issued_at),
+                               tuple(json.loads(r.subjects))) for r in rows]
+
+    def put_build(self, inputs_digest: str, run_id: str, result_json: str) -> None:
+        """Remember a build result by its inputs digest."""
+        with self.engine.begin() as conn:
+            conn.execute(t_builds.delete().where(t_builds.c.inputs_digest == inputs_digest))
+            conn.execute(t_builds.insert().values(
+                inputs_digest=inputs_digest, run_id=run_id, result=result_json,
+                created_at=datetime.now().astimezone().isoformat()))
+
+    def get_build(self, inputs_digest: str) -> str | None:
+        """A remembered build result (JSON) or None."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(t_builds.c.result).where(
+                t_builds.c.inputs_digest == inputs_digest)).scalar_one_or_none()
+
+    def integrity_check(self) -> str:
+        """SQLite's own ``PRAGMA integrity_check`` ("ok" when sound)."""
+        if not self.is_sqlite:
+            return "ok"
+        with self.engine.connect() as conn:
+            return str(conn.exec_driver_sql("PRAGMA integrity_check").scalar_one())
+
+    def all_records(self) -> Iterator[tuple[str, str, str]]:
+        """(id, record JSON, stored digest) of every run, for fsck."""
+        with self.engine.connect() as conn:
+            for r in conn.execute(sa.select(t_runs.c.id, t_runs.c.record, t_runs.c.record_sha256)):
+                yield r.id, r.record, r.record_sha256
+
+    def close(self) -> None:
+        """Dispose of the engine's connections."""
+        self.engine.dispose()
+
+
+def validate_run_ref(text: str) -> None:
+    """Refuse anything that is not a run id or prefix of our alphabet (paths, NUL, …)."""
+    from auditor.errors import InvalidRunId
+
+    if not is_run_id_prefix(text):
+        shown = repr(text[:40]) + ("…" if len(text) > 40 else "")
+        raise InvalidRunId(f"invalid run id {shown}: expected {MIN_PREFIX}-26 characters "
+                           "of 0-9 and a-z (see `audit list`)")
+
+
+def _record_row(record: RunRecord, pid: int | None) -> dict[str, object]:
+    ident = record.identity
+    summary = {"final": {k: _json_float(v) for k, v in record.metrics.final.items()},
+               "tags": list(ident.tags)}
+    return {
+        "id": ident.id, "name": ident.name, "status": ident.status,
+        "started_at": ident.started_at.isoformat(),
+        "commit": record.code.commit if record.code else None,
+        "dirty": bool(record.code and record.code.dirty), "reproduces": ident.reproduces,
+        "host": ident.host, "pid": pid, "summary": json.dumps(summary, allow_nan=False),
+        "record": record_bytes(record).decode("utf-8"), "record_sha256": record_sha256(record),
+    }
+
+
+def _json_float(v: float) -> float | str:
+    return v if v == v and v not in (float("inf"), float("-inf")) else repr(v)
+
+
+def _summary(r: sa.Row) -> RunSummary:  # type: ignore[type-arg]
+    summary = json.loads(r.summary)
+    return RunSummary(
+        id=r.id, name=r.name, status=r.status, started_at=datetime.fromisoformat(r.started_at),
+        commit=r.commit, dirty=bool(r.dirty), reproduces=r.reproduces,
+        final_metrics={k: float(v) for k, v in summary.get("final", {}).items()},
+        tags=tuple(summary.get("tags", ())))
+
+
+def _parse_record(run_id: str, text: str, stored_sha: str) -> RunRecord:
+    where = f"runs/{run_id}/record.json"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CorruptRecord(f"{where}: invalid JSON at byte {exc.pos}") from None
+    if isinstance(data, dict) and data.get("schema_version") != SCHEMA_VERSION:
+        raise CorruptRecord(f"{where}: record schema_version {data.get('schema_version')!r} "
+                            f"is not {SCHEMA_VERSION}", hint="run `audit store upgrade`")
+    try:
+        record = RunRecord.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise CorruptRecord(f"{where}: field {loc!r}: {first['msg']}") from None
+    if record_sha256(record) != stored_sha:
+        raise CorruptRecord(f"{where}: record does not match its sha256 (edited after it was "
+                            "written)", hint="run `audit fsck`")
+    return record
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,73 @@
+"""Shared fixtures: throwaway git repositories, stores, and the real `audit` command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from auditor.store import SqlStore, open_store
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures"
+AUDIT = str(Path(sys.executable).parent / "audit")
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git with a fixed identity."""
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
+                          env={**os.environ, **GIT_ENV}).stdout
+
+
+@pytest.fixture
+def make_repo(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: a git repo with the given files committed (name -> text)."""
+
+    def make(files: dict[str, str] | None = None, name: str = "proj") -> Path:
+        root = tmp_path / name
+        root.mkdir()
+        git(root, "init", "-q", "-b", "main")
+        for rel, text in (files or {"README": "x\n"}).items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        git(root, "add", "-A")
+        git(root, "commit", "-q", "-m", "init")
+        return root
+
+    return make
+
+
+@pytest.fixture
+def train_repo(make_repo: Callable[..., Path]) -> Path:
+    """A git repo holding the bundled torch fixture (script, lockfile, data)."""
+    root = make_repo({".gitignore": "outputs/\n.auditor/\n"}, name="train")
+    shutil.copy(FIXTURES / "train" / "train_mlp.py", root)
+    shutil.copy(FIXTURES / "train" / "requirements.lock", root)
+    (root / "data").mkdir()
+    shutil.copy(FIXTURES / "data" / "blobs.csv", root / "data")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "fixture")
+    return root
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqlStore]:
+    """A fresh SQLite store in a temp directory."""
+    opened = open_store(str(tmp_path / "store"))
+    yield opened
+    opened.close()
+
+
+def audit(*args: str, cwd: Path, env: dict[str, str] | None = None,
+          timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real `audit` command."""
+    full_env = {**os.environ, **GIT_ENV, **(env or {})}
+    return subprocess.run([AUDIT, *args], cwd=cwd, capture_output=True, text=True,
+                          env=full_env, timeout=timeout, check=False)
