@@ -1,0 +1,285 @@
+"""The ``audit`` command: parse, call one function, render, return an exit code.
+
+Shared options (``--store``, ``--json``, ``-q``, ``--debug``) are defined once on the
+group. The single ``except AuditorError`` lives in ``AuditGroup.main``: it prints
+``error: <one line>`` on stderr and exits with the error's code (0 reproduced,
+1 not reproduced, 2 bad input, 3 could not verify); tracebacks only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from auditor import __version__
+from auditor.errors import AuditorError, IntegrityError
+from auditor.render import console, print_record, print_runs
+from auditor.store import SqlStore, open_store
+
+
+@dataclass
+class Ctx:
+    """Options shared by every subcommand."""
+
+    store_location: str | None
+    as_json: bool
+    quiet: bool
+    debug: bool
+
+    def store(self, *, create: bool = True) -> SqlStore:
+        """Open the selected store."""
+        return open_store(self.store_location, create=create)
+
+
+class AuditGroup(click.Group):
+    """A click group whose errors are one line on stderr with our exit codes."""
+
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+        debug = "--debug" in sys.argv
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except AuditorError as exc:
+            _fail(str(exc), exc.exit_code, debug)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            _fail("aborted", 130, debug)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), 2, debug)
+        except SQLAlchemyError as exc:
+            _fail(f"store error: {getattr(exc, 'orig', None) or exc}", 2, debug)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130, debug)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback
+            _fail(
+                f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)",
+                3,
+                debug,
+            )
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exc()
+    click.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=AuditGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--store",
+    "store_location",
+    envvar="AUDITOR_STORE",
+    metavar="PATH|URL",
+    help="Store directory or SQLAlchemy URL (default: .auditor at the repo root).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Less output.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(__version__, prog_name="audit")
+@click.pass_context
+def main(
+    ctx: click.Context, store_location: str | None, as_json: bool, quiet: bool, debug: bool
+) -> None:
+    """auditor: record training runs completely, then prove they reproduce.
+
+    \b
+    Exit codes: 0 reproduced / ok, 1 not reproduced (or gate failed),
+                2 bad input, 3 could not verify (environment, integrity).
+    """
+    ctx.obj = Ctx(store_location, as_json, quiet, debug)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_object(Ctx).as_json = True  # type: ignore[union-attr]
+
+
+json_option = click.option("--json", "as_json_local", is_flag=True, expose_value=False,
+                           callback=_set_json, help="Machine-readable output on stdout.")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--name", help="Run name (default: the script's name).")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Data input to fingerprint (file or folder); repeatable.",
+)
+@click.option(
+    "--output",
+    "outputs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Output to store (file or folder); repeatable. Default: files the run "
+    "created or changed in the working directory.",
+)
+@click.option(
+    "--metrics-regex",
+    help="Regex with named groups (step + metric names) "
+    "applied to stdout lines, besides JSON lines.",
+)
+@click.option(
+    "--max-output-size",
+    default=1 << 30,
+    show_default=True,
+    type=int,
+    help="Largest output file stored, in bytes.",
+)
+@click.option("--tag", "tags", multiple=True, help="Tag the run; repeatable.")
+@click.option(
+    "--env-allow",
+    multiple=True,
+    metavar="GLOB",
+    help="Also keep values of these environment variables; repeatable.",
+)
+@click.option(
+    "--code-dir",
+    type=click.Path(path_type=Path),
+    help="Code directory to snapshot when not in a git repository.",
+)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def record(c: Ctx, command: tuple[str, ...], **opts: Any) -> None:
+    """Run COMMAND and record it completely: audit record [OPTIONS] -- python train.py ..."""
+    from auditor.record.wrap import WrapOptions, record_command
+
+    argv = list(command[1:] if command[:1] == ("--",) else command)
+    store = c.store()
+    result = record_command(
+        store,
+        WrapOptions(
+            argv=argv,
+            name=opts["name"],
+            inputs=list(opts["inputs"]),
+            outputs=list(opts["outputs"]),
+            metrics_regex=opts["metrics_regex"],
+            max_output_bytes=opts["max_output_size"],
+            tags=list(opts["tags"]),
+            env_allow=list(opts["env_allow"]),
+            code_dir=opts["code_dir"],
+        ),
+    )
+    ident = result.record.identity
+    if c.as_json:
+        click.echo(
+            json.dumps({"id": ident.id, "status": ident.status, "exit_code": ident.exit_code})
+        )
+    elif not c.quiet:
+        console(err=True).print(
+            f"[bold]recorded[/] run {ident.id} ({ident.status}, exit "
+            f"{ident.exit_code}) in {store.url}"
+        )
+    sys.exit(result.exit_code)
+
+
+@main.command("list")
+@json_option
+@click.option("--limit", default=100, show_default=True, help="Newest N runs (0: all).")
+@pass_ctx
+def list_(c: Ctx, limit: int) -> None:
+    """List runs, newest first."""
+    store = c.store(create=False)
+    store.mark_stale_runs()
+    runs = store.list_runs(limit=limit or None)
+    if c.as_json:
+        click.echo(json.dumps([_summary_json(r) for r in runs], indent=1))
+    else:
+        print_runs(runs)
+
+
+def _summary_json(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "name": r.name,
+        "status": r.status,
+        "started_at": r.started_at.isoformat(),
+        "commit": r.commit,
+        "dirty": r.dirty,
+        "reproduces": r.reproduces,
+        "tags": list(r.tags),
+        "final_metrics": {k: _jsonable_float(v) for k, v in r.final_metrics.items()},
+    }
+
+
+def _jsonable_float(v: float) -> float | str:
+    return v if v == v and abs(v) != float("inf") else repr(v)
+
+
+@main.command()
+@json_option
+@click.argument("run")
+@pass_ctx
+def show(c: Ctx, run: str) -> None:
+    """Show one run (any unique id prefix of at least 6 characters)."""
+    store = c.store(create=False)
+    store.mark_stale_runs()
+    record_ = store.get_record(store.resolve(run))
+    if c.as_json:
+        click.echo(record_.model_dump_json(indent=1))
+    else:
+        print_record(record_)
+
+
+@main.command()
+@click.argument("run")
+@click.argument("dest", type=click.Path(path_type=Path))
+@pass_ctx
+def checkout(c: Ctx, run: str, dest: Path) -> None:
+    """Re-create a run's exact source tree in DEST (commit + diff + untracked files)."""
+    from auditor.record.capture.git import rebuild_tree
+
+    store = c.store(create=False)
+    rec = store.get_record(store.resolve(run))
+    if rec.code is None:
+        raise IntegrityError(f"run {rec.identity.id} has no captured code")
+    if dest.exists() and any(dest.iterdir()):
+        from auditor.errors import InputError
+
+        raise InputError(f"{dest} exists and is not empty")
+    rebuild_tree(rec.code, {a.name: a for a in rec.artifacts}, store.blobs, dest)
+    click.echo(f"rebuilt tree {rec.code.tree_sha256[:12]}… of run {rec.identity.id} in {dest}")
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Remove leftovers of interrupted writes.")
+@pass_ctx
+def fsck(c: Ctx, repair: bool) -> None:
+    """Check the store: database integrity, record digests, every object's sha256."""
+    from auditor.fsck import check_store
+
+    report = check_store(c.store(create=False), repair=repair)
+    for line in report.lines:
+        click.echo(line)
+    if report.problems:
+        raise IntegrityError(f"{len(report.problems)} problem(s) found: {report.problems[0]}")
+
+
+@main.group()
+def store() -> None:
+    """Store maintenance."""
+
+
+@store.command()
+@pass_ctx
+def upgrade(c: Ctx) -> None:
+    """Upgrade an old store's schema (under an exclusive lock)."""
+    opened = c.store(create=False)
+    click.echo(f"store {opened.url} is at the current schema")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

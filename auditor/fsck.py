@@ -1,0 +1,78 @@
+"""``audit fsck``: check the store end to end.
+
+SQLite's ``PRAGMA integrity_check``; every record parses and matches its stored digest;
+every object re-hashes to its name (naming the runs that reference a bad one); every
+artifact a record names exists; leftovers of interrupted writes in ``tmp/`` (removed with
+``--repair``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from auditor.errors import AuditorError
+from auditor.store import SqlStore, sha256_file
+from auditor.store.sql import _parse_record
+
+
+@dataclass
+class FsckReport:
+    """What was checked and what was wrong."""
+
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def bad(self, message: str) -> None:
+        """Record one problem."""
+        self.problems.append(message)
+        self.lines.append(f"BAD  {message}")
+
+
+def check_store(store: SqlStore, *, repair: bool = False) -> FsckReport:
+    """Check everything; with ``repair`` remove stray temp files."""
+    report = FsckReport()
+    result = store.integrity_check()
+    if result != "ok":
+        report.bad(f"database integrity_check: {result}")
+    runs = _check_records(store, report)
+    objects = _check_objects(store, report)
+    strays = store.blobs.stray_temp_files()
+    for path in strays:
+        if repair:
+            path.unlink()
+        else:
+            report.bad(f"leftover of an interrupted write: {path} (remove with --repair)")
+    report.lines.append(
+        f"ok   {runs} runs, {objects} objects checked"
+        + (f", {len(strays)} leftovers removed" if repair and strays else "")
+    )
+    return report
+
+
+def _check_records(store: SqlStore, report: FsckReport) -> int:
+    count = 0
+    for run_id, text, sha in store.all_records():
+        count += 1
+        try:
+            record = _parse_record(run_id, text, sha)
+        except AuditorError as exc:
+            report.bad(str(exc))
+            continue
+        for art in record.artifacts:
+            if not store.blobs.has(art.sha256):
+                report.bad(f"run {run_id}: artifact {art.name} (sha256:{art.sha256}) is missing")
+    return count
+
+
+def _check_objects(store: SqlStore, report: FsckReport) -> int:
+    count = 0
+    for claimed, path in store.blobs.iter_objects():
+        count += 1
+        if sha256_file(path) != claimed:
+            users = ", ".join(f"{r}:{n}" for r, n in store.runs_with_artifact(claimed)) or "none"
+            report.bad(f"object sha256:{claimed} does not hash to its name (referenced by {users})")
+    return count
+
+
+__all__ = ["FsckReport", "check_store", "json"]

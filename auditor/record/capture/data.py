@@ -1,0 +1,87 @@
+"""Fingerprints of files and folders: size + sha256, and a Merkle root for folders.
+
+A folder's digest is the sha256 of its sorted entries ``<relative path>\\0<kind>\\0<digest>\\n``
+where a file's digest is its sha256 and a symlink's is the sha256 of its target text
+(links are never followed, so a fingerprint cannot wander outside the folder). Renaming,
+adding, removing or editing any file changes the root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from auditor.errors import InputError
+from auditor.schema import DataInput
+from auditor.store.blobs import sha256_file
+
+
+def entry_digest(path: Path) -> tuple[str, str, int]:
+    """(kind, digest, size) of one file or symlink, links not followed."""
+    if path.is_symlink():
+        target = os.readlink(path).encode("utf-8", "surrogateescape")
+        return "link", hashlib.sha256(target).hexdigest(), 0
+    return "file", sha256_file(path), path.stat().st_size
+
+
+def merkle_root(root: Path, relpaths: Iterable[str]) -> tuple[str, int, int]:
+    """(digest, total size, file count) over the given relative paths under ``root``."""
+    lines, size, count = [], 0, 0
+    for rel in sorted(set(relpaths)):
+        kind, digest, nbytes = entry_digest(root / rel)
+        lines.append(f"{rel}\0{kind}\0{digest}\n")
+        size, count = size + nbytes, count + 1
+    return (
+        hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest(),
+        size,
+        count,
+    )
+
+
+def walk_files(root: Path, skip: Callable[[str], bool] = lambda _rel: False) -> list[str]:
+    """Relative paths (forward slashes) of files and links under ``root``, not following links."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(dirpath)
+        rel_dir = base.relative_to(root).as_posix()
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        dirnames[:] = sorted(d for d in dirnames if not skip(prefix + d))
+        links = [d for d in dirnames if (base / d).is_symlink()]
+        dirnames[:] = [d for d in dirnames if d not in links]
+        found.extend(prefix + n for n in sorted(filenames + links) if not skip(prefix + n))
+    return found
+
+
+def fingerprint(path: Path, *, display: str | None = None) -> DataInput:
+    """Fingerprint one declared input; InputError when it is missing or unreadable."""
+    shown = display or str(path)
+    try:
+        if path.is_dir():
+            digest, size, count = merkle_root(path, walk_files(path))
+            return DataInput(path=shown, kind="dir", size=size, sha256=digest, files=count)
+        if path.is_file():
+            return DataInput(
+                path=shown, kind="file", size=path.stat().st_size, sha256=sha256_file(path)
+            )
+    except PermissionError:
+        raise InputError(f"input {shown}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"input {shown}: cannot read: {exc.strerror}") from None
+    raise InputError(f"input {shown}: no such file or directory")
+
+
+def check_unchanged(recorded: DataInput, path: Path) -> str | None:
+    """None when the input still matches its fingerprint, else a one-line reason."""
+    try:
+        now = fingerprint(path, display=recorded.path)
+    except InputError as exc:
+        return str(exc)
+    if now.sha256 == recorded.sha256:
+        return None
+    return (
+        f"input {recorded.path} changed since the run was recorded "
+        f"(sha256 {recorded.sha256[:12]}… now {now.sha256[:12]}…, "
+        f"{recorded.files} file(s) then, {now.files} now)"
+    )

@@ -1,0 +1,66 @@
+"""Determinism switches and thread counts, as they were in effect while training.
+
+A wrapped command is observed from inside by the probe (``record/probe/sitecustomize.py``,
+put on the child's PYTHONPATH), which writes what it saw at exit; the Python API observes
+its own process. When no observation exists (the child was not Python, or was killed
+before exit) only the environment variables are recorded, and the section says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from auditor.record.probe.sitecustomize import observe
+from auditor.schema import Determinism
+
+FIELDS = tuple(
+    f
+    for f in Determinism.model_fields
+    if f not in ("source", "cublas_workspace_config", "omp_num_threads", "mkl_num_threads")
+)
+
+
+def from_observation(obs: Mapping[str, Any], env: Mapping[str, str]) -> Determinism:
+    """A Determinism section from one probe observation (plus the child's environment)."""
+    seen_env = {**env, **obs.get("env", {})}
+    values = {k: obs.get(k) for k in FIELDS if obs.get(k) is not None}
+    return Determinism(
+        source="observed-in-process",
+        **values,
+        cublas_workspace_config=seen_env.get("CUBLAS_WORKSPACE_CONFIG"),
+        omp_num_threads=seen_env.get("OMP_NUM_THREADS"),
+        mkl_num_threads=seen_env.get("MKL_NUM_THREADS"),
+    )
+
+
+def environment_only(env: Mapping[str, str]) -> Determinism:
+    """What the environment alone says, when the process could not be observed."""
+    return Determinism(
+        source="environment-only",
+        cublas_workspace_config=env.get("CUBLAS_WORKSPACE_CONFIG"),
+        omp_num_threads=env.get("OMP_NUM_THREADS"),
+        mkl_num_threads=env.get("MKL_NUM_THREADS"),
+    )
+
+
+def observe_self(env: Mapping[str, str]) -> tuple[Determinism, int | None]:
+    """(Determinism, torch initial seed) of the current process."""
+    obs = observe()
+    return from_observation(obs, env), obs.get("torch_initial_seed")
+
+
+def read_probe(folder: Path, child_pid: int | None) -> dict[str, Any] | None:
+    """The observation written by the child (preferring its own pid), if any."""
+    files = sorted(folder.glob("determinism-*.json"))
+    preferred = [f for f in files if f.name == f"determinism-{child_pid}.json"]
+    for path in preferred + files:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict):
+            return data
+    return None

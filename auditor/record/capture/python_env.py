@@ -1,0 +1,132 @@
+"""The interpreter that trains (not auditor's own): version, build, packages, lockfile.
+
+The training interpreter is found from the wrapped argv (``python …``, ``python3.11 …``,
+a script's shebang, ``-m module``); packages come from ``<python> -m pip inspect`` (richer
+than ``pip freeze``), falling back to ``importlib.metadata`` when pip is absent. The
+``pip inspect`` report is stored (secrets redacted) as an artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from auditor.record.capture.secrets import redact_text
+from auditor.schema import ArtifactRef, PythonEnv
+
+_PY_NAME = re.compile(r"^(?:python|pypy)[0-9.]*(?:\.exe)?$")
+_INFO = (
+    "import json, platform, sys; print(json.dumps({'version': platform.python_version(),"
+    " 'implementation': platform.python_implementation(), 'build': ' '.join("
+    "platform.python_build()) + ' ' + platform.python_compiler(), 'executable': "
+    "sys.executable}))"
+)
+_PACKAGES = (
+    "import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: "
+    "d.version for d in m.distributions() if d.metadata['Name']}))"
+)
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normalised package name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def training_interpreter(argv: list[str], path_env: str | None = None) -> tuple[str, str | None]:
+    """(interpreter path, note) for a wrapped command; auditor's own with a note otherwise."""
+    if not argv:
+        return sys.executable, "no command"
+    first = shutil.which(argv[0], path=path_env) or argv[0]
+    if _PY_NAME.match(Path(argv[0]).name):
+        return first, None
+    shebang = _shebang(Path(first))
+    if shebang:
+        return shebang, None
+    return sys.executable, f"{argv[0]} is not a Python interpreter; recorded auditor's own"
+
+
+def _shebang(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            line = fh.readline(256).decode(errors="replace").strip()
+    except OSError:
+        return None
+    if not line.startswith("#!"):
+        return None
+    parts = line[2:].split()
+    if parts and Path(parts[0]).name == "env" and len(parts) > 1:
+        return shutil.which(parts[1])
+    return parts[0] if parts and _PY_NAME.match(Path(parts[0]).name) else None
+
+
+def _run_json(python: str, *args: str, env: dict[str, str] | None = None) -> object | None:
+    try:
+        out = subprocess.run(
+            [python, *args], capture_output=True, text=True, timeout=120, check=False, env=env
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    try:
+        return json.loads(out.stdout)
+    except json.JSONDecodeError:
+        return None
+
+
+def capture_python(
+    python: str, put_bytes: object
+) -> tuple[PythonEnv | None, list[ArtifactRef], str | None]:
+    """(PythonEnv, artifacts, reason-if-not-captured) for the interpreter at ``python``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    info = _run_json(python, "-I", "-c", _INFO, env=env)
+    if not isinstance(info, dict):
+        return None, [], f"{python} did not run: cannot read the interpreter's version"
+    artifacts: list[ArtifactRef] = []
+    report = _run_json(
+        python, "-m", "pip", "--disable-pip-version-check", "inspect", "--local", env=env
+    )
+    packages: dict[str, str]
+    if isinstance(report, dict) and isinstance(report.get("installed"), list):
+        packages = {
+            normalize(p["metadata"]["name"]): p["metadata"]["version"]
+            for p in report["installed"]
+            if "metadata" in p
+        }
+        text = redact_text(json.dumps(report, sort_keys=True, indent=1))
+        sha, size = put_bytes(text.encode())  # type: ignore[operator]
+        artifacts.append(
+            ArtifactRef(name="env/pip-inspect.json", sha256=sha, size=size, kind="env")
+        )
+    else:
+        found = _run_json(python, "-I", "-c", _PACKAGES, env=env)
+        packages = (
+            {normalize(k): str(v) for k, v in (found or {}).items()}
+            if isinstance(found, dict)
+            else {}
+        )
+    py = PythonEnv(
+        executable=str(info["executable"]),
+        version=str(info["version"]),
+        implementation=str(info["implementation"]),
+        build=str(info["build"]),
+        packages=dict(sorted(packages.items())),
+        inspect_artifact="env/pip-inspect.json" if artifacts else None,
+    )
+    return py, artifacts, None
+
+
+def pinned_requirements(packages: dict[str, str]) -> str:
+    """The installed set as ``name==version`` lines (a derived, unhashed lock)."""
+    skip = {"pip", "setuptools", "wheel", "distribute"}
+    lines = [f"{n}=={v}" for n, v in sorted(packages.items()) if n not in skip]
+    return (
+        "# derived by auditor from the training interpreter's installed packages\n"
+        + "\n".join(lines)
+        + "\n"
+    )

@@ -1,0 +1,157 @@
+"""Outputs of a run: declared files and folders, or the files the run created or changed.
+
+Artifact names are relative, forward-slash paths with no ``..``, no absolute part, no
+backslash and no NUL (``validate_artifact_name``), so no name can escape the store or a
+restore directory. Symlinks are never followed: a link among outputs is skipped and
+reported. When no output is declared, the working directory is snapshotted (size and
+mtime) before the run and the new or changed files are stored afterwards, within a size
+limit, never the store itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from auditor.errors import InputError
+from auditor.record.capture.data import walk_files
+from auditor.schema import ArtifactKind, ArtifactRef
+from auditor.store.blobs import BlobStore
+
+DEFAULT_MAX_OUTPUT_BYTES = 1 << 30
+SNAPSHOT_SKIP = frozenset(
+    {
+        ".git",
+        ".auditor",
+        "__pycache__",
+        ".venv",
+        "venv",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        "node_modules",
+        ".ipynb_checkpoints",
+    }
+)
+MAX_SNAPSHOT_FILES = 200_000
+
+
+def validate_artifact_name(name: str) -> str:
+    """The name itself when it is a safe relative path; InputError otherwise."""
+    bad = (
+        not name
+        or "\0" in name
+        or "\\" in name
+        or name.startswith("/")
+        or any(part in ("", ".", "..") for part in name.split("/"))
+        or PurePosixPath(name).is_absolute()
+        or ":" in name.split("/")[0]
+    )
+    if bad:
+        raise InputError(f"artifact name {name[:80]!r} is not a safe relative path")
+    return name
+
+
+def store_artifact(
+    blobs: BlobStore, path: Path, name: str, kind: ArtifactKind = "output"
+) -> ArtifactRef:
+    """Store one regular file under ``name``; links and missing files are refused."""
+    validate_artifact_name(name)
+    if path.is_symlink():
+        raise InputError(f"output {path} is a symbolic link; links are not followed")
+    if not path.is_file():
+        raise InputError(f"output {path}: no such file")
+    sha, size = blobs.put_file(path)
+    return ArtifactRef(name=name, sha256=sha, size=size, kind=kind)
+
+
+@dataclass
+class Snapshot:
+    """Size and mtime of every file under a directory before the run."""
+
+    root: Path
+    skip_rel: frozenset[str]
+    files: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @classmethod
+    def take(cls, root: Path, skip_paths: list[Path]) -> Snapshot:
+        """Snapshot ``root``, skipping caches, VCS folders and ``skip_paths``."""
+        skip_rel = frozenset(_rel(p, root) for p in skip_paths if _rel(p, root))
+        snap = cls(root=root, skip_rel=skip_rel)
+        for rel in snap._walk():
+            st = os.lstat(root / rel)
+            snap.files[rel] = (st.st_size, st.st_mtime_ns)
+        return snap
+
+    def _skip(self, rel: str) -> bool:
+        return (
+            rel.split("/")[-1] in SNAPSHOT_SKIP
+            or rel in self.skip_rel
+            or any(rel.startswith(s + "/") for s in self.skip_rel)
+        )
+
+    def _walk(self) -> list[str]:
+        return walk_files(self.root, self._skip)[:MAX_SNAPSHOT_FILES]
+
+    def changed(self) -> list[str]:
+        """Files created or modified since the snapshot (regular files only)."""
+        out = []
+        for rel in self._walk():
+            path = self.root / rel
+            if path.is_symlink() or not path.is_file():
+                continue
+            st = path.stat()
+            if self.files.get(rel) != (st.st_size, st.st_mtime_ns):
+                out.append(rel)
+        return out
+
+
+def _rel(path: Path, root: Path) -> str | None:
+    try:
+        rel = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
+    return rel if rel != "." else None
+
+
+def collect(
+    blobs: BlobStore, declared: list[Path], snapshot: Snapshot | None, cwd: Path, max_bytes: int
+) -> tuple[list[ArtifactRef], list[str]]:
+    """Store the run's outputs; returns (artifacts, warnings)."""
+    refs: list[ArtifactRef] = []
+    warnings: list[str] = []
+    pairs = (
+        _declared_files(declared, cwd, warnings)
+        if declared
+        else [(cwd / rel, rel) for rel in (snapshot.changed() if snapshot else [])]
+    )
+    for path, rel in pairs:
+        size = path.stat().st_size
+        if size > max_bytes:
+            warnings.append(
+                f"output {rel} ({size} bytes) is over the {max_bytes}-byte limit; not stored"
+            )
+            continue
+        refs.append(store_artifact(blobs, path, f"outputs/{rel}"))
+    return refs, warnings
+
+
+def _declared_files(declared: list[Path], cwd: Path, warnings: list[str]) -> list[tuple[Path, str]]:
+    pairs: list[tuple[Path, str]] = []
+    for item in declared:
+        path = item if item.is_absolute() else cwd / item
+        base = _rel(path, cwd) or path.name
+        if path.is_symlink():
+            warnings.append(f"output {item} is a symbolic link; links are not followed")
+        elif path.is_dir():
+            pairs += [
+                (path / rel, f"{base}/{rel}")
+                for rel in walk_files(path)
+                if not (path / rel).is_symlink()
+            ]
+        elif path.is_file():
+            pairs.append((path, base))
+        else:
+            warnings.append(f"declared output {item} was not created by the run")
+    return pairs

@@ -1,0 +1,307 @@
+"""Begin and finish a run record: the capture steps shared by ``audit record`` and the API.
+
+``begin`` captures everything knowable before training (code, interpreter, system, GPUs,
+inputs, environment) and stores the record with status ``running``; ``finish`` stores the
+final record in one transaction. Between the two a crash leaves a ``running`` row whose
+recorder pid is dead, which ``RunStore.mark_stale_runs`` turns into ``crashed``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from auditor.errors import InputError
+from auditor.record.capture import data as data_capture
+from auditor.record.capture import determinism as det
+from auditor.record.capture import git as git_capture
+from auditor.record.capture import python_env
+from auditor.record.capture.gpu import capture_gpus
+from auditor.record.capture.secrets import redact_argv, redact_env, register_known_secret
+from auditor.record.capture.system import capture_system
+from auditor.schema import (
+    Accelerators,
+    ArtifactRef,
+    Code,
+    Command,
+    DataInput,
+    Environment,
+    Gpu,
+    Identity,
+    LockRef,
+    PythonEnv,
+    RunRecord,
+    Seeds,
+    System,
+    new_run_id,
+)
+from auditor.store import SqlStore, repo_root
+
+
+@dataclass
+class Plan:
+    """What to record, as the user asked for it."""
+
+    name: str | None
+    argv: list[str]
+    cwd: Path
+    mode: str = "wrap"
+    inputs: Sequence[Path] = ()
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    python: str | None = None
+    code_dir: Path | None = None
+    tags: Sequence[str] = ()
+    reproduces: str | None = None
+    env_allow: Sequence[str] = ()
+    params: Mapping[str, object] = field(default_factory=dict)
+
+
+def begin(store: SqlStore, plan: Plan, store_dir: Path) -> RunRecord:
+    """Capture the pre-training state and store the run as ``running``."""
+    register_env_secrets(plan.env, plan.env_allow)  # so logs can be scrubbed of them
+    artifacts: list[ArtifactRef] = []
+    not_captured: dict[str, str] = {}
+    root = repo_root(plan.cwd)
+    code, code_artifacts = _code(root, plan, store, store_dir, not_captured)
+    artifacts += code_artifacts
+    inputs = _inputs(plan.inputs, root or plan.cwd)
+    python, py_artifacts, lock = _python(plan, store, _lock_dirs(plan.cwd, root), not_captured)
+    artifacts += py_artifacts
+    environment = Environment(
+        python=python,
+        system=_system(not_captured),
+        accelerators=_accelerators(not_captured),
+        container_image=plan.env.get("AUDITOR_CONTAINER_IMAGE"),
+        env_vars=redact_env(plan.env, plan.env_allow),
+    )
+    run_id = new_run_id()
+    rel_cwd = _relpath(plan.cwd, Path(code.root)) if code else "."
+    record = RunRecord(
+        identity=Identity(
+            id=run_id,
+            name=plan.name or _default_name(plan.argv),
+            user=_user(),
+            host=socket.gethostname(),
+            started_at=datetime.now(UTC),
+            tags=tuple(plan.tags),
+            reproduces=plan.reproduces,
+        ),
+        command=Command(
+            argv=tuple(redact_argv(plan.argv)),
+            cwd=rel_cwd,
+            entry_point=_entry_point(plan.argv),
+            mode=plan.mode,
+        ),  # type: ignore[arg-type]
+        code=code,
+        params=dict(plan.params),
+        data=inputs,
+        seeds=Seeds(pythonhashseed=plan.env.get("PYTHONHASHSEED")),
+        environment=environment.model_copy(update={"python": _with_lock(python, lock)}),
+        artifacts=tuple(artifacts),
+        not_captured=not_captured,
+    )
+    store.put_record(record, pid=os.getpid())
+    return record
+
+
+def register_env_secrets(env: Mapping[str, str], allow: Sequence[str]) -> None:
+    """Remember the values of every variable whose value is not kept, to scrub logs."""
+    kept = redact_env(env, allow)
+    for name, value in env.items():
+        if kept.get(name) != value:
+            register_known_secret(value)
+
+
+def _code(
+    root: Path | None, plan: Plan, store: SqlStore, store_dir: Path, notes: dict[str, str]
+) -> tuple[Code | None, list[ArtifactRef]]:
+    if root is not None and plan.code_dir is None:
+        cap = git_capture.capture_git(root, store.blobs, store_dir)
+    else:
+        folder = (plan.code_dir or plan.cwd).resolve()
+        if not folder.is_dir():
+            raise InputError(f"code directory {folder} does not exist")
+        cap = git_capture.capture_snapshot(folder, store.blobs, store_dir)
+        notes.setdefault(
+            "code.git",
+            "not a git repository: the code directory was "
+            "snapshotted instead (commit it to git for a cheaper record)",
+        )
+    return cap.code, cap.artifacts
+
+
+def _inputs(paths: Sequence[Path], root: Path) -> tuple[DataInput, ...]:
+    found = []
+    for path in paths:
+        display = _relpath(path.resolve(), root.resolve()) if path.is_absolute() else str(path)
+        found.append(data_capture.fingerprint(path, display=display))
+    return tuple(found)
+
+
+def _lock_dirs(cwd: Path, root: Path | None) -> list[Path]:
+    """Where a project lockfile is looked for: cwd, then each parent up to the repo root."""
+    here = cwd.resolve()
+    dirs = [here]
+    if root is not None:
+        dirs += [p for p in here.parents if p.is_relative_to(root.resolve())]
+    return dirs
+
+
+def _python(
+    plan: Plan, store: SqlStore, lock_dirs: list[Path], notes: dict[str, str]
+) -> tuple[PythonEnv | None, list[ArtifactRef], LockRef | None]:
+    interpreter = plan.python
+    if interpreter is None:
+        interpreter, note = python_env.training_interpreter(plan.argv, plan.env.get("PATH"))
+        if note:
+            notes["environment.python.interpreter"] = note
+    py, artifacts, reason = python_env.capture_python(interpreter, store.blobs.put_bytes)
+    if py is None:
+        notes["environment.python"] = reason or "unknown"
+        return None, artifacts, None
+    lock, lock_artifacts = _lockfile(py, store, lock_dirs, notes)
+    return py, artifacts + lock_artifacts, lock
+
+
+def _lockfile(
+    py: PythonEnv, store: SqlStore, lock_dirs: list[Path], notes: dict[str, str]
+) -> tuple[LockRef | None, list[ArtifactRef]]:
+    from auditor import lock as lockmod
+    from auditor.record.capture.secrets import redact_text
+
+    path = next((p for d in lock_dirs if (p := lockmod.find_project_lockfile(d))), None)
+    if path is None:
+        text, origin, name, drift = (
+            python_env.pinned_requirements(py.packages),
+            "derived",
+            "env/lock/requirements.derived.txt",
+            (),
+        )
+        kind = "pip"
+    else:
+        text = redact_text(path.read_text(encoding="utf-8", errors="replace"))
+        origin, name = "project", f"env/lock/{path.name}"
+        try:
+            parsed = (
+                lockmod.parse_conda_lock(path)
+                if path.name.endswith((".yml", ".yaml"))
+                else lockmod.parse_requirements_lock(text, name=path.name, allow_unhashed=True)
+            )
+            drift, kind = tuple(lockmod.drift(parsed, py.packages)), parsed.kind
+        except InputError as exc:
+            notes["environment.python.lock"] = str(exc)
+            drift, kind = (), "pip"
+    sha, size = store.blobs.put_bytes(text.encode("utf-8"))
+    ref = ArtifactRef(name=name, sha256=sha, size=size, kind="lock")
+    return LockRef(artifact=name, sha256=sha, origin=origin, kind=kind, drift=drift), [ref]  # type: ignore[arg-type]
+
+
+def _with_lock(py: PythonEnv | None, lock: LockRef | None) -> PythonEnv | None:
+    return py.model_copy(update={"lock": lock}) if py is not None else None
+
+
+def _system(notes: dict[str, str]) -> System:
+    raw = capture_system()
+    for key, why in (raw.get("not_captured") or {}).items():
+        notes[f"environment.system.{key}"] = why
+    fields = {k: v for k, v in raw.items() if k in System.model_fields and v is not None}
+    if "cpu_flags" in fields:
+        fields["cpu_flags"] = tuple(fields["cpu_flags"])
+    return System(**fields)
+
+
+def _accelerators(notes: dict[str, str]) -> Accelerators:
+    raw = capture_gpus()
+    if not raw.get("captured"):
+        notes["environment.accelerators.gpus"] = str(raw.get("reason"))
+    gpus = tuple(
+        Gpu(**{k: g.get(k) for k in Gpu.model_fields if g.get(k) is not None})
+        for g in raw.get("gpus", [])
+    )
+    return Accelerators(
+        driver_version=raw.get("driver_version"),
+        cuda_driver_version=raw.get("cuda_version"),
+        gpus=gpus,
+    )
+
+
+def with_cuda_stack(
+    acc: Accelerators | None, obs: Mapping[str, object] | None
+) -> Accelerators | None:
+    """Add the CUDA/cuDNN/NCCL versions the training process saw (from the probe)."""
+    if acc is None or not obs or not obs.get("torch_imported"):
+        return acc
+
+    def text(key: str) -> str | None:
+        value = obs.get(key)
+        return None if value is None else str(value)
+
+    return acc.model_copy(
+        update={
+            "torch_cuda": text("torch_cuda"),
+            "cudnn": text("cudnn"),
+            "nccl": text("nccl"),
+            "cuda_available": obs.get("cuda_available"),
+        }
+    )
+
+
+def _relpath(path: Path, root: Path) -> str:
+    try:
+        rel = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+    return rel or "."
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _entry_point(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "-m" and i + 1 < len(argv):
+            return f"-m {argv[i + 1]}"
+        if arg.endswith(".py"):
+            return arg
+    return argv[0] if argv else None
+
+
+def _default_name(argv: Sequence[str]) -> str:
+    entry = _entry_point(argv)
+    return Path(entry.split()[-1]).stem if entry else "run"
+
+
+def finish(
+    store: SqlStore,
+    record: RunRecord,
+    *,
+    status: str,
+    exit_code: int | None,
+    updates: Mapping[str, object],
+) -> RunRecord:
+    """Store the final record (status, timing and whatever ``updates`` add)."""
+    ended = datetime.now(UTC)
+    ident = record.identity.model_copy(
+        update={
+            "status": status,
+            "exit_code": exit_code,
+            "ended_at": ended,
+            "duration_s": (ended - record.identity.started_at).total_seconds(),
+        }
+    )
+    final = record.model_copy(update={"identity": ident, **updates})
+    final = RunRecord.model_validate(final.model_dump())  # re-validate merged parts
+    store.put_record(final)
+    return final
+
+
+__all__ = ["Plan", "begin", "det", "finish", "register_env_secrets"]

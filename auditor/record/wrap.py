@@ -1,0 +1,444 @@
+"""``audit record -- CMD``: record any command without code changes.
+
+The child runs with the probe on its PYTHONPATH, ``AUDITOR_RUN_ID``/``AUDITOR_PROBE_DIR``
+set (so the Python API attaches to this run), and a ``PYTHONHASHSEED`` chosen and recorded
+when none was set. Its stdout and stderr stream live to ours and are stored (secrets
+scrubbed); JSON lines on stdout (``{"step": 3, "loss": 0.41}``) and ``--metrics-regex``
+matches become metrics, flushed to the store as they arrive so a crash keeps them.
+SIGINT/SIGTERM are forwarded to the child. The child's exit code is the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets as pyrandom
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from auditor.errors import InputError
+from auditor.record import outputs, session
+from auditor.record.outputs import DEFAULT_MAX_OUTPUT_BYTES
+from auditor.record.capture import determinism as det
+from auditor.record.capture.secrets import redact_params, redact_text
+from auditor.schema import ArtifactRef, MetricsSummary, RunRecord, Seeds
+from auditor.store import MetricPoint, SqlStore, store_dir_of
+from auditor.store.sql import bits_to_float
+
+PROBE_PATH = Path(__file__).parent / "probe"
+_NUMBER = re.compile(
+    r"^[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|infinity)$", re.IGNORECASE
+)
+
+
+@dataclass
+class WrapOptions:
+    """What ``audit record`` was asked to do."""
+
+    argv: list[str]
+    name: str | None = None
+    inputs: list[Path] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+    metrics_regex: str | None = None
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    tags: list[str] = field(default_factory=list)
+    env_allow: list[str] = field(default_factory=list)
+    code_dir: Path | None = None
+    reproduces: str | None = None
+    cwd: Path = field(default_factory=Path.cwd)
+    env: Mapping[str, str] | None = None
+    quiet: bool = False
+
+
+@dataclass
+class WrapResult:
+    """The finished record and the exit code to pass through."""
+
+    record: RunRecord
+    exit_code: int
+
+
+class MetricSink:
+    """Parses stdout lines into metric points and flushes them to the store in batches."""
+
+    def __init__(self, store: SqlStore, run_id: str, regex: re.Pattern[str] | None) -> None:
+        self.store, self.run_id, self.regex = store, run_id, regex
+        self.buffer: list[MetricPoint] = []
+        self.final: dict[str, float] = {}
+        self.steps: dict[str, int] = {}
+        self.points = 0
+        self.warnings: list[str] = []
+        self.lock = threading.Lock()
+        self.last_flush = time.monotonic()
+
+    def feed(self, lineno: int, line: str) -> None:
+        """Take one stdout line."""
+        text = line.strip()
+        if text.startswith("{") and text.endswith("}"):
+            self._json(lineno, text)
+        elif self.regex is not None and (m := self.regex.search(text)):
+            groups = m.groupdict()
+            step = groups.pop("step", None)
+            self._add({k: v for k, v in groups.items() if v is not None}, step, lineno)
+        if time.monotonic() - self.last_flush > 2.0:
+            self.flush()
+
+    def _json(self, lineno: int, text: str) -> None:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            self.warnings.append(
+                f"stdout line {lineno} looks like a metrics line but is not "
+                f"JSON ({exc.msg} at column {exc.colno}); ignored"
+            )
+            return
+        if isinstance(data, dict):
+            step = data.pop("step", None)
+            self._add(
+                {
+                    k: v
+                    for k, v in data.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                },
+                step,
+                lineno,
+            )
+
+    def _add(self, values: Mapping[str, Any], step: Any, lineno: int) -> None:
+        now = time.time()
+        for key, raw in values.items():
+            value = _to_float(raw)
+            if value is None:
+                self.warnings.append(
+                    f"stdout line {lineno}: metric {key!r} value {raw!r} is not a number; ignored"
+                )
+                continue
+            at = _to_step(step, self.steps.get(key, -1) + 1)
+            self.steps[key] = at
+            self.final[key] = value
+            with self.lock:
+                self.buffer.append(MetricPoint(key, at, value, now))
+                if len(self.buffer) >= 1000:
+                    self._flush_locked()
+
+    def flush(self) -> None:
+        """Store what is buffered."""
+        with self.lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        batch, self.buffer = self.buffer, []
+        self.last_flush = time.monotonic()
+        self.points += self.store.add_metrics(self.run_id, batch)
+
+
+def _to_float(raw: Any) -> float | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int | float):
+        return float(raw)
+    if isinstance(raw, str) and _NUMBER.match(raw.strip()):
+        return float(raw)
+    return None
+
+
+def _to_step(step: Any, default: int) -> int:
+    if isinstance(step, int) and not isinstance(step, bool):
+        return step
+    if isinstance(step, str) and step.strip().lstrip("-").isdigit():
+        return int(step)
+    if isinstance(step, float) and step.is_integer():
+        return int(step)
+    return default
+
+
+def compile_regex(pattern: str | None) -> re.Pattern[str] | None:
+    """Validate ``--metrics-regex``: it needs named groups (``step`` plus metric names)."""
+    if pattern is None:
+        return None
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise InputError(f"--metrics-regex {pattern!r}: {exc}") from None
+    if not set(regex.groupindex) - {"step"}:
+        raise InputError(
+            f"--metrics-regex {pattern!r} has no named group for a metric",
+            hint="e.g. 'epoch (?P<step>\\d+) loss (?P<loss>\\S+)'",
+        )
+    return regex
+
+
+def parse_argv_params(argv: list[str]) -> dict[str, Any]:
+    """``--key value`` / ``--key=value`` pairs and bare ``--flag`` as params."""
+    params: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--") and len(arg) > 2:
+            key, eq, value = arg[2:].partition("=")
+            if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value, i = argv[i + 1], i + 1
+            params[key] = _coerce(value) if (eq or value) else True
+        i += 1
+    return params
+
+
+def _coerce(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+def _pump(
+    stream: IO[bytes],
+    sink: IO[str] | None,
+    chunks: list[str],
+    on_line: Callable[[int, str], None] | None,
+) -> None:
+    for lineno, raw in enumerate(iter(stream.readline, b""), start=1):
+        line = raw.decode("utf-8", errors="replace")
+        chunks.append(line)
+        if sink is not None:
+            sink.write(line)
+            sink.flush()
+        if on_line is not None:
+            on_line(lineno, line)
+
+
+def child_env(
+    base: Mapping[str, str], record: RunRecord, probe_dir: Path, store_url: str
+) -> dict[str, str]:
+    """The child's environment: the user's plus hash seed, probe and run ids."""
+    env = dict(base)
+    env["PYTHONHASHSEED"] = record.seeds.pythonhashseed or env.get("PYTHONHASHSEED", "0")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROBE_PATH), env.get("PYTHONPATH")) if p)
+    env.update(
+        AUDITOR_RUN_ID=record.identity.id, AUDITOR_PROBE_DIR=str(probe_dir), AUDITOR_STORE=store_url
+    )
+    return env
+
+
+def record_command(store: SqlStore, opts: WrapOptions) -> WrapResult:
+    """Run ``opts.argv`` under recording and return the stored record and exit code."""
+    if not opts.argv:
+        raise InputError("no command given", hint="usage: audit record [OPTIONS] -- CMD ...")
+    regex = compile_regex(opts.metrics_regex)
+    env = dict(opts.env if opts.env is not None else os.environ)
+    chosen = "PYTHONHASHSEED" not in env
+    if chosen:
+        env["PYTHONHASHSEED"] = str(pyrandom.randbelow(2**32 - 1) + 1)
+    store_dir = store_dir_of(store)
+    snapshot = None if opts.outputs else outputs.Snapshot.take(opts.cwd, [store_dir])
+    plan = session.Plan(
+        name=opts.name,
+        argv=opts.argv,
+        cwd=opts.cwd,
+        mode="wrap",
+        inputs=opts.inputs,
+        env=env,
+        tags=opts.tags,
+        reproduces=opts.reproduces,
+        env_allow=opts.env_allow,
+        code_dir=opts.code_dir,
+        params=redact_params(parse_argv_params(opts.argv[1:])),
+    )
+    record = session.begin(store, plan, store_dir)
+    record = record.model_copy(
+        update={
+            "seeds": Seeds(
+                pythonhashseed=env["PYTHONHASHSEED"], pythonhashseed_chosen_by_auditor=chosen
+            )
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="auditor-probe-") as probe:
+        return _run_child(store, opts, record, env, Path(probe), regex, snapshot)
+
+
+def _run_child(
+    store: SqlStore,
+    opts: WrapOptions,
+    record: RunRecord,
+    env: dict[str, str],
+    probe: Path,
+    regex: re.Pattern[str] | None,
+    snapshot: outputs.Snapshot | None,
+) -> WrapResult:
+    sink = MetricSink(store, record.identity.id, regex)
+    try:
+        proc = subprocess.Popen(
+            opts.argv,
+            cwd=opts.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env(env, record, probe, store.url),
+        )
+    except FileNotFoundError:
+        session.finish(store, record, status="failed", exit_code=127, updates={})
+        raise InputError(f"command not found: {opts.argv[0]}") from None
+    except PermissionError:
+        session.finish(store, record, status="failed", exit_code=126, updates={})
+        raise InputError(f"command not executable: {opts.argv[0]}") from None
+    out: list[str] = []
+    err: list[str] = []
+    threads = [
+        threading.Thread(
+            target=_pump,
+            args=(proc.stdout, None if opts.quiet else sys.stdout, out, sink.feed),
+            daemon=True,
+        ),
+        threading.Thread(
+            target=_pump,
+            args=(proc.stderr, None if opts.quiet else sys.stderr, err, None),
+            daemon=True,
+        ),
+    ]
+    for t in threads:
+        t.start()
+    previous = _forward_signals(proc)
+    try:
+        code = proc.wait()
+        for t in threads:
+            t.join()
+    finally:
+        _restore_signals(previous)
+    sink.flush()
+    return _finish(store, opts, record, env, probe, proc.pid, code, sink, out, err, snapshot)
+
+
+def _forward_signals(proc: subprocess.Popen[bytes]) -> dict[int, Any]:
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, lambda s, _f: proc.send_signal(s))
+    return previous
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _finish(
+    store: SqlStore,
+    opts: WrapOptions,
+    record: RunRecord,
+    env: dict[str, str],
+    probe: Path,
+    pid: int,
+    code: int,
+    sink: MetricSink,
+    out: list[str],
+    err: list[str],
+    snapshot: outputs.Snapshot | None,
+) -> WrapResult:
+    artifacts = list(record.artifacts)
+    artifacts += _logs(store, "".join(out), "".join(err))
+    api = _ingest_api(store, record.identity.id, probe, sink)
+    produced, warnings = outputs.collect(
+        store.blobs, opts.outputs, snapshot, opts.cwd, opts.max_output_bytes
+    )
+    artifacts += produced + api["artifacts"]
+    obs = det.read_probe(probe, pid)
+    determinism = det.from_observation(obs, env) if obs else det.environment_only(env)
+    seeds = record.seeds.model_copy(
+        update={
+            "seed": api["seed"],
+            "seeded": tuple(api["seeded"]),
+            "torch_initial_seed": (obs or {}).get("torch_initial_seed"),
+        }
+    )
+    notes = dict(record.not_captured)
+    environment = record.environment.model_copy(
+        update={"accelerators": session.with_cuda_stack(record.environment.accelerators, obs)}
+    )
+    if obs is None:
+        notes["determinism"] = (
+            "the command was not observed from inside (not Python, or it "
+            "was killed): only environment variables were recorded"
+        )
+    metrics = MetricsSummary(
+        final=sink.final, points=sink.points, warnings=tuple(sink.warnings + warnings)
+    )
+    status = "finished" if code == 0 else ("killed" if code < 0 else "failed")
+    final = session.finish(
+        store,
+        record,
+        status=status,
+        exit_code=code,
+        updates={
+            "params": {**record.params, **api["params"]},
+            "seeds": seeds,
+            "determinism": determinism,
+            "metrics": metrics,
+            "artifacts": tuple(_dedupe(artifacts)),
+            "environment": environment,
+            "not_captured": notes,
+        },
+    )
+    for line in metrics.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    return WrapResult(record=final, exit_code=code if code >= 0 else 128 - code)
+
+
+def _logs(store: SqlStore, out: str, err: str) -> list[ArtifactRef]:
+    refs = []
+    for name, text in (("logs/stdout.txt", out), ("logs/stderr.txt", err)):
+        sha, size = store.blobs.put_bytes(redact_text(text).encode("utf-8"))
+        refs.append(ArtifactRef(name=name, sha256=sha, size=size, kind="log"))
+    return refs
+
+
+def _ingest_api(store: SqlStore, run_id: str, probe: Path, sink: MetricSink) -> dict[str, Any]:
+    """Merge what the Python API wrote from inside the child."""
+    found: dict[str, Any] = {"params": {}, "seed": None, "seeded": [], "artifacts": []}
+    for path in sorted(probe.glob("api-*.json")):
+        data = json.loads(path.read_text())
+        found["params"].update(redact_params(data.get("params", {})))
+        found["seed"] = data.get("seed", found["seed"])
+        found["seeded"] = data.get("seeded") or found["seeded"]
+    for path in sorted(probe.glob("metrics-*.jsonl")):
+        points = [
+            MetricPoint(k, int(s), bits_to_float(int(b)), float(t)) for k, s, b, t in _jsonl(path)
+        ]
+        sink.points += store.add_metrics(run_id, points)
+        for p in points:
+            sink.final[p.key] = p.value
+    artifact_lines = (
+        _jsonl(probe / "artifacts.jsonl") if (probe / "artifacts.jsonl").exists() else []
+    )
+    for item in artifact_lines:
+        path = Path(item["path"])
+        found["artifacts"].append(
+            outputs.store_artifact(store.blobs, path, f"outputs/{item.get('name') or path.name}")
+        )
+    return found
+
+
+def _jsonl(path: Path) -> list[Any]:
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: everything before it is kept
+    return rows
+
+
+def _dedupe(artifacts: list[ArtifactRef]) -> list[ArtifactRef]:
+    seen: dict[str, ArtifactRef] = {}
+    for ref in artifacts:
+        seen[ref.name] = ref
+    return list(seen.values())
