@@ -281,5 +281,15 @@ def upgrade(c: Ctx) -> None:
     click.echo(f"store {opened.url} is at the current schema")
 
 
+def _add_commands() -> None:
+    from auditor.cli_reports import COMMANDS as REPORT_COMMANDS
+    from auditor.cli_verify import COMMANDS as VERIFY_COMMANDS
+
+    for command in (*VERIFY_COMMANDS, *REPORT_COMMANDS):
+        main.add_command(command)
+
+
+_add_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -57,7 +57,8 @@ class AmbiguousRunId(InputError):
     def __init__(self, prefix: str, matches: list[str]) -> None:
         self.run_id = prefix
         shown = ", ".join(matches[:5]) + (" ..." if len(matches) > 5 else "")
-        super().__init__(f"run id prefix {prefix!r} is ambiguous: {shown}", hint="give more characters")
+        super().__init__(f"run id prefix {prefix!r} is ambiguous: {shown}",
+                         hint="give more characters")
 
 
 class InvalidRunId(InputError):

@@ -29,7 +29,7 @@ SCHEMA_VERSION = 1
 RECORD_MEDIA_TYPE = "application/vnd.auditor.run+json"
 
 RunStatus = Literal["running", "finished", "failed", "crashed", "killed"]
-ArtifactKind = Literal["output", "log", "code", "lock", "env", "data", "build"]
+ArtifactKind = Literal["output", "log", "code", "lock", "env", "data", "build", "report"]
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 RUN_ID_LENGTH = 26
@@ -79,6 +79,7 @@ class Command(Model):
     cwd: str  # relative to code.root ("." for the root itself)
     entry_point: str | None = None
     mode: Literal["wrap", "api"] = "wrap"
+    metrics_regex: str | None = None  # replayed on the rerun's stdout
 
 
 class Code(Model):

@@ -16,14 +16,24 @@ from auditor.store import SqlStore, open_store
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
 AUDIT = str(Path(sys.executable).parent / "audit")
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
 
 
 def git(cwd: Path, *args: str) -> str:
     """Run git with a fixed identity."""
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
-                          env={**os.environ, **GIT_ENV}).stdout
+    return subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_ENV},
+    ).stdout
 
 
 @pytest.fixture
@@ -65,9 +75,17 @@ def store(tmp_path: Path) -> Iterator[SqlStore]:
     opened.close()
 
 
-def audit(*args: str, cwd: Path, env: dict[str, str] | None = None,
-          timeout: int = 300) -> subprocess.CompletedProcess[str]:
+def audit(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
     """Run the real `audit` command."""
     full_env = {**os.environ, **GIT_ENV, **(env or {})}
-    return subprocess.run([AUDIT, *args], cwd=cwd, capture_output=True, text=True,
-                          env=full_env, timeout=timeout, check=False)
+    return subprocess.run(
+        [AUDIT, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )

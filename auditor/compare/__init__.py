@@ -1,0 +1,84 @@
+"""Compare two runs, one comparer per kind of evidence, listed once in ``COMPARATORS``.
+
+Contract: a comparer is ``compare(left, right, policy) -> list[Difference]`` over two
+``Evidence`` values (left = the original run, right = the rerun). An empty list means
+identical; a comparer never raises for a difference, only for evidence it cannot read
+(``InputError`` for a corrupt weights file). ``compare_runs`` runs the table in order and
+returns ``{comparer name: differences}``; ``evidence_from_store`` gathers one side from the
+store, re-hashing every output and log artifact first, so an artifact altered after
+recording raises ``IntegrityError`` before anything is compared.
+
+The table (diffoscope's ``COMPARATORS``): params and environment first because they are
+cheap and explain the rest; then metrics, weights, and every other output file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from auditor.compare import environment, files, metrics, params
+from auditor.compare.difference import Difference
+from auditor.errors import InputError
+from auditor.policy import Policy
+from auditor.schema import RunRecord
+from auditor.store.base import RunStore
+
+__all__ = ["COMPARATORS", "Comparer", "Difference", "Evidence", "compare_runs",
+           "evidence_from_store"]
+
+COMPARED_KINDS = ("output", "log")  # artifact kinds whose files a comparison reads
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One side of a comparison (left = original run, right = rerun)."""
+
+    record: RunRecord
+    files: Mapping[str, Path]  # output/log artifact name -> local, already-verified file
+    metric_keys: tuple[str, ...]
+    series: Callable[[str], Iterator[tuple[int, float]]]  # (step, value), in logging order
+
+
+Comparer = Callable[[Evidence, Evidence, Policy], list[Difference]]
+
+COMPARATORS: tuple[tuple[str, Comparer], ...] = (
+    ("params", params.compare),
+    ("environment", environment.compare),
+    ("metrics", metrics.compare),
+    ("weights", files.compare_weights),
+    ("files", files.compare),
+)
+
+
+def compare_runs(
+    left: Evidence, right: Evidence, policy: Policy, only: Sequence[str] | None = None
+) -> dict[str, list[Difference]]:
+    """Every comparer's differences (or those named in ``only``), in table order."""
+    chosen = _chosen(only)
+    return {name: comparer(left, right, policy) for name, comparer in COMPARATORS
+            if name in chosen}
+
+
+def _chosen(only: Sequence[str] | None) -> set[str]:
+    names = [name for name, _ in COMPARATORS]
+    if only is None:
+        return set(names)
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        raise InputError(f"unknown comparer {unknown[0]!r}; available: {', '.join(names)}")
+    return set(only)
+
+
+def evidence_from_store(store: RunStore, record: RunRecord) -> Evidence:
+    """One side read from the store; every output and log blob is re-hashed first."""
+    verified = {a.name: store.blobs.verified_path(a.sha256, a.name)
+                for a in record.artifacts if a.kind in COMPARED_KINDS}
+    run_id = record.identity.id
+
+    def series(key: str) -> Iterator[tuple[int, float]]:
+        return ((p.step, p.value) for p in store.iter_metrics(run_id, key))
+
+    return Evidence(record=record, files=verified,
+                    metric_keys=tuple(sorted(record.metrics.final)), series=series)

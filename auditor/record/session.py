@@ -59,6 +59,7 @@ class Plan:
     reproduces: str | None = None
     env_allow: Sequence[str] = ()
     params: Mapping[str, object] = field(default_factory=dict)
+    metrics_regex: str | None = None
 
 
 def begin(store: SqlStore, plan: Plan, store_dir: Path) -> RunRecord:
@@ -96,6 +97,7 @@ def begin(store: SqlStore, plan: Plan, store_dir: Path) -> RunRecord:
             cwd=rel_cwd,
             entry_point=_entry_point(plan.argv),
             mode=plan.mode,
+            metrics_regex=plan.metrics_regex,
         ),  # type: ignore[arg-type]
         code=code,
         params=dict(plan.params),

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import random
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,7 +28,7 @@ from auditor.record.capture import determinism as det
 from auditor.record.capture.secrets import redact_params
 from auditor.record.outputs import store_artifact
 from auditor.schema import ArtifactRef, MetricsSummary, RunRecord, Seeds
-from auditor.store import MetricPoint, SqlStore, open_store, store_dir_of
+from auditor.store import SqlStore, open_store, store_dir_of
 from auditor.store.sql import float_to_bits
 
 FLUSH_POINTS = 1000
@@ -83,7 +85,7 @@ class Run:
         self._steps: dict[str, int] = {}
         self._final: dict[str, float] = {}
         self._points = 0
-        self._last_flush = time.monotonic()
+        self._writer: _Writer | None = None
         self._artifacts: list[ArtifactRef] = []
         self._seed: tuple[int | None, list[str]] = (seed, [])
         self._closed = False
@@ -110,7 +112,7 @@ class Run:
         self._final[name] = number
         self._buffer.append((name, step, number, time.time()))
         if len(self._buffer) >= FLUSH_POINTS:
-            self.flush()
+            self._hand_off()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Record several metrics at one step."""
@@ -128,20 +130,29 @@ class Run:
         assert self._store is not None
         self._artifacts.append(store_artifact(self._store.blobs, path, name or path.name))
 
-    def flush(self) -> None:
-        """Write buffered metric points now."""
-        if not self._buffer:
-            return
+    def _hand_off(self) -> None:
+        """Give a full batch to the writer thread (sqlite3 releases the GIL while writing)."""
         batch, self._buffer = self._buffer, []
         self._points += len(batch)
-        self._last_flush = time.monotonic()
+        if self._writer is None:
+            self._writer = _Writer(self._write_batch)
+        self._writer.put(batch)
+
+    def flush(self) -> None:
+        """Write every buffered metric point now and wait until it is stored."""
+        if self._buffer:
+            self._hand_off()
+        if self._writer is not None:
+            self._writer.drain()
+
+    def _write_batch(self, batch: list[tuple[str, int, float, float]]) -> None:
         if self._probe_dir is not None:
             lines = "".join(json.dumps([k, s, float_to_bits(v), t]) + "\n" for k, s, v, t in batch)
             with open(self._probe_dir / f"metrics-{os.getpid()}.jsonl", "a") as fh:
                 fh.write(lines)
             return
         assert self._store is not None
-        self._store.add_metrics(self.id, (MetricPoint(k, s, v, t) for k, s, v, t in batch))
+        self._store.add_metrics(self.id, batch)
 
     def _note_seed(self, seed: int, seeded: list[str]) -> None:
         self._seed = (seed, seeded)
@@ -224,6 +235,39 @@ class Run:
 
 
 _ACTIVE: Run | None = None
+
+
+class _Writer:
+    """One background thread that stores metric batches in order; errors surface on drain."""
+
+    def __init__(self, write: Callable[[list[tuple[str, int, float, float]]], None]) -> None:
+        self._queue: queue.Queue[list[tuple[str, int, float, float]] | None] = queue.Queue()
+        self._write = write
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="auditor-metrics", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            try:
+                if self._error is None:
+                    self._write(batch)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                self._error = exc
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def put(self, batch: list[tuple[str, int, float, float]]) -> None:
+        """Queue one batch."""
+        self._queue.put(batch)
+
+    def drain(self) -> None:
+        """Wait until every queued batch is stored; raise the first write error."""
+        self._queue.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def start_run(

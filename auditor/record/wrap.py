@@ -27,9 +27,9 @@ from typing import IO, Any
 
 from auditor.errors import InputError
 from auditor.record import outputs, session
-from auditor.record.outputs import DEFAULT_MAX_OUTPUT_BYTES
 from auditor.record.capture import determinism as det
 from auditor.record.capture.secrets import redact_params, redact_text
+from auditor.record.outputs import DEFAULT_MAX_OUTPUT_BYTES
 from auditor.schema import ArtifactRef, MetricsSummary, RunRecord, Seeds
 from auditor.store import MetricPoint, SqlStore, store_dir_of
 from auditor.store.sql import bits_to_float
@@ -253,6 +253,7 @@ def record_command(store: SqlStore, opts: WrapOptions) -> WrapResult:
         env_allow=opts.env_allow,
         code_dir=opts.code_dir,
         params=redact_params(parse_argv_params(opts.argv[1:])),
+        metrics_regex=opts.metrics_regex,
     )
     record = session.begin(store, plan, store_dir)
     record = record.model_copy(

@@ -19,18 +19,36 @@ from auditor.store.base import CertificateRow, MetricPoint, RunStore, RunSummary
 from auditor.store.blobs import BlobStore, sha256_file
 from auditor.store.sql import SqlStore, validate_run_ref
 
-__all__ = ["BlobStore", "CertificateRow", "MetricPoint", "RunStore", "RunSummary", "SqlStore",
-           "default_store_dir", "open_store", "repo_root", "store_dir_of", "sha256_file", "validate_run_ref"]
+__all__ = [
+    "BlobStore",
+    "CertificateRow",
+    "MetricPoint",
+    "RunStore",
+    "RunSummary",
+    "SqlStore",
+    "default_store_dir",
+    "open_store",
+    "repo_root",
+    "sha256_file",
+    "store_dir_of",
+    "validate_run_ref",
+]
 
-NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "sshfs", "9p",
-                                 "afs", "ceph", "glusterfs", "lustre"})
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "sshfs", "9p", "afs", "ceph", "glusterfs", "lustre"}
+)
 
 
 def repo_root(start: Path) -> Path | None:
     """The git work tree holding ``start``, or None."""
     try:
-        out = subprocess.run(["git", "-C", str(start), "rev-parse", "--show-toplevel"],
-                             capture_output=True, text=True, check=False, timeout=20)
+        out = subprocess.run(
+            ["git", "-C", str(start), "rev-parse", "--show-toplevel"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=20,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
@@ -63,9 +81,10 @@ def filesystem_type(path: Path) -> str:
 def _guard_local(directory: Path) -> None:
     kind = filesystem_type(directory)
     if kind in NETWORK_FILESYSTEMS or kind.startswith("fuse"):
-        raise StoreError(f"store {directory} is on a {kind} filesystem, where SQLite's WAL "
-                         "locking is unsafe", hint="put the store on a local disk or use a "
-                         "PostgreSQL URL with --store")
+        raise StoreError(
+            f"store {directory} is on a {kind} filesystem, where SQLite's WAL locking is unsafe",
+            hint="put the store on a local disk or use a PostgreSQL URL with --store",
+        )
 
 
 def store_dir_of(store: SqlStore) -> Path:
@@ -84,8 +103,9 @@ def open_store(location: str | None = None, *, create: bool = True) -> SqlStore:
     directory = Path(location).expanduser().resolve()
     db = directory / "store.db"
     if not db.exists() and not create:
-        raise StoreError(f"no store at {directory}", hint="record a run first (`audit record`)"
-                         " or pass --store")
+        raise StoreError(
+            f"no store at {directory}", hint="record a run first (`audit record`) or pass --store"
+        )
     if directory.exists() and not directory.is_dir():
         raise StoreError(f"store path {directory} is not a directory")
     try:

@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from auditor.schema import RunRecord
 from auditor.store.blobs import BlobStore
 
 
-@dataclass(frozen=True)
-class MetricPoint:
-    """One logged value. ``value`` keeps NaN, ±Inf, -0.0 and subnormals bit-exactly."""
+class MetricPoint(NamedTuple):
+    """One logged value. ``value`` keeps NaN, ±Inf, -0.0 and subnormals bit-exactly.
+    A plain tuple ``(key, step, value, time)`` is accepted wherever a point is."""
 
     key: str
     step: int

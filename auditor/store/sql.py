@@ -14,13 +14,14 @@ import json
 import os
 import socket
 import struct
+from array import array
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from auditor.errors import AmbiguousRunId, CorruptRecord, RunNotFound, StoreError
 from auditor.schema import (
@@ -37,10 +38,15 @@ from auditor.store.blobs import BlobStore
 STORE_SCHEMA_VERSION = 1
 meta = sa.MetaData()
 
-t_meta = sa.Table("meta", meta, sa.Column("key", sa.String(64), primary_key=True),
-                  sa.Column("value", sa.Text, nullable=False))
+t_meta = sa.Table(
+    "meta",
+    meta,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
 t_runs = sa.Table(
-    "runs", meta,
+    "runs",
+    meta,
     sa.Column("id", sa.String(26), primary_key=True),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
@@ -56,7 +62,8 @@ t_runs = sa.Table(
 )
 sa.Index("ix_runs_started", t_runs.c.started_at)
 t_metrics = sa.Table(
-    "metrics", meta,
+    "metrics",
+    meta,
     sa.Column("run_id", sa.String(26), nullable=False),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("key", sa.Text, nullable=False),
@@ -68,7 +75,8 @@ t_metrics = sa.Table(
 )
 sa.Index("ix_metrics_key", t_metrics.c.run_id, t_metrics.c.key, t_metrics.c.step)
 t_artifacts = sa.Table(
-    "artifacts", meta,
+    "artifacts",
+    meta,
     sa.Column("run_id", sa.String(26), nullable=False),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
@@ -78,7 +86,8 @@ t_artifacts = sa.Table(
 )
 sa.Index("ix_artifacts_sha", t_artifacts.c.sha256)
 t_certs = sa.Table(
-    "certificates", meta,
+    "certificates",
+    meta,
     sa.Column("sha256", sa.String(64), primary_key=True),
     sa.Column("run_id", sa.String(26), nullable=False),
     sa.Column("rerun_id", sa.String(26)),
@@ -88,13 +97,16 @@ t_certs = sa.Table(
 )
 sa.Index("ix_certs_run", t_certs.c.run_id)
 t_builds = sa.Table(
-    "builds", meta,
+    "builds",
+    meta,
     sa.Column("inputs_digest", sa.String(64), primary_key=True),
     sa.Column("run_id", sa.String(26), nullable=False),
     sa.Column("result", sa.Text, nullable=False),  # BuildResult JSON (log in a blob)
     sa.Column("created_at", sa.String(40), nullable=False),
 )
 
+_INSERT_METRICS = ("INSERT INTO metrics (run_id, seq, key, step, value, bits, time) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)")
 _DOUBLE = struct.Struct("<d")
 _INT64 = struct.Struct("<q")
 
@@ -110,8 +122,9 @@ def bits_to_float(bits: int) -> float:
 
 
 def _sqlite_engine(url: str) -> Engine:
-    engine = sa.create_engine(url, connect_args={"timeout": 30, "isolation_level": None},
-                              poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(
+        url, connect_args={"timeout": 30, "isolation_level": None}, poolclass=sa.pool.NullPool
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -139,7 +152,7 @@ class SqlStore:
         try:
             self.engine = _sqlite_engine(url) if self.is_sqlite else sa.create_engine(url)
             self._init_schema()
-        except sa.exc.OperationalError as exc:
+        except sa.exc.DBAPIError as exc:
             raise StoreError(f"cannot open store {url}: {exc.orig}") from None
         except sa.exc.ArgumentError as exc:
             raise StoreError(f"not a store URL: {url}: {exc}") from None
@@ -151,18 +164,24 @@ class SqlStore:
             row = conn.execute(sa.select(t_meta.c.value).where(t_meta.c.key == "schema_version"))
             found = row.scalar_one_or_none()
             if found is None:
-                conn.execute(t_meta.insert().values(key="schema_version",
-                                                    value=str(STORE_SCHEMA_VERSION)))
+                conn.execute(
+                    t_meta.insert().values(key="schema_version", value=str(STORE_SCHEMA_VERSION))
+                )
                 return
         self._check_version(int(found))
 
     def _check_version(self, found: int) -> None:
         if found < STORE_SCHEMA_VERSION:
-            raise StoreError(f"store {self.url} has schema v{found}, this auditor needs "
-                             f"v{STORE_SCHEMA_VERSION}", hint="run `audit store upgrade`")
+            raise StoreError(
+                f"store {self.url} has schema v{found}, this auditor needs v{STORE_SCHEMA_VERSION}",
+                hint="run `audit store upgrade`",
+            )
         if found > STORE_SCHEMA_VERSION:
-            raise StoreError(f"store {self.url} has schema v{found}, newer than this auditor "
-                             f"(v{STORE_SCHEMA_VERSION})", hint="upgrade auditor")
+            raise StoreError(
+                f"store {self.url} has schema v{found}, newer than this auditor "
+                f"(v{STORE_SCHEMA_VERSION})",
+                hint="upgrade auditor",
+            )
 
     def _write(self) -> sa.engine.base.Transaction | object:
         return self.engine.begin()
@@ -176,15 +195,26 @@ class SqlStore:
             conn.execute(t_runs.insert().values(**row))
             conn.execute(t_artifacts.delete().where(t_artifacts.c.run_id == record.identity.id))
             if record.artifacts:
-                conn.execute(t_artifacts.insert(), [
-                    {"run_id": record.identity.id, "name": a.name, "sha256": a.sha256,
-                     "size": a.size, "kind": a.kind} for a in record.artifacts])
+                conn.execute(
+                    t_artifacts.insert(),
+                    [
+                        {
+                            "run_id": record.identity.id,
+                            "name": a.name,
+                            "sha256": a.sha256,
+                            "size": a.size,
+                            "kind": a.kind,
+                        }
+                        for a in record.artifacts
+                    ],
+                )
 
     def get_record(self, run_id: str) -> RunRecord:
         """The verified record of one exact run id."""
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(t_runs.c.record, t_runs.c.record_sha256)
-                               .where(t_runs.c.id == run_id)).one_or_none()
+            row = conn.execute(
+                sa.select(t_runs.c.record, t_runs.c.record_sha256).where(t_runs.c.id == run_id)
+            ).one_or_none()
         if row is None:
             raise RunNotFound(run_id)
         return _parse_record(run_id, row.record, row.record_sha256)
@@ -193,8 +223,15 @@ class SqlStore:
         """Full id of an exact id or a unique prefix (>= 6 chars)."""
         validate_run_ref(id_or_prefix)
         with self.engine.connect() as conn:
-            ids = conn.execute(sa.select(t_runs.c.id).where(
-                t_runs.c.id.startswith(id_or_prefix, autoescape=True)).limit(6)).scalars().all()
+            ids = (
+                conn.execute(
+                    sa.select(t_runs.c.id)
+                    .where(t_runs.c.id.startswith(id_or_prefix, autoescape=True))
+                    .limit(6)
+                )
+                .scalars()
+                .all()
+            )
         if not ids:
             raise RunNotFound(id_or_prefix)
         if len(ids) > 1 and id_or_prefix not in ids:
@@ -203,9 +240,16 @@ class SqlStore:
 
     def list_runs(self, *, limit: int | None = None) -> list[RunSummary]:
         """Runs newest first, from the small summary columns only."""
-        query = sa.select(t_runs.c.id, t_runs.c.name, t_runs.c.status, t_runs.c.started_at,
-                          t_runs.c.commit, t_runs.c.dirty, t_runs.c.reproduces,
-                          t_runs.c.summary).order_by(t_runs.c.id.desc())
+        query = sa.select(
+            t_runs.c.id,
+            t_runs.c.name,
+            t_runs.c.status,
+            t_runs.c.started_at,
+            t_runs.c.commit,
+            t_runs.c.dirty,
+            t_runs.c.reproduces,
+            t_runs.c.summary,
+        ).order_by(t_runs.c.id.desc())
         if limit:
             query = query.limit(limit)
         with self.engine.connect() as conn:
@@ -215,15 +259,23 @@ class SqlStore:
     def run_ids_reproducing(self, run_id: str) -> list[str]:
         """Reruns that point at ``run_id``, newest first."""
         with self.engine.connect() as conn:
-            return list(conn.execute(sa.select(t_runs.c.id).where(t_runs.c.reproduces == run_id)
-                                     .order_by(t_runs.c.id.desc())).scalars())
+            return list(
+                conn.execute(
+                    sa.select(t_runs.c.id)
+                    .where(t_runs.c.reproduces == run_id)
+                    .order_by(t_runs.c.id.desc())
+                ).scalars()
+            )
 
     def mark_stale_runs(self) -> list[str]:
         """Runs left 'running' by a recorder process that no longer exists on this host."""
         host = socket.gethostname()
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t_runs.c.id, t_runs.c.pid).where(
-                t_runs.c.status == "running", t_runs.c.host == host)).all()
+            rows = conn.execute(
+                sa.select(t_runs.c.id, t_runs.c.pid).where(
+                    t_runs.c.status == "running", t_runs.c.host == host
+                )
+            ).all()
         dead = [r.id for r in rows if r.pid and not _pid_alive(r.pid)]
         for run_id in dead:
             self._set_status(run_id, "crashed")
@@ -244,20 +296,28 @@ class SqlStore:
         batch = list(points)
         if not batch:
             return 0
+        values = array("d", [p[2] for p in batch])
+        bits = array("q")
+        bits.frombytes(values.tobytes())  # IEEE bits of every value at once
         with self.engine.begin() as conn:
             start = conn.execute(sa.select(sa.func.coalesce(sa.func.max(t_metrics.c.seq), -1))
                                  .where(t_metrics.c.run_id == run_id)).scalar_one() + 1
-            conn.execute(t_metrics.insert(), [
-                {"run_id": run_id, "seq": start + i, "key": p.key, "step": p.step,
-                 "value": None if p.value != p.value else p.value,
-                 "bits": float_to_bits(p.value), "time": p.time}
-                for i, p in enumerate(batch)])
+            rows = [(run_id, start + i, p[0], p[1], None if p[2] != p[2] else p[2], b, p[3])
+                    for i, (p, b) in enumerate(zip(batch, bits, strict=True))]
+            if self.is_sqlite:
+                conn.exec_driver_sql(_INSERT_METRICS, rows)
+            else:
+                cols = ("run_id", "seq", "key", "step", "value", "bits", "time")
+                conn.execute(t_metrics.insert(), [dict(zip(cols, r, strict=True)) for r in rows])
         return len(batch)
 
     def iter_metrics(self, run_id: str, key: str | None = None) -> Iterator[MetricPoint]:
         """Points in logging order."""
-        query = sa.select(t_metrics.c.key, t_metrics.c.step, t_metrics.c.bits, t_metrics.c.time
-                          ).where(t_metrics.c.run_id == run_id).order_by(t_metrics.c.seq)
+        query = (
+            sa.select(t_metrics.c.key, t_metrics.c.step, t_metrics.c.bits, t_metrics.c.time)
+            .where(t_metrics.c.run_id == run_id)
+            .order_by(t_metrics.c.seq)
+        )
         if key is not None:
             query = query.where(t_metrics.c.key == key)
         with self.engine.connect() as conn:
@@ -268,20 +328,31 @@ class SqlStore:
     def runs_with_artifact(self, sha256: str) -> list[tuple[str, str]]:
         """(run id, artifact name) referencing an object."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t_artifacts.c.run_id, t_artifacts.c.name)
-                                .where(t_artifacts.c.sha256 == sha256)).all()
+            rows = conn.execute(
+                sa.select(t_artifacts.c.run_id, t_artifacts.c.name).where(
+                    t_artifacts.c.sha256 == sha256
+                )
+            ).all()
         return [(r.run_id, r.name) for r in rows]
 
     def put_certificate(self, row: CertificateRow) -> None:
         """Index a certificate whose envelope is already in the blob store."""
         with self.engine.begin() as conn:
             conn.execute(t_certs.delete().where(t_certs.c.sha256 == row.sha256))
-            conn.execute(t_certs.insert().values(
-                sha256=row.sha256, run_id=row.run_id, rerun_id=row.rerun_id, verdict=row.verdict,
-                issued_at=row.issued_at.isoformat(), subjects=json.dumps(list(row.subjects))))
+            conn.execute(
+                t_certs.insert().values(
+                    sha256=row.sha256,
+                    run_id=row.run_id,
+                    rerun_id=row.rerun_id,
+                    verdict=row.verdict,
+                    issued_at=row.issued_at.isoformat(),
+                    subjects=json.dumps(list(row.subjects)),
+                )
+            )
 
-    def certificates(self, *, run_id: str | None = None,
-                     subject: str | None = None) -> list[CertificateRow]:
+    def certificates(
+        self, *, run_id: str | None = None, subject: str | None = None
+    ) -> list[CertificateRow]:
         """Certificates, newest first, optionally for a run or a subject digest."""
         query = sa.select(t_certs).order_by(t_certs.c.issued_at.desc())
         if run_id:
@@ -290,23 +361,37 @@ class SqlStore:
             query = query.where(t_certs.c.subjects.contains(subject, autoescape=True))
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [CertificateRow(r.sha256, r.run_id, r.rerun_id, r.verdict,
-                               datetime.fromisoformat(r.issued_at),
-                               tuple(json.loads(r.subjects))) for r in rows]
+        return [
+            CertificateRow(
+                r.sha256,
+                r.run_id,
+                r.rerun_id,
+                r.verdict,
+                datetime.fromisoformat(r.issued_at),
+                tuple(json.loads(r.subjects)),
+            )
+            for r in rows
+        ]
 
     def put_build(self, inputs_digest: str, run_id: str, result_json: str) -> None:
         """Remember a build result by its inputs digest."""
         with self.engine.begin() as conn:
             conn.execute(t_builds.delete().where(t_builds.c.inputs_digest == inputs_digest))
-            conn.execute(t_builds.insert().values(
-                inputs_digest=inputs_digest, run_id=run_id, result=result_json,
-                created_at=datetime.now().astimezone().isoformat()))
+            conn.execute(
+                t_builds.insert().values(
+                    inputs_digest=inputs_digest,
+                    run_id=run_id,
+                    result=result_json,
+                    created_at=datetime.now().astimezone().isoformat(),
+                )
+            )
 
     def get_build(self, inputs_digest: str) -> str | None:
         """A remembered build result (JSON) or None."""
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(t_builds.c.result).where(
-                t_builds.c.inputs_digest == inputs_digest)).scalar_one_or_none()
+            return conn.execute(
+                sa.select(t_builds.c.result).where(t_builds.c.inputs_digest == inputs_digest)
+            ).scalar_one_or_none()
 
     def integrity_check(self) -> str:
         """SQLite's own ``PRAGMA integrity_check`` ("ok" when sound)."""
@@ -332,21 +417,31 @@ def validate_run_ref(text: str) -> None:
 
     if not is_run_id_prefix(text):
         shown = repr(text[:40]) + ("…" if len(text) > 40 else "")
-        raise InvalidRunId(f"invalid run id {shown}: expected {MIN_PREFIX}-26 characters "
-                           "of 0-9 and a-z (see `audit list`)")
+        raise InvalidRunId(
+            f"invalid run id {shown}: expected {MIN_PREFIX}-26 characters "
+            "of 0-9 and a-z (see `audit list`)"
+        )
 
 
 def _record_row(record: RunRecord, pid: int | None) -> dict[str, object]:
     ident = record.identity
-    summary = {"final": {k: _json_float(v) for k, v in record.metrics.final.items()},
-               "tags": list(ident.tags)}
+    summary = {
+        "final": {k: _json_float(v) for k, v in record.metrics.final.items()},
+        "tags": list(ident.tags),
+    }
     return {
-        "id": ident.id, "name": ident.name, "status": ident.status,
+        "id": ident.id,
+        "name": ident.name,
+        "status": ident.status,
         "started_at": ident.started_at.isoformat(),
         "commit": record.code.commit if record.code else None,
-        "dirty": bool(record.code and record.code.dirty), "reproduces": ident.reproduces,
-        "host": ident.host, "pid": pid, "summary": json.dumps(summary, allow_nan=False),
-        "record": record_bytes(record).decode("utf-8"), "record_sha256": record_sha256(record),
+        "dirty": bool(record.code and record.code.dirty),
+        "reproduces": ident.reproduces,
+        "host": ident.host,
+        "pid": pid,
+        "summary": json.dumps(summary, allow_nan=False),
+        "record": record_bytes(record).decode("utf-8"),
+        "record_sha256": record_sha256(record),
     }
 
 
@@ -357,10 +452,16 @@ def _json_float(v: float) -> float | str:
 def _summary(r: sa.Row) -> RunSummary:  # type: ignore[type-arg]
     summary = json.loads(r.summary)
     return RunSummary(
-        id=r.id, name=r.name, status=r.status, started_at=datetime.fromisoformat(r.started_at),
-        commit=r.commit, dirty=bool(r.dirty), reproduces=r.reproduces,
+        id=r.id,
+        name=r.name,
+        status=r.status,
+        started_at=datetime.fromisoformat(r.started_at),
+        commit=r.commit,
+        dirty=bool(r.dirty),
+        reproduces=r.reproduces,
         final_metrics={k: float(v) for k, v in summary.get("final", {}).items()},
-        tags=tuple(summary.get("tags", ())))
+        tags=tuple(summary.get("tags", ())),
+    )
 
 
 def _parse_record(run_id: str, text: str, stored_sha: str) -> RunRecord:
@@ -370,8 +471,11 @@ def _parse_record(run_id: str, text: str, stored_sha: str) -> RunRecord:
     except json.JSONDecodeError as exc:
         raise CorruptRecord(f"{where}: invalid JSON at byte {exc.pos}") from None
     if isinstance(data, dict) and data.get("schema_version") != SCHEMA_VERSION:
-        raise CorruptRecord(f"{where}: record schema_version {data.get('schema_version')!r} "
-                            f"is not {SCHEMA_VERSION}", hint="run `audit store upgrade`")
+        raise CorruptRecord(
+            f"{where}: record schema_version {data.get('schema_version')!r} "
+            f"is not {SCHEMA_VERSION}",
+            hint="run `audit store upgrade`",
+        )
     try:
         record = RunRecord.model_validate(data)
     except ValidationError as exc:
@@ -379,8 +483,10 @@ def _parse_record(run_id: str, text: str, stored_sha: str) -> RunRecord:
         loc = ".".join(str(p) for p in first["loc"])
         raise CorruptRecord(f"{where}: field {loc!r}: {first['msg']}") from None
     if record_sha256(record) != stored_sha:
-        raise CorruptRecord(f"{where}: record does not match its sha256 (edited after it was "
-                            "written)", hint="run `audit fsck`")
+        raise CorruptRecord(
+            f"{where}: record does not match its sha256 (edited after it was written)",
+            hint="run `audit fsck`",
+        )
     return record
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import struct
@@ -36,23 +37,42 @@ from auditor.store import MetricPoint, SqlStore, open_store, validate_run_ref
 
 def make_record(run_id: str | None = None, **ident: object) -> RunRecord:
     return RunRecord(
-        identity=Identity(id=run_id or new_run_id(), name="t", user="u", host="h",
-                          started_at=datetime.now(UTC), **ident),  # type: ignore[arg-type]
-        command=Command(argv=("python", "x.py"), cwd="."))
+        identity=Identity(
+            id=run_id or new_run_id(),
+            name="t",
+            user="u",
+            host="h",
+            started_at=datetime.now(UTC),
+            **ident,
+        ),  # type: ignore[arg-type]
+        command=Command(argv=("python", "x.py"), cwd="."),
+    )
 
 
 def test_schema_version_is_pinned() -> None:
     # Changing the record shape must bump SCHEMA_VERSION and add a migration.
     assert SCHEMA_VERSION == 1
     fields = sorted(RunRecord.model_fields)
-    assert fields == ["artifacts", "code", "command", "data", "determinism", "environment",
-                      "identity", "metrics", "not_captured", "params", "schema_version", "seeds"]
+    assert fields == [
+        "artifacts",
+        "code",
+        "command",
+        "data",
+        "determinism",
+        "environment",
+        "identity",
+        "metrics",
+        "not_captured",
+        "params",
+        "schema_version",
+        "seeds",
+    ]
 
 
 def test_run_ids_sort_by_time_and_are_path_safe() -> None:
     a, b = new_run_id(1_000), new_run_id(2_000)
     assert a < b and len(a) == 26 and is_run_id_prefix(a)
-    assert all(c.isalnum() and c.islower() or c.isdigit() for c in a)
+    assert all((c.isalnum() and c.islower()) or c.isdigit() for c in a)
 
 
 def test_put_get_roundtrip(store: SqlStore) -> None:
@@ -66,16 +86,38 @@ def test_prefix_resolution(store: SqlStore) -> None:
     store.put_record(a)
     store.put_record(b)
     assert store.resolve(a.identity.id) == a.identity.id
-    assert store.resolve(a.identity.id[:20]) == a.identity.id or a.identity.id[:20] == b.identity.id[:20]
+    assert (
+        store.resolve(a.identity.id[:20]) == a.identity.id
+        or a.identity.id[:20] == b.identity.id[:20]
+    )
     with pytest.raises(AmbiguousRunId):
         store.resolve(a.identity.id[:8])
     with pytest.raises(RunNotFound):
         store.resolve("zzzzzzzz")
 
 
-TRAVERSAL = ["../x", "..\\x", "/etc/passwd", "%2e%2e%2f", "a/../../b", ".", "..", "",
-             "abc\0def", "a" * 10_000, "‥", "．．/", "abc#def", "abc?def", "abc%def", "abc:def",
-             "CON", "NUL", "ABCDEFGH", "abcde"]
+TRAVERSAL = [
+    "../x",
+    "..\\x",
+    "/etc/passwd",
+    "%2e%2e%2f",
+    "a/../../b",
+    ".",
+    "..",
+    "",
+    "abc\0def",
+    "a" * 10_000,
+    "‥",
+    "．．/",
+    "abc#def",
+    "abc?def",
+    "abc%def",
+    "abc:def",
+    "CON",
+    "NUL",
+    "ABCDEFGH",
+    "abcde",
+]
 
 
 @pytest.mark.parametrize("bad", TRAVERSAL)
@@ -86,14 +128,20 @@ def test_run_id_traversal_rejected(bad: str) -> None:
 
 @given(st.text(max_size=40))
 def test_validator_never_crashes(text: str) -> None:
-    try:
+    with contextlib.suppress(InvalidRunId):
         validate_run_ref(text)
-    except InvalidRunId:
-        pass
 
 
-SPECIAL = [float("nan"), float("inf"), float("-inf"), 1.7976931348623157e308, -0.0, 5e-324,
-           2.2250738585072014e-308 / 3, 0.1]
+SPECIAL = [
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    1.7976931348623157e308,
+    -0.0,
+    5e-324,
+    2.2250738585072014e-308 / 3,
+    0.1,
+]
 
 
 def _bits(x: float) -> bytes:
@@ -115,13 +163,21 @@ def test_nan_never_satisfies_comparisons_in_queries(store: SqlStore) -> None:
     store.add_metrics(rec.identity.id, [MetricPoint("m", 0, float("nan"), 0.0)])
     with store.engine.connect() as conn:
         for op in ("<", "<=", "=", ">", ">="):
-            assert conn.exec_driver_sql(f"select count(*) from metrics where value {op} 0").scalar() == 0
+            assert (
+                conn.exec_driver_sql(f"select count(*) from metrics where value {op} 0").scalar()
+                == 0
+            )
 
 
 def test_record_with_nan_final_metric_roundtrips(store: SqlStore) -> None:
     rec = make_record()
-    rec = rec.model_copy(update={"metrics": rec.metrics.model_copy(
-        update={"final": {"loss": float("nan"), "best": float("inf")}})})
+    rec = rec.model_copy(
+        update={
+            "metrics": rec.metrics.model_copy(
+                update={"final": {"loss": float("nan"), "best": float("inf")}}
+            )
+        }
+    )
     store.put_record(rec)
     got = store.get_record(rec.identity.id)
     assert math.isnan(got.metrics.final["loss"]) and got.metrics.final["best"] == float("inf")

@@ -1,0 +1,83 @@
+"""The params comparer: the hyperparameter dictionaries of two runs, with deepdiff.
+
+Contract: ``compare(left, right, policy)`` returns one ``kind="changed"`` difference per
+changed, added or removed leaf of ``record.params``, at ``params/<path>`` (nested keys and
+list indices joined by ``/``: ``params/optim/lr``), with both values in short form, never
+within tolerance: a rerun with other hyperparameters is not the same run. NaN equals NaN;
+``1`` vs ``1.0`` is a change of type and is reported. The policy is not consulted.
+
+``deep_changes`` is the shared deepdiff walk (also used by the environment comparer):
+deepdiff's tree view, so paths come as lists and never need parsing back out of strings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from deepdiff import DeepDiff
+from deepdiff.helper import NotPresent
+
+from auditor.compare.difference import Difference
+from auditor.policy import Policy
+
+if TYPE_CHECKING:
+    from auditor.compare import Evidence
+
+SHORT = 200  # characters of a value shown in a difference
+
+
+@dataclass(frozen=True)
+class Change:
+    """One leaf that differs: its path, and each side's value (None when absent)."""
+
+    path: tuple[str, ...]
+    left: Any
+    right: Any
+    report_type: str  # deepdiff's: values_changed, dictionary_item_added, ...
+
+
+def compare(left: Evidence, right: Evidence, policy: Policy) -> list[Difference]:
+    """Differences between the original run's params (left) and the rerun's."""
+    return [Difference(where="params/" + "/".join(c.path), kind="changed",
+                       left=short(c.left), right=short(c.right), comments=(_what(c),))
+            for c in deep_changes(left.record.params, right.record.params)]
+
+
+def deep_changes(left: Any, right: Any) -> list[Change]:
+    """Every changed leaf between two JSON-like values, sorted by path."""
+    tree = DeepDiff(left, right, ignore_nan_inequality=True, verbose_level=2, view="tree")
+    changes = [Change(tuple(str(p) for p in level.path(output_format="list")),
+                      _present(level.t1), _present(level.t2), report_type)
+               for report_type, levels in tree.items() for level in levels]
+    return sorted(changes, key=lambda c: (c.path, c.report_type))
+
+
+def _present(value: Any) -> Any:
+    return None if isinstance(value, NotPresent) else value
+
+
+def _what(change: Change) -> str:
+    kind = change.report_type
+    if kind.endswith("_added"):
+        return "only in the rerun"
+    if kind.endswith("_removed"):
+        return "only in the original"
+    if kind == "type_changes":
+        return f"type changed: {type(change.left).__name__} -> {type(change.right).__name__}"
+    return "value changed"
+
+
+def short(value: Any) -> str | None:
+    """A value as a short string (strings as they are, others as JSON when possible)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, sort_keys=True, default=str)
+        except ValueError:  # a circular structure
+            text = repr(value)
+    return text if len(text) <= SHORT else text[: SHORT - 1] + "…"

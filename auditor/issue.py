@@ -1,0 +1,107 @@
+"""Issue the certificate of a verification and keep the result.
+
+The certificate is an in-toto Statement v1 (subjects: the original run's output artifacts
+by sha256, plus its record digest as ``record:<run id>``) with auditor's reproduction
+predicate, wrapped in a DSSE envelope (Ed25519-signed when a key is given). Its bytes are
+stored content-addressed, indexed in the ``certificates`` table, appended to the
+hash-chain log ``log/certs.jsonl`` and, with ``--certificate PATH``, written there. The
+whole ``VerifyResult`` is stored as the rerun's ``verify/result.json`` artifact so reports
+can be rendered later without rerunning.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from auditor import __version__, certlog
+from auditor.certificate import (
+    ReproductionPredicate,
+    Subject,
+    envelope_bytes,
+    make_statement,
+    seal,
+    write_certificate,
+)
+from auditor.errors import CorruptRecord
+from auditor.keys import load_private_key
+from auditor.outcome import VerifyResult
+from auditor.schema import ArtifactRef, RunRecord, record_sha256
+from auditor.store import CertificateRow, SqlStore, store_dir_of
+
+RESULT_ARTIFACT = "verify/result.json"
+
+
+def subjects_of(original: RunRecord) -> list[Subject]:
+    """What a certificate certifies: every output, and the record itself."""
+    subjects = [Subject(name=a.name, digest={"sha256": a.sha256}) for a in original.outputs()]
+    subjects.append(
+        Subject(name=f"record:{original.identity.id}", digest={"sha256": record_sha256(original)})
+    )
+    return subjects
+
+
+def issue_certificate(
+    store: SqlStore,
+    result: VerifyResult,
+    original: RunRecord,
+    rerun: RunRecord,
+    key_path: Path | None,
+    out_path: Path | None,
+) -> VerifyResult:
+    """Seal, store, log and (optionally) write the certificate; store the result."""
+    level = result.verdict.level
+    predicate = ReproductionPredicate(
+        verdict=level,
+        original_run=original.identity.id,
+        rerun_run=rerun.identity.id,  # type: ignore[arg-type]
+        original_record_sha256=record_sha256(original),
+        rerun_record_sha256=record_sha256(rerun),
+        image=result.image,
+        environment_sha256=result.environment_sha256,
+        policy=result.policy,
+        summary=dict(result.verdict.summary)
+        | {"first_divergence": result.verdict.first_divergence},
+        causes=[f"{c.what}: {c.explanation}" for c in result.verdict.causes[:5]],
+        notes=list(result.verdict.notes),
+        issued_at=datetime.now(UTC),
+        auditor_version=__version__,
+    )
+    key = load_private_key(key_path) if key_path else None
+    envelope = seal(make_statement(subjects_of(original), predicate), key)
+    data = envelope_bytes(envelope)
+    sha, _ = store.blobs.put_bytes(data)
+    store.put_certificate(
+        CertificateRow(
+            sha256=sha,
+            run_id=original.identity.id,
+            rerun_id=rerun.identity.id,
+            verdict=level,
+            issued_at=predicate.issued_at,
+            subjects=tuple(s.digest["sha256"] for s in subjects_of(original)),
+        )
+    )
+    certlog.append(store_dir_of(store) / "log", sha, original.identity.id, key)
+    if out_path is not None:
+        write_certificate(envelope, out_path)
+    final = result.model_copy(
+        update={"certificate_sha256": sha, "certificate_path": str(out_path) if out_path else None}
+    )
+    _store_result(store, rerun, final)
+    return final
+
+
+def _store_result(store: SqlStore, rerun: RunRecord, result: VerifyResult) -> None:
+    sha, size = store.blobs.put_bytes(result.model_dump_json(indent=1).encode())
+    ref = ArtifactRef(name=RESULT_ARTIFACT, sha256=sha, size=size, kind="report")
+    current = store.get_record(rerun.identity.id)
+    kept = tuple(a for a in current.artifacts if a.name != RESULT_ARTIFACT)
+    store.put_record(current.model_copy(update={"artifacts": (*kept, ref)}))
+
+
+def stored_result(store: SqlStore, rerun: RunRecord) -> VerifyResult:
+    """The VerifyResult stored with a rerun."""
+    ref = rerun.artifact(RESULT_ARTIFACT)
+    if ref is None:
+        raise CorruptRecord(f"run {rerun.identity.id} has no stored verification result")
+    return VerifyResult.model_validate_json(store.blobs.read_bytes(ref.sha256, ref.name))

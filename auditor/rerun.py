@@ -1,0 +1,390 @@
+"""Run a recorded command again, exactly: same tree, inputs, seeds and settings.
+
+``prepare`` rebuilds the source tree (checked against its Merkle root), re-checks every
+input's fingerprint, makes code and data read-only (files owned by root, mode 0444; folders
+sticky so the rerun may create outputs but never change or remove a recorded file), and
+computes the replayed environment: the recorded allowlisted variables, PYTHONHASHSEED,
+thread counts (``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` set to the torch thread count seen in
+the original process), ``CUBLAS_WORKSPACE_CONFIG``, and the probe. ``execute`` runs it in the
+built image through the docker SDK (no network, read-only root, tmpfs /tmp, uid 1000, all
+capabilities dropped, no-new-privileges, pids/memory/time limits, labelled and always
+removed) or, with the venv backend, as a subprocess (uid 1000 and no network when root).
+
+``SKIPPABLE`` settings exist for one purpose: tests that prove a setting matters leave it
+out on purpose (``--skip-replay``, hidden); a certificate states any skipped setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from auditor.errors import CouldNotVerify, IntegrityError
+from auditor.record.capture.data import check_unchanged
+from auditor.record.capture.git import rebuild_tree
+from auditor.record.capture.secrets import REDACTED
+from auditor.record.outputs import Snapshot
+from auditor.record.wrap import PROBE_PATH
+from auditor.schema import RunRecord
+from auditor.store import SqlStore
+
+SKIPPABLE = frozenset({"pythonhashseed", "threads", "env"})
+HOST_SPECIFIC = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "PWD",
+        "OLDPWD",
+        "HOSTNAME",
+        "SHLVL",
+        "_",
+        "TERM",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "VIRTUAL_ENV",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "TMPDIR",
+        "DISPLAY",
+        "SSH_AUTH_SOCK",
+        "CONDA_PREFIX",
+        "LD_LIBRARY_PATH",
+    }
+)
+_PY = re.compile(r"^(?:python|pypy)[0-9.]*$")
+RERUN_UID = 1000
+
+
+@dataclass
+class Limits:
+    """Resource limits of a rerun."""
+
+    timeout_s: int = 3600
+    mem_limit: str = "8g"
+    pids_limit: int = 512
+    gpus: int = 0
+
+
+@dataclass
+class Prepared:
+    """A rerun ready to execute."""
+
+    record: RunRecord
+    workdir: Path  # holds tree/ and probe/
+    tree: Path
+    cwd: Path  # inside tree
+    argv: list[str]
+    env: dict[str, str]
+    skipped: tuple[str, ...]
+    snapshot: Snapshot
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Executed:
+    """What a rerun did."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float
+    probe_dir: Path
+    lines: list[str] = field(default_factory=list)
+
+
+def prepare(
+    store: SqlStore,
+    record: RunRecord,
+    workdir: Path,
+    *,
+    skip_replay: frozenset[str] = frozenset(),
+    pass_env: tuple[str, ...] = (),
+) -> Prepared:
+    """Rebuild the tree, check inputs, and compute argv and environment."""
+    unknown = skip_replay - SKIPPABLE
+    if unknown:
+        raise CouldNotVerify(f"unknown setting(s) to skip: {', '.join(sorted(unknown))}")
+    if record.code is None:
+        raise CouldNotVerify(f"run {record.identity.id} has no captured code to rerun")
+    tree = rebuild_tree(
+        record.code, {a.name: a for a in record.artifacts}, store.blobs, workdir / "tree"
+    )
+    _check_inputs(record, tree)
+    cwd = (tree / record.command.cwd).resolve()
+    if not cwd.is_relative_to(tree.resolve()):
+        raise IntegrityError(f"recorded working directory {record.command.cwd!r} escapes the tree")
+    cwd.mkdir(parents=True, exist_ok=True)
+    _lock_down(tree)
+    (workdir / "probe").mkdir()
+    os.chmod(workdir / "probe", 0o777)
+    env = replay_env(record, skip_replay, pass_env)
+    return Prepared(
+        record=record,
+        workdir=workdir,
+        tree=tree,
+        cwd=cwd,
+        argv=_argv(record),
+        env=env,
+        skipped=tuple(sorted(skip_replay)),
+        snapshot=Snapshot.take(cwd, []),
+    )
+
+
+def _check_inputs(record: RunRecord, tree: Path) -> None:
+    """Every recorded input must still match its fingerprint; bring untracked ones in."""
+    assert record.code is not None
+    for data in record.data:
+        inside = tree / data.path
+        source = inside if inside.exists() else _host_path(record, data.path)
+        reason = check_unchanged(data, source)
+        if reason:
+            raise CouldNotVerify(reason, hint="restore the recorded input or record a new run")
+        if not inside.exists() and inside.resolve().is_relative_to(tree.resolve()):
+            inside.parent.mkdir(parents=True, exist_ok=True)
+            copy = shutil.copytree if source.is_dir() else shutil.copy2
+            copy(source, inside)  # git-ignored data: copied in, then locked down with the tree
+
+
+def _host_path(record: RunRecord, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else Path(record.code.root) / p  # type: ignore[union-attr]
+
+
+def _lock_down(tree: Path) -> None:
+    """Files read-only and root-owned; folders sticky and writable by the rerun user."""
+    as_root = os.geteuid() == 0
+    for dirpath, _dirs, files in os.walk(tree):
+        for name in files:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                os.chmod(path, 0o444)
+        os.chmod(dirpath, 0o1777 if not as_root else 0o1775)
+        if as_root:
+            os.chown(dirpath, 0, RERUN_UID)  # group-writable for uid 1000, sticky: no deletes
+
+
+def replay_env(
+    record: RunRecord, skip: frozenset[str], pass_env: tuple[str, ...]
+) -> dict[str, str]:
+    """The environment variables the rerun gets."""
+    env: dict[str, str] = {}
+    if "env" not in skip:
+        env = {
+            k: v
+            for k, v in record.environment.env_vars.items()
+            if v != REDACTED and k not in HOST_SPECIFIC and not k.startswith("AUDITOR_")
+        }
+    for name in pass_env:
+        if name in os.environ:
+            env[name] = os.environ[name]
+    seeds, det = record.seeds, record.determinism
+    if "pythonhashseed" in skip:
+        env.pop("PYTHONHASHSEED", None)
+    elif seeds.pythonhashseed:
+        env["PYTHONHASHSEED"] = seeds.pythonhashseed
+    if "threads" in skip:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env.pop(name, None)
+    elif det and det.torch_num_threads:
+        env.setdefault("OMP_NUM_THREADS", det.omp_num_threads or str(det.torch_num_threads))
+        env.setdefault("MKL_NUM_THREADS", det.mkl_num_threads or str(det.torch_num_threads))
+    if det and det.cublas_workspace_config:
+        env["CUBLAS_WORKSPACE_CONFIG"] = det.cublas_workspace_config
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _argv(record: RunRecord) -> list[str]:
+    argv = list(record.command.argv)
+    if any(REDACTED in a for a in argv):
+        raise CouldNotVerify(
+            "the recorded command line holds a redacted secret, so it cannot be replayed exactly",
+            hint="pass secrets through the environment and the policy's pass_env instead of argv",
+        )
+    if argv and _PY.match(Path(argv[0]).name):
+        argv[0] = "python"
+    return argv
+
+
+# -- execution ---------------------------------------------------------------------------
+
+
+def execute_docker(
+    prep: Prepared, image_id: str, limits: Limits, on_line: Callable[[int, str], None]
+) -> Executed:
+    """Run in a container of the built image; the container is always removed."""
+    import docker
+    import docker.errors
+    from docker.types import DeviceRequest
+
+    from auditor.build import docker_client
+
+    client = docker_client()
+    rel_cwd = prep.cwd.relative_to(prep.tree).as_posix()
+    env = {**prep.env, "PYTHONPATH": "/opt/auditor-probe", "AUDITOR_PROBE_DIR": "/probe"}
+    devices = [DeviceRequest(count=limits.gpus, capabilities=[["gpu"]])] if limits.gpus else []
+    started = time.monotonic()
+    container = client.containers.run(
+        image_id,
+        command=prep.argv,
+        working_dir=f"/work/{rel_cwd}".rstrip("/.") or "/work",
+        environment=env,
+        user=f"{RERUN_UID}:{RERUN_UID}",
+        network_mode="none",
+        read_only=True,
+        tmpfs={"/tmp": "rw,size=512m", "/home/auditor": "rw,size=64m,uid=1000"},
+        volumes={
+            str(prep.tree): {"bind": "/work", "mode": "rw"},
+            str(PROBE_PATH): {"bind": "/opt/auditor-probe", "mode": "ro"},
+            str(prep.workdir / "probe"): {"bind": "/probe", "mode": "rw"},
+        },
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        pids_limit=limits.pids_limit,
+        mem_limit=limits.mem_limit,
+        memswap_limit=limits.mem_limit,
+        device_requests=devices,
+        labels={"auditor.run": prep.record.identity.id},
+        detach=True,
+    )
+    try:
+        out, err = _stream(container, on_line)
+        try:
+            status = container.wait(timeout=limits.timeout_s)
+        except Exception:  # noqa: BLE001 - requests' ReadTimeout or a connection error
+            container.kill()
+            raise CouldNotVerify(
+                f"error: timeout: the rerun ran past {limits.timeout_s} s"
+            ) from None
+        container.reload()
+        if container.attrs.get("State", {}).get("OOMKilled"):
+            raise CouldNotVerify(
+                f"error: out of memory: the rerun exceeded {limits.mem_limit}",
+                hint="raise the policy's memory limit",
+            )
+        code = int(status.get("StatusCode", 1))
+    finally:
+        with contextlib.suppress(docker.errors.DockerException):
+            container.remove(force=True)
+        client.close()
+    return Executed(
+        code, "".join(out), "".join(err), time.monotonic() - started, prep.workdir / "probe"
+    )
+
+
+def _stream(container: Any, on_line: Callable[[int, str], None]) -> tuple[list[str], list[str]]:
+    out: list[str] = []
+    err: list[str] = []
+
+    def pump(stdout: bool, sink: list[str], feed: Callable[[int, str], None] | None) -> None:
+        stream = container.logs(stdout=stdout, stderr=not stdout, stream=True, follow=True)
+        for lineno, line in enumerate(_lines(stream), start=1):
+            sink.append(line)
+            if feed:
+                feed(lineno, line)
+
+    threads = [
+        threading.Thread(target=pump, args=(True, out, on_line), daemon=True),
+        threading.Thread(target=pump, args=(False, err, None), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out, err
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for raw in complete:
+            yield raw.decode("utf-8", "replace") + "\n"
+    if pending:
+        yield pending.decode("utf-8", "replace")
+
+
+def execute_venv(
+    prep: Prepared, env_dir: Path, limits: Limits, on_line: Callable[[int, str], None]
+) -> Executed:
+    """Run with the venv's interpreter on this host (weaker isolation, said in the notes)."""
+    argv = list(prep.argv)
+    if argv and argv[0] == "python":
+        argv[0] = str(env_dir / "bin" / "python")
+    env = {
+        **prep.env,
+        "PATH": f"{env_dir / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "PYTHONPATH": str(PROBE_PATH),
+        "AUDITOR_PROBE_DIR": str(prep.workdir / "probe"),
+        "HOME": tempfile.gettempdir(),
+        "VIRTUAL_ENV": str(env_dir),
+    }
+    as_root = os.geteuid() == 0
+    if as_root and shutil.which("unshare"):
+        argv = ["unshare", "--net", "--", *argv]  # no network, as in the container
+        prep.notes.append("venv backend: network removed with unshare --net")
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        cwd=prep.cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        user=RERUN_UID if as_root else None,
+        group=RERUN_UID if as_root else None,
+        extra_groups=[] if as_root else None,
+    )
+    out: list[str] = []
+    err: list[str] = []
+    from auditor.record.wrap import _pump
+
+    threads = [
+        threading.Thread(target=_pump, args=(proc.stdout, None, out, on_line), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, None, err, None), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        code = proc.wait(timeout=limits.timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise CouldNotVerify(f"error: timeout: the rerun ran past {limits.timeout_s} s") from None
+    finally:
+        for t in threads:
+            t.join(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+    return Executed(
+        code, "".join(out), "".join(err), time.monotonic() - started, prep.workdir / "probe"
+    )
+
+
+def scratch_dir() -> tempfile.TemporaryDirectory[str]:
+    """A work directory the rerun user can enter (the tree's parent must be traversable)."""
+    tmp = tempfile.TemporaryDirectory(prefix="auditor-rerun-")
+    os.chmod(tmp.name, 0o755)
+    return tmp
+
+
+def cleanup(workdir: Path) -> None:
+    """Remove a rerun's work directory even though its files were made read-only."""
+    for dirpath, dirs, files in os.walk(workdir):
+        for name in dirs + files:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,143 @@
+"""The environment comparer: deepdiff per group, differences that explain, never fail."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from auditor.compare import Evidence, environment
+from auditor.policy import Policy
+from auditor.schema import (
+    Accelerators,
+    Command,
+    Determinism,
+    Environment,
+    Gpu,
+    Identity,
+    PythonEnv,
+    RunRecord,
+    Seeds,
+    System,
+)
+
+PY = PythonEnv(executable="/usr/bin/python3", version="3.11.7", implementation="CPython",
+               build="main", packages={"numpy": "1.26.4", "torch": "2.13.0", "rich": "13.7.0"})
+SYSTEM = System(os="Ubuntu 22.04", kernel="6.5.0", glibc="2.35", cpu_model="Xeon",
+                cpu_count=2, cpu_affinity=2, cpu_flags=("avx2", "sse4_2"))
+GPUS = Accelerators(driver_version="550.54", gpus=(Gpu(index=0, name="H100",
+                                                       compute_capability="9.0"),),
+                    torch_cuda="12.4", cudnn="90100")
+DET = Determinism(source="observed-in-process", torch_num_threads=2,
+                  torch_deterministic_algorithms=True)
+
+
+def record(**changes: Any) -> RunRecord:
+    """A complete record; keyword arguments replace whole parts."""
+    parts: dict[str, Any] = {
+        "identity": Identity(id="01hzzzzzzzzzzzzzzzzzzzzzzz", name="t", user="u", host="h",
+                             started_at=datetime(2025, 1, 1, tzinfo=UTC)),
+        "command": Command(argv=("python", "train.py"), cwd="."),
+        "environment": Environment(python=PY, system=SYSTEM, accelerators=GPUS,
+                                   env_vars={"OMP_NUM_THREADS": "2", "TOKEN": "[REDACTED]"}),
+        "determinism": DET,
+        "seeds": Seeds(seed=1, seeded=("random", "torch"), pythonhashseed="0",
+                       torch_initial_seed=1),
+    }
+    return RunRecord(**{**parts, **changes})
+
+
+def env(**fields: Any) -> Environment:
+    base: dict[str, Any] = {"python": PY, "system": SYSTEM, "accelerators": GPUS,
+                            "env_vars": {"OMP_NUM_THREADS": "2", "TOKEN": "[REDACTED]"}}
+    return Environment(**{**base, **fields})
+
+
+def compare(left: RunRecord, right: RunRecord) -> list[Any]:
+    def side(r: RunRecord) -> Evidence:
+        return Evidence(record=r, files={}, metric_keys=(), series=lambda _k: iter(()))
+
+    return environment.compare(side(left), side(right), Policy())
+
+
+# -- the four standard tests -------------------------------------------------------------
+
+
+def test_recognises_every_group() -> None:
+    other = record(
+        environment=env(
+            python=PY.model_copy(update={"version": "3.12.1",
+                                         "packages": {**PY.packages, "numpy": "2.0.0"}}),
+            system=SYSTEM.model_copy(update={"kernel": "6.8.0", "cpu_count": 4}),
+            accelerators=GPUS.model_copy(update={"cudnn": "90200"}),
+            env_vars={"OMP_NUM_THREADS": "4", "TOKEN": "[REDACTED]"}),
+        determinism=DET.model_copy(update={"torch_num_threads": 4}),
+        seeds=Seeds(seed=1, seeded=("random", "torch"), pythonhashseed="1", torch_initial_seed=1))
+    wheres = [d.where for d in compare(record(), other)]
+    assert wheres == ["environment/packages/numpy", "environment/python/version",
+                      "environment/os/kernel", "environment/cpu/cpu_count",
+                      "environment/gpu/cudnn", "environment/determinism/torch_num_threads",
+                      "environment/seeds/pythonhashseed", "environment/env/OMP_NUM_THREADS"]
+
+
+def test_self_compare_is_empty() -> None:
+    assert compare(record(), record()) == []
+
+
+def test_golden_changed_package_version() -> None:
+    other = record(environment=env(python=PY.model_copy(
+        update={"packages": {**PY.packages, "numpy": "2.0.0"}})))
+    (diff,) = compare(record(), other)
+    assert diff.where == "environment/packages/numpy" and diff.kind == "changed"
+    assert (diff.left, diff.right) == ("1.26.4", "2.0.0")
+    assert diff.within_tolerance and diff.stats == {"group": "packages"}
+
+
+def test_missing_section_is_one_difference() -> None:
+    other = record(environment=env(python=None), determinism=None)
+    diffs = compare(record(), other)
+    assert [(d.where, d.right, d.comments) for d in diffs] == [
+        ("environment/packages", None, ("not captured in the rerun",)),
+        ("environment/python", None, ("not captured in the rerun",)),
+        ("environment/determinism", None, ("not captured in the rerun",))]
+    assert compare(other, other) == []
+
+
+# -- details -----------------------------------------------------------------------------
+
+
+def test_added_and_removed_packages() -> None:
+    packages = {"numpy": "1.26.4", "torch": "2.13.0", "scipy": "1.13.0"}
+    other = record(environment=env(python=PY.model_copy(update={"packages": packages})))
+    diffs = {d.where: d for d in compare(record(), other)}
+    assert (diffs["environment/packages/rich"].left, diffs["environment/packages/rich"].right) \
+        == ("13.7.0", None)
+    assert diffs["environment/packages/scipy"].right == "1.13.0"
+
+
+def test_cpu_flags_and_gpus_say_what_changed() -> None:
+    other = record(environment=env(
+        system=SYSTEM.model_copy(update={"cpu_flags": ("avx2", "avx512f", "sse4_2")}),
+        accelerators=GPUS.model_copy(update={"gpus": (Gpu(index=0, name="A100",
+                                                           compute_capability="8.0"),)})))
+    diffs = {d.where: d for d in compare(record(), other)}
+    assert diffs["environment/cpu/cpu_flags"].comments == ("only in the rerun: avx512f",)
+    assert diffs["environment/gpu/names"].comments == ("only in the rerun: A100",
+                                                       "only in the original: H100")
+    assert "environment/gpu/compute_capability" in diffs
+
+
+def test_redacted_on_both_sides_is_not_compared() -> None:
+    other = record(environment=env(env_vars={"OMP_NUM_THREADS": "2", "TOKEN": "[REDACTED]",
+                                             "EXTRA": "[REDACTED]"}))
+    (diff,) = compare(record(), other)
+    assert diff.where == "environment/env/EXTRA" and diff.right == "[REDACTED]"
+
+
+def test_seed_and_determinism_fields() -> None:
+    other = record(seeds=Seeds(seed=None, torch_initial_seed=123456789),
+                   determinism=DET.model_copy(update={"source": "environment-only",
+                                                      "cudnn_benchmark": True}))
+    wheres = {d.where for d in compare(record(), other)}
+    assert wheres == {"environment/seeds/seed", "environment/seeds/seeded",
+                      "environment/seeds/pythonhashseed", "environment/seeds/torch_initial_seed",
+                      "environment/determinism/cudnn_benchmark"}  # source is not compared

@@ -1,0 +1,221 @@
+"""The file comparers: outputs by digest, text line by line after masks, binary by bytes,
+logs as information only; the thin weights comparer of the registry; and the Evidence
+read from a store (artifacts re-hashed first)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from auditor.compare import Evidence, evidence_from_store, files
+from auditor.errors import InputError, IntegrityError
+from auditor.policy import Policy
+from auditor.schema import (
+    ArtifactKind,
+    ArtifactRef,
+    Command,
+    Identity,
+    MetricsSummary,
+    RunRecord,
+    new_run_id,
+)
+from auditor.store import MetricPoint, SqlStore
+
+
+def side(root: Path, contents: dict[str, bytes], logs: tuple[str, ...] = ()) -> Evidence:
+    """An Evidence whose artifacts are real files under root (logs: names of kind log)."""
+    refs, paths = [], {}
+    for name, data in contents.items():
+        path = root / hashlib.sha256(data).hexdigest()
+        path.write_bytes(data)
+        kind: ArtifactKind = "log" if name in logs else "output"
+        refs.append(ArtifactRef(name=name, sha256=hashlib.sha256(data).hexdigest(),
+                                size=len(data), kind=kind))
+        paths[name] = path
+    record = RunRecord(identity=Identity(id="01hzzzzzzzzzzzzzzzzzzzzzzz", name="t", user="u",
+                                         host="h", started_at=datetime(2025, 1, 1, tzinfo=UTC)),
+                       command=Command(argv=("python", "train.py"), cwd="."),
+                       artifacts=tuple(refs))
+    return Evidence(record=record, files=paths, metric_keys=(), series=lambda _k: iter(()))
+
+
+Make = Callable[..., tuple[Evidence, Evidence]]
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Make:
+    """Factory: (left, right) Evidence from name -> bytes tables."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+
+    def make(left: dict[str, bytes], right: dict[str, bytes],
+             logs: tuple[str, ...] = ()) -> tuple[Evidence, Evidence]:
+        return side(tmp_path / "a", left, logs), side(tmp_path / "b", right, logs)
+
+    return make
+
+
+REPORT = b"epoch 1 loss 0.5\nepoch 2 loss 0.4\nepoch 3 loss 0.3\n"
+
+
+# -- the four standard tests -------------------------------------------------------------
+
+
+def test_recognises_outputs_and_leaves_weights_to_the_weights_comparer(pair: Make) -> None:
+    left, right = pair({"out/report.txt": REPORT, "out/model.safetensors": b"x"},
+                       {"out/report.txt": REPORT + b"more\n", "out/model.safetensors": b"y"})
+    assert [d.where for d in files.compare(left, right, Policy())] == ["files/out/report.txt"]
+
+
+def test_self_compare_is_empty(pair: Make) -> None:
+    left, right = pair({"out/report.txt": REPORT, "out/blob.dat": b"\0\1\2"},
+                       {"out/report.txt": REPORT, "out/blob.dat": b"\0\1\2"})
+    assert files.compare(left, right, Policy()) == []
+    assert files.compare_weights(left, right, Policy()) == []
+
+
+def test_golden_text_difference(pair: Make) -> None:
+    changed = b"epoch 1 loss 0.5\nepoch 2 loss 0.41\nepoch 3 loss 0.3\n"
+    left, right = pair({"out/report.txt": REPORT}, {"out/report.txt": changed})
+    (diff,) = files.compare(left, right, Policy())
+    assert (diff.where, diff.kind, diff.within_tolerance) == ("files/out/report.txt", "text", False)
+    assert diff.stats == {"left_lines": 4, "right_lines": 4, "changed_lines": 1, "first_line": 2}
+    (line,) = diff.details
+    assert line.where == "files/out/report.txt@line 2"
+    assert (line.left, line.right) == ("epoch 2 loss 0.4", "epoch 2 loss 0.41")
+
+
+def test_golden_binary_difference(pair: Make) -> None:
+    left, right = pair({"out/blob.dat": b"\0\1\2\3\4"}, {"out/blob.dat": b"\0\1\2\7\4\5"})
+    (diff,) = files.compare(left, right, Policy())
+    assert diff.kind == "bytes" and not diff.within_tolerance
+    assert diff.stats == {"left_size": 5, "right_size": 6, "first_offset": 3}
+
+
+def test_missing_and_extra_outputs(pair: Make) -> None:
+    left, right = pair({"out/a.txt": b"a\n"}, {"out/b.txt": b"b\n"})
+    diffs = files.compare(left, right, Policy())
+    assert [(d.where, d.kind) for d in diffs] == [("files/out/a.txt", "missing"),
+                                                  ("files/out/b.txt", "extra")]
+    digest = hashlib.sha256(b"a\n").hexdigest()
+    assert diffs[0].left == f"sha256:{digest[:12]} (2 bytes)"
+
+
+def test_file_not_available_is_an_error_difference(pair: Make) -> None:
+    left, right = pair({"out/a.txt": b"a\n"}, {"out/a.txt": b"b\n"})
+    right = Evidence(right.record, {}, (), right.series)
+    (diff,) = files.compare(left, right, Policy())
+    assert diff.kind == "error" and "rerun's file is not available" in diff.comments[0]
+
+
+# -- masks and logs ----------------------------------------------------------------------
+
+
+def test_text_differing_only_in_timestamps_is_equal_after_masks(pair: Make) -> None:
+    a = b"2025-01-01T10:00:00Z start\nstep 1 took 0.52s\nloss 0.5\n"
+    b = b"2025-03-04T11:12:13Z start\nstep 1 took 0.61s\nloss 0.5\n"
+    left, right = pair({"out/run.txt": a, "logs/stdout.txt": a},
+                       {"out/run.txt": b, "logs/stdout.txt": b}, logs=("logs/stdout.txt",))
+    (diff,) = files.compare(left, right, Policy())  # the log says nothing at all
+    assert diff.where == "files/out/run.txt" and diff.within_tolerance
+    assert diff.stats == {"masked_only": True}
+
+
+def test_masked_text_that_still_differs_is_reported(pair: Make) -> None:
+    a = b"10:00:00 step 1 loss 0.5\n10:00:01 step 2 loss 0.4\n"
+    b = b"11:00:00 step 1 loss 0.5\n11:00:01 step 2 loss 0.9\n"
+    left, right = pair({"out/run.txt": a}, {"out/run.txt": b})
+    (diff,) = files.compare(left, right, Policy())
+    assert diff.stats["first_line"] == 2 and not diff.within_tolerance
+    assert diff.details[0].left == "<masked> step 2 loss 0.4"
+
+
+def test_log_differences_are_informational(pair: Make) -> None:
+    left, right = pair({"logs/stderr.txt": b"warning A\n"}, {"logs/stderr.txt": b"warning B\n"},
+                       logs=("logs/stderr.txt",))
+    (diff,) = files.compare(left, right, Policy())
+    assert diff.within_tolerance and diff.stats["informational"] is True
+    assert files.compare(left, right, Policy(compare_logs=False)) == []
+
+
+def test_ignored_outputs_are_not_compared(pair: Make) -> None:
+    left, right = pair({"out/timing.json": b"1"}, {"out/timing.json": b"2"})
+    assert files.compare(left, right, Policy(ignore_outputs=("out/timing*",))) == []
+
+
+def test_a_bad_mask_is_an_input_error(pair: Make) -> None:
+    left, right = pair({"out/a.txt": b"a\n"}, {"out/a.txt": b"b\n"})
+    with pytest.raises(InputError, match="not a valid regex"):
+        files.compare(left, right, Policy(log_masks=("(",)))
+
+
+def test_first_differing_offset(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(bytes(3 << 20))
+    b.write_bytes(bytes(3 << 20) + b"!")
+    assert files.first_differing_offset(a, b) == 3 << 20
+    b.write_bytes(bytes(2 << 20) + b"!" + bytes((1 << 20) - 1))
+    assert files.first_differing_offset(a, b) == 2 << 20
+    assert files.first_differing_offset(a, a) is None
+
+
+# -- the weights comparer of the registry (the tensor work is weights.py's) --------------
+
+
+def npy(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_weights_missing_extra_and_delegated(pair: Make) -> None:
+    w = npy(np.arange(4, dtype=np.float32))
+    w2 = npy(np.arange(4, dtype=np.float32) + 1)
+    left, right = pair({"out/a.npy": w, "out/b.npy": w}, {"out/b.npy": w2, "out/c.npy": w})
+    diffs = files.compare_weights(left, right, Policy())
+    assert (diffs[0].where, diffs[0].kind) == ("weights/out/a.npy", "missing")
+    assert diffs[-1].where == "weights/out/c.npy" and diffs[-1].kind == "extra"
+    assert all(d.where.startswith("weights/out/b.npy") for d in diffs[1:-1]) and diffs[1:-1]
+
+
+def test_unreadable_weights_raise_naming_the_artifact(pair: Make) -> None:
+    left, right = pair({"out/model.safetensors": b"\x08\0\0\0\0\0\0\0{bad json"},
+                       {"out/model.safetensors": b"\x08\0\0\0\0\0\0\0{also bad"})
+    with pytest.raises(InputError, match=r"model\.safetensors"):
+        files.compare_weights(left, right, Policy())
+
+
+# -- evidence from the store ---------------------------------------------------------------
+
+
+def test_evidence_from_store_reads_verified_files_and_series(store: SqlStore) -> None:
+    sha, size = store.blobs.put_bytes(b"loss 0.5\n")
+    log_sha, log_size = store.blobs.put_bytes(b"hello\n")
+    record = RunRecord(
+        identity=Identity(id=new_run_id(), name="t", user="u", host="h",
+                          started_at=datetime(2025, 1, 1, tzinfo=UTC)),
+        command=Command(argv=("python", "train.py"), cwd="."),
+        metrics=MetricsSummary(final={"loss": 0.5}),
+        artifacts=(ArtifactRef(name="out/r.txt", sha256=sha, size=size, kind="output"),
+                   ArtifactRef(name="logs/stdout.txt", sha256=log_sha, size=log_size, kind="log"),
+                   ArtifactRef(name="code/x.py", sha256=sha, size=size, kind="code")))
+    store.put_record(record)
+    store.add_metrics(record.identity.id, [MetricPoint("loss", 0, 1.0, 0.0),
+                                           MetricPoint("acc", 0, 0.1, 0.0),
+                                           MetricPoint("loss", 1, 0.5, 1.0)])
+    ev = evidence_from_store(store, record)
+    assert sorted(ev.files) == ["logs/stdout.txt", "out/r.txt"]
+    assert ev.files["out/r.txt"].read_bytes() == b"loss 0.5\n"
+    assert ev.metric_keys == ("loss",) and list(ev.series("loss")) == [(0, 1.0), (1, 0.5)]
+    path = store.blobs.path_for(sha)
+    path.chmod(0o644)
+    path.write_bytes(b"loss 0.6\n")
+    with pytest.raises(IntegrityError, match="altered"):
+        evidence_from_store(store, record)

@@ -1,0 +1,329 @@
+"""Release gating: a passing gate, a failing gate for each requirement, tampering (T7,
+T10-T12), policy files, and ``audit certificate verify``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from auditor.certificate import (
+    ReproductionPredicate,
+    Subject,
+    envelope_bytes,
+    make_statement,
+    seal,
+    write_certificate,
+)
+from auditor.errors import InputError, IntegrityError
+from auditor.gate import (
+    GatePolicy,
+    check_artifacts,
+    load_gate_policy,
+    verify_certificate_file,
+)
+from auditor.keys import generate_keypair, load_private_key
+from auditor.schema import ArtifactRef, Command, Identity, RunRecord, new_run_id
+from auditor.store import CertificateRow, SqlStore, open_store
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+TEMPLATE_POLICY = Path(__file__).resolve().parents[2] / "templates" / "gate.toml"
+
+
+@dataclass
+class World:
+    """A store with recorded runs and signed certificates, and the files to release."""
+
+    tmp: Path
+    store: SqlStore
+    key: Path  # private
+    pub: Path
+    other_pub: Path
+
+    def artifact(self, name: str, content: bytes, *, register: bool = True) -> tuple[Path, str]:
+        path = self.tmp / name
+        path.write_bytes(content)
+        sha, size = self.store.blobs.put_bytes(content)
+        if register:
+            self.record_run(name, sha, size)
+        return path, sha
+
+    def record_run(self, name: str, sha: str, size: int) -> str:
+        run_id = new_run_id()
+        record = RunRecord(
+            identity=Identity(id=run_id, name="train", user="u", host="h",
+                              started_at=NOW - timedelta(days=30), status="finished"),
+            command=Command(argv=("python", "train.py"), cwd="."),
+            artifacts=(ArtifactRef(name=f"outputs/{name}", sha256=sha, size=size,
+                                   kind="output"),))
+        self.store.put_record(record)
+        return run_id
+
+    def certify(self, subjects: list[str], *, run_id: str = "01jd0x8k6m2q3r4s5t6v7w8x9y",
+                verdict: str = "reproduced-bitwise", issued: datetime = NOW - timedelta(days=1),
+                key: Path | None = None, index_subjects: list[str] | None = None,
+                data: bytes | None = None) -> str:
+        """Store a signed certificate for ``subjects`` and index it; return its sha256."""
+        data = data or self.envelope(subjects, run_id=run_id, verdict=verdict, issued=issued,
+                                     key=key)
+        sha, _ = self.store.blobs.put_bytes(data)
+        self.store.put_certificate(CertificateRow(sha, run_id, None, verdict, issued,
+                                                  tuple(index_subjects or subjects)))
+        return sha
+
+    def envelope(self, subjects: list[str], *, run_id: str = "01jd0x8k6m2q3r4s5t6v7w8x9y",
+                 verdict: str = "reproduced-bitwise", issued: datetime = NOW - timedelta(days=1),
+                 key: Path | None = None) -> bytes:
+        predicate = ReproductionPredicate(
+            verdict=verdict, original_run=run_id, rerun_run=None,  # type: ignore[arg-type]
+            original_record_sha256="0" * 64, issued_at=issued, auditor_version="0.1.0")
+        statement = make_statement([Subject(name=f"file{i}", digest={"sha256": s})
+                                    for i, s in enumerate(subjects)], predicate)
+        return envelope_bytes(seal(statement, load_private_key(key or self.key)))
+
+    def gate(self, *paths: Path, **policy: object):  # type: ignore[no-untyped-def]
+        settings = {"trusted_keys": (self.pub,), **policy}
+        return check_artifacts(self.store, list(paths), GatePolicy(**settings), now=NOW)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    store = open_store(str(tmp_path / "store"))
+    key, pub = generate_keypair(tmp_path / "keys", "signer")
+    _, other_pub = generate_keypair(tmp_path / "keys", "other")
+    yield World(tmp_path, store, key, pub, other_pub)
+    store.close()
+
+
+def failure(report) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    finding = report.findings[0]
+    assert not finding.passed and not report.passed
+    return finding.requirement, finding.message
+
+
+def test_a_certified_registered_artifact_passes(world: World) -> None:
+    model, sha = world.artifact("model.safetensors", b"weights v1")
+    cert = world.certify([sha])
+    report = world.gate(model)
+    assert report.passed
+    finding = report.findings[0]
+    assert finding.certificate == cert and finding.level == "reproduced-bitwise"
+    assert "reproduced-bitwise" in finding.line() and finding.line().startswith("PASS")
+
+
+def test_every_artifact_must_pass(world: World) -> None:
+    good, sha = world.artifact("a.bin", b"a")
+    bad, _ = world.artifact("b.bin", b"b")
+    world.certify([sha])
+    report = world.gate(good, bad)
+    assert [f.passed for f in report.findings] == [True, False]
+    assert report.first_failure() is report.findings[1]
+
+
+def test_missing_artifact_is_input_error(world: World) -> None:
+    with pytest.raises(InputError, match="artifact not found"):
+        world.gate(world.tmp / "nope.bin")
+
+
+def test_unregistered_artifact_fails(world: World) -> None:
+    model, sha = world.artifact("model.bin", b"never recorded", register=False)
+    world.certify([sha])
+    requirement, message = failure(world.gate(model))
+    assert requirement == "registered"
+    assert "every result must be recorded before it is shared" in message
+    assert world.gate(model, require_registered=False).passed
+
+
+def test_no_certificate_names_the_digest(world: World) -> None:  # T11
+    model, sha = world.artifact("model.bin", b"uncertified")
+    _, other_sha = world.artifact("other.bin", b"certified")
+    world.certify([other_sha])
+    requirement, message = failure(world.gate(model))
+    assert requirement == "certificate"
+    assert message == f"no certificate for sha256:{sha}"
+
+
+def test_tampered_certificate_fails_on_signature(world: World) -> None:  # T10a
+    model, sha = world.artifact("model.bin", b"w")
+    envelope = json.loads(world.envelope([sha], verdict="not-reproduced"))
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    statement["predicate"]["verdict"] = "reproduced-bitwise"
+    envelope["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    world.certify([sha], data=json.dumps(envelope).encode())
+    requirement, message = failure(world.gate(model))
+    assert requirement == "signature"
+    assert "signature does not verify" in message
+
+
+def test_unsigned_certificate_fails_unless_policy_allows(world: World) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    envelope = json.loads(world.envelope([sha]))
+    envelope["signatures"] = []
+    world.certify([sha], data=json.dumps(envelope).encode())
+    requirement, message = failure(world.gate(model))
+    assert requirement == "signature" and "no signature" in message
+    assert world.gate(model, require_signature=False, trusted_keys=()).passed
+
+
+def test_wrong_key_fails(world: World) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    world.certify([sha])
+    requirement, message = failure(world.gate(model, trusted_keys=(world.other_pub,)))
+    assert requirement == "signature" and "trusted" in message
+
+
+def test_no_trusted_key_is_input_error(world: World) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    world.certify([sha])
+    with pytest.raises(InputError, match="no trusted public key"):
+        world.gate(model, trusted_keys=())
+
+
+def test_flipped_byte_in_stored_certificate_is_integrity_error(world: World) -> None:  # T7
+    model, sha = world.artifact("model.bin", b"w")
+    cert = world.certify([sha])
+    blob = world.store.blobs.path_for(cert)
+    os.chmod(blob, 0o644)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="altered"):
+        world.gate(model)
+
+
+@pytest.mark.parametrize(("verdict", "min_level"), [
+    ("not-reproduced", "reproduced-within-tolerance"),
+    ("reproduced-within-tolerance", "reproduced-bitwise"),
+])
+def test_level_too_low_fails(world: World, verdict: str, min_level: str) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    world.certify([sha], verdict=verdict)
+    requirement, message = failure(world.gate(model, min_level=min_level))
+    assert requirement == "level" and verdict in message and min_level in message
+
+
+def test_expired_certificate_fails(world: World) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    world.certify([sha], issued=NOW - timedelta(days=100))
+    requirement, message = failure(world.gate(model))
+    assert requirement == "age" and "100 days ago" in message and "90 days" in message
+    assert world.gate(model, max_age_days=0).passed  # 0: no limit
+    assert world.gate(model, max_age_days=120).passed
+
+
+def test_certificate_from_the_future_fails(world: World) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    world.certify([sha], issued=NOW + timedelta(days=2))
+    requirement, message = failure(world.gate(model))
+    assert requirement == "age" and "future" in message
+
+
+def test_replayed_v1_certificate_for_v2_fails(world: World) -> None:  # T12
+    _, v1 = world.artifact("model-v1.bin", b"weights v1")
+    v2_path, v2 = world.artifact("model-v2.bin", b"weights v2")
+    world.certify([v1])
+    requirement, message = failure(world.gate(v2_path))
+    assert (requirement, message) == ("certificate", f"no certificate for sha256:{v2}")
+    # an index row that claims v2 cannot make the signed v1 statement cover v2
+    world.certify([v1], index_subjects=[v2], issued=NOW - timedelta(hours=1))
+    requirement, message = failure(world.gate(v2_path))
+    assert requirement == "subject" and "replay" in message
+
+
+def test_recertified_failed_later_is_refused_with_latest_only(world: World) -> None:  # T12
+    model, sha = world.artifact("model.bin", b"w")
+    run = "01jd0x8k6m2q3r4s5t6v7w8x9y"
+    world.certify([sha], run_id=run, issued=NOW - timedelta(days=10))
+    world.certify(["f" * 64], run_id=run, verdict="not-reproduced",
+                  issued=NOW - timedelta(days=1))
+    requirement, message = failure(world.gate(model))
+    assert requirement == "latest" and "re-certified not-reproduced" in message
+    assert world.gate(model, latest_only=False).passed
+
+
+def test_newer_passing_certificate_does_not_supersede(world: World) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    world.certify([sha], issued=NOW - timedelta(days=10))
+    world.certify(["f" * 64], verdict="reproduced-within-tolerance",
+                  issued=NOW - timedelta(days=1))
+    assert world.gate(model).passed
+
+
+def test_an_older_good_certificate_passes_when_the_newest_is_bad(world: World) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    world.certify([sha], issued=NOW - timedelta(days=5))
+    world.certify([sha], issued=NOW - timedelta(days=1), key=world.tmp / "keys" / "other.key")
+    assert world.gate(model).passed
+    assert failure(world.gate(model, max_age_days=2))[0] == "signature"  # newest reported
+
+
+# -- policy files -----------------------------------------------------------------------------
+def test_template_policy_loads_with_keys_relative_to_it() -> None:
+    policy = load_gate_policy(TEMPLATE_POLICY)
+    assert policy.min_level == "reproduced-within-tolerance" and policy.max_age_days == 90
+    assert policy.trusted_keys == (TEMPLATE_POLICY.parent / "keys" / "auditor.pub",)
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("min_levle = 'reproduced-bitwise'\n", "unknown key 'min_levle'"),
+    ("latest-only = true\n", "unknown key 'latest-only'"),
+    ("min_level = 'not-reproduced'\n", "min_level"),
+    ("max_age_days = -1\n", "max_age_days"),
+    ("max_age_days = [\n", "invalid TOML"),
+])
+def test_bad_policy_files_are_one_line_input_errors(tmp_path: Path, text: str,
+                                                    error: str) -> None:
+    path = tmp_path / "gate.toml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=error) as caught:
+        load_gate_policy(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_policy_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="gate policy not found"):
+        load_gate_policy(tmp_path / "nope.toml")
+
+
+# -- audit certificate verify -------------------------------------------------------------------
+def test_certificate_file_verifies_with_its_artifacts(world: World) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    cert = world.tmp / "cert.dsse.json"
+    cert.write_bytes(world.envelope([sha]))
+    check = verify_certificate_file(cert, [world.pub], [model], now=NOW)
+    assert check.statement.predicate.verdict == "reproduced-bitwise"
+    assert check.artifacts == ((model, sha),)
+
+
+def test_certificate_file_failures(world: World) -> None:
+    _, sha = world.artifact("model.bin", b"w")
+    other, _ = world.artifact("other.bin", b"x")
+    cert = world.tmp / "cert.dsse.json"
+    cert.write_bytes(world.envelope([sha]))
+    with pytest.raises(IntegrityError, match="not a subject"):
+        verify_certificate_file(cert, [world.pub], [other], now=NOW)
+    with pytest.raises(IntegrityError, match="does not verify"):
+        verify_certificate_file(cert, [world.other_pub], now=NOW)
+    with pytest.raises(InputError, match="no trusted public key"):
+        verify_certificate_file(cert, [], now=NOW)
+    with pytest.raises(IntegrityError, match="future"):
+        verify_certificate_file(cert, [world.pub], now=NOW - timedelta(days=3))
+    junk = world.tmp / "junk.json"
+    junk.write_text("not json")
+    with pytest.raises(InputError, match="unknown certificate format"):
+        verify_certificate_file(junk, [world.pub], now=NOW)
+
+
+def test_written_certificate_round_trip(world: World) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    envelope = json.loads(world.envelope([sha]))
+    from auditor.certificate import Envelope
+
+    path = world.tmp / "certs" / "c.json"
+    write_certificate(Envelope.model_validate(envelope), path)
+    assert verify_certificate_file(path, [world.pub], [model], now=NOW).artifacts
