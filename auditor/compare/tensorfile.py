@@ -567,6 +567,8 @@ def _view(storage: object, dtype: str, offset: Any, size: Any, stride: Any) -> T
     if all(s == prod(shape[i + 1 :]) for i, (n, s) in enumerate(zip(shape, stride, strict=True))
            if n > 1):
         return _Rebuilt(dtype, shape, typed[offset : offset + numel])
+    if numel > len(typed):  # an expanded (stride 0) view: copying it could exhaust memory
+        raise _Refused("tensor record is larger than its storage")
     strides = [s * npdt.itemsize for s in stride]
     view = np.lib.stride_tricks.as_strided(typed[offset:], shape, strides)
     return _Rebuilt(dtype, shape, np.ascontiguousarray(view).reshape(-1))  # saved views: a copy

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import struct
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -283,6 +285,22 @@ def test_float16_and_float8_decoding(tmp_path: Path, torch: Any) -> None:
     save_torch({"q": codes.view(torch.float8_e4m3fn)}, str(tmp_path / "q.safetensors"))
     same = tmp_path / "q.safetensors"
     assert compare_weight_files(same, same, Policy()) == []
+
+
+def unaligned(path: Path, b: np.ndarray) -> Path:
+    """A safetensors file whose float64 tensor starts at byte 3 of the data (legal, packed)."""
+    header = json.dumps({"a": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+                         "b": {"dtype": "F64", "shape": [4], "data_offsets": [3, 35]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(3) + b.tobytes())
+    return path
+
+
+def test_unaligned_tensors(tmp_path: Path) -> None:
+    left = unaligned(tmp_path / "a.safetensors", np.arange(4.0))
+    right = unaligned(tmp_path / "b.safetensors", np.array([0.0, 1.0, 2.5, 3.0]))
+    assert compare_weight_files(left, left, Policy()) == []
+    diff = one(compare_weight_files(left, right, Policy()))
+    assert diff.where == "weights/b" and diff.stats["max_abs"] == 0.5 and diff.stats["max_ulp"]
 
 
 def test_npz_members_compare_by_name(tmp_path: Path) -> None:

@@ -278,12 +278,13 @@ STORAGE = object()  # stands for one 4-element float32 storage record in crafted
 class _Rebuild:
     """Pickles as a torch tensor-rebuild call with chosen arguments and an optional BUILD."""
 
-    def __init__(self, torch: Any, size: tuple[int, ...], state: dict[str, Any] | None) -> None:
+    def __init__(self, torch: Any, size: tuple[int, ...], state: dict[str, Any] | None,
+                 stride: tuple[int, ...] | None = None) -> None:
         self.call, self.size, self.state = torch._utils._rebuild_tensor_v2, size, state
+        self.stride = stride or tuple(int(np.prod(size[i + 1 :])) for i in range(len(size)))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        stride = tuple(int(np.prod(self.size[i + 1 :])) for i in range(len(self.size)))
-        args = (STORAGE, 0, self.size, stride, False, OrderedDict[str, Any]())
+        args = (STORAGE, 0, self.size, self.stride, False, OrderedDict[str, Any]())
         return (self.call, args) if self.state is None else (self.call, args, self.state)
 
 
@@ -311,6 +312,7 @@ def test_crafted_records_cannot_escape_their_storage(tmp_path: Path, torch: Any)
     good = crafted_checkpoint(tmp_path / "good.pt", torch, {"m": Plain(), "w": record})
     np.testing.assert_array_equal(read_tensors(good)["w"].array(), np.arange(4, dtype=np.float32))
     cases = {"past the end of its storage": _Rebuild(torch, (100,), None),
+             "larger than its storage": _Rebuild(torch, (10**12,), None, stride=(0,)),
              "rewrite a tensor record": _Rebuild(torch, (4,), {"source": "x"})}
     for reason, record in cases.items():
         path = crafted_checkpoint(tmp_path / "bad.pt", torch, {"m": Plain(), "w": record})

@@ -1,0 +1,161 @@
+"""`audit verify` end to end: real torch runs, a real docker engine, real certificates.
+
+The six cases the issue names: seeded -> reproduced-bitwise; clock-seeded -> not reproduced
+at step 0; a setting the rerun must honour (PYTHONHASHSEED, thread count) reproduces when
+replayed and fails, naming the setting, when deliberately not replayed; a stored artifact
+altered after recording; a changed data input; bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import FIXTURES, audit, git
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, base_image: tuple[str, str],
+            ca_bundle: Path, torch_wheelhouse: Path) -> Iterator[dict[str, Any]]:
+    """The fixture training project (data git-ignored, as data usually is) and a store."""
+    root = tmp_path_factory.mktemp("verify") / "proj"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    shutil.copy(FIXTURES / "train" / "train_mlp.py", root)
+    shutil.copy(FIXTURES / "train" / "requirements.lock", root)
+    (root / "data").mkdir()
+    shutil.copy(FIXTURES / "data" / "blobs.csv", root / "data")
+    (root / ".gitignore").write_text("outputs/\n.auditor/\ndata/\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "fixture")
+    env = {"AUDITOR_STORE": str(root.parent / "store"), "AUDITOR_BASE_IMAGE": base_image[0],
+           "AUDITOR_WHEELHOUSE": str(torch_wheelhouse), "AUDITOR_CA_BUNDLE": str(ca_bundle)}
+    yield {"root": root, "env": env}
+
+
+def record(project: dict[str, Any], *args: str, env: dict[str, str] | None = None) -> str:
+    res = audit("--json", "record", "--input", "data/blobs.csv", "--", PY, "train_mlp.py",
+                "--epochs", "2", *args, cwd=project["root"], env={**project["env"], **(env or {})})
+    assert res.returncode == 0, res.stderr
+    return str(json.loads(res.stdout.strip().splitlines()[-1])["id"])
+
+
+def verify(project: dict[str, Any], run_id: str, *args: str) -> tuple[int, dict[str, Any], str]:
+    res = audit("--json", "verify", run_id, *args, cwd=project["root"], env=project["env"],
+                timeout=900)
+    data = json.loads(res.stdout) if res.stdout.strip().startswith("{") else {}
+    return res.returncode, data, res.stderr
+
+
+def only(data: dict[str, Any]) -> dict[str, Any]:
+    assert len(data["results"]) == 1, data
+    return data["results"][0]  # type: ignore[no-any-return]
+
+
+def test_seeded_run_reproduces_bitwise_with_a_certificate(project: dict[str, Any],
+                                                          tmp_path: Path) -> None:
+    run_id = record(project, "--seed", "3")
+    cert = tmp_path / "run.cert.json"
+    code, data, err = verify(project, run_id, "--certificate", str(cert))
+    assert code == 0, err
+    result = only(data)
+    assert result["verdict"]["level"] == "reproduced-bitwise"
+    assert result["backend"] == "docker" and result["rerun_run"]
+    assert any("python" in n.lower() for n in result["verdict"]["notes"])  # 3.11.x patch differs
+    statement = json.loads(__import__("base64").b64decode(json.loads(cert.read_text())["payload"]))
+    assert statement["predicate"]["verdict"] == "reproduced-bitwise"
+    assert statement["predicate"]["original_run"] == run_id
+    names = {s["name"] for s in statement["subject"]}
+    assert "outputs/outputs/model.safetensors" in names and f"record:{run_id}" in names
+    # the rerun is itself a run pointing at the original
+    shown = json.loads(audit("--json", "show", result["rerun_run"], cwd=project["root"],
+                             env=project["env"]).stdout)
+    assert shown["identity"]["reproduces"] == run_id
+    assert shown["environment"]["container_image"] == result["image"]
+    # and the stored result renders to a report without rerunning
+    html = tmp_path / "r.html"
+    res = audit("report", run_id, "--html", str(html), cwd=project["root"], env=project["env"])
+    assert res.returncode == 0, res.stderr
+    assert "reproduced-bitwise" in html.read_text()
+
+
+def test_clock_seeded_run_is_not_reproduced_from_step_0(project: dict[str, Any]) -> None:
+    run_id = record(project, "--seed", "clock")
+    code, data, err = verify(project, run_id)
+    assert code == 1, err
+    verdict = only(data)["verdict"]
+    assert verdict["level"] == "not-reproduced"
+    assert verdict["first_divergence"].startswith("metrics/") and "@step 0" in verdict[
+        "first_divergence"]
+    assert verdict["causes"][0]["category"] == "seed"
+
+
+def test_pythonhashseed_is_replayed_and_named_when_not(project: dict[str, Any]) -> None:
+    run_id = record(project, "--hash-order", "--seed", "5")
+    code, data, err = verify(project, run_id)
+    assert code == 0, err
+    code, data, err = verify(project, run_id, "--skip-replay", "pythonhashseed")
+    assert code == 1, err
+    verdict = only(data)["verdict"]
+    assert verdict["level"] == "not-reproduced"
+    assert "PYTHONHASHSEED" in [c["what"] for c in verdict["causes"][:2]]
+    assert any("not replayed" in n for n in verdict["notes"])
+
+
+def test_thread_count_is_replayed_and_named_when_not(project: dict[str, Any]) -> None:
+    # The L2 sum over 300k weights is a parallel reduction: its bits depend on the threads.
+    args = ("--epochs", "1", "--hidden", "512", "--l2", "1e-4", "--seed", "9")
+    run_id = record(project, *args, env={"OMP_NUM_THREADS": "1"})
+    code, data, err = verify(project, run_id, "--bitwise")
+    assert code == 0, err
+    code, data, err = verify(project, run_id, "--bitwise", "--skip-replay", "threads")
+    assert code == 1, err
+    causes = [c["what"] for c in only(data)["verdict"]["causes"][:3]]
+    assert any(c in ("torch_num_threads", "OMP_NUM_THREADS") for c in causes), causes
+
+
+def test_altered_stored_artifact_is_refused_before_any_verdict(project: dict[str, Any]) -> None:
+    run_id = record(project, "--seed", "4")
+    shown = json.loads(audit("--json", "show", run_id, cwd=project["root"],
+                             env=project["env"]).stdout)
+    weights = next(a for a in shown["artifacts"] if a["name"].endswith("model.safetensors"))
+    blob = Path(project["env"]["AUDITOR_STORE"]) / "objects" / "sha256" / weights["sha256"][:2] / \
+        weights["sha256"][2:]
+    os.chmod(blob, 0o644)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    code, out, err = verify(project, run_id)
+    assert code == 3 and out == {}
+    assert "altered" in err and weights["name"] in err
+    assert err.count("\n") == 1 and err.startswith("error:")
+
+
+def test_changed_data_input_stops_verification(project: dict[str, Any]) -> None:
+    run_id = record(project, "--seed", "6")
+    data_file = project["root"] / "data" / "blobs.csv"
+    original = data_file.read_bytes()
+    try:
+        data_file.write_bytes(original.replace(b"0.", b"1.", 1))
+        code, out, err = verify(project, run_id)
+    finally:
+        data_file.write_bytes(original)
+    assert code == 3 and out == {}
+    assert "input data/blobs.csv changed" in err
+
+
+def test_bad_input_gets_one_line_and_exit_2(project: dict[str, Any]) -> None:
+    for bad in ("zzzzzzzzzz", "../../etc", ""):
+        res = audit("verify", bad, cwd=project["root"], env=project["env"])
+        assert res.returncode == 2
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith("error:")
