@@ -1,13 +1,17 @@
 """``make demo``: the whole loop on the bundled example, with the real ``audit`` command.
 
 It copies ``fixtures/train`` (a tiny torch MLP with its hashed lockfile) and its data into
-``demo-out/project``, makes that a git repository with one commit, records a training run
-with ``audit record``, and shows what was recorded. Each command is printed before it
-runs, so the output doubles as a tutorial.
+``demo-out/project``, makes that a git repository with one commit, then: records a seeded
+training run, shows it, generates a signing key, verifies the run (rebuilt image or, with
+no docker engine, a venv), writes the HTML report and signed certificate, passes the
+release gate with the model, and finally records and verifies a clock-seeded run to show a
+``not-reproduced`` verdict with its cause. Each command is printed before it runs, so the
+output doubles as a tutorial. It ends by printing where the HTML reports are.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -53,49 +57,68 @@ def prepare() -> Path:
     return project
 
 
+def _engine_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception:  # noqa: BLE001 - any failure means: no engine here
+        return False
+    return True
+
+
+def _environment() -> dict[str, str]:
+    """The store, and the build inputs this machine needs (wheelhouse, CA bundle)."""
+    env = {**os.environ, "AUDITOR_STORE": str(OUT / "store"), "OMP_NUM_THREADS": "2"}
+    if os.environ.get("PIP_FIND_LINKS"):
+        env.setdefault("AUDITOR_WHEELHOUSE", os.environ["PIP_FIND_LINKS"].split()[0])
+    if os.environ.get("PIP_CERT"):
+        env.setdefault("AUDITOR_CA_BUNDLE", os.environ["PIP_CERT"])
+    return env
+
+
+def _run_id(audit: str, project: Path, env: dict[str, str]) -> str:
+    out = subprocess.run([audit, "--json", "list", "--limit", "1"], cwd=project, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    return str(json.loads(out)[0]["id"])
+
+
 def main() -> int:
     """Run the demo."""
     project = prepare()
     audit = str(Path(sys.executable).parent / "audit")
-    env = {**os.environ, "AUDITOR_STORE": str(OUT / "store"), "OMP_NUM_THREADS": "2"}
-    sh(
-        audit,
-        "record",
-        "--name",
-        "mlp-demo",
-        "--input",
-        "data/blobs.csv",
-        "--output",
-        "outputs",
-        "--",
-        sys.executable,
-        "train_mlp.py",
-        "--data",
-        "data/blobs.csv",
-        "--seed",
-        "42",
-        "--epochs",
-        "6",
-        "--lr",
-        "0.05",
-        cwd=project,
-        env=env,
-    )
+    env = _environment()
+    backend: list[str] = []
+    if _engine_answers():
+        sh(audit, "base-image", "build", cwd=project, env=env)  # reused when present
+        env["AUDITOR_BASE_IMAGE"] = "auditor-base:bookworm"
+    else:
+        print("\nno docker engine answers: verification uses the venv backend (weaker "
+              "isolation; start dockerd for containers)")
+        backend = ["--backend", "venv"]
+    train = [sys.executable, "train_mlp.py", "--data", "data/blobs.csv", "--epochs", "6"]
+    sh(audit, "record", "--name", "mlp-demo", "--input", "data/blobs.csv", "--", *train,
+       "--seed", "42", cwd=project, env=env)
+    rid = _run_id(audit, project, env)
     sh(audit, "list", cwd=project, env=env)
-    run_id = subprocess.run(
-        [audit, "--json", "list", "--limit", "1"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    import json
-
-    rid = json.loads(run_id)[0]["id"]
-    sh(audit, "show", rid[:10], cwd=project, env=env)
-    print(f"\nstore: {OUT / 'store'}  (AUDITOR_STORE={OUT / 'store'} audit show {rid[:10]})")
-    return 0
+    sh(audit, "show", rid[:12], cwd=project, env=env)
+    sh(audit, "keys", "generate", "--dir", str(OUT / "keys"), cwd=project, env=env)
+    report = OUT / "report.html"
+    sh(audit, "verify", rid[:12], *backend, "--sign-key", str(OUT / "keys" / "auditor.key"),
+       "--certificate", str(OUT / "model.cert.json"), "--html", str(report), cwd=project, env=env)
+    sh(audit, "gate", "outputs/model.safetensors", "--key", str(OUT / "keys" / "auditor.pub"),
+       cwd=project, env=env)
+    print("\nNow a run that cannot reproduce: seeded from the clock.")
+    sh(audit, "record", "--name", "mlp-clock", "--input", "data/blobs.csv", "--", *train,
+       "--seed", "clock", "--out", "outputs-clock", cwd=project, env=env)
+    bad = _run_id(audit, project, env)
+    code = sh(audit, "verify", bad[:12], *backend, "--html", str(OUT / "report-clock.html"),
+              cwd=project, env=env, check=False)
+    print(f"\n(exit {code}: not reproduced, as expected)")
+    print(f"\nHTML report: {report}")
+    print(f"HTML report of the failing run: {OUT / 'report-clock.html'}")
+    print(f"certificate: {OUT / 'model.cert.json'}   store: {OUT / 'store'}")
+    return 0 if code == 1 else 1
 
 
 if __name__ == "__main__":

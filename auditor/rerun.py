@@ -20,10 +20,12 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,12 +199,21 @@ def replay_env(
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env.pop(name, None)
     elif det and det.torch_num_threads:
-        env.setdefault("OMP_NUM_THREADS", det.omp_num_threads or str(det.torch_num_threads))
-        env.setdefault("MKL_NUM_THREADS", det.mkl_num_threads or str(det.torch_num_threads))
+        _replay_threads(env, det.torch_num_threads)
     if det and det.cublas_workspace_config:
         env["CUBLAS_WORKSPACE_CONFIG"] = det.cublas_workspace_config
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def _replay_threads(env: dict[str, str], recorded: int) -> None:
+    """Make torch use the recorded thread count. Recorded OMP/MKL variables are already in
+    ``env``; otherwise OMP_NUM_THREADS is set only when this host's default (one thread per
+    usable core) would differ, so a matching rerun keeps the original's environment."""
+    if "OMP_NUM_THREADS" in env or "MKL_NUM_THREADS" in env:
+        return
+    if recorded != len(os.sched_getaffinity(0)):
+        env["OMP_NUM_THREADS"] = str(recorded)
 
 
 def _argv(record: RunRecord) -> list[str]:
@@ -223,60 +234,106 @@ def _argv(record: RunRecord) -> list[str]:
 def execute_docker(
     prep: Prepared, image_id: str, limits: Limits, on_line: Callable[[int, str], None]
 ) -> Executed:
-    """Run in a container of the built image; the container is always removed."""
+    """Run in a container of the built image; the container is always removed.
+
+    The wall-clock limit is enforced while the output streams (a wait with a timeout in
+    this thread, the logs read in another), so a silent or sleeping rerun is killed on
+    time. The container is found for removal by a label unique to this attempt, so one
+    created but never started, or interrupted (Ctrl-C) before ``run`` returned, is
+    removed too.
+    """
     import docker
     import docker.errors
     from docker.types import DeviceRequest
 
     from auditor.build import docker_client
 
-    client = docker_client()
+    # the client's read timeout also bounds silences in the log stream: keep it longer
+    client = docker_client(timeout=limits.timeout_s + 120)
+    attempt = uuid.uuid4().hex
     rel_cwd = prep.cwd.relative_to(prep.tree).as_posix()
     env = {**prep.env, "PYTHONPATH": "/opt/auditor-probe", "AUDITOR_PROBE_DIR": "/probe"}
     devices = [DeviceRequest(count=limits.gpus, capabilities=[["gpu"]])] if limits.gpus else []
     started = time.monotonic()
-    container = client.containers.run(
-        image_id,
-        command=prep.argv,
-        working_dir=f"/work/{rel_cwd}".rstrip("/.") or "/work",
-        environment=env,
-        user=f"{RERUN_UID}:{RERUN_UID}",
-        network_mode="none",
-        read_only=True,
-        tmpfs={"/tmp": "rw,size=512m", "/home/auditor": "rw,size=64m,uid=1000"},
-        volumes={
-            str(prep.tree): {"bind": "/work", "mode": "rw"},
-            str(PROBE_PATH): {"bind": "/opt/auditor-probe", "mode": "ro"},
-            str(prep.workdir / "probe"): {"bind": "/probe", "mode": "rw"},
-        },
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges"],
-        pids_limit=limits.pids_limit,
-        mem_limit=limits.mem_limit,
-        memswap_limit=limits.mem_limit,
-        device_requests=devices,
-        labels={"auditor.run": prep.record.identity.id},
-        detach=True,
-    )
+    container: Any = None
     try:
-        out, err = _stream(container, on_line)
+        try:
+            container = client.containers.run(
+                image_id,
+                command=prep.argv,
+                working_dir="/work" if rel_cwd == "." else f"/work/{rel_cwd}",
+                environment=env,
+                user=f"{RERUN_UID}:{RERUN_UID}",
+                network_mode="none",
+                read_only=True,
+                tmpfs={"/tmp": "rw,size=512m", "/home/auditor": "rw,size=64m,uid=1000"},
+                volumes={
+                    str(prep.tree): {"bind": "/work", "mode": "rw"},
+                    str(PROBE_PATH): {"bind": "/opt/auditor-probe", "mode": "ro"},
+                    str(prep.workdir / "probe"): {"bind": "/probe", "mode": "rw"},
+                },
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                pids_limit=limits.pids_limit,
+                mem_limit=limits.mem_limit,
+                memswap_limit=limits.mem_limit,
+                device_requests=devices,
+                labels={"auditor.run": prep.record.identity.id, "auditor.attempt": attempt},
+                detach=True,
+            )
+        except docker.errors.APIError as exc:  # created but not started, bad image, no GPU
+            raise CouldNotVerify(
+                f"the rerun container could not start: {exc.explanation or exc}",
+                hint="check the recorded command and the built image (audit build)",
+            ) from exc
+        logs: dict[str, Any] = {}
+
+        def read_logs() -> None:
+            try:
+                logs["streams"] = _stream(container, on_line)
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                logs["error"] = exc
+
+        reader = threading.Thread(target=read_logs, daemon=True)
+        reader.start()
+        waiting = time.monotonic()
         try:
             status = container.wait(timeout=limits.timeout_s)
-        except Exception:  # noqa: BLE001 - requests' ReadTimeout or a connection error
-            container.kill()
+        except Exception as exc:  # requests' ReadTimeout, or a connection error
+            with contextlib.suppress(docker.errors.DockerException):
+                container.kill()
+            reader.join(timeout=10)  # no line callbacks after we return
+            if time.monotonic() - waiting < limits.timeout_s - 0.5:
+                raise CouldNotVerify(
+                    f"the docker engine stopped answering during the rerun: {exc}"
+                ) from exc
             raise CouldNotVerify(
-                f"error: timeout: the rerun ran past {limits.timeout_s} s"
+                f"timeout: the rerun ran past {limits.timeout_s} s",
+                hint="raise the limit with --timeout",
             ) from None
+        reader.join(timeout=30)  # the log stream ends once the container has stopped
         container.reload()
         if container.attrs.get("State", {}).get("OOMKilled"):
             raise CouldNotVerify(
-                f"error: out of memory: the rerun exceeded {limits.mem_limit}",
-                hint="raise the policy's memory limit",
+                f"out of memory: the rerun exceeded {limits.mem_limit}",
+                hint="raise the limit with --memory",
             )
+        if "error" in logs:
+            raise logs["error"]
+        if "streams" in logs:
+            out, err = logs["streams"]
+        else:  # the stream did not end: take the logs whole
+            out = list(_lines(iter([container.logs(stdout=True, stderr=False)])))
+            err = list(_lines(iter([container.logs(stdout=False, stderr=True)])))
         code = int(status.get("StatusCode", 1))
     finally:
         with contextlib.suppress(docker.errors.DockerException):
-            container.remove(force=True)
+            if container is not None:
+                container.remove(force=True)
+            for left in client.containers.list(
+                all=True, filters={"label": f"auditor.attempt={attempt}"}
+            ):
+                left.remove(force=True)
         client.close()
     return Executed(
         code, "".join(out), "".join(err), time.monotonic() - started, prep.workdir / "probe"
@@ -286,13 +343,17 @@ def execute_docker(
 def _stream(container: Any, on_line: Callable[[int, str], None]) -> tuple[list[str], list[str]]:
     out: list[str] = []
     err: list[str] = []
+    errors: list[BaseException] = []
 
     def pump(stdout: bool, sink: list[str], feed: Callable[[int, str], None] | None) -> None:
-        stream = container.logs(stdout=stdout, stderr=not stdout, stream=True, follow=True)
-        for lineno, line in enumerate(_lines(stream), start=1):
-            sink.append(line)
-            if feed:
-                feed(lineno, line)
+        try:
+            stream = container.logs(stdout=stdout, stderr=not stdout, stream=True, follow=True)
+            for lineno, line in enumerate(_lines(stream), start=1):
+                sink.append(line)
+                if feed:
+                    feed(lineno, line)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by _stream's caller thread
+            errors.append(exc)
 
     threads = [
         threading.Thread(target=pump, args=(True, out, on_line), daemon=True),
@@ -302,6 +363,8 @@ def _stream(container: Any, on_line: Callable[[int, str], None]) -> tuple[list[s
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise errors[0]
     return out, err
 
 
@@ -319,7 +382,13 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
 def execute_venv(
     prep: Prepared, env_dir: Path, limits: Limits, on_line: Callable[[int, str], None]
 ) -> Executed:
-    """Run with the venv's interpreter on this host (weaker isolation, said in the notes)."""
+    """Run with the venv's interpreter on this host (weaker isolation, said in the notes).
+
+    As root, the network namespace is made while still root (``unshare --net``) and the
+    rerun then drops to uid 1000 with ``setpriv`` (no groups, no new privileges): an
+    unprivileged ``unshare`` is refused by the kernel. The rerun gets a process group of
+    its own, killed whole on timeout or interrupt.
+    """
     argv = list(prep.argv)
     if argv and argv[0] == "python":
         argv[0] = str(env_dir / "bin" / "python")
@@ -332,9 +401,18 @@ def execute_venv(
         "VIRTUAL_ENV": str(env_dir),
     }
     as_root = os.geteuid() == 0
-    if as_root and shutil.which("unshare"):
-        argv = ["unshare", "--net", "--", *argv]  # no network, as in the container
+    switch_user = as_root
+    if as_root and shutil.which("unshare") and shutil.which("setpriv"):
+        uid = str(RERUN_UID)
+        # no network, as in the container; uid 1000 once the namespace exists
+        drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs"]
+        argv = ["unshare", "--net", "--", *drop, "--", *argv]
+        switch_user = False
         prep.notes.append("venv backend: network removed with unshare --net")
+    elif as_root:
+        prep.notes.append("venv backend: network not removed (unshare or setpriv missing)")
+    else:
+        prep.notes.append("venv backend: network not removed and code writable (not root)")
     started = time.monotonic()
     proc = subprocess.Popen(
         argv,
@@ -342,9 +420,10 @@ def execute_venv(
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        user=RERUN_UID if as_root else None,
-        group=RERUN_UID if as_root else None,
-        extra_groups=[] if as_root else None,
+        user=RERUN_UID if switch_user else None,
+        group=RERUN_UID if switch_user else None,
+        extra_groups=[] if switch_user else None,
+        process_group=0,
     )
     out: list[str] = []
     err: list[str] = []
@@ -356,12 +435,23 @@ def execute_venv(
     ]
     for t in threads:
         t.start()
+
+    def kill_group() -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
     try:
         code = proc.wait(timeout=limits.timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise CouldNotVerify(f"error: timeout: the rerun ran past {limits.timeout_s} s") from None
+        kill_group()
+        raise CouldNotVerify(
+            f"timeout: the rerun ran past {limits.timeout_s} s",
+            hint="raise the limit with --timeout",
+        ) from None
+    except BaseException:
+        kill_group()
+        raise
     finally:
         for t in threads:
             t.join(timeout=10)

@@ -236,6 +236,7 @@ def record_command(store: SqlStore, opts: WrapOptions) -> WrapResult:
         raise InputError("no command given", hint="usage: audit record [OPTIONS] -- CMD ...")
     regex = compile_regex(opts.metrics_regex)
     env = dict(opts.env if opts.env is not None else os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")  # live streaming; recorded and replayed alike
     chosen = "PYTHONHASHSEED" not in env
     if chosen:
         env["PYTHONHASHSEED"] = str(pyrandom.randbelow(2**32 - 1) + 1)

@@ -387,6 +387,16 @@ def test_t40_timeout(docker_client: Any, sandbox_image: str, scratch: Path) -> N
     assert containers_of(docker_client, prep.record.identity.id) == []
 
 
+def test_start_failure_is_could_not_verify_and_leaves_no_container(
+    docker_client: Any, sandbox_image: str, scratch: Path
+) -> None:
+    prep = make_prep(scratch, SLEEP_PROBE)
+    prep.argv = ["no-such-program-in-the-image"]  # created, then refused at start
+    with pytest.raises(CouldNotVerify, match="could not start"):
+        run_probe(sandbox_image, prep)
+    assert containers_of(docker_client, prep.record.identity.id) == []
+
+
 RUNNER = """
 import pickle, sys
 from auditor.rerun import Limits, execute_docker
