@@ -9,12 +9,14 @@ Python and packages, this host's system and GPUs, the replayed variables.
 
 ``check_gpus`` decides whether this host can rerun a GPU run: same number of GPUs with
 the same model and compute capability, unless the policy allows a mismatch (then the
-certificate says so).
+certificate says so). Each recorded GPU (model and compute capability) must be present on
+the host, counted with multiplicity; extra host GPUs are fine.
 """
 
 from __future__ import annotations
 
 import socket
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -147,7 +149,7 @@ def check_gpus(
         return []
     found = host if host is not None else capture_gpus()
     have = [gpu_signature(g) for g in found.get("gpus", [])] if found.get("captured") else []
-    if sorted(have)[: len(wanted)] == sorted(wanted) and len(have) >= len(wanted):
+    if not Counter(wanted) - Counter(have):  # every recorded (model, capability) is here
         return []
     said = ", ".join(f"{n} (cc {c})" for n, c in wanted)
     here = ", ".join(f"{n} (cc {c})" for n, c in have) or f"no GPU ({found.get('reason', 'none')})"

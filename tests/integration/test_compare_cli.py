@@ -1,0 +1,96 @@
+"""`audit compare A B` on recorded runs whose weights differ in the ways checkpoints break."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import audit
+
+PY = sys.executable
+WRITER = '''
+import sys
+import numpy as np
+from safetensors.numpy import save_file
+variant = sys.argv[1]
+rng = np.random.default_rng(0)
+tensors = {"fc1.weight": rng.standard_normal((8, 4), dtype=np.float32),
+           "fc1.bias": np.zeros(8, dtype=np.float32)}
+if variant == "extra-key":
+    tensors["fc2.weight"] = np.ones((2, 8), dtype=np.float32)
+if variant == "shape":
+    tensors["fc1.weight"] = rng.standard_normal((8, 5), dtype=np.float32)
+if variant == "nudged":
+    w = tensors["fc1.weight"].copy()
+    w[0, 0] = np.nextafter(w[0, 0], np.float32(10.0))
+    tensors["fc1.weight"] = w
+save_file(tensors, "model.safetensors")
+if variant == "truncated":
+    data = open("model.safetensors", "rb").read()
+    open("model.safetensors", "wb").write(data[: len(data) - 40])
+if variant == "corrupt":
+    open("model.safetensors", "wb").write(b"\\x00" * 16 + b"not a checkpoint")
+print('{"step": 0, "loss": 1.0}')
+'''
+
+
+@pytest.fixture
+def runs(make_repo, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    repo = make_repo({"w.py": WRITER, ".gitignore": "*.safetensors\n"})
+    env = {"AUDITOR_STORE": str(tmp_path / "store")}
+    ids = {}
+    for variant in ("good", "good2", "extra-key", "shape", "nudged", "truncated", "corrupt"):
+        res = audit("--json", "record", "--output", "model.safetensors", "--", PY, "w.py",
+                    variant, cwd=repo, env=env)
+        assert res.returncode == 0, res.stderr
+        ids[variant] = json.loads(res.stdout.strip().splitlines()[-1])["id"]
+    ids["_repo"], ids["_store"] = str(repo), str(tmp_path / "store")
+    return ids
+
+
+def compare(runs: dict[str, str], a: str, b: str, *flags: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    res = audit("--json", "compare", runs[a], runs[b], *flags, cwd=Path(runs["_repo"]),
+                env={"AUDITOR_STORE": runs["_store"]})
+    return res.returncode, (json.loads(res.stdout) if res.stdout.strip() else {}), res.stderr
+
+
+def test_identical_weights_are_bitwise(runs: dict[str, str]) -> None:
+    code, verdict, err = compare(runs, "good", "good2")
+    assert code == 0, err
+    assert verdict["level"] == "reproduced-bitwise"
+
+
+def test_mismatched_keys_are_listed(runs: dict[str, str]) -> None:
+    code, verdict, _ = compare(runs, "good", "extra-key")
+    assert code == 1 and verdict["level"] == "not-reproduced"
+    kinds = {d["kind"] for d in verdict["differences"]["weights"]}
+    wheres = [d["where"] for d in verdict["differences"]["weights"]]
+    assert "extra" in kinds and any(w.endswith("fc2.weight") for w in wheres)
+
+
+def test_shape_change_has_a_per_tensor_reason(runs: dict[str, str]) -> None:
+    code, verdict, _ = compare(runs, "good", "shape")
+    assert code == 1
+    shape = next(d for d in verdict["differences"]["weights"] if d["kind"] == "shape")
+    assert shape["where"].endswith("fc1.weight")
+    assert shape["left"] == "(8, 4)" and shape["right"] == "(8, 5)"
+
+
+def test_one_ulp_is_within_tolerance_but_not_bitwise(runs: dict[str, str]) -> None:
+    code, verdict, _ = compare(runs, "good", "nudged")
+    assert code == 0 and verdict["level"] == "reproduced-within-tolerance"
+    code, verdict, _ = compare(runs, "good", "nudged", "--bitwise")
+    assert code == 1 and verdict["level"] == "not-reproduced"
+    diff = verdict["differences"]["weights"][0]
+    assert diff["stats"]["differing"] == 1 and diff["stats"]["max_ulp"] == 1
+
+
+@pytest.mark.parametrize("variant", ["truncated", "corrupt"])
+def test_broken_checkpoint_is_one_line_exit_2(runs: dict[str, str], variant: str) -> None:
+    code, _, err = compare(runs, "good", variant)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("error:") and "model.safetensors" in err
+    assert "Traceback" not in err
