@@ -32,9 +32,12 @@ def bench_log_metric(n: int = 200_000) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(tmp)
-        rec = RunRecord(identity=Identity(id="0" * 26, name="b", user="u", host="h",
-                                          started_at=datetime.now(UTC)),
-                        command=Command(argv=("x",), cwd="."))
+        rec = RunRecord(
+            identity=Identity(
+                id="0" * 26, name="b", user="u", host="h", started_at=datetime.now(UTC)
+            ),
+            command=Command(argv=("x",), cwd="."),
+        )
         store.put_record(rec)
         run = Run(rec, store=store, probe_dir=None, seed=None)
         samples = []
@@ -45,8 +48,12 @@ def bench_log_metric(n: int = 200_000) -> dict[str, float]:
             samples.append((time.perf_counter_ns() - start) / 1000)
         run.flush()
         stored = sum(1 for _ in store.iter_metrics(rec.identity.id))
-    return {"median_ns": statistics.median(samples), "p90_ns": sorted(samples)[len(samples) * 9 // 10],
-            "calls": n, "stored": stored}
+    return {
+        "median_ns": statistics.median(samples),
+        "p90_ns": sorted(samples)[len(samples) * 9 // 10],
+        "calls": n,
+        "stored": stored,
+    }
 
 
 def bench_mlflow(n: int = 5_000) -> dict[str, float] | None:
@@ -62,8 +69,12 @@ def bench_mlflow(n: int = 5_000) -> dict[str, float] | None:
                 start = time.perf_counter_ns()
                 mlflow.log_metric("loss", 0.5, step=step)
                 samples.append(time.perf_counter_ns() - start)
-    return {"median_ns": statistics.median(samples), "calls": n,
-            "version": mlflow.__version__, "store": "local sqlite store"}
+    return {
+        "median_ns": statistics.median(samples),
+        "calls": n,
+        "version": mlflow.__version__,
+        "store": "local sqlite store",
+    }
 
 
 def build_store(root: Path, runs: int = 10_000) -> None:
@@ -74,11 +85,18 @@ def build_store(root: Path, runs: int = 10_000) -> None:
     base = int(time.time() * 1000) - runs * 1000
     for i in range(runs):
         rec = RunRecord(
-            identity=Identity(id=new_run_id(base + i * 1000), name=f"run{i}", user="u", host="h",
-                              started_at=datetime.now(UTC), status="finished"),
+            identity=Identity(
+                id=new_run_id(base + i * 1000),
+                name=f"run{i}",
+                user="u",
+                host="h",
+                started_at=datetime.now(UTC),
+                status="finished",
+            ),
             command=Command(argv=("python", "train.py"), cwd="."),
             code=Code(vcs="git", root="/r", commit=f"{i:040x}", tree_sha256="0" * 64),
-            metrics=MetricsSummary(final={"loss": 1 / (i + 1), "accuracy": 0.9}))
+            metrics=MetricsSummary(final={"loss": 1 / (i + 1), "accuracy": 0.9}),
+        )
         store.put_record(rec)
 
 
@@ -98,10 +116,13 @@ def bench_list() -> dict[str, float]:
         build_store(Path(tmp))
         built = time.perf_counter() - t0
         env = {**os.environ, "AUDITOR_STORE": tmp}
-        return {"runs": 10_000, "build_store_s": built,
-                "audit_version_s": time_cmd([audit, "--version"], env),
-                "audit_list_default_s": time_cmd([audit, "list"], env),
-                "audit_list_all_json_s": time_cmd([audit, "list", "--limit", "0", "--json"], env)}
+        return {
+            "runs": 10_000,
+            "build_store_s": built,
+            "audit_version_s": time_cmd([audit, "--version"], env),
+            "audit_list_default_s": time_cmd([audit, "list"], env),
+            "audit_list_all_json_s": time_cmd([audit, "list", "--limit", "0", "--json"], env),
+        }
 
 
 def main() -> None:
@@ -115,11 +136,15 @@ def main() -> None:
     (RESULTS / "record.json").write_text(json.dumps(result, indent=2))
     print(f"log_metric median {ours['median_ns']:.0f} ns/call (target <= 5000)")
     if theirs:
-        print(f"mlflow.log_metric median {theirs['median_ns'] / 1000:.0f} us/call "
-              f"({result['mlflow_over_auditor']:.0f}x slower)")
-    print(f"audit list over 10,000 runs: {listing['audit_list_default_s']:.3f} s default, "
-          f"{listing['audit_list_all_json_s']:.3f} s --limit 0 --json "
-          f"(process start alone {listing['audit_version_s']:.3f} s; target < 0.5 s)")
+        print(
+            f"mlflow.log_metric median {theirs['median_ns'] / 1000:.0f} us/call "
+            f"({result['mlflow_over_auditor']:.0f}x slower)"
+        )
+    print(
+        f"audit list over 10,000 runs: {listing['audit_list_default_s']:.3f} s default, "
+        f"{listing['audit_list_all_json_s']:.3f} s --limit 0 --json "
+        f"(process start alone {listing['audit_version_s']:.3f} s; target < 0.5 s)"
+    )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ def compare(left: Evidence, right: Evidence, policy: Policy) -> list[Difference]
 
 def deep_changes(left: Any, right: Any) -> list[Change]:
     """Every changed leaf between two JSON-like values, sorted by path."""
-    tree = DeepDiff(left, right, ignore_nan_inequality=True, verbose_level=2, view="tree")
+    tree = DeepDiff(left, right, ignore_nan_inequality=True, verbose_level=2, view="tree",
+                    threshold_to_diff_deeper=0)  # always itemise, never "the whole dict changed"
     changes = [Change(tuple(str(p) for p in level.path(output_format="list")),
                       _present(level.t1), _present(level.t2), report_type)
                for report_type, levels in tree.items() for level in levels]

@@ -78,7 +78,7 @@ def begin(store: SqlStore, plan: Plan, store_dir: Path) -> RunRecord:
         system=_system(not_captured),
         accelerators=_accelerators(not_captured),
         container_image=plan.env.get("AUDITOR_CONTAINER_IMAGE"),
-        env_vars=redact_env(plan.env, plan.env_allow),
+        env_vars=redact_env(_without_own(plan.env), plan.env_allow),
     )
     run_id = new_run_id()
     rel_cwd = _relpath(plan.cwd, Path(code.root)) if code else "."
@@ -109,6 +109,11 @@ def begin(store: SqlStore, plan: Plan, store_dir: Path) -> RunRecord:
     )
     store.put_record(record, pid=os.getpid())
     return record
+
+
+def _without_own(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment minus auditor's own settings (store, build inputs): not the run's."""
+    return {k: v for k, v in env.items() if not k.startswith("AUDITOR_")}
 
 
 def register_env_secrets(env: Mapping[str, str], allow: Sequence[str]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import audit
+from tests.conftest import audit, git
 
 PY = sys.executable
 WRITER = '''
@@ -37,9 +37,16 @@ print('{"step": 0, "loss": 1.0}')
 '''
 
 
-@pytest.fixture
-def runs(make_repo, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    repo = make_repo({"w.py": WRITER, ".gitignore": "*.safetensors\n"})
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    tmp_path = tmp_path_factory.mktemp("compare")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "w.py").write_text(WRITER)
+    (repo / ".gitignore").write_text("*.safetensors\n")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "w")
     env = {"AUDITOR_STORE": str(tmp_path / "store")}
     ids = {}
     for variant in ("good", "good2", "extra-key", "shape", "nudged", "truncated", "corrupt"):

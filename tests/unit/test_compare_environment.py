@@ -126,11 +126,15 @@ def test_cpu_flags_and_gpus_say_what_changed() -> None:
     assert "environment/gpu/compute_capability" in diffs
 
 
-def test_redacted_on_both_sides_is_not_compared() -> None:
+def test_redacted_values_are_not_compared() -> None:
+    # A redacted value is never replayed (unless the policy passes it), so on either side it
+    # says nothing about the run's numerics; a real value that changed still shows.
     other = record(environment=env(env_vars={"OMP_NUM_THREADS": "2", "TOKEN": "[REDACTED]",
                                              "EXTRA": "[REDACTED]"}))
-    (diff,) = compare(record(), other)
-    assert diff.where == "environment/env/EXTRA" and diff.right == "[REDACTED]"
+    assert compare(record(), other) == []
+    changed = record(environment=env(env_vars={"OMP_NUM_THREADS": "1", "EXTRA": "[REDACTED]"}))
+    (diff,) = compare(record(), changed)
+    assert diff.where == "environment/env/OMP_NUM_THREADS" and diff.right == "1"
 
 
 def test_seed_and_determinism_fields() -> None:
@@ -141,3 +145,14 @@ def test_seed_and_determinism_fields() -> None:
     assert wheres == {"environment/seeds/seed", "environment/seeds/seeded",
                       "environment/seeds/pythonhashseed", "environment/seeds/torch_initial_seed",
                       "environment/determinism/cudnn_benchmark"}  # source is not compared
+
+
+def test_many_package_changes_are_itemised_not_one_blob() -> None:
+    # deepdiff reports a whole dict as changed past a threshold unless told otherwise.
+    left = {f"pkg{i}": "1.0" for i in range(40)}
+    right = {"pkg0": "2.0", "other": "1.0"}
+    a = record(environment=env(python=PY.model_copy(update={"packages": left})))
+    b = record(environment=env(python=PY.model_copy(update={"packages": right})))
+    wheres = {d.where for d in compare(a, b)}
+    assert "environment/packages/pkg0" in wheres and "environment/packages/other" in wheres
+    assert "environment/packages" not in wheres and len(wheres) >= 40

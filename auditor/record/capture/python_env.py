@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from auditor.record.capture.secrets import redact_text
+from auditor.record.capture.secrets import redact_text, strip_url_credentials
 from auditor.schema import ArtifactRef, PythonEnv
 
 _PY_NAME = re.compile(r"^(?:python|pypy)[0-9.]*(?:\.exe)?$")
@@ -98,7 +98,7 @@ def capture_python(
             for p in report["installed"]
             if "metadata" in p
         }
-        text = redact_text(json.dumps(report, sort_keys=True, indent=1))
+        text = redact_text(json.dumps(_trim_report(report), sort_keys=True, indent=1))
         sha, size = put_bytes(text.encode())  # type: ignore[operator]
         artifacts.append(
             ArtifactRef(name="env/pip-inspect.json", sha256=sha, size=size, kind="env")
@@ -119,6 +119,23 @@ def capture_python(
         inspect_artifact="env/pip-inspect.json" if artifacts else None,
     )
     return py, artifacts, None
+
+
+def _trim_report(report: dict[str, object]) -> dict[str, object]:
+    """What matters of ``pip inspect``: per package its name, version, requirements,
+    installer and origin (direct URL, credentials stripped); not the long descriptions."""
+    keep = ("name", "version", "requires_dist", "requires_python")
+    installed = []
+    for entry in report.get("installed", []):  # type: ignore[union-attr]
+        meta = entry.get("metadata", {})
+        item = {"metadata": {k: meta[k] for k in keep if k in meta},
+                "installer": entry.get("installer"), "requested": entry.get("requested")}
+        direct = entry.get("direct_url")
+        if isinstance(direct, dict):
+            item["direct_url"] = {**direct, "url": strip_url_credentials(str(direct.get("url")))}
+        installed.append(item)
+    return {"version": report.get("version"), "pip_version": report.get("pip_version"),
+            "environment": report.get("environment"), "installed": installed}
 
 
 def pinned_requirements(packages: dict[str, str]) -> str:
