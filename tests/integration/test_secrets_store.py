@@ -57,7 +57,7 @@ def test_planted_secrets_reach_nowhere(make_repo, tmp_path: Path) -> None:  # ty
                 cwd=repo, env=env)
     assert res.returncode == 0, res.stderr
     hits = [(str(path), value[:6]) for path, data in all_bytes(tmp_path / "store")
-            for value in PLANTED + [SVC[::-1]] for form in forms(value) if form in data]
+            for value in [*PLANTED, SVC[::-1]] for form in forms(value) if form in data]
     assert hits == []
     store = open_store(str(tmp_path / "store"))
     rec = store.get_record(store.list_runs()[0].id)

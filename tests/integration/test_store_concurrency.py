@@ -21,13 +21,17 @@ from auditor.store import MetricPoint, open_store, sha256_file
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _record(run_id: str, artifacts: tuple[ArtifactRef, ...] = (), status: str = "finished",
-            points: int = 0) -> RunRecord:
+def _record(
+    run_id: str, artifacts: tuple[ArtifactRef, ...] = (), status: str = "finished", points: int = 0
+) -> RunRecord:
     return RunRecord(
-        identity=Identity(id=run_id, name="c", user="u", host="h", started_at=datetime.now(UTC),
-                          status=status),  # type: ignore[arg-type]
-        command=Command(argv=("x",), cwd="."), artifacts=artifacts,
-        metrics=MetricsSummary(points=points))
+        identity=Identity(
+            id=run_id, name="c", user="u", host="h", started_at=datetime.now(UTC), status=status
+        ),  # type: ignore[arg-type]
+        command=Command(argv=("x",), cwd="."),
+        artifacts=artifacts,
+        metrics=MetricsSummary(points=points),
+    )
 
 
 def _writer(location: str, n: int, queue: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -38,7 +42,9 @@ def _writer(location: str, n: int, queue: mp.Queue) -> None:  # type: ignore[typ
         try:
             run_id = new_run_id()
             store.put_record(_record(run_id, status="running"))
-            store.add_metrics(run_id, [MetricPoint("loss", s, 1.0 / (s + 1), 0.0) for s in range(20)])
+            store.add_metrics(
+                run_id, [MetricPoint("loss", s, 1.0 / (s + 1), 0.0) for s in range(20)]
+            )
             store.put_record(_record(run_id, points=20))
         except Exception as exc:  # noqa: BLE001 - reported to the parent
             errors.append(f"{type(exc).__name__}: {exc}")
@@ -67,8 +73,10 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     assert total == 400 * 20
     lat = sorted(x for lats, _ in results for x in lats)
     p99 = lat[int(len(lat) * 0.99)]
-    print(f"\nT3: 400 runs by 8 writers; median {statistics.median(lat)*1000:.1f} ms, "
-          f"p99 {p99*1000:.1f} ms per run")
+    print(
+        f"\nT3: 400 runs by 8 writers; median {statistics.median(lat) * 1000:.1f} ms, "
+        f"p99 {p99 * 1000:.1f} ms per run"
+    )
 
 
 def _opener(location: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
