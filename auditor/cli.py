@@ -8,6 +8,7 @@ group. The single ``except AuditorError`` lives in ``AuditGroup.main``: it print
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import traceback
@@ -38,8 +39,28 @@ class Ctx:
         return open_store(self.store_location, create=create)
 
 
+LAZY_COMMANDS: dict[str, str] = {
+    "lock": "auditor.cli_verify:lock", "build": "auditor.cli_verify:build_cmd",
+    "base-image": "auditor.cli_verify:base_image", "rerun": "auditor.cli_verify:rerun_cmd",
+    "compare": "auditor.cli_verify:compare_cmd", "verify": "auditor.cli_verify:verify_cmd",
+    "report": "auditor.cli_reports:report", "gate": "auditor.cli_reports:gate",
+    "keys": "auditor.cli_reports:keys", "certificate": "auditor.cli_reports:certificate",
+    "ci": "auditor.cli_reports:ci",
+}
+
+
 class AuditGroup(click.Group):
-    """A click group whose errors are one line on stderr with our exit codes."""
+    """A click group whose errors are one line on stderr with our exit codes, and whose
+    heavier subcommands are imported only when used (``audit list`` starts fast)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            module, attr = LAZY_COMMANDS[cmd_name].split(":")
+            return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+        return super().get_command(ctx, cmd_name)
 
     def main(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         debug = "--debug" in sys.argv
@@ -280,16 +301,6 @@ def upgrade(c: Ctx) -> None:
     opened = c.store(create=False)
     click.echo(f"store {opened.url} is at the current schema")
 
-
-def _add_commands() -> None:
-    from auditor.cli_reports import COMMANDS as REPORT_COMMANDS
-    from auditor.cli_verify import COMMANDS as VERIFY_COMMANDS
-
-    for command in (*VERIFY_COMMANDS, *REPORT_COMMANDS):
-        main.add_command(command)
-
-
-_add_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

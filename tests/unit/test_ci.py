@@ -79,8 +79,6 @@ def test_workflow_commands_parse_with_the_audit_tree(provider: str) -> None:
         check_command(root, argv)
 
 
-@pytest.mark.skipif("verify" not in main.commands,
-                    reason="lead: once `audit verify --all` is in auditor.cli.main, this runs")
 @pytest.mark.parametrize("provider", ["github", "gitlab"])
 def test_workflow_commands_parse_with_the_real_cli(provider: str) -> None:
     for argv in audit_commands(render_workflow(provider)):
