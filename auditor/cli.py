@@ -65,7 +65,7 @@ class AuditGroup(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         debug = "--debug" in sys.argv
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[call-overload]
         except AuditorError as exc:
             _fail(str(exc), exc.exit_code, debug)
         except click.exceptions.Exit as exc:

@@ -11,7 +11,6 @@ import ``cli.py``.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,13 +78,9 @@ def render_report_command(result: VerifyResult, *, html: Path | None = None,
 
 
 def _stored_result(ctx: click.Context, run_or_cert: str) -> VerifyResult:
-    try:  # lazily: verify.py composes every stage and is heavy to import
-        loader = importlib.import_module("auditor.verify").load_verify_result
-    except (ImportError, AttributeError):
-        raise InputError("this auditor cannot load stored verifications yet",
-                         hint="render a saved result with --from-json FILE") from None
-    result: VerifyResult = loader(_store(ctx), run_or_cert)
-    return result
+    from auditor.verify import load_verify_result  # lazily: verify.py is heavy to import
+
+    return load_verify_result(_store(ctx), run_or_cert)
 
 
 @click.command("report")

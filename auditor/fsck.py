@@ -8,7 +8,6 @@ artifact a record names exists; leftovers of interrupted writes in ``tmp/`` (rem
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from auditor.errors import AuditorError
@@ -74,5 +73,3 @@ def _check_objects(store: SqlStore, report: FsckReport) -> int:
             report.bad(f"object sha256:{claimed} does not hash to its name (referenced by {users})")
     return count
 
-
-__all__ = ["FsckReport", "check_store", "json"]

@@ -23,7 +23,7 @@ from auditor.certificate import (
     seal,
     write_certificate,
 )
-from auditor.errors import CorruptRecord
+from auditor.errors import CorruptRecord, CouldNotVerify
 from auditor.keys import load_private_key
 from auditor.outcome import VerifyResult
 from auditor.schema import ArtifactRef, RunRecord, record_sha256
@@ -51,10 +51,12 @@ def issue_certificate(
 ) -> VerifyResult:
     """Seal, store, log and (optionally) write the certificate; store the result."""
     level = result.verdict.level
+    if level == "could-not-verify":  # never certified: verify raises before it gets here
+        raise CouldNotVerify(f"run {original.identity.id} could not be verified")
     predicate = ReproductionPredicate(
         verdict=level,
         original_run=original.identity.id,
-        rerun_run=rerun.identity.id,  # type: ignore[arg-type]
+        rerun_run=rerun.identity.id,
         original_record_sha256=record_sha256(original),
         rerun_record_sha256=record_sha256(rerun),
         image=result.image,

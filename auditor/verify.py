@@ -203,6 +203,14 @@ def _base_id(backend: str | None, base: str) -> str | None:
         return None
 
 
+def rerun_only(store: SqlStore, original: RunRecord, policy: Policy, opts: VerifyOptions,
+               say: Progress) -> RunRecord:
+    """``audit rerun``: build and rerun without comparing."""
+    _check_verifiable(store, original)
+    check_gpus(original, allow_mismatch=policy.allow_gpu_mismatch)
+    return _rerun(store, original, build_for(store, original, opts, say), opts, policy, say)
+
+
 def _rerun(
     store: SqlStore,
     original: RunRecord,

@@ -77,7 +77,7 @@ class Snapshot:
     @classmethod
     def take(cls, root: Path, skip_paths: list[Path]) -> Snapshot:
         """Snapshot ``root``, skipping caches, VCS folders and ``skip_paths``."""
-        skip_rel = frozenset(_rel(p, root) for p in skip_paths if _rel(p, root))
+        skip_rel = frozenset(r for p in skip_paths if (r := _rel(p, root)))
         snap = cls(root=root, skip_rel=skip_rel)
         for rel in snap._walk():
             st = os.lstat(root / rel)

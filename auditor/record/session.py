@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from auditor.errors import InputError
 from auditor.record.capture import data as data_capture
-from auditor.record.capture import determinism as det
 from auditor.record.capture import git as git_capture
 from auditor.record.capture import python_env
 from auditor.record.capture.gpu import capture_gpus
@@ -50,7 +50,7 @@ class Plan:
     name: str | None
     argv: list[str]
     cwd: Path
-    mode: str = "wrap"
+    mode: Literal["wrap", "api"] = "wrap"
     inputs: Sequence[Path] = ()
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     python: str | None = None
@@ -182,6 +182,7 @@ def _lockfile(
     from auditor.record.capture.secrets import redact_text
 
     path = next((p for d in lock_dirs if (p := lockmod.find_project_lockfile(d))), None)
+    drift: tuple[str, ...]
     if path is None:
         text, origin, name, drift = (
             python_env.pinned_requirements(py.packages),
@@ -310,5 +311,3 @@ def finish(
     store.put_record(final)
     return final
 
-
-__all__ = ["Plan", "begin", "det", "finish", "register_env_secrets"]

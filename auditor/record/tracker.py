@@ -15,6 +15,7 @@ import json
 import os
 import queue
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -298,7 +299,7 @@ def start_run(
             mode="api",
             inputs=[Path(p) for p in inputs or []],
             tags=tags or [],
-            python=os.sys.executable,
+            python=sys.executable,
         )  # type: ignore[attr-defined]
         record = session.begin(opened, plan, store_dir_of(opened))
         run = Run(record, store=opened, probe_dir=None, seed=seed)

@@ -183,8 +183,6 @@ class SqlStore:
                 hint="upgrade auditor",
             )
 
-    def _write(self) -> sa.engine.base.Transaction | object:
-        return self.engine.begin()
 
     # -- runs ---------------------------------------------------------------------------
     def put_record(self, record: RunRecord, *, pid: int | None = None) -> None:
@@ -291,7 +289,8 @@ class SqlStore:
         self.put_record(record.model_copy(update={"identity": ident, "not_captured": notes}))
 
     # -- metrics ------------------------------------------------------------------------
-    def add_metrics(self, run_id: str, points: Iterable[MetricPoint]) -> int:
+    def add_metrics(self, run_id: str,
+                    points: Iterable[MetricPoint | tuple[str, int, float, float]]) -> int:
         """Append points in one transaction, preserving exact float bits."""
         batch = list(points)
         if not batch:

@@ -25,8 +25,12 @@ PY = sys.executable
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, base_image: tuple[str, str],
-            ca_bundle: Path, torch_wheelhouse: Path) -> Iterator[dict[str, Any]]:
+def project(
+    tmp_path_factory: pytest.TempPathFactory,
+    base_image: tuple[str, str],
+    ca_bundle: Path,
+    torch_wheelhouse: Path,
+) -> Iterator[dict[str, Any]]:
     """The fixture training project (data git-ignored, as data usually is) and a store."""
     root = tmp_path_factory.mktemp("verify") / "proj"
     root.mkdir()
@@ -38,21 +42,38 @@ def project(tmp_path_factory: pytest.TempPathFactory, base_image: tuple[str, str
     (root / ".gitignore").write_text("outputs/\n.auditor/\ndata/\n")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "fixture")
-    env = {"AUDITOR_STORE": str(root.parent / "store"), "AUDITOR_BASE_IMAGE": base_image[0],
-           "AUDITOR_WHEELHOUSE": str(torch_wheelhouse), "AUDITOR_CA_BUNDLE": str(ca_bundle)}
+    env = {
+        "AUDITOR_STORE": str(root.parent / "store"),
+        "AUDITOR_BASE_IMAGE": base_image[0],
+        "AUDITOR_WHEELHOUSE": str(torch_wheelhouse),
+        "AUDITOR_CA_BUNDLE": str(ca_bundle),
+    }
     yield {"root": root, "env": env}
 
 
 def record(project: dict[str, Any], *args: str, env: dict[str, str] | None = None) -> str:
-    res = audit("--json", "record", "--input", "data/blobs.csv", "--", PY, "train_mlp.py",
-                "--epochs", "2", *args, cwd=project["root"], env={**project["env"], **(env or {})})
+    res = audit(
+        "--json",
+        "record",
+        "--input",
+        "data/blobs.csv",
+        "--",
+        PY,
+        "train_mlp.py",
+        "--epochs",
+        "2",
+        *args,
+        cwd=project["root"],
+        env={**project["env"], **(env or {})},
+    )
     assert res.returncode == 0, res.stderr
     return str(json.loads(res.stdout.strip().splitlines()[-1])["id"])
 
 
 def verify(project: dict[str, Any], run_id: str, *args: str) -> tuple[int, dict[str, Any], str]:
-    res = audit("--json", "verify", run_id, *args, cwd=project["root"], env=project["env"],
-                timeout=900)
+    res = audit(
+        "--json", "verify", run_id, *args, cwd=project["root"], env=project["env"], timeout=900
+    )
     data = json.loads(res.stdout) if res.stdout.strip().startswith("{") else {}
     return res.returncode, data, res.stderr
 
@@ -62,8 +83,9 @@ def only(data: dict[str, Any]) -> dict[str, Any]:
     return data["results"][0]  # type: ignore[no-any-return]
 
 
-def test_seeded_run_reproduces_bitwise_with_a_certificate(project: dict[str, Any],
-                                                          tmp_path: Path) -> None:
+def test_seeded_run_reproduces_bitwise_with_a_certificate(
+    project: dict[str, Any], tmp_path: Path
+) -> None:
     run_id = record(project, "--seed", "3")
     cert = tmp_path / "run.cert.json"
     code, data, err = verify(project, run_id, "--certificate", str(cert))
@@ -78,8 +100,9 @@ def test_seeded_run_reproduces_bitwise_with_a_certificate(project: dict[str, Any
     names = {s["name"] for s in statement["subject"]}
     assert "outputs/outputs/model.safetensors" in names and f"record:{run_id}" in names
     # the rerun is itself a run pointing at the original
-    shown = json.loads(audit("--json", "show", result["rerun_run"], cwd=project["root"],
-                             env=project["env"]).stdout)
+    shown = json.loads(
+        audit("--json", "show", result["rerun_run"], cwd=project["root"], env=project["env"]).stdout
+    )
     assert shown["identity"]["reproduces"] == run_id
     assert shown["environment"]["container_image"] == result["image"]
     # and the stored result renders to a report without rerunning
@@ -95,8 +118,10 @@ def test_clock_seeded_run_is_not_reproduced_from_step_0(project: dict[str, Any])
     assert code == 1, err
     verdict = only(data)["verdict"]
     assert verdict["level"] == "not-reproduced"
-    assert verdict["first_divergence"].startswith("metrics/") and "@step 0" in verdict[
-        "first_divergence"]
+    assert (
+        verdict["first_divergence"].startswith("metrics/")
+        and "@step 0" in verdict["first_divergence"]
+    )
     assert verdict["causes"][0]["category"] == "seed"
 
 
@@ -126,11 +151,17 @@ def test_thread_count_is_replayed_and_named_when_not(project: dict[str, Any]) ->
 
 def test_altered_stored_artifact_is_refused_before_any_verdict(project: dict[str, Any]) -> None:
     run_id = record(project, "--seed", "4")
-    shown = json.loads(audit("--json", "show", run_id, cwd=project["root"],
-                             env=project["env"]).stdout)
+    shown = json.loads(
+        audit("--json", "show", run_id, cwd=project["root"], env=project["env"]).stdout
+    )
     weights = next(a for a in shown["artifacts"] if a["name"].endswith("model.safetensors"))
-    blob = Path(project["env"]["AUDITOR_STORE"]) / "objects" / "sha256" / weights["sha256"][:2] / \
-        weights["sha256"][2:]
+    blob = (
+        Path(project["env"]["AUDITOR_STORE"])
+        / "objects"
+        / "sha256"
+        / weights["sha256"][:2]
+        / weights["sha256"][2:]
+    )
     os.chmod(blob, 0o644)
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0xFF
@@ -159,3 +190,15 @@ def test_bad_input_gets_one_line_and_exit_2(project: dict[str, Any]) -> None:
         res = audit("verify", bad, cwd=project["root"], env=project["env"])
         assert res.returncode == 2
         assert res.stderr.count("\n") == 1 and res.stderr.startswith("error:")
+
+
+def test_rerun_command_records_a_run_that_reproduces_the_original(project: dict[str, Any]) -> None:
+    run_id = record(project, "--seed", "8")
+    res = audit("--json", "rerun", run_id, cwd=project["root"], env=project["env"], timeout=900)
+    assert res.returncode == 0, res.stderr
+    rerun_id = json.loads(res.stdout)["rerun"]
+    compared = audit("--json", "compare", run_id, rerun_id, cwd=project["root"], env=project["env"])
+    assert compared.returncode == 0, compared.stderr
+    assert json.loads(compared.stdout)["level"] == "reproduced-bitwise"
+    listing = json.loads(audit("--json", "list", cwd=project["root"], env=project["env"]).stdout)
+    assert next(r for r in listing if r["id"] == rerun_id)["reproduces"] == run_id

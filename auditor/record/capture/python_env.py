@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from auditor.record.capture.secrets import redact_text, strip_url_credentials
@@ -80,7 +81,7 @@ def _run_json(python: str, *args: str, env: dict[str, str] | None = None) -> obj
 
 
 def capture_python(
-    python: str, put_bytes: object
+    python: str, put_bytes: Callable[[bytes], tuple[str, int]]
 ) -> tuple[PythonEnv | None, list[ArtifactRef], str | None]:
     """(PythonEnv, artifacts, reason-if-not-captured) for the interpreter at ``python``."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
@@ -99,7 +100,7 @@ def capture_python(
             if "metadata" in p
         }
         text = redact_text(json.dumps(_trim_report(report), sort_keys=True, indent=1))
-        sha, size = put_bytes(text.encode())  # type: ignore[operator]
+        sha, size = put_bytes(text.encode())
         artifacts.append(
             ArtifactRef(name="env/pip-inspect.json", sha256=sha, size=size, kind="env")
         )
@@ -126,7 +127,8 @@ def _trim_report(report: dict[str, object]) -> dict[str, object]:
     installer and origin (direct URL, credentials stripped); not the long descriptions."""
     keep = ("name", "version", "requires_dist", "requires_python")
     installed = []
-    for entry in report.get("installed", []):  # type: ignore[union-attr]
+    entries = report.get("installed", [])
+    for entry in entries if isinstance(entries, list) else []:
         meta = entry.get("metadata", {})
         item = {"metadata": {k: meta[k] for k in keep if k in meta},
                 "installer": entry.get("installer"), "requested": entry.get("requested")}
