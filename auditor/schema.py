@@ -23,7 +23,7 @@ import time
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = 1
 RECORD_MEDIA_TYPE = "application/vnd.auditor.run+json"
@@ -212,9 +212,19 @@ class ArtifactRef(Model):
     """An output, log or code blob stored content-addressed."""
 
     name: str  # relative, forward slashes, no "..", e.g. "outputs/model.safetensors"
-    sha256: str
-    size: int
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
     kind: ArtifactKind
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        # No record, however it was made, may name a path outside a restore directory.
+        parts = name.split("/")
+        if (not name or "\0" in name or "\\" in name or name.startswith("/")
+                or any(p in ("", ".", "..") for p in parts) or ":" in parts[0]):
+            raise ValueError(f"artifact name {name[:80]!r} is not a safe relative path")
+        return name
 
 
 class MetricsSummary(Model):

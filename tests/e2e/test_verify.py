@@ -202,3 +202,21 @@ def test_rerun_command_records_a_run_that_reproduces_the_original(project: dict[
     assert json.loads(compared.stdout)["level"] == "reproduced-bitwise"
     listing = json.loads(audit("--json", "list", cwd=project["root"], env=project["env"]).stdout)
     assert next(r for r in listing if r["id"] == rerun_id)["reproduces"] == run_id
+
+
+def test_verify_all_continues_past_failures_and_writes_reports(project: dict[str, Any],
+                                                              tmp_path: Path) -> None:
+    good = record(project, "--seed", "11", name="nightly-good")
+    bad = record(project, "--seed", "clock", name="nightly-bad")
+    reports = tmp_path / "reports"
+    res = audit("--json", "verify", "--all", "--name", "nightly-*", "--since", "1h",
+                "--report-dir", str(reports), "--markdown", str(reports / "summary.md"),
+                "--junit", str(reports / "junit.xml"), cwd=project["root"], env=project["env"],
+                timeout=900)
+    assert res.returncode == 1, res.stderr  # one run did not reproduce
+    levels = {r["original_run"]: r["verdict"]["level"] for r in json.loads(res.stdout)["results"]}
+    assert levels == {good: "reproduced-bitwise", bad: "not-reproduced"}
+    assert (reports / f"{good}.html").is_file() and (reports / f"{bad}.html").is_file()
+    summary = (reports / "summary.md").read_text()
+    assert "not-reproduced" in summary and "reproduced-bitwise" in summary
+    assert "<testsuite" in (reports / "junit.xml").read_text()

@@ -16,7 +16,7 @@ import pytest
 
 from auditor.fsck import check_store
 from auditor.schema import ArtifactRef, Command, Identity, MetricsSummary, RunRecord, new_run_id
-from auditor.store import MetricPoint, open_store, sha256_file
+from auditor.store import MetricPoint, SqlStore, open_store, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,11 +118,20 @@ def _crash_child(location: str, conn: mp.connection.Connection) -> None:  # type
         conn.send(run_id)  # acknowledged: must survive any later kill
 
 
+def _check_complete(store: SqlStore, run_id: str) -> None:
+    rec = store.get_record(run_id)
+    assert rec.identity.status == "finished" and len(rec.artifacts) == 3
+    for art in rec.artifacts:
+        store.blobs.verified_path(art.sha256, art.name)
+    assert sum(1 for _ in store.iter_metrics(run_id)) == 1000
+
+
 def _kill_loop(tmp_path: Path, iterations: int) -> None:
     location = str(tmp_path / "crash")
     open_store(location).close()
     ctx = mp.get_context("fork")
     acked: list[str] = []
+    checked: set[str] = set()
     rng = random.Random(1234)
     for _ in range(iterations):
         parent, child = ctx.Pipe()
@@ -135,24 +144,20 @@ def _kill_loop(tmp_path: Path, iterations: int) -> None:
             acked.append(parent.recv())
         store = open_store(location)
         assert store.integrity_check() == "ok"
-        for run_id in acked:
-            rec = store.get_record(run_id)
-            assert rec.identity.status == "finished" and len(rec.artifacts) == 3
-            for art in rec.artifacts:
-                store.blobs.verified_path(art.sha256, art.name)
-            assert sum(1 for _ in store.iter_metrics(run_id)) == 1000
         for summary in store.list_runs():
-            if summary.id in acked:
-                continue
-            # Unacknowledged: still "running" (incomplete), or committed just before the kill
-            # cut the acknowledgement - then it must be complete, never half-written.
-            assert summary.status in ("running", "finished")
-            if summary.status == "finished":
-                rec = store.get_record(summary.id)
-                assert len(rec.artifacts) == 3
-                assert sum(1 for _ in store.iter_metrics(summary.id)) == 1000
+            if summary.id in checked:
+                continue  # complete runs stay complete: checked again once at the end
+            if summary.id in acked or summary.status == "finished":
+                # Acknowledged, or committed just before the kill cut the acknowledgement:
+                # either way complete, never half-written.
+                _check_complete(store, summary.id)
+                checked.add(summary.id)
+            else:
+                assert summary.status == "running"  # incomplete, and marked so
         store.close()
     store = open_store(location)
+    for run_id in acked:
+        _check_complete(store, run_id)
     for claimed, path in store.blobs.iter_objects():  # T2: no object under a wrong name
         assert sha256_file(path) == claimed
     report = check_store(store, repair=True)

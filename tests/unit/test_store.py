@@ -269,3 +269,18 @@ def test_record_parser_fuzz_on_json_shapes(data: object) -> None:
 
     with pytest.raises(CorruptRecord):
         _parse_record("0" * 26, json.dumps(data), "0" * 64)
+
+
+@pytest.mark.parametrize("name", ["../../x", "/etc/passwd", "outputs/../../x", "a\\b", "", ".",
+                                  "c:/x", "outputs//x", "x\0y"])
+def test_record_naming_an_escaping_artifact_is_refused(store: SqlStore, name: str) -> None:
+    # T32: a record whose artifact name escapes is refused when read, whoever wrote it.
+    rec = make_record()
+    store.put_record(rec)
+    with store.engine.begin() as conn:
+        text = conn.exec_driver_sql("select record from runs").scalar_one()
+        data = json.loads(text)
+        data["artifacts"] = [{"name": name, "sha256": "0" * 64, "size": 1, "kind": "output"}]
+        conn.execute(sa.text("update runs set record=:r"), {"r": json.dumps(data)})
+    with pytest.raises(CorruptRecord, match="artifacts"):
+        store.get_record(rec.identity.id)
