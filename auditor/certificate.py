@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from auditor.errors import InputError, IntegrityError
 from auditor.keys import keyid
+from auditor.store.blobs import fsync_dir
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://auditor.dev/reproduction/v1"
@@ -281,14 +282,6 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
     fsync_dir(path.parent)
 
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or create in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_signatures(

@@ -15,25 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from auditor.errors import InputError
-from auditor.record.capture.data import walk_files
+from auditor.record.capture.data import SKIP_DIRS, walk_files
 from auditor.schema import ArtifactKind, ArtifactRef
 from auditor.store.blobs import BlobStore
 
 DEFAULT_MAX_OUTPUT_BYTES = 1 << 30
-SNAPSHOT_SKIP = frozenset(
-    {
-        ".git",
-        ".auditor",
-        "__pycache__",
-        ".venv",
-        "venv",
-        ".mypy_cache",
-        ".pytest_cache",
-        ".ruff_cache",
-        "node_modules",
-        ".ipynb_checkpoints",
-    }
-)
+
 MAX_SNAPSHOT_FILES = 200_000
 
 
@@ -86,7 +73,7 @@ class Snapshot:
 
     def _skip(self, rel: str) -> bool:
         return (
-            rel.split("/")[-1] in SNAPSHOT_SKIP
+            rel.split("/")[-1] in SKIP_DIRS
             or rel in self.skip_rel
             or any(rel.startswith(s + "/") for s in self.skip_rel)
         )

@@ -33,7 +33,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or create in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -87,7 +88,7 @@ class BlobStore:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp_path, 0o444)
         os.replace(tmp_path, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     def put_file(self, path: Path) -> tuple[str, int]:
         """Store a file's bytes; returns (sha256, size)."""

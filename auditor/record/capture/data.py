@@ -17,6 +17,11 @@ from auditor.errors import InputError
 from auditor.schema import DataInput
 from auditor.store.blobs import sha256_file
 
+# Folders that are never part of a run's code snapshot or its outputs: VCS data, caches,
+# virtualenvs, and auditor's own store.
+SKIP_DIRS = frozenset({".git", ".auditor", "__pycache__", ".venv", "venv", ".mypy_cache",
+                       ".pytest_cache", ".ruff_cache", "node_modules", ".ipynb_checkpoints"})
+
 
 def entry_digest(path: Path) -> tuple[str, str, int]:
     """(kind, digest, size) of one file or symlink, links not followed."""

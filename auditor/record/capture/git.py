@@ -16,25 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from auditor.errors import CouldNotVerify, IntegrityError
-from auditor.record.capture.data import merkle_root, walk_files
+from auditor.record.capture.data import SKIP_DIRS, merkle_root, walk_files
 from auditor.record.capture.secrets import strip_url_credentials
 from auditor.schema import ArtifactRef, Code
 from auditor.store.blobs import BlobStore
 
 MAX_UNTRACKED_BYTES = 50 << 20  # per file; larger untracked files are listed, not stored
-SNAPSHOT_SKIP = frozenset(
-    {
-        ".git",
-        ".auditor",
-        "__pycache__",
-        ".venv",
-        "venv",
-        ".mypy_cache",
-        ".pytest_cache",
-        ".ruff_cache",
-        "node_modules",
-    }
-)
 
 
 @dataclass
@@ -137,7 +124,7 @@ def capture_snapshot(code_dir: Path, blobs: BlobStore, store_dir: Path) -> CodeC
     store_rel = _relative(store_dir, code_dir)
 
     def skip(rel: str) -> bool:
-        return rel.split("/")[-1] in SNAPSHOT_SKIP or _excluded(rel, store_rel)
+        return rel.split("/")[-1] in SKIP_DIRS or _excluded(rel, store_rel)
 
     files = walk_files(code_dir, skip)
     small = [
