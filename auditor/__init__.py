@@ -8,7 +8,8 @@ Public Python API::
         run.log_metric("loss", 0.41, step=3)
         run.log_artifact("model.safetensors")
 
-Under ``audit record`` the API attaches to the wrapping run instead of creating one.
+Under ``audit record`` (and inside a rerun) the API attaches to the surrounding run instead
+of creating one, through ``auditor.record.attached``, which needs only the standard library.
 """
 
 from __future__ import annotations
@@ -19,13 +20,33 @@ __version__ = "0.1.0"
 __all__ = ["Run", "__version__", "seed_everything", "start_run"]
 
 if TYPE_CHECKING:
-    from auditor.record.tracker import Run, seed_everything, start_run
+    from auditor.record.tracker import Run
+
+
+def start_run(name: str | None = None, **kwargs: Any) -> Any:
+    """Record a run of this process (see ``auditor.record.tracker.start_run``), or attach
+    to the surrounding ``audit record`` / rerun without importing auditor's dependencies."""
+    from auditor.record.attached import attach
+
+    attached = attach(kwargs.get("params"), kwargs.get("seed"), kwargs.get("deterministic", True))
+    if attached is not None:
+        return attached
+    from auditor.record.tracker import start_run as standalone
+
+    return standalone(name, **kwargs)
+
+
+def seed_everything(seed: int, *, deterministic: bool = True) -> dict[str, Any]:
+    """Seed random, numpy and torch, set torch's deterministic flags; return what was set."""
+    from auditor.record.attached import seed_everything as seed_all
+
+    return seed_all(seed, deterministic=deterministic)
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: `audit --help` and the probe must not pay for importing the recorder.
-    if name in ("Run", "seed_everything", "start_run"):
-        from auditor.record import tracker
+    # Lazy: `audit --help`, the probe and attached runs must not import the recorder.
+    if name == "Run":
+        from auditor.record.tracker import Run
 
-        return getattr(tracker, name)
+        return Run
     raise AttributeError(name)

@@ -40,6 +40,7 @@ from auditor.record.wrap import PROBE_PATH
 from auditor.schema import RunRecord
 from auditor.store import SqlStore
 
+PACKAGE_DIR = Path(__file__).resolve().parent
 SKIPPABLE = frozenset({"pythonhashseed", "threads", "env"})
 HOST_SPECIFIC = frozenset(
     {
@@ -252,7 +253,8 @@ def execute_docker(
     client = docker_client(timeout=limits.timeout_s + 120)
     attempt = uuid.uuid4().hex
     rel_cwd = prep.cwd.relative_to(prep.tree).as_posix()
-    env = {**prep.env, "PYTHONPATH": "/opt/auditor-probe", "AUDITOR_PROBE_DIR": "/probe"}
+    env = {**prep.env, "PYTHONPATH": "/opt/auditor-probe:/opt/auditor-lib",
+           "AUDITOR_PROBE_DIR": "/probe", "AUDITOR_RUN_ID": prep.record.identity.id}
     devices = [DeviceRequest(count=limits.gpus, capabilities=[["gpu"]])] if limits.gpus else []
     started = time.monotonic()
     container: Any = None
@@ -270,6 +272,8 @@ def execute_docker(
                 volumes={
                     str(prep.tree): {"bind": "/work", "mode": "rw"},
                     str(PROBE_PATH): {"bind": "/opt/auditor-probe", "mode": "ro"},
+                    # the stdlib-only attached API, for scripts that `import auditor`
+                    str(PACKAGE_DIR): {"bind": "/opt/auditor-lib/auditor", "mode": "ro"},
                     str(prep.workdir / "probe"): {"bind": "/probe", "mode": "rw"},
                 },
                 cap_drop=["ALL"],
@@ -395,8 +399,9 @@ def execute_venv(
     env = {
         **prep.env,
         "PATH": f"{env_dir / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-        "PYTHONPATH": str(PROBE_PATH),
+        "PYTHONPATH": f"{PROBE_PATH}:{_library(prep.workdir)}",
         "AUDITOR_PROBE_DIR": str(prep.workdir / "probe"),
+        "AUDITOR_RUN_ID": prep.record.identity.id,
         "HOME": tempfile.gettempdir(),
         "VIRTUAL_ENV": str(env_dir),
     }
@@ -461,6 +466,24 @@ def execute_venv(
     return Executed(
         code, "".join(out), "".join(err), time.monotonic() - started, prep.workdir / "probe"
     )
+
+
+def _library(workdir: Path) -> Path:
+    """A folder holding only the auditor package, for the rerun's PYTHONPATH."""
+    lib = workdir / "lib"
+    lib.mkdir(exist_ok=True)
+    if not (lib / "auditor").exists():
+        (lib / "auditor").symlink_to(PACKAGE_DIR, target_is_directory=True)
+    return lib
+
+
+def host_path(prep: Prepared, path: str) -> Path:
+    """A path the rerun reported (``/work/...`` inside a container) as a path on this host."""
+    if path == "/work" or path.startswith("/work/"):
+        candidate = prep.tree / path.removeprefix("/work").lstrip("/")
+        if not Path(path).is_relative_to(prep.tree) and candidate.exists():
+            return candidate
+    return Path(path)
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory[str]:

@@ -28,7 +28,7 @@ from auditor.record.capture import determinism as det
 from auditor.record.capture.gpu import capture_gpus, gpu_signature
 from auditor.record.capture.secrets import redact_env
 from auditor.record.wrap import MetricSink, _ingest_api, _logs, compile_regex
-from auditor.rerun import Executed, Prepared
+from auditor.rerun import Executed, Prepared, host_path
 from auditor.schema import (
     Environment,
     Identity,
@@ -99,7 +99,8 @@ def _initial(original: RunRecord, prep: Prepared, built: BuildResult) -> RunReco
 def _complete(
     store: SqlStore, rerun: RunRecord, prep: Prepared, done: Executed, sink: MetricSink
 ) -> RunRecord:
-    api = _ingest_api(store, rerun.identity.id, done.probe_dir, sink)
+    api = _ingest_api(store, rerun.identity.id, done.probe_dir, sink,
+                      lambda path: host_path(prep, path))
     produced, warnings = outputs.collect(
         store.blobs, [], prep.snapshot, prep.cwd, outputs.DEFAULT_MAX_OUTPUT_BYTES
     )

@@ -119,6 +119,13 @@ def _causes(level: Level, diffs: dict[str, list[Difference]], left: RunRecord,
     if level == "reproduced-bitwise":
         return []
     causes = rank_causes(diffs, left, right)
+    crashed = [d for d in diffs.get("process", []) if d.where == "process/exit_code"]
+    if crashed:  # nothing else matters as much as a rerun that did not finish
+        tail = "; ".join(crashed[0].comments) or "no stderr"
+        causes.insert(0, Cause(category="process", what="exit_code", left=crashed[0].left,
+                               right=crashed[0].right, score=200.0,
+                               explanation=f"The rerun exited with {crashed[0].right} "
+                                           f"({tail})."))
     if level == "not-reproduced":
         return causes
     return [c.model_copy(update={"score": c.score * WITHIN_TOLERANCE_WEIGHT}) for c in causes]
@@ -132,7 +139,7 @@ def first_divergence(diffs: dict[str, list[Difference]], beyond: list[Difference
     if stepped:
         step, where = min(stepped)
         return f"{where}@step {step}"
-    for name in ("weights", "files", "params", "metrics"):
+    for name in ("process", "weights", "files", "params", "metrics"):
         for d in diffs.get(name, []):
             if id(d) in ids:
                 return d.where

@@ -39,7 +39,7 @@ def bench_log_metric(n: int = 200_000) -> dict[str, float]:
             command=Command(argv=("x",), cwd="."),
         )
         store.put_record(rec)
-        run = Run(rec, store=store, probe_dir=None, seed=None)
+        run = Run(rec, store=store)
         samples = []
         for block in range(n // 1000):
             start = time.perf_counter_ns()

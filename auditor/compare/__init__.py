@@ -8,8 +8,9 @@ returns ``{comparer name: differences}``; ``evidence_from_store`` gathers one si
 store, re-hashing every output and log artifact first, so an artifact altered after
 recording raises ``IntegrityError`` before anything is compared.
 
-The table (diffoscope's ``COMPARATORS``): params and environment first because they are
-cheap and explain the rest; then metrics, weights, and every other output file.
+The table (diffoscope's ``COMPARATORS``): the process's exit status first (a crashed rerun
+explains everything else), params and environment because they are cheap and explain the
+rest; then metrics, weights, and every other output file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditor.compare import environment, files, metrics, params
+from auditor.compare import environment, files, metrics, params, process
 from auditor.compare.difference import Difference
 from auditor.errors import InputError
 from auditor.policy import Policy
@@ -44,6 +45,7 @@ class Evidence:
 Comparer = Callable[[Evidence, Evidence, Policy], list[Difference]]
 
 COMPARATORS: tuple[tuple[str, Comparer], ...] = (
+    ("process", process.compare),
     ("params", params.compare),
     ("environment", environment.compare),
     ("metrics", metrics.compare),

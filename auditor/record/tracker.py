@@ -1,12 +1,12 @@
-"""The Python API: ``start_run``, ``Run`` and ``seed_everything``.
+"""The Python API for a standalone run: ``Run`` and its ``start_run``.
 
 ``with auditor.start_run(name=..., params=cfg, seed=42) as run:`` records a run of the
-current process. Under ``audit record`` (``AUDITOR_RUN_ID`` and ``AUDITOR_PROBE_DIR``
-set) it *attaches* to the wrapping run instead of creating a second one: params, seeds,
-metrics and artifacts go to the probe directory and the recorder merges them.
+current process into the store. Under ``audit record`` or a rerun the same call attaches
+to the surrounding run instead (``record/attached.py``, standard library only).
 
-``log_metric`` is buffered: it appends a tuple and flushes in batches of 1,000 points
-(or every 2 s), so a call costs about a microsecond; points keep their exact float bits.
+``log_metric`` is buffered: it appends a tuple; full batches of 1,000 points go to a
+background writer thread (sqlite3 releases the GIL while it writes), so a call costs well
+under a microsecond; points keep their exact float bits.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import random
 import sys
 import threading
 import time
@@ -25,62 +24,24 @@ from typing import Any
 
 from auditor.errors import InputError
 from auditor.record import session
+from auditor.record.attached import SEED_STATE, AttachedRun, attach, seed_everything
 from auditor.record.capture import determinism as det
 from auditor.record.capture.secrets import redact_params
 from auditor.record.outputs import store_artifact
 from auditor.schema import ArtifactRef, MetricsSummary, RunRecord, Seeds
 from auditor.store import SqlStore, open_store, store_dir_of
-from auditor.store.sql import float_to_bits
 
 FLUSH_POINTS = 1000
-FLUSH_SECONDS = 2.0
-
-_seed_state: dict[str, Any] = {}
-
-
-def seed_everything(seed: int, *, deterministic: bool = True) -> dict[str, Any]:
-    """Seed random, numpy and torch (and CUDA), optionally switch torch to deterministic
-    algorithms, and return (and remember for the active run) exactly what was set."""
-    seeded = ["random"]
-    random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % (2**32))
-        seeded.append("numpy")
-    except ImportError:
-        pass
-    try:
-        import torch
-    except ImportError:
-        torch = None  # type: ignore[assignment]
-    if torch is not None:
-        torch.manual_seed(seed)
-        seeded.append("torch")
-        if torch.cuda.is_available():
-            torch.cuda.manual_seed_all(seed)
-            seeded.append("cuda")
-        if deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.deterministic = True
-            torch.backends.cudnn.benchmark = False
-    _seed_state.update(seed=seed, seeded=seeded, deterministic=deterministic)
-    if _ACTIVE is not None:
-        _ACTIVE._note_seed(seed, seeded)
-    return dict(_seed_state)
+__all__ = ["AttachedRun", "Run", "seed_everything", "start_run"]
 
 
 class Run:
     """A run being recorded. Use as a context manager; see ``start_run``."""
 
-    def __init__(
-        self, record: RunRecord, *, store: SqlStore | None, probe_dir: Path | None, seed: int | None
-    ) -> None:
+    def __init__(self, record: RunRecord, *, store: SqlStore, seed: int | None = None) -> None:
         self.record = record
         self.id = record.identity.id
         self._store = store
-        self._probe_dir = probe_dir
         self._params: dict[str, Any] = dict(record.params)
         self._buffer: list[tuple[str, int, float, float]] = []
         self._steps: dict[str, int] = {}
@@ -123,12 +84,6 @@ class Run:
     def log_artifact(self, path: str | Path, name: str | None = None) -> None:
         """Store a file produced by the run (weights, predictions) as an output artifact."""
         path = Path(path)
-        if self._probe_dir is not None:
-            _append_json(
-                self._probe_dir / "artifacts.jsonl", {"path": str(path.resolve()), "name": name}
-            )
-            return
-        assert self._store is not None
         self._artifacts.append(store_artifact(self._store.blobs, path, name or path.name))
 
     def _hand_off(self) -> None:
@@ -147,16 +102,7 @@ class Run:
             self._writer.drain()
 
     def _write_batch(self, batch: list[tuple[str, int, float, float]]) -> None:
-        if self._probe_dir is not None:
-            lines = "".join(json.dumps([k, s, float_to_bits(v), t]) + "\n" for k, s, v, t in batch)
-            with open(self._probe_dir / f"metrics-{os.getpid()}.jsonl", "a") as fh:
-                fh.write(lines)
-            return
-        assert self._store is not None
         self._store.add_metrics(self.id, batch)
-
-    def _note_seed(self, seed: int, seeded: list[str]) -> None:
-        self._seed = (seed, seeded)
 
     # -- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> Run:
@@ -177,28 +123,13 @@ class Run:
 
     def end(self, status: str = "finished") -> None:
         """Flush and close the run (called by the context manager)."""
-        global _ACTIVE
         if self._closed:
             return
         self._closed = True
         self.flush()
-        _ACTIVE = None
-        if self._probe_dir is not None:
-            self._write_contribution()
-            return
-        assert self._store is not None
-        self.record = self._finish_standalone(status)
+        self.record = self._finish(status)
 
-    def _write_contribution(self) -> None:
-        assert self._probe_dir is not None
-        seed, seeded = self._seed
-        data = {"params": self._params, "seed": seed, "seeded": seeded, "pid": os.getpid()}
-        tmp = self._probe_dir / f"api-{os.getpid()}.json.tmp"
-        tmp.write_text(json.dumps(data, default=str))
-        os.replace(tmp, tmp.with_suffix(""))
-
-    def _finish_standalone(self, status: str) -> RunRecord:
-        assert self._store is not None
+    def _finish(self, status: str) -> RunRecord:
         env = dict(os.environ)
         determinism, torch_seed = det.observe_self(env)
         from auditor.record.probe.sitecustomize import observe
@@ -210,7 +141,8 @@ class Run:
                 )
             }
         )
-        seed, seeded = self._seed
+        seed, seeded = (SEED_STATE.get("seed"), SEED_STATE.get("seeded", [])) if SEED_STATE \
+            else self._seed
         seeds = Seeds(
             seed=seed,
             seeded=tuple(seeded),
@@ -233,9 +165,6 @@ class Run:
             exit_code=0 if status == "finished" else 1,
             updates=updates,
         )
-
-
-_ACTIVE: Run | None = None
 
 
 class _Writer:
@@ -280,49 +209,24 @@ def start_run(
     store: str | None = None,
     inputs: list[str | Path] | None = None,
     tags: list[str] | None = None,
-) -> Run:
-    """Start recording a run of this process (or attach to the wrapping ``audit record``)."""
-    global _ACTIVE
+) -> Run | AttachedRun:
+    """Start recording a run of this process (or attach to the surrounding ``audit record``
+    or rerun)."""
+    attached = attach(params, seed, deterministic)
+    if attached is not None:
+        return attached
     if seed is not None:
         seed_everything(seed, deterministic=deterministic)
-    probe = os.environ.get("AUDITOR_PROBE_DIR")
-    run_id = os.environ.get("AUDITOR_RUN_ID")
-    if probe and run_id:
-        record = RunRecord.model_construct(identity=_identity_stub(run_id))  # attached: no store
-        run = Run(record, store=None, probe_dir=Path(probe), seed=seed)
-    else:
-        opened = open_store(store)
-        plan = session.Plan(
-            name=name,
-            argv=_own_argv(),
-            cwd=Path.cwd(),
-            mode="api",
-            inputs=[Path(p) for p in inputs or []],
-            tags=tags or [],
-            python=sys.executable,
-        )  # type: ignore[attr-defined]
-        record = session.begin(opened, plan, store_dir_of(opened))
-        run = Run(record, store=opened, probe_dir=None, seed=seed)
-    if _seed_state and seed is None:
-        run._note_seed(_seed_state["seed"], list(_seed_state["seeded"]))
-    elif seed is not None:
-        run._note_seed(seed, list(_seed_state.get("seeded", [])))
+    opened = open_store(store)
+    plan = session.Plan(name=name, argv=_own_argv(), cwd=Path.cwd(), mode="api",
+                        inputs=[Path(p) for p in inputs or []], tags=tags or [],
+                        python=sys.executable)
+    run = Run(session.begin(opened, plan, store_dir_of(opened)), store=opened, seed=seed)
     run.log_params(params or {})
-    _ACTIVE = run
     return run
 
 
-def _identity_stub(run_id: str) -> Any:
-    from datetime import UTC, datetime
-
-    from auditor.schema import Identity
-
-    return Identity(id=run_id, name="attached", user="", host="", started_at=datetime.now(UTC))
-
-
 def _own_argv() -> list[str]:
-    import sys
-
     return [sys.executable, *sys.argv] if sys.argv and sys.argv[0] else [sys.executable]
 
 
@@ -332,8 +236,3 @@ def _jsonable(value: Any) -> Any:
         return value
     except (TypeError, ValueError):
         return repr(value)
-
-
-def _append_json(path: Path, data: Mapping[str, Any]) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(data) + "\n")

@@ -403,8 +403,10 @@ def _logs(store: SqlStore, out: str, err: str) -> list[ArtifactRef]:
     return refs
 
 
-def _ingest_api(store: SqlStore, run_id: str, probe: Path, sink: MetricSink) -> dict[str, Any]:
-    """Merge what the Python API wrote from inside the child."""
+def _ingest_api(store: SqlStore, run_id: str, probe: Path, sink: MetricSink,
+                path_map: Callable[[str], Path] = Path) -> dict[str, Any]:
+    """Merge what the Python API wrote from inside the child (``path_map`` turns the paths
+    it reported into paths on this host)."""
     found: dict[str, Any] = {"params": {}, "seed": None, "seeded": [], "artifacts": []}
     for path in sorted(probe.glob("api-*.json")):
         data = json.loads(path.read_text())
@@ -422,7 +424,7 @@ def _ingest_api(store: SqlStore, run_id: str, probe: Path, sink: MetricSink) -> 
         _jsonl(probe / "artifacts.jsonl") if (probe / "artifacts.jsonl").exists() else []
     )
     for item in artifact_lines:
-        path = Path(item["path"])
+        path = path_map(item["path"])
         found["artifacts"].append(
             outputs.store_artifact(store.blobs, path, f"outputs/{item.get('name') or path.name}")
         )

@@ -51,10 +51,13 @@ def project(
     yield {"root": root, "env": env}
 
 
-def record(project: dict[str, Any], *args: str, env: dict[str, str] | None = None) -> str:
+def record(project: dict[str, Any], *args: str, env: dict[str, str] | None = None,
+           name: str = "mlp") -> str:
     res = audit(
         "--json",
         "record",
+        "--name",
+        name,
         "--input",
         "data/blobs.csv",
         "--",
@@ -218,5 +221,29 @@ def test_verify_all_continues_past_failures_and_writes_reports(project: dict[str
     assert levels == {good: "reproduced-bitwise", bad: "not-reproduced"}
     assert (reports / f"{good}.html").is_file() and (reports / f"{bad}.html").is_file()
     summary = (reports / "summary.md").read_text()
-    assert "not-reproduced" in summary and "reproduced-bitwise" in summary
+    assert "not reproduced: 1" in summary and "reproduced (bitwise): 1" in summary
     assert "<testsuite" in (reports / "junit.xml").read_text()
+
+
+def test_api_script_records_and_verifies_in_a_container(project: dict[str, Any]) -> None:
+    shutil.copy(FIXTURES / "train" / "train_api.py", project["root"])
+    git(project["root"], "add", "train_api.py")
+    git(project["root"], "commit", "-q", "-m", "api script")
+    res = audit("--json", "record", "--name", "api", "--input", "data/blobs.csv", "--", PY,
+                "train_api.py", "--epochs", "2",
+                cwd=project["root"], env=project["env"])
+    assert res.returncode == 0, res.stderr
+    run_id = json.loads(res.stdout.strip().splitlines()[-1])["id"]
+    shown = json.loads(audit("--json", "show", run_id, cwd=project["root"],
+                             env=project["env"]).stdout)
+    assert shown["params"]["optimizer"] == "sgd" and shown["seeds"]["seed"] == 1234
+    assert shown["determinism"]["torch_deterministic_algorithms"] is True
+    code, data, err = verify(project, run_id)
+    assert code == 0, err
+    result = only(data)
+    assert result["verdict"]["level"] == "reproduced-bitwise"
+    assert result["verdict"]["summary"]["compared_metrics"] == 2  # the API's metrics, rerun too
+    rerun = json.loads(audit("--json", "show", result["rerun_run"], cwd=project["root"],
+                             env=project["env"]).stdout)
+    assert rerun["seeds"]["seed"] == 1234 and rerun["params"]["hidden"] == 32
+    assert any(a["name"] == "outputs/model.safetensors" for a in rerun["artifacts"])

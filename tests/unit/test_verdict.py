@@ -4,6 +4,7 @@ environment digest."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from auditor.compare import Evidence, compare_runs
@@ -150,7 +151,21 @@ def test_decide_over_compare_runs_end_to_end() -> None:
     v = decide(diffs, left, right, Policy())
     assert v.level == "not-reproduced" and v.first_divergence == "metrics/loss@step 0"
     assert v.causes[0].what == "unseeded"
-    assert list(v.differences) == ["params", "environment", "metrics", "weights", "files"]
+    assert list(v.differences) == ["process", "params", "environment", "metrics", "weights",
+                                   "files"]
+
+
+def test_a_crashed_rerun_is_the_first_cause(tmp_path: Path) -> None:
+    stderr = tmp_path / "stderr.txt"
+    stderr.write_text("Traceback (most recent call last):\nFileNotFoundError: data/blobs.csv\n")
+    left = record(artifacts=())
+    right = record(artifacts=(), identity=left.identity.model_copy(update={"exit_code": 1}))
+    ok = Evidence(record=left, files={}, metric_keys=(), series=lambda _k: iter(()))
+    bad = Evidence(record=right, files={"logs/stderr.txt": stderr}, metric_keys=(),
+                   series=lambda _k: iter(()))
+    v = decide(compare_runs(ok, bad, Policy()), left, right, Policy())
+    assert v.level == "not-reproduced" and v.first_divergence == "process/exit_code"
+    assert v.causes[0].category == "process" and "FileNotFoundError" in v.causes[0].explanation
 
 
 # -- environment digest ------------------------------------------------------------------
