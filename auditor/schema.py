@@ -146,6 +146,7 @@ class PythonEnv(Model):
     implementation: str
     build: str
     packages: dict[str, str]  # normalised name -> version
+    local: tuple[str, ...] = ()  # installed editable or from a local path: no index has them
     inspect_artifact: str | None = None  # full `pip inspect` JSON
     lock: LockRef | None = None
 

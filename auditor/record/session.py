@@ -185,12 +185,16 @@ def _lockfile(
     drift: tuple[str, ...]
     if path is None:
         text, origin, name, drift = (
-            python_env.pinned_requirements(py.packages),
+            python_env.pinned_requirements(py.packages, py.local),
             "derived",
             "env/lock/requirements.derived.txt",
             (),
         )
         kind = "pip"
+        if py.local:
+            notes["environment.python.lock"] = (
+                "derived lock leaves out packages installed from a local path or editable "
+                f"({', '.join(py.local)}): a rebuild cannot install them from an index")
     else:
         text = redact_text(path.read_text(encoding="utf-8", errors="replace"))
         origin, name = "project", f"env/lock/{path.name}"

@@ -99,12 +99,15 @@ def capture_python(
             for p in report["installed"]
             if "metadata" in p
         }
+        local = tuple(sorted(normalize(p["metadata"]["name"]) for p in report["installed"]
+                             if "metadata" in p and _is_local(p.get("direct_url"))))
         text = redact_text(json.dumps(_trim_report(report), sort_keys=True, indent=1))
         sha, size = put_bytes(text.encode())
         artifacts.append(
             ArtifactRef(name="env/pip-inspect.json", sha256=sha, size=size, kind="env")
         )
     else:
+        local = ()
         found = _run_json(python, "-I", "-c", _PACKAGES, env=env)
         packages = (
             {normalize(k): str(v) for k, v in (found or {}).items()}
@@ -117,9 +120,17 @@ def capture_python(
         implementation=str(info["implementation"]),
         build=str(info["build"]),
         packages=dict(sorted(packages.items())),
+        local=local,
         inspect_artifact="env/pip-inspect.json" if artifacts else None,
     )
     return py, artifacts, None
+
+
+def _is_local(direct: object) -> bool:
+    """Installed from a directory (editable or not) or a local file: no index serves it."""
+    if not isinstance(direct, dict):
+        return False
+    return "dir_info" in direct or str(direct.get("url", "")).startswith("file:")
 
 
 def _trim_report(report: dict[str, object]) -> dict[str, object]:
@@ -140,9 +151,10 @@ def _trim_report(report: dict[str, object]) -> dict[str, object]:
             "environment": report.get("environment"), "installed": installed}
 
 
-def pinned_requirements(packages: dict[str, str]) -> str:
-    """The installed set as ``name==version`` lines (a derived, unhashed lock)."""
-    skip = {"pip", "setuptools", "wheel", "distribute"}
+def pinned_requirements(packages: dict[str, str], local: tuple[str, ...] = ()) -> str:
+    """The installed set as ``name==version`` lines (a derived, unhashed lock), without
+    the installer's own tools and without packages no index can serve (``local``)."""
+    skip = {"pip", "setuptools", "wheel", "distribute", *local}
     lines = [f"{n}=={v}" for n, v in sorted(packages.items()) if n not in skip]
     return (
         "# derived by auditor from the training interpreter's installed packages\n"
