@@ -362,6 +362,6 @@ def test_full_unpickling_appears_once_and_only_behind_the_opt_in() -> None:
     hits = [(p, text) for p, text in sources.items() if "weights_only=False" in text]
     assert sum(text.count("weights_only=False") for _, text in hits) <= 1
     for path, text in hits:
-        assert path.name == "tensorfile.py"
+        assert path.name == "torchfile.py"
         before = text[: text.index("weights_only=False")].rsplit("def ", 1)[1]
         assert "if not allow_unsafe_pickle:" in before and before.startswith("read_torch(")
