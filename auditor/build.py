@@ -36,8 +36,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -373,7 +371,9 @@ def build(inputs: BuildInputs, *, backend: str | None = None, no_cache: bool = F
             return _build_docker(client, inputs, digest, no_cache, say, started)
         finally:
             client.close()
-    return _build_venv(inputs, digest, venv_root, no_cache, say, started)
+    from auditor.build_venv import build_venv  # the fallback backend: its own module
+
+    return build_venv(inputs, digest, venv_root, no_cache, say, started)
 
 
 def _build_docker(client: Any, inputs: BuildInputs, digest: str, no_cache: bool,
@@ -532,83 +532,3 @@ def _remove_untagged(client: Any, image_id: str) -> None:
     image = _get_image(client, image_id)
     if image is not None and not image.tags:
         client.images.remove(image_id, force=True)
-
-
-# ---- venv ----------------------------------------------------------------------------
-
-
-def _build_venv(inputs: BuildInputs, digest: str, venv_root: Path, no_cache: bool,
-                say: Progress, started: float) -> BuildResult:
-    if inputs.lock.kind != "pip":
-        raise BuildFailed("the venv backend cannot install a conda lock",
-                          hint="start a docker engine and use --backend docker")
-    env = venv_root / digest[:16]
-    marker = env / MARKER
-    cached = not no_cache and _marker_digest(marker) == digest
-    lines: list[str] = []
-    if cached:
-        say(f"cache hit: {env}")
-        probe = json.loads(marker.read_text())["probe"]
-    else:
-        probe, lines = _create_venv(inputs, env, say)
-        marker.write_text(json.dumps({"inputs_digest": digest, "probe": probe}, indent=2))
-    return _result(inputs, digest, probe, backend="venv", tag=str(env),
-                   image_id=f"venv:{digest[:16]}", cached=cached, log="\n".join(lines),
-                   isolation_note=ISOLATION_VENV, seconds=time.monotonic() - started)
-
-
-def _marker_digest(marker: Path) -> str | None:
-    try:
-        return str(json.loads(marker.read_text())["inputs_digest"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _create_venv(inputs: BuildInputs, env: Path, say: Progress
-                 ) -> tuple[dict[str, Any], list[str]]:
-    python = _host_python(inputs)
-    shutil.rmtree(env, ignore_errors=True)  # a folder without a marker is half-built
-    lines: list[str] = []
-    try:
-        _run([python, "-m", "venv", str(env)], lines, say, "virtualenv creation")
-        lockfile = env / "requirements.lock"
-        lockfile.write_text(inputs.lock.text)
-        _run(_pip_install(env, inputs, lockfile), lines, say, "venv install")
-        probe = json.loads(_run([str(env / "bin" / "python"), "-c", PROBE], [], None, "probe"))
-        check_python_compat(inputs.lock, probe["python"])
-    except BaseException:
-        shutil.rmtree(env, ignore_errors=True)
-        raise
-    return probe, lines
-
-
-def _host_python(inputs: BuildInputs) -> str:
-    wanted = inputs.lock.python or ".".join(inputs.python_version.split(".")[:2])
-    return shutil.which(f"python{wanted}") or sys.executable
-
-
-def _pip_install(env: Path, inputs: BuildInputs, lockfile: Path) -> list[str]:
-    argv = [str(env / "bin" / "python"), "-m", "pip", "install", "--no-deps",
-            "--only-binary", ":all:", "--no-input", "--disable-pip-version-check"]
-    argv += ["--require-hashes"] if inputs.lock.hashed else []
-    argv += ["--find-links", str(inputs.wheelhouse)] if inputs.wheelhouse else []
-    argv += ["--cert", str(inputs.ca_bundle)] if inputs.ca_bundle else []
-    return [*argv, "--requirement", str(lockfile)]
-
-
-def _isolated_env() -> dict[str, str]:
-    """No host pip configuration: the wheelhouse and CA bundle are explicit inputs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    return {**env, "PIP_CONFIG_FILE": os.devnull}
-
-
-def _run(argv: list[str], lines: list[str], say: Progress | None, what: str) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False,
-                          timeout=BUILD_TIMEOUT_S, env=_isolated_env())
-    output = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-    lines.extend(output)
-    for line in output if say else ():
-        say(line)  # type: ignore[misc]
-    if done.returncode != 0:
-        raise _failure(lines, what)
-    return done.stdout
