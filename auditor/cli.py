@@ -40,11 +40,16 @@ class Ctx:
 
 
 LAZY_COMMANDS: dict[str, str] = {
-    "lock": "auditor.cli_verify:lock", "build": "auditor.cli_verify:build_cmd",
-    "base-image": "auditor.cli_verify:base_image", "rerun": "auditor.cli_verify:rerun_cmd",
-    "compare": "auditor.cli_verify:compare_cmd", "verify": "auditor.cli_verify:verify_cmd",
-    "report": "auditor.cli_reports:report", "gate": "auditor.cli_reports:gate",
-    "keys": "auditor.cli_reports:keys", "certificate": "auditor.cli_reports:certificate",
+    "lock": "auditor.cli_verify:lock",
+    "build": "auditor.cli_verify:build_cmd",
+    "base-image": "auditor.cli_verify:base_image",
+    "rerun": "auditor.cli_verify:rerun_cmd",
+    "compare": "auditor.cli_verify:compare_cmd",
+    "verify": "auditor.cli_verify:verify_cmd",
+    "report": "auditor.cli_reports:report",
+    "gate": "auditor.cli_reports:gate",
+    "keys": "auditor.cli_reports:keys",
+    "certificate": "auditor.cli_reports:certificate",
     "ci": "auditor.cli_reports:ci",
 }
 
@@ -127,8 +132,14 @@ def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
         ctx.find_object(Ctx).as_json = True  # type: ignore[union-attr]
 
 
-json_option = click.option("--json", "as_json_local", is_flag=True, expose_value=False,
-                           callback=_set_json, help="Machine-readable output on stdout.")
+json_option = click.option(
+    "--json",
+    "as_json_local",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_json,
+    help="Machine-readable output on stdout.",
+)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -172,6 +183,11 @@ json_option = click.option("--json", "as_json_local", is_flag=True, expose_value
     type=click.Path(path_type=Path),
     help="Code directory to snapshot when not in a git repository.",
 )
+@click.option(
+    "--lenient-metrics",
+    is_flag=True,
+    help="Warn, instead of failing with exit 2, when a metrics line is not JSON.",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
 def record(c: Ctx, command: tuple[str, ...], **opts: Any) -> None:
@@ -195,6 +211,18 @@ def record(c: Ctx, command: tuple[str, ...], **opts: Any) -> None:
         ),
     )
     ident = result.record.identity
+    if result.malformed_metrics and not opts["lenient_metrics"] and result.exit_code == 0:
+        from auditor.errors import InputError
+
+        count = len(result.malformed_metrics)
+        raise InputError(
+            f"{result.malformed_metrics[0]}"
+            + (f" (and {count - 1} more)" if count > 1 else "")
+            + f"; run {ident.id} was stored with the rest",
+            hint="print metrics with json.dumps, or pass --lenient-metrics",
+        )
+    for line in result.malformed_metrics:
+        click.echo(f"warning: {line}", err=True)
     if c.as_json:
         click.echo(
             json.dumps({"id": ident.id, "status": ident.status, "exit_code": ident.exit_code})

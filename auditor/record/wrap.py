@@ -65,6 +65,7 @@ class WrapResult:
 
     record: RunRecord
     exit_code: int
+    malformed_metrics: tuple[str, ...] = ()
 
 
 class MetricSink:
@@ -77,13 +78,16 @@ class MetricSink:
         self.steps: dict[str, int] = {}
         self.points = 0
         self.warnings: list[str] = []
+        self.malformed: list[str] = []  # metrics lines that are not JSON
         self.lock = threading.Lock()
         self.last_flush = time.monotonic()
 
     def feed(self, lineno: int, line: str) -> None:
         """Take one stdout line."""
         text = line.strip()
-        if text.startswith("{") and text.endswith("}"):
+        # A metrics line is a JSON object: `{"` opens it. Python reprs (`{'lr': 0.1}`) are
+        # ordinary output, not malformed metrics.
+        if text.startswith('{"') and text.endswith("}"):
             self._json(lineno, text)
         elif self.regex is not None and (m := self.regex.search(text)):
             groups = m.groupdict()
@@ -96,9 +100,9 @@ class MetricSink:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            self.warnings.append(
-                f"stdout line {lineno} looks like a metrics line but is not "
-                f"JSON ({exc.msg} at column {exc.colno}); ignored"
+            self.malformed.append(
+                f"stdout line {lineno} is a metrics line but not valid JSON "
+                f"({exc.msg} at column {exc.colno})"
             )
             return
         if isinstance(data, dict):
@@ -372,7 +376,9 @@ def _finish(
             "was killed): only environment variables were recorded"
         )
     metrics = MetricsSummary(
-        final=sink.final, points=sink.points, warnings=tuple(sink.warnings + warnings)
+        final=sink.final,
+        points=sink.points,
+        warnings=tuple(sink.warnings + sink.malformed + warnings),
     )
     status = "finished" if code == 0 else ("killed" if code < 0 else "failed")
     final = session.finish(
@@ -390,9 +396,10 @@ def _finish(
             "not_captured": notes,
         },
     )
-    for line in metrics.warnings:
+    for line in sink.warnings + warnings:
         print(f"warning: {line}", file=sys.stderr)
-    return WrapResult(record=final, exit_code=code if code >= 0 else 128 - code)
+    return WrapResult(record=final, exit_code=code if code >= 0 else 128 - code,
+                      malformed_metrics=tuple(sink.malformed))
 
 
 def _logs(store: SqlStore, out: str, err: str) -> list[ArtifactRef]:

@@ -114,7 +114,7 @@ def test_metrics_json_and_regex_and_bad_lines(make_repo, tmp_path: Path) -> None
         "import json\n"
         "print(json.dumps({'step': 0, 'loss': float('nan')}))\n"
         'print(\'{"step": 1, "loss": Infinity}\')\n'
-        "print('{not json}')\n"
+        "print({'a python': 'repr, not a metrics line'})\n"
         "print('epoch 5 acc 0.75')\n"
     )
     repo = make_repo({"m.py": script})
@@ -128,12 +128,26 @@ def test_metrics_json_and_regex_and_bad_lines(make_repo, tmp_path: Path) -> None
         cwd=repo,
         env={"AUDITOR_STORE": str(tmp_path / "s")},
     )
-    assert res.returncode == 0
-    assert "warning: stdout line 3 looks like a metrics line but is not JSON" in res.stderr
+    assert res.returncode == 0 and "warning" not in res.stderr
     opened, rec = only_run(tmp_path / "s")
     points = {(p.key, p.step): p.value for p in opened.iter_metrics(rec.identity.id)}
     assert points[("loss", 1)] == float("inf") and points[("acc", 5)] == 0.75
     assert points[("loss", 0)] != points[("loss", 0)]  # NaN kept as NaN
+
+
+def test_metrics_line_that_is_not_json_fails_after_storing_the_run(make_repo,  # type: ignore[no-untyped-def]
+                                                                   tmp_path: Path) -> None:
+    script = "print('{\"step\": 0, \"loss\": 0.5}')\nprint('{\"step\": 1, \"loss\": 0.4,}')\n"
+    repo = make_repo({"m.py": script})
+    env = {"AUDITOR_STORE": str(tmp_path / "s")}
+    res = audit("record", "--", PY, "m.py", cwd=repo, env=env)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: stdout line 2 is a metrics line")
+    _, rec = only_run(tmp_path / "s")  # stored, with what could be read
+    assert rec.identity.status == "finished" and rec.metrics.final == {"loss": 0.5}
+    lenient = audit("record", "--lenient-metrics", "--", PY, "m.py", cwd=repo, env=env)
+    assert lenient.returncode == 0 and "warning: stdout line 2" in lenient.stderr
 
 
 def test_bad_metrics_regex_is_usage_error(make_repo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -316,11 +316,22 @@ def encoded_forms(value: str) -> set[str]:
     return {f for f in forms if len(f) >= MIN_KNOWN_SECRET}
 
 
+_pattern_cache: dict[frozenset[str], re.Pattern[str] | None] = {}
+
+
+def _known_pattern() -> re.Pattern[str] | None:
+    """One alternation of every form of every known secret, longest first; cached."""
+    known = known_secrets()
+    if known not in _pattern_cache:
+        forms = sorted({f for v in known for f in encoded_forms(v)}, key=len, reverse=True)
+        _pattern_cache.clear()  # only the current set is ever needed again
+        _pattern_cache[known] = re.compile("|".join(map(re.escape, forms))) if forms else None
+    return _pattern_cache[known]
+
+
 def _replace_known(text: str) -> str:
-    forms = sorted({f for v in known_secrets() for f in encoded_forms(v)}, key=len, reverse=True)
-    for form in forms:
-        text = text.replace(form, REDACTED)
-    return text
+    pattern = _known_pattern()
+    return pattern.sub(REDACTED, text) if pattern else text
 
 
 # ---------------------------------------------------------------------------- text
