@@ -459,7 +459,8 @@ def test_t36_host_secrets_stay_out_and_logs_are_scrubbed(
         item.split("=", 1)[0]
         for item in docker_client.images.get(sandbox_image).attrs["Config"]["Env"] or []
     }
-    allowed = set(prep.env) | image_env | {"PYTHONPATH", "AUDITOR_PROBE_DIR", "HOME", "HOSTNAME"}
+    added = {"PYTHONPATH", "AUDITOR_PROBE_DIR", "AUDITOR_RUN_ID", "HOME", "HOSTNAME"}
+    allowed = set(prep.env) | image_env | added
     assert "AUDITOR_TEST_SECRET" not in result["names"]
     assert host_secret not in result["values"]
     assert "AWS_SECRET_ACCESS_KEY" not in result["names"]
