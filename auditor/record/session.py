@@ -22,7 +22,7 @@ from auditor.record.capture import data as data_capture
 from auditor.record.capture import git as git_capture
 from auditor.record.capture import python_env
 from auditor.record.capture.gpu import capture_gpus
-from auditor.record.capture.secrets import redact_argv, redact_env, register_known_secret
+from auditor.record.capture.secrets import redact_argv, redact_env
 from auditor.record.capture.system import capture_system
 from auditor.schema import (
     Accelerators,
@@ -64,7 +64,6 @@ class Plan:
 
 def begin(store: SqlStore, plan: Plan, store_dir: Path) -> RunRecord:
     """Capture the pre-training state and store the run as ``running``."""
-    register_env_secrets(plan.env, plan.env_allow)  # so logs can be scrubbed of them
     artifacts: list[ArtifactRef] = []
     not_captured: dict[str, str] = {}
     root = repo_root(plan.cwd)
@@ -114,14 +113,6 @@ def begin(store: SqlStore, plan: Plan, store_dir: Path) -> RunRecord:
 def _without_own(env: Mapping[str, str]) -> dict[str, str]:
     """The environment minus auditor's own settings (store, build inputs): not the run's."""
     return {k: v for k, v in env.items() if not k.startswith("AUDITOR_")}
-
-
-def register_env_secrets(env: Mapping[str, str], allow: Sequence[str]) -> None:
-    """Remember the values of every variable whose value is not kept, to scrub logs."""
-    kept = redact_env(env, allow)
-    for name, value in env.items():
-        if kept.get(name) != value:
-            register_known_secret(value)
 
 
 def _code(
@@ -232,8 +223,9 @@ def _accelerators(notes: dict[str, str]) -> Accelerators:
     if not raw.get("captured"):
         notes["environment.accelerators.gpus"] = str(raw.get("reason"))
     gpus = tuple(
-        Gpu(**{k: g.get(k) for k in Gpu.model_fields if g.get(k) is not None})
-        for g in raw.get("gpus", [])
+        Gpu(**{"name": "unknown GPU", "index": i,
+               **{k: g.get(k) for k in Gpu.model_fields if g.get(k) is not None}})
+        for i, g in enumerate(raw.get("gpus", []))
     )
     return Accelerators(
         driver_version=raw.get("driver_version"),

@@ -51,9 +51,12 @@ def run_on(name: str | None) -> RunRecord:
             cuda_driver_version=report["cuda_version"],
             gpus=tuple(
                 Gpu(
-                    index=g["index"], name=g["name"], uuid=g["uuid"],
+                    index=g["index"],
+                    name=g["name"],
+                    uuid=g["uuid"],
                     memory_total_mib=g["memory_total_mib"],
-                    compute_capability=g["compute_capability"], pci_bus_id=g["pci_bus_id"],
+                    compute_capability=g["compute_capability"],
+                    pci_bus_id=g["pci_bus_id"],
                 )
                 for g in report["gpus"]
             ),
@@ -131,3 +134,21 @@ def test_cpu_only_run_never_asks_the_host() -> None:
         update={"environment": Environment(accelerators=Accelerators(gpus=()))}
     )
     assert check_gpus(empty, allow_mismatch=False, host=host(A100)) == []
+
+
+def test_a_gpu_without_a_product_name_is_recorded_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from auditor.record import session
+
+    monkeypatch.setattr(
+        session,
+        "capture_gpus",
+        lambda: {
+            "captured": True,
+            "driver_version": "535.1",
+            "gpus": [{"index": 0, "name": None, "memory_total_mib": 1024}],
+        },
+    )
+    acc = session._accelerators({})
+    assert acc.gpus[0].name == "unknown GPU" and acc.gpus[0].memory_total_mib == 1024

@@ -40,6 +40,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from itertools import pairwise
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -118,6 +119,7 @@ def _auth_word(word: str) -> bool:
     return word.startswith("auth") and not word.startswith(("author", "authority"))
 
 
+@lru_cache(maxsize=4096)
 def secret_name(name: str) -> bool:
     """True when a variable, key or flag name says its value is a credential."""
     words = _words(name)
