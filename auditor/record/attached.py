@@ -5,8 +5,9 @@ Under ``audit record`` (and inside a rerun's container) ``AUDITOR_RUN_ID`` and
 to that run instead of creating a second one: params, seeds and artifact paths go to
 ``api-<pid>.json`` / ``artifacts.jsonl`` and metric points (exact IEEE bits) to
 ``metrics-<pid>.jsonl`` in the probe folder, which the recorder merges when the command
-ends. Nothing here imports pydantic, SQLAlchemy or the rest of auditor, so a rerun image
-needs only this package on its path, not auditor's dependencies.
+ends. Nothing here imports pydantic, SQLAlchemy or the rest of auditor (``errors.py``
+imports nothing), so a rerun image needs only this package on its path, not auditor's
+dependencies. ``MetricLogger`` is the logging both run objects share.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from auditor.errors import InputError  # imports nothing: safe inside a rerun image
 
 FLUSH_POINTS = 1000
 SEED_STATE: dict[str, Any] = {}
@@ -73,20 +76,25 @@ def _param(key: str, value: Any) -> Any:
         return repr(value)
 
 
-class AttachedRun:
-    """A run of the surrounding ``audit record`` (or rerun); same methods as ``Run``."""
+class MetricLogger:
+    """What every run object logs the same way: params, and metrics buffered as
+    ``(name, step, value, time)`` tuples; ``_full()`` is called when a batch is full."""
 
-    def __init__(self, run_id: str, probe_dir: Path) -> None:
-        self.id = run_id
-        self._probe = probe_dir
-        self._params: dict[str, Any] = {}
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        self._params: dict[str, Any] = dict(params or {})
         self._buffer: list[tuple[str, int, float, float]] = []
         self._steps: dict[str, int] = {}
-        self._closed = False
+        self._final: dict[str, float] = {}
+
+    def _param(self, key: str, value: Any) -> Any:
+        return _param(key, value)
+
+    def _full(self) -> None:
+        raise NotImplementedError
 
     def log_param(self, key: str, value: Any) -> None:
-        """Record one hyperparameter."""
-        self._params[str(key)] = _param(str(key), value)
+        """Record one hyperparameter (JSON-safe; values under secret-looking keys redacted)."""
+        self._params[str(key)] = self._param(str(key), value)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Record several hyperparameters."""
@@ -95,18 +103,35 @@ class AttachedRun:
 
     def log_metric(self, name: str, value: float, step: int | None = None) -> None:
         """Record one metric value; ``step`` defaults to the next step of that metric."""
-        number = float(value)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"metric {name!r}: value {value!r} is not a number") from None
         if step is None:
             step = self._steps.get(name, -1) + 1
         self._steps[name] = step
+        self._final[name] = number
         self._buffer.append((name, step, number, time.time()))
         if len(self._buffer) >= FLUSH_POINTS:
-            self.flush()
+            self._full()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Record several metrics at one step."""
         for name, value in metrics.items():
             self.log_metric(name, value, step)
+
+
+class AttachedRun(MetricLogger):
+    """A run of the surrounding ``audit record`` (or rerun); same methods as ``Run``."""
+
+    def __init__(self, run_id: str, probe_dir: Path) -> None:
+        super().__init__()
+        self.id = run_id
+        self._probe = probe_dir
+        self._closed = False
+
+    def _full(self) -> None:
+        self.flush()
 
     def log_artifact(self, path: str | Path, name: str | None = None) -> None:
         """Ask the recorder to store a file produced by the run."""

@@ -16,15 +16,19 @@ import os
 import queue
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from auditor.errors import InputError
 from auditor.record import session
-from auditor.record.attached import SEED_STATE, AttachedRun, attach, seed_everything
+from auditor.record.attached import (
+    SEED_STATE,
+    AttachedRun,
+    MetricLogger,
+    attach,
+    seed_everything,
+)
 from auditor.record.capture import determinism as det
 from auditor.record.capture.secrets import redact_params
 from auditor.record.outputs import store_artifact
@@ -35,51 +39,26 @@ FLUSH_POINTS = 1000
 __all__ = ["AttachedRun", "Run", "seed_everything", "start_run"]
 
 
-class Run:
+class Run(MetricLogger):
     """A run being recorded. Use as a context manager; see ``start_run``."""
 
     def __init__(self, record: RunRecord, *, store: SqlStore, seed: int | None = None) -> None:
+        super().__init__(record.params)
         self.record = record
         self.id = record.identity.id
         self._store = store
-        self._params: dict[str, Any] = dict(record.params)
-        self._buffer: list[tuple[str, int, float, float]] = []
-        self._steps: dict[str, int] = {}
-        self._final: dict[str, float] = {}
         self._points = 0
         self._writer: _Writer | None = None
         self._artifacts: list[ArtifactRef] = []
         self._seed: tuple[int | None, list[str]] = (seed, [])
         self._closed = False
 
-    # -- logging ------------------------------------------------------------------------
-    def log_param(self, key: str, value: Any) -> None:
-        """Record one hyperparameter (JSON-serialisable; secret-looking values redacted)."""
-        self._params[str(key)] = redact_params({str(key): _jsonable(value)})[str(key)]
+    # -- logging (log_param(s) and log_metric(s) come from MetricLogger) ---------------
+    def _param(self, key: str, value: Any) -> Any:
+        return redact_params({key: _jsonable(value)})[key]
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Record several hyperparameters."""
-        for key, value in params.items():
-            self.log_param(key, value)
-
-    def log_metric(self, name: str, value: float, step: int | None = None) -> None:
-        """Record one metric value; ``step`` defaults to the next step of that metric."""
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"metric {name!r}: value {value!r} is not a number") from None
-        if step is None:
-            step = self._steps.get(name, -1) + 1
-        self._steps[name] = step
-        self._final[name] = number
-        self._buffer.append((name, step, number, time.time()))
-        if len(self._buffer) >= FLUSH_POINTS:
-            self._hand_off()
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Record several metrics at one step."""
-        for name, value in metrics.items():
-            self.log_metric(name, value, step)
+    def _full(self) -> None:
+        self._hand_off()
 
     def log_artifact(self, path: str | Path, name: str | None = None) -> None:
         """Store a file produced by the run (weights, predictions) as an output artifact."""
