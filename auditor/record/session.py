@@ -70,7 +70,7 @@ def begin(store: SqlStore, plan: Plan, store_dir: Path) -> RunRecord:
     code, code_artifacts = _code(root, plan, store, store_dir, not_captured)
     artifacts += code_artifacts
     inputs = _inputs(plan.inputs, root or plan.cwd)
-    python, py_artifacts, lock = _python(plan, store, _lock_dirs(plan.cwd, root), not_captured)
+    python, py_artifacts = _python(plan, store, _lock_dirs(plan.cwd, root), not_captured)
     artifacts += py_artifacts
     environment = Environment(
         python=python,
@@ -97,12 +97,12 @@ def begin(store: SqlStore, plan: Plan, store_dir: Path) -> RunRecord:
             entry_point=_entry_point(plan.argv),
             mode=plan.mode,
             metrics_regex=plan.metrics_regex,
-        ),  # type: ignore[arg-type]
+        ),
         code=code,
         params=dict(plan.params),
         data=inputs,
         seeds=Seeds(pythonhashseed=plan.env.get("PYTHONHASHSEED")),
-        environment=environment.model_copy(update={"python": _with_lock(python, lock)}),
+        environment=environment,
         artifacts=tuple(artifacts),
         not_captured=not_captured,
     )
@@ -152,7 +152,8 @@ def _lock_dirs(cwd: Path, root: Path | None) -> list[Path]:
 
 def _python(
     plan: Plan, store: SqlStore, lock_dirs: list[Path], notes: dict[str, str]
-) -> tuple[PythonEnv | None, list[ArtifactRef], LockRef | None]:
+) -> tuple[PythonEnv | None, list[ArtifactRef]]:
+    """The training interpreter, with its lockfile (project or derived) attached."""
     interpreter = plan.python
     if interpreter is None:
         interpreter, note = python_env.training_interpreter(plan.argv, plan.env.get("PATH"))
@@ -161,9 +162,9 @@ def _python(
     py, artifacts, reason = python_env.capture_python(interpreter, store.blobs.put_bytes)
     if py is None:
         notes["environment.python"] = reason or "unknown"
-        return None, artifacts, None
+        return None, artifacts
     lock, lock_artifacts = _lockfile(py, store, lock_dirs, notes)
-    return py, artifacts + lock_artifacts, lock
+    return py.model_copy(update={"lock": lock}), artifacts + lock_artifacts
 
 
 def _lockfile(
@@ -185,7 +186,8 @@ def _lockfile(
         if py.local:
             notes["environment.python.lock"] = (
                 "derived lock leaves out packages installed from a local path or editable "
-                f"({', '.join(py.local)}): a rebuild cannot install them from an index")
+                f"({', '.join(py.local)}): a rebuild cannot install them from an index"
+            )
     else:
         text = redact_text(path.read_text(encoding="utf-8", errors="replace"))
         origin, name = "project", f"env/lock/{path.name}"
@@ -204,10 +206,6 @@ def _lockfile(
     return LockRef(artifact=name, sha256=sha, origin=origin, kind=kind, drift=drift), [ref]  # type: ignore[arg-type]
 
 
-def _with_lock(py: PythonEnv | None, lock: LockRef | None) -> PythonEnv | None:
-    return py.model_copy(update={"lock": lock}) if py is not None else None
-
-
 def _system(notes: dict[str, str]) -> System:
     raw = capture_system()
     for key, why in (raw.get("not_captured") or {}).items():
@@ -223,8 +221,13 @@ def _accelerators(notes: dict[str, str]) -> Accelerators:
     if not raw.get("captured"):
         notes["environment.accelerators.gpus"] = str(raw.get("reason"))
     gpus = tuple(
-        Gpu(**{"name": "unknown GPU", "index": i,
-               **{k: g.get(k) for k in Gpu.model_fields if g.get(k) is not None}})
+        Gpu(
+            **{
+                "name": "unknown GPU",
+                "index": i,
+                **{k: g.get(k) for k in Gpu.model_fields if g.get(k) is not None},
+            }
+        )
         for i, g in enumerate(raw.get("gpus", []))
     )
     return Accelerators(
@@ -306,4 +309,3 @@ def finish(
     final = RunRecord.model_validate(final.model_dump())  # re-validate merged parts
     store.put_record(final)
     return final
-

@@ -35,9 +35,6 @@ from auditor.store import MetricPoint, SqlStore, store_dir_of
 from auditor.store.sql import bits_to_float
 
 PROBE_PATH = Path(__file__).parent / "probe"
-_NUMBER = re.compile(
-    r"^[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|infinity)$", re.IGNORECASE
-)
 
 
 @dataclass
@@ -150,8 +147,11 @@ def _to_float(raw: Any) -> float | None:
         return None
     if isinstance(raw, int | float):
         return float(raw)
-    if isinstance(raw, str) and _NUMBER.match(raw.strip()):
-        return float(raw)
+    if isinstance(raw, str):
+        try:
+            return float(raw)  # "0.41", "1e-3", "nan", "inf", "-Infinity"
+        except ValueError:
+            return None
     return None
 
 
@@ -398,8 +398,11 @@ def _finish(
     )
     for line in sink.warnings + warnings:
         print(f"warning: {line}", file=sys.stderr)
-    return WrapResult(record=final, exit_code=code if code >= 0 else 128 - code,
-                      malformed_metrics=tuple(sink.malformed))
+    return WrapResult(
+        record=final,
+        exit_code=code if code >= 0 else 128 - code,
+        malformed_metrics=tuple(sink.malformed),
+    )
 
 
 def _logs(store: SqlStore, out: str, err: str) -> list[ArtifactRef]:
@@ -410,8 +413,13 @@ def _logs(store: SqlStore, out: str, err: str) -> list[ArtifactRef]:
     return refs
 
 
-def _ingest_api(store: SqlStore, run_id: str, probe: Path, sink: MetricSink,
-                path_map: Callable[[str], Path] = Path) -> dict[str, Any]:
+def _ingest_api(
+    store: SqlStore,
+    run_id: str,
+    probe: Path,
+    sink: MetricSink,
+    path_map: Callable[[str], Path] = Path,
+) -> dict[str, Any]:
     """Merge what the Python API wrote from inside the child (``path_map`` turns the paths
     it reported into paths on this host)."""
     found: dict[str, Any] = {"params": {}, "seed": None, "seeded": [], "artifacts": []}
