@@ -89,7 +89,6 @@ class Prepared:
     cwd: Path  # inside tree
     argv: list[str]
     env: dict[str, str]
-    skipped: tuple[str, ...]
     snapshot: Snapshot
     notes: list[str] = field(default_factory=list)
 
@@ -103,7 +102,6 @@ class Executed:
     stderr: str
     seconds: float
     probe_dir: Path
-    lines: list[str] = field(default_factory=list)
 
 
 def prepare(
@@ -139,7 +137,6 @@ def prepare(
         cwd=cwd,
         argv=_argv(record),
         env=env,
-        skipped=tuple(sorted(skip_replay)),
         snapshot=Snapshot.take(cwd, []),
     )
 

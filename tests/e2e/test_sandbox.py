@@ -120,7 +120,7 @@ def make_prep(
     record = _record(env_vars)
     return Prepared(
         record=record, workdir=workdir, tree=tree, cwd=tree, argv=["python", "probe.py"],
-        env=replay_env(record, frozenset(), pass_env), skipped=(),
+        env=replay_env(record, frozenset(), pass_env),
         snapshot=Snapshot.take(tree, []),
     )
 
