@@ -29,12 +29,14 @@ class _StoreOwner(Protocol):
     def store(self, *, create: bool = True) -> SqlStore: ...
 
 
-def _store(ctx: click.Context) -> SqlStore:
+def store_of(ctx: click.Context) -> SqlStore:
+    """The store named by the root command's options (existing stores only)."""
     owner: _StoreOwner | None = ctx.find_root().obj
     return owner.store(create=False) if owner is not None else open_store(None, create=False)
 
 
-def _as_json(ctx: click.Context) -> bool:
+def wants_json(ctx: click.Context) -> bool:
+    """True when the root command was given --json (or a subcommand's --json)."""
     return bool(getattr(ctx.find_root().obj, "as_json", False))
 
 
@@ -80,7 +82,7 @@ def render_report_command(result: VerifyResult, *, html: Path | None = None,
 def _stored_result(ctx: click.Context, run_or_cert: str) -> VerifyResult:
     from auditor.verify import load_verify_result  # lazily: verify.py is heavy to import
 
-    return load_verify_result(_store(ctx), run_or_cert)
+    return load_verify_result(store_of(ctx), run_or_cert)
 
 
 @click.command("report")
@@ -123,8 +125,8 @@ def gate(ctx: click.Context, artifacts: tuple[Path, ...], policy_path: Path | No
     from auditor.gate import GatePolicy, check_artifacts, load_gate_policy
 
     policy = load_gate_policy(policy_path) if policy_path else GatePolicy()
-    result = check_artifacts(_store(ctx), artifacts, policy, extra_keys=keys)
-    if _as_json(ctx):
+    result = check_artifacts(store_of(ctx), artifacts, policy, extra_keys=keys)
+    if wants_json(ctx):
         click.echo(json.dumps([f.as_json() for f in result.findings], indent=1))
     else:
         for finding in result.findings:
@@ -175,7 +177,7 @@ def verify_certificate(ctx: click.Context, cert: Path, keys: tuple[Path, ...],
     from auditor.gate import verify_certificate_file
 
     check = verify_certificate_file(cert, keys, artifacts)
-    if _as_json(ctx):
+    if wants_json(ctx):
         click.echo(json.dumps(_check_json(check), indent=1))
         return
     for label, value in _check_lines(check):

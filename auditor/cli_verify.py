@@ -17,19 +17,11 @@ from typing import Any
 
 import click
 
+from auditor.cli_reports import store_of, wants_json
 from auditor.errors import AuditorError, InputError
-from auditor.store import SqlStore, open_store
+from auditor.store import SqlStore
 
 PathArg = click.Path(path_type=Path)
-
-
-def _store(ctx: click.Context, create: bool = False) -> SqlStore:
-    owner = ctx.find_root().obj
-    return owner.store(create=create) if owner is not None else open_store(None, create=create)
-
-
-def _as_json(ctx: click.Context) -> bool:
-    return bool(getattr(ctx.find_root().obj, "as_json", False))
 
 
 def _say(quiet: bool) -> Callable[[str], None]:
@@ -124,7 +116,7 @@ def lock(
     from auditor import lock as lockmod
 
     if check_run:
-        store = _store(ctx)
+        store = store_of(ctx)
         rec = store.get_record(store.resolve(check_run))
         ref = rec.environment.python.lock if rec.environment.python else None
         if ref is None:
@@ -169,14 +161,14 @@ def build_cmd(ctx: click.Context, run: str, print_only: bool, quiet: bool, **kw:
     from auditor.build import render_dockerfile
     from auditor.verify import build_for, inputs_for
 
-    store = _store(ctx)
+    store = store_of(ctx)
     rec = store.get_record(store.resolve(run))
     opts = _verify_options(kw)
     if print_only:
         click.echo(render_dockerfile(inputs_for(store, rec, opts)), nl=False)
         return
     result = build_for(store, rec, opts, _say(quiet))
-    if _as_json(ctx):
+    if wants_json(ctx):
         click.echo(result.model_dump_json(indent=1, exclude={"log"}))
         return
     state = "cache hit" if result.cached else f"built in {result.seconds:.1f} s"
@@ -213,12 +205,12 @@ def rerun_cmd(ctx: click.Context, run: str, quiet: bool, **kw: Any) -> None:
     from auditor.policy import load_policy
     from auditor.verify import rerun_only
 
-    store = _store(ctx)
+    store = store_of(ctx)
     rec = store.get_record(store.resolve(run))
     rerun = rerun_only(store, rec, load_policy(None), _verify_options(kw), _say(quiet))
     click.echo(
         json.dumps({"rerun": rerun.identity.id, "status": rerun.identity.status})
-        if _as_json(ctx)
+        if wants_json(ctx)
         else f"rerun {rerun.identity.id} of {rec.identity.id}: "
         f"{rerun.identity.status} (exit {rerun.identity.exit_code})"
     )
@@ -238,12 +230,12 @@ def compare_cmd(
     from auditor.policy import load_policy
     from auditor.verdict import decide
 
-    store = _store(ctx)
+    store = store_of(ctx)
     a, b = (store.get_record(store.resolve(r)) for r in (left, right))
     policy = load_policy(_policy_path(policy_path), bitwise=bitwise)
     diffs = compare_runs(evidence_from_store(store, a), evidence_from_store(store, b), policy)
     verdict = decide(diffs, a, b, policy)
-    if _as_json(ctx):
+    if wants_json(ctx):
         click.echo(verdict.model_dump_json(indent=1))
     else:
         _print_verdict(verdict, a.identity.id, b.identity.id)
@@ -319,7 +311,7 @@ def verify_cmd(ctx: click.Context, run: str | None, all_runs: bool, quiet: bool,
     opts = replace(
         opts, limits=replace(opts.limits, timeout_s=kw["timeout"], mem_limit=kw["memory"])
     )
-    store = _store(ctx)
+    store = store_of(ctx)
     ids = _select(store, kw) if all_runs else [store.resolve(run or "")]
     results, failures = _verify_many(store, ids, policy, opts, quiet)
     _write_reports(results, kw)
@@ -392,7 +384,7 @@ def _render(
 ) -> None:
     from auditor.report.terminal import print_result, print_summary
 
-    if _as_json(ctx):
+    if wants_json(ctx):
         click.echo(
             json.dumps(
                 {
