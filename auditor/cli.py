@@ -51,6 +51,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "keys": "auditor.cli_reports:keys",
     "certificate": "auditor.cli_reports:certificate",
     "ci": "auditor.cli_reports:ci",
+    "ui": "auditor.cli_ui:ui_cmd",
 }
 
 
@@ -238,12 +239,22 @@ def record(c: Ctx, command: tuple[str, ...], **opts: Any) -> None:
 @main.command("list")
 @json_option
 @click.option("--limit", default=100, show_default=True, help="Newest N runs (0: all).")
+@click.option("--where", "where", multiple=True, metavar="FILTER",
+              help="Filter, e.g. 'params.lr < 0.1 and metrics.acc >= 0.9', 'tag = x', "
+              "'verified = never', 'name ~ mlp'; repeatable (all must hold).")
+@click.option("--sort", metavar="KEYS", help="Sort keys, '-' for descending, e.g. "
+              "'-metrics.acc,name' (default: newest first).")
 @pass_ctx
-def list_(c: Ctx, limit: int) -> None:
-    """List runs, newest first."""
+def list_(c: Ctx, limit: int, where: tuple[str, ...], sort: str | None) -> None:
+    """List runs, newest first (or filtered and sorted: see --where, --sort)."""
     store = c.store(create=False)
     store.mark_stale_runs()
-    runs = store.list_runs(limit=limit or None)
+    if where or sort:
+        from auditor.store.query import query_runs
+
+        runs: list[Any] = query_runs(store, where, sort, size=limit or 10**9).rows
+    else:
+        runs = store.list_runs(limit=limit or None)
     if c.as_json:
         click.echo(json.dumps([_summary_json(r) for r in runs], indent=1))
     else:
@@ -251,7 +262,8 @@ def list_(c: Ctx, limit: int) -> None:
 
 
 def _summary_json(r: Any) -> dict[str, Any]:
-    return {
+    extra = {"params": r.params, "verified": r.verified} if hasattr(r, "verified") else {}
+    return {**extra,
         "id": r.id,
         "name": r.name,
         "status": r.status,

@@ -217,20 +217,38 @@ def rerun_cmd(ctx: click.Context, run: str, quiet: bool, **kw: Any) -> None:
 
 
 @click.command("compare")
-@click.argument("left")
-@click.argument("right")
+@click.argument("runs", nargs=-1, required=True)
 @click.option("--policy", "policy_path", type=PathArg, help="Policy file (auditor.toml).")
 @click.option("--bitwise", is_flag=True, help="Demand bit-identity.")
+@click.option("--html", "html_path", type=PathArg,
+              help="Also write a self-contained comparison page (any number of runs; "
+              "opens offline).")
+@click.option("--metric", help="With --html: the metric for importance and parallel axes.")
 @click.pass_context
 def compare_cmd(
-    ctx: click.Context, left: str, right: str, policy_path: Path | None, bitwise: bool
+    ctx: click.Context, runs: tuple[str, ...], policy_path: Path | None, bitwise: bool,
+    html_path: Path | None, metric: str | None,
 ) -> None:
-    """Compare any two runs: metrics, weights, files, params and environment."""
+    """Compare two runs (metrics, weights, files, params, environment; exit 0 when they
+    agree), or write N runs' comparison page with --html FILE."""
     from auditor.compare import compare_runs, evidence_from_store
     from auditor.policy import load_policy
     from auditor.verdict import decide
 
     store = store_of(ctx)
+    if html_path is not None:
+        from auditor.ui.export import export_comparison
+
+        export_comparison(store, list(runs), html_path, metric)
+        click.echo(f"wrote {html_path} ({len(runs)} runs)", err=True)
+        if len(runs) != 2:
+            return
+    elif len(runs) != 2:
+        from auditor.errors import InputError
+
+        raise InputError(f"compare takes two runs ({len(runs)} given)",
+                         hint="pass --html FILE to compare more")
+    left, right = runs
     a, b = (store.get_record(store.resolve(r)) for r in (left, right))
     policy = load_policy(_policy_path(policy_path), bitwise=bitwise)
     diffs = compare_runs(evidence_from_store(store, a), evidence_from_store(store, b), policy)

@@ -40,6 +40,7 @@ class RunSummary:
     reproduces: str | None
     final_metrics: dict[str, float]
     tags: tuple[str, ...]
+    params: dict[str, object] | None = None  # scalar params; None in rows older than them
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
+import numpy as np
 import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy import event
@@ -323,6 +324,25 @@ class SqlStore:
             for r in conn.execute(query.execution_options(yield_per=10_000)):
                 yield MetricPoint(r.key, int(r.step), bits_to_float(int(r.bits)), float(r.time))
 
+    def metric_arrays(self, run_id: str, key: str | None = None
+                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """key -> (steps, values) as numpy arrays in logging order: the bulk read behind
+        the dashboard's curves (exact values from the stored bits)."""
+        keys_query = sa.select(t_metrics.c.key).where(t_metrics.c.run_id == run_id).distinct()
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        with self.engine.connect() as conn:
+            keys = [key] if key is not None else sorted(conn.execute(keys_query).scalars())
+            for k in keys:
+                rows = conn.execute(
+                    sa.select(t_metrics.c.step, t_metrics.c.bits)
+                    .where(t_metrics.c.run_id == run_id, t_metrics.c.key == k)
+                    .order_by(t_metrics.c.seq)
+                ).all()
+                if rows:
+                    pairs = np.array(rows, dtype=np.int64).reshape(-1, 2)
+                    out[k] = (pairs[:, 0].copy(), pairs[:, 1].copy().view(np.float64))
+        return out
+
     # -- artifacts and certificates -----------------------------------------------------
     def runs_with_artifact(self, sha256: str) -> list[tuple[str, str]]:
         """(run id, artifact name) referencing an object."""
@@ -427,6 +447,7 @@ def _record_row(record: RunRecord, pid: int | None) -> dict[str, object]:
     summary = {
         "final": {k: _json_float(v) for k, v in record.metrics.final.items()},
         "tags": list(ident.tags),
+        "params": _scalar_params(record.params),
     }
     return {
         "id": ident.id,
@@ -442,6 +463,20 @@ def _record_row(record: RunRecord, pid: int | None) -> dict[str, object]:
         "record": record_bytes(record).decode("utf-8"),
         "record_sha256": record_sha256(record),
     }
+
+
+def _scalar_params(params: dict[str, object]) -> dict[str, object]:
+    """The params a query can filter and sort on (scalars, long strings cut), for the
+    small summary column; the record keeps them all."""
+    out: dict[str, object] = {}
+    for key, value in list(params.items())[:500]:
+        if isinstance(value, float):
+            out[key[:200]] = _json_float(value)
+        elif value is None or isinstance(value, bool | int):
+            out[key[:200]] = value
+        elif isinstance(value, str):
+            out[key[:200]] = value[:200]
+    return out
 
 
 def _json_float(v: float) -> float | str:
@@ -460,6 +495,7 @@ def _summary(r: sa.Row) -> RunSummary:  # type: ignore[type-arg]
         reproduces=r.reproduces,
         final_metrics={k: float(v) for k, v in summary.get("final", {}).items()},
         tags=tuple(summary.get("tags", ())),
+        params=summary.get("params"),
     )
 
 

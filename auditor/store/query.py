@@ -1,0 +1,328 @@
+"""The filter and sort language of ``audit list --where … --sort …`` and of ``audit ui``.
+
+A filter is clauses joined by ``and`` (or given as several ``--where``)::
+
+    name ~ mlp            name contains "mlp"        (``=`` is exact, ``!=`` its negation)
+    tag = baseline        the run has this tag
+    status = finished     running, finished, failed, crashed
+    verified = bitwise    bitwise, within-tolerance, not-reproduced, could-not-verify, never
+    params.lr < 0.1       any param (``params.`` prefix) with = != < <= > >= ~
+    metrics.acc >= 0.9    any final metric
+    id ~ 01jf             id contains
+
+Values are numbers, bare words or quoted strings (``"a b"``, ``'x'``). A clause on a key a
+run lacks is false for that run; numbers compare with numbers, text with text (a clause
+comparing a number with text is false rather than an error).
+
+A sort is comma-separated keys, each ``-key`` (descending) or ``key``; runs lacking a key
+sort last either way. The default is newest first.
+
+Reads go through the store's own summaries (``RunStore.list_runs``) and certificate index,
+so every store the protocol covers (SQLite, PostgreSQL) answers the same queries.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from auditor.errors import InputError
+from auditor.store.base import RunStore, RunSummary
+
+Op = Literal["=", "!=", "<", "<=", ">", ">=", "~"]
+OPS: tuple[Op, ...] = ("<=", ">=", "!=", "=", "<", ">", "~")
+PLAIN_FIELDS = ("id", "name", "status", "tag", "verified", "started", "commit")
+BADGES = {
+    "reproduced-bitwise": "bitwise",
+    "reproduced-within-tolerance": "within-tolerance",
+    "not-reproduced": "not-reproduced",
+    "could-not-verify": "could-not-verify",
+}
+VERIFIED_VALUES = (*BADGES.values(), "never")
+_TOKEN = re.compile(
+    r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<op><=|>=|!=|==|=|<|>|~)"""
+    r"""|(?P<word>[^\s=<>!~"']+))"""
+)
+MAX_FILTER = 4000
+
+
+@dataclass(frozen=True)
+class Row:
+    """One run as the table shows it: the summary plus its params and verification badge."""
+
+    id: str
+    name: str
+    status: str
+    started_at: datetime
+    commit: str | None
+    dirty: bool
+    reproduces: str | None
+    tags: tuple[str, ...]
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    verified: str = "never"
+
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        """The final metrics, under ``RunSummary``'s name for them."""
+        return self.metrics
+
+    def value(self, key: str) -> Any:
+        """The value a clause or sort key names, or None when the run lacks it."""
+        if key.startswith("params."):
+            return self.params.get(key[7:])
+        if key.startswith("metrics."):
+            return self.metrics.get(key[8:])
+        return {
+            "id": self.id, "name": self.name, "status": self.status, "verified": self.verified,
+            "started": self.started_at.isoformat(), "commit": self.commit,
+        }.get(key)
+
+
+@dataclass(frozen=True)
+class Clause:
+    """``key op value``."""
+
+    key: str
+    op: Op
+    value: str | float
+
+    def matches(self, row: Row) -> bool:
+        """Whether the run satisfies the clause (False when it lacks the key)."""
+        if self.key == "tag":
+            hit = any(_compare(t, "=" if self.op in ("=", "!=") else self.op, self.value)
+                      for t in row.tags)
+            return not hit if self.op == "!=" else hit
+        return _compare(row.value(self.key), self.op, self.value)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A parsed filter and sort."""
+
+    clauses: tuple[Clause, ...] = ()
+    sort: tuple[tuple[str, bool], ...] = ()  # (key, descending)
+
+    def matches(self, row: Row) -> bool:
+        """All clauses hold."""
+        return all(c.matches(row) for c in self.clauses)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of the filtered, sorted runs, and the columns they have."""
+
+    rows: list[Row]
+    total: int
+    matched: int
+    page: int
+    size: int
+    param_keys: list[str] = field(default_factory=list)
+    metric_keys: list[str] = field(default_factory=list)
+
+    @property
+    def pages(self) -> int:
+        """How many pages the matched runs fill (at least 1)."""
+        return max(1, math.ceil(self.matched / self.size))
+
+
+def parse_filter(texts: Sequence[str]) -> tuple[Clause, ...]:
+    """Clauses of one or more filter strings; InputError naming the bad part."""
+    clauses: list[Clause] = []
+    for text in texts:
+        if len(text) > MAX_FILTER:
+            raise InputError(f"filter is longer than {MAX_FILTER} characters")
+        for part in re.split(r"\s+(?:and|AND)\s+|\s*&&\s*", text.strip()):
+            if part:
+                clauses.append(_clause(part))
+    return tuple(clauses)
+
+
+def _clause(text: str) -> Clause:
+    tokens = _tokens(text)
+    shape = [kind == "op" for kind, _ in tokens]
+    if shape != [False, True, False] or tokens[0][0] != "word":
+        raise InputError(
+            f"bad filter clause {text!r}: expected KEY OP VALUE, e.g. params.lr < 0.1",
+            hint="keys: name, tag, status, verified, id, params.NAME, metrics.NAME; "
+            "ops: = != < <= > >= ~",
+        )
+    key, op, value = tokens[0][1], tokens[1][1], tokens[2]
+    _check_key(key)
+    op = "=" if op == "==" else op
+    if key == "verified" and value[1] not in VERIFIED_VALUES:
+        raise InputError(f"unknown verification state {value[1]!r}: use one of "
+                         + ", ".join(VERIFIED_VALUES))
+    return Clause(key, op, _number_or_text(value))  # type: ignore[arg-type]
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text.rstrip()):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise InputError(f"bad filter clause {text!r} near {text[pos:pos + 20]!r}")
+        kind = m.lastgroup or "word"
+        raw = m.group(kind)
+        out.append((kind, _unquote(raw) if kind == "str" else raw))
+        pos = m.end()
+    return out
+
+
+def _unquote(raw: str) -> str:
+    return re.sub(r"\\(.)", r"\1", raw[1:-1])
+
+
+def _number_or_text(token: tuple[str, str]) -> str | float:
+    kind, raw = token
+    if kind == "word":
+        try:
+            number = float(raw)
+        except ValueError:
+            return raw
+        return number if math.isfinite(number) else raw
+    return raw
+
+
+def _check_key(key: str) -> None:
+    if key in PLAIN_FIELDS or (key.startswith(("params.", "metrics.")) and "." in key[:9]
+                                and len(key.split(".", 1)[1]) > 0):
+        return
+    raise InputError(
+        f"unknown filter key {key!r}",
+        hint="keys: " + ", ".join(PLAIN_FIELDS) + ", params.NAME, metrics.NAME",
+    )
+
+
+def parse_sort(text: str | None) -> tuple[tuple[str, bool], ...]:
+    """``-metrics.acc,name`` -> ((metrics.acc, True), (name, False))."""
+    keys: list[tuple[str, bool]] = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        descending = part.startswith("-")
+        key = part.lstrip("-+")
+        if key == "tag":
+            raise InputError("cannot sort by tag (a run has several)")
+        _check_key(key)
+        keys.append((key, descending))
+    return tuple(keys)
+
+
+def parse_query(where: Sequence[str] = (), sort: str | None = None) -> Query:
+    """Filter strings and a sort string, parsed."""
+    return Query(parse_filter(where), parse_sort(sort))
+
+
+def _compare(left: Any, op: Op, right: str | float) -> bool:
+    if left is None:
+        return op == "!="
+    if isinstance(left, bool):
+        left = str(left).lower()
+    if op == "~":
+        return str(right).lower() in str(left).lower()
+    if isinstance(right, float):
+        number = _as_number(left)
+        if number is None:
+            return op == "!="
+        left = number
+    else:
+        left = str(left)
+    return _OPERATORS[op](left, right)
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "=": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+def _sort_value(value: Any) -> tuple[int, Any]:
+    number = _as_number(value) if not isinstance(value, bool) else None
+    if number is not None and not math.isnan(number):
+        return (0, number)
+    return (1, str(value))
+
+
+def sort_rows(rows: list[Row], keys: Sequence[tuple[str, bool]]) -> list[Row]:
+    """Stable multi-key sort; missing values last in either direction."""
+    out = sorted(rows, key=lambda r: r.id, reverse=True)
+    for key, descending in reversed(keys):
+        present = [r for r in out if r.value(key) is not None]
+        missing = [r for r in out if r.value(key) is None]
+        present.sort(key=lambda r: _sort_value(r.value(key)), reverse=descending)
+        out = present + missing
+    return out
+
+
+def latest_verdicts(store: RunStore) -> dict[str, str]:
+    """Run id -> badge of its newest certificate."""
+    certificates = getattr(store, "certificates", None)
+    if certificates is None:
+        return {}
+    out: dict[str, str] = {}
+    for cert in certificates():  # newest first
+        out.setdefault(cert.run_id, BADGES.get(cert.verdict, cert.verdict))
+    return out
+
+
+def all_rows(store: RunStore) -> list[Row]:
+    """Every run as a table row, newest first."""
+    verdicts = latest_verdicts(store)
+    return [_row(store, s, verdicts.get(s.id, "never")) for s in store.list_runs()]
+
+
+def _row(store: RunStore, s: RunSummary, verified: str) -> Row:
+    params = s.params
+    if params is None:  # a row written before summaries carried params
+        params = {k: v for k, v in store.get_record(s.id).params.items()
+                  if v is None or isinstance(v, str | int | float | bool)}
+    return Row(s.id, s.name, s.status, s.started_at, s.commit, s.dirty, s.reproduces, s.tags,
+               dict(params), dict(s.final_metrics), verified)
+
+
+def select(rows: Sequence[Row], query: Query, *, page: int = 1, size: int = 50) -> Page:
+    """Filter, sort and cut one page (1-based) out of ``rows``."""
+    size = max(1, size)
+    matched = [r for r in rows if query.matches(r)]
+    ordered = sort_rows(matched, query.sort) if query.sort else matched
+    pages = max(1, math.ceil(len(ordered) / size))
+    page = max(1, min(page, pages))
+    cut = ordered[(page - 1) * size: page * size]
+    return Page(cut, len(rows), len(ordered), page, size, _keys(matched, "params"),
+                _keys(matched, "metrics"))
+
+
+def _keys(rows: Sequence[Row], attr: str) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in rows:
+        for k in getattr(r, attr):
+            seen.setdefault(k, None)
+    return sorted(seen)
+
+
+def query_runs(store: RunStore, where: Sequence[str] = (), sort: str | None = None,
+               *, page: int = 1, size: int = 50) -> Page:
+    """The page of runs a filter and sort select, read from ``store``."""
+    return select(all_rows(store), parse_query(where, sort), page=page, size=size)

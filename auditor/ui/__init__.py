@@ -1,0 +1,1 @@
+"""`audit ui`: the read-only dashboard, its static export and parameter importance."""

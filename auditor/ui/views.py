@@ -1,0 +1,217 @@
+"""The data behind the dashboard's pages, computed here so templates and scripts only show.
+
+* ``comparison``: what N runs differ in, section by section (params, seeds, determinism
+  and threads, packages, lockfile, code, data, GPU), each row marked ``differs``;
+* ``curves``: metric series downsampled on the server with LTTB (tsdownsample) so a
+  100,000-point series is sent as at most ``points`` points;
+* ``run_view``: one run's whole record, artifacts, certificates and curves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from auditor.schema import RunRecord
+from auditor.store.base import RunStore
+from auditor.store.query import BADGES, Row
+from auditor.ui.importance import importance, is_seed_key, varying_params
+
+MAX_POINTS = 1000
+MAX_COMPARE = 50
+
+
+def flatten(rec: RunRecord) -> dict[tuple[str, str], str]:
+    """(section, key) -> shown value: everything a comparison looks at."""
+    out: dict[tuple[str, str], str] = {}
+    for k, v in rec.params.items():
+        out[("seeds" if is_seed_key(k) else "params", k)] = _text(v)
+    seeds = rec.seeds
+    out[("seeds", "seed")] = _text(seeds.seed)
+    out[("seeds", "seeded")] = ", ".join(seeds.seeded) or "-"
+    out[("seeds", "PYTHONHASHSEED")] = _text(seeds.pythonhashseed)
+    if rec.determinism:
+        for k, v in rec.determinism.model_dump().items():
+            section = "threads" if "thread" in k else "determinism"
+            out[(section, k)] = _text(v)
+    env = rec.environment
+    if env.python:
+        out[("environment", "python")] = f"{env.python.implementation} {env.python.version}"
+        for name, version in env.python.packages.items():
+            out[("packages", name)] = version
+        lock = env.python.lock
+        out[("lockfile", "sha256")] = lock.sha256 if lock else "no lockfile"
+        if lock:
+            out[("lockfile", "origin")] = lock.origin
+    out[("environment", "container image")] = _text(env.container_image)
+    code = rec.code
+    out[("code", "commit")] = _text(code.commit if code else None)
+    out[("code", "dirty")] = _text(code.dirty if code else None)
+    out[("code", "tree sha256")] = _text(code.tree_sha256 if code else None)
+    for d in rec.data:
+        out[("data", d.path)] = f"{d.sha256[:16]}… ({d.size} bytes)"
+    acc = env.accelerators
+    gpus = ", ".join(g.name for g in acc.gpus) if acc and acc.gpus else "none"
+    out[("gpu", "gpus")] = gpus
+    if acc:
+        out[("gpu", "driver")] = _text(acc.driver_version)
+        out[("gpu", "cuda")] = _text(acc.torch_cuda)
+        out[("gpu", "cudnn")] = _text(acc.cudnn)
+    for k, v in rec.metrics.final.items():
+        out[("metrics", k)] = _text(v)
+    return out
+
+
+def _text(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return repr(v) if not math.isfinite(v) else f"{v:.6g}"
+    return str(v)[:300]
+
+
+SECTIONS = ("params", "seeds", "determinism", "threads", "packages", "lockfile", "code",
+            "data", "gpu", "environment", "metrics")
+
+
+def comparison(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """Sections of rows ``{key, values, differs}`` for the runs, in SECTIONS order."""
+    flat = [flatten(r) for r in records]
+    keys = sorted({k for f in flat for k in f},
+                  key=lambda k: (SECTIONS.index(k[0]) if k[0] in SECTIONS else 99, k[1]))
+    sections: dict[str, list[dict[str, Any]]] = {}
+    for section, key in keys:
+        values = [f.get((section, key), "(absent)") for f in flat]
+        sections.setdefault(section, []).append(
+            {"key": key, "values": values, "differs": len(set(values)) > 1})
+    return [{"name": s, "rows": rows, "differing": sum(r["differs"] for r in rows)}
+            for s, rows in sections.items()]
+
+
+def lttb(steps: np.ndarray, values: np.ndarray, points: int = MAX_POINTS
+         ) -> tuple[list[float], list[float | None]]:
+    """At most ``points`` (step, value) pairs keeping the curve's shape (LTTB); NaN and
+    infinities are dropped before downsampling (they cannot be drawn)."""
+    finite = np.isfinite(values)
+    steps, values = steps[finite], values[finite]
+    if len(values) > points:
+        from tsdownsample import LTTBDownsampler
+
+        sampler = LTTBDownsampler()  # type: ignore[no-untyped-call]
+        index = sampler.downsample(steps.astype(np.float64), values, n_out=points)
+        steps, values = steps[index], values[index]
+    return steps.tolist(), values.tolist()
+
+
+def series(store: RunStore, run_id: str, key: str | None = None
+           ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A run's metric series as numpy arrays, per key."""
+    reader = getattr(store, "metric_arrays", None)
+    if reader is not None:
+        return reader(run_id, key)  # type: ignore[no-any-return]
+    grouped: dict[str, tuple[list[int], list[float]]] = {}
+    for p in store.iter_metrics(run_id, key):
+        s, v = grouped.setdefault(p.key, ([], []))
+        s.append(p.step)
+        v.append(p.value)
+    return {k: (np.array(s, dtype=np.int64), np.array(v, dtype=np.float64))
+            for k, (s, v) in grouped.items()}
+
+
+def curves(store: RunStore, run_ids: Sequence[str], key: str | None = None,
+           points: int = MAX_POINTS) -> dict[str, list[dict[str, Any]]]:
+    """metric -> [{run, steps, values, total}], each series LTTB-downsampled."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run_id in run_ids:
+        for name, (steps, values) in series(store, run_id, key).items():
+            xs, ys = lttb(steps, values, points)
+            out.setdefault(name, []).append(
+                {"run": run_id, "steps": xs, "values": ys, "total": len(values)})
+    return dict(sorted(out.items()))
+
+
+def rows_for(records: Sequence[RunRecord], verdicts: dict[str, str]) -> list[Row]:
+    """Table rows built from whole records (the compare page's own runs)."""
+    return [Row(r.identity.id, r.identity.name, r.identity.status, r.identity.started_at,
+                r.code.commit if r.code else None, bool(r.code and r.code.dirty),
+                r.identity.reproduces, r.identity.tags,
+                {k: v for k, v in r.params.items()
+                 if v is None or isinstance(v, str | int | float | bool)},
+                dict(r.metrics.final), verdicts.get(r.identity.id, "never"))
+            for r in records]
+
+
+def parallel(rows: Sequence[Row], metric: str | None) -> dict[str, Any]:
+    """Parallel-coordinates data: the varying params (constants left out) and the metric."""
+    names = varying_params(rows)
+    dims = []
+    for name in names:
+        values = [r.params.get(name) for r in rows]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        dims.append({"name": name, "numeric": numeric,
+                     "categories": None if numeric else sorted({_text(v) for v in values})})
+    data = [[_cell(r.params.get(n)) for n in names] + [_metric(r, metric)] for r in rows]
+    return {"dims": dims, "metric": metric, "data": data,
+            "runs": [{"id": r.id, "name": r.name} for r in rows]}
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return v if math.isfinite(v) else None
+    return _text(v)
+
+
+def _metric(r: Row, metric: str | None) -> float | None:
+    v = r.metrics.get(metric) if metric else None
+    return v if isinstance(v, int | float) and math.isfinite(v) else None
+
+
+def choose_metric(rows: Sequence[Row], wanted: str | None) -> str | None:
+    """The metric asked for, else the one most runs have (ties by name)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        for k in r.metrics:
+            counts[k] = counts.get(k, 0) + 1
+    if wanted and wanted in counts:
+        return wanted
+    return min(counts, key=lambda k: (-counts[k], k)) if counts else None
+
+
+def importance_view(rows: Sequence[Row], metric: str | None) -> dict[str, Any]:
+    """Importance as plain JSON-ready data."""
+    if metric is None:
+        return {"metric": None, "runs": len(rows), "params": [], "message": "no metric"}
+    result = importance(rows, metric)
+    return {
+        "metric": metric, "runs": result.runs, "message": result.message,
+        "seed_std": result.seed_std, "seed_groups": result.seed_groups, "best": result.best,
+        "params": [vars(p) for p in result.params],
+    }
+
+
+def compare_view(store: RunStore, run_ids: Sequence[str], metric: str | None,
+                 verdicts: dict[str, str]) -> dict[str, Any]:
+    """Everything the compare page shows for these runs."""
+    records = [store.get_record(i) for i in run_ids]
+    rows = rows_for(records, verdicts)
+    chosen = choose_metric(rows, metric)
+    return {
+        "runs": [{"id": r.id, "name": r.name, "status": r.status, "verified": r.verified,
+                  "started": r.started_at.isoformat()} for r in rows],
+        "sections": comparison(records),
+        "curves": curves(store, run_ids),
+        "metric": chosen,
+        "metrics": sorted({k for r in rows for k in r.metrics}),
+        "parallel": parallel(rows, chosen),
+        "importance": importance_view(rows, chosen),
+    }
+
+
+def badge(verdict: str) -> str:
+    """A certificate verdict as its short badge name."""
+    return BADGES.get(verdict, verdict)
