@@ -26,6 +26,8 @@ import hashlib
 import json
 import math
 import os
+import stat
+import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from auditor.capped import read_capped
 from auditor.errors import InputError, IntegrityError
 from auditor.keys import keyid
 from auditor.store.blobs import fsync_dir
@@ -244,26 +247,56 @@ def envelope_bytes(envelope: Envelope) -> bytes:
 
 
 def write_certificate(envelope: Envelope, path: Path) -> str:
-    """Write the envelope atomically to ``path``; return the sha256 hex of the bytes written."""
+    """Write the envelope atomically to ``path`` (``-``: stdout); return its bytes' sha256."""
     data = envelope_bytes(envelope)
-    atomic_write(path, data)
+    write_target(path, data)
     return hashlib.sha256(data).hexdigest()
+
+
+STDOUT = Path("-")
+_KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR,
+          "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
+          (stat.S_ISDIR, "directory"))
+
+
+def check_target(path: Path) -> None:
+    """Refuse an output target that exists and is not a regular file (``-`` is stdout).
+
+    A report or certificate never replaces a symlink, FIFO, device node or folder: the
+    user asked for a file, and replacing ``/dev/full`` or a link would surprise them.
+    """
+    if path == STDOUT:
+        return
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "special file")
+        raise InputError(f"{path}: refusing to replace a {kind}: output goes to regular files",
+                         hint="give a new or regular file path, or - for stdout")
+
+
+def write_target(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write an output the user named: stdout for ``-``, else atomically (``check_target``)."""
+    check_target(path)
+    if path == STDOUT:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    atomic_write(path, data, mode)
 
 
 def read_certificate(path: Path) -> bytes:
     """The raw bytes of a certificate file; ``InputError`` if missing, unreadable or huge."""
+    if not path.exists():
+        raise InputError(f"{path}: certificate not found", hint="run `audit verify` to issue one")
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_CERT_BYTES + 1)
-    except FileNotFoundError:
-        raise InputError(
-            f"{path}: certificate not found", hint="run `audit verify` to issue one"
-        ) from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read certificate: {exc.strerror}") from None
-    if len(data) > MAX_CERT_BYTES:
-        raise InputError(f"{path}: unknown certificate format: larger than {MAX_CERT_BYTES} bytes")
-    return data
+        return read_capped(path, MAX_CERT_BYTES, "certificate")
+    except InputError as exc:
+        raise InputError(f"unknown certificate format: {exc.message}") from None
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -30,7 +30,7 @@ import click
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from auditor.certificate import atomic_write
+from auditor.certificate import write_target
 from auditor.errors import InputError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "ci"
@@ -87,7 +87,7 @@ def write_workflow(provider: str, *, output: Path | None = None, force: bool = F
     path = output or PROVIDERS[provider]
     if path.exists() and not force:
         raise InputError(f"{path} already exists", hint="pass --output PATH or --force")
-    atomic_write(path, text.encode("utf-8"))
+    write_target(path, text.encode("utf-8"))
     return path
 
 

@@ -307,9 +307,11 @@ def checkout(c: Ctx, run: str, dest: Path) -> None:
     rec = store.get_record(store.resolve(run))
     if rec.code is None:
         raise IntegrityError(f"run {rec.identity.id} has no captured code")
-    if dest.exists() and any(dest.iterdir()):
-        from auditor.errors import InputError
+    from auditor.errors import InputError
 
+    if dest.exists() and not dest.is_dir():
+        raise InputError(f"{dest}: exists and is not a folder", hint="give a new or empty folder")
+    if dest.exists() and any(dest.iterdir()):
         raise InputError(f"{dest} exists and is not empty")
     rebuild_tree(rec.code, {a.name: a for a in rec.artifacts}, store.blobs, dest)
     click.echo(f"rebuilt tree {rec.code.tree_sha256[:12]}… of run {rec.identity.id} in {dest}")
@@ -317,12 +319,16 @@ def checkout(c: Ctx, run: str, dest: Path) -> None:
 
 @main.command()
 @click.option("--repair", is_flag=True, help="Remove leftovers of interrupted writes.")
+@click.option("--key", "keys", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Trusted public key: also check the certificate log's signed head.")
 @pass_ctx
-def fsck(c: Ctx, repair: bool) -> None:
-    """Check the store: database integrity, record digests, every object's sha256."""
+def fsck(c: Ctx, repair: bool, keys: tuple[Path, ...]) -> None:
+    """Check the store: database, records, objects, the certificate log and what it certifies."""
     from auditor.fsck import check_store
+    from auditor.keys import load_public_key
 
-    report = check_store(c.store(create=False), repair=repair)
+    public = [load_public_key(k) for k in keys]
+    report = check_store(c.store(create=False), repair=repair, keys=public)
     for line in report.lines:
         click.echo(line)
     if report.problems:

@@ -23,6 +23,7 @@ from auditor.outcome import VerifyResult
 from auditor.store import SqlStore, open_store
 
 PathType = click.Path(path_type=Path, dir_okay=False)
+RESULT_LIMIT = 256 * 1024 * 1024
 
 
 class _StoreOwner(Protocol):
@@ -43,12 +44,11 @@ def wants_json(ctx: click.Context) -> bool:
 # -- audit report --------------------------------------------------------------------------
 def load_result_json(path: Path) -> VerifyResult:
     """A ``VerifyResult`` saved as JSON; ``InputError`` with one line otherwise."""
+    from auditor.capped import read_capped
+
     try:
-        return VerifyResult.model_validate_json(path.read_bytes())
-    except FileNotFoundError:
-        raise InputError(f"{path}: verification result not found") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+        return VerifyResult.model_validate_json(
+            read_capped(path, RESULT_LIMIT, "verification result"))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "top level"
@@ -60,10 +60,13 @@ def render_report_command(result: VerifyResult, *, html: Path | None = None,
                           original_url: str | None = None,
                           rerun_url: str | None = None) -> list[Path]:
     """Write the requested reports of one verification atomically; return their paths."""
-    from auditor.certificate import atomic_write
+    from auditor.certificate import check_target, write_target
     from auditor.report.junit import render_junit
     from auditor.report.markdown import render_markdown
 
+    for target in (html, markdown, junit):
+        if target is not None:
+            check_target(target)  # before any rendering: nothing half-written
     outputs: list[tuple[Path, str]] = []
     if html is not None:
         from auditor.report.html import render_html
@@ -75,40 +78,63 @@ def render_report_command(result: VerifyResult, *, html: Path | None = None,
     if junit is not None:
         outputs.append((junit, render_junit([result])))
     for path, text in outputs:
-        atomic_write(path, text.encode("utf-8"))
+        write_target(path, text.encode("utf-8"))
     return [path for path, _ in outputs]
 
 
-def _stored_result(ctx: click.Context, run_or_cert: str) -> VerifyResult:
-    from auditor.verify import load_verify_result  # lazily: verify.py is heavy to import
+def _stored_result(ctx: click.Context, run_or_cert: str, keys: tuple[Path, ...]) -> VerifyResult:
+    from auditor.verify import _looks_like_file, load_verify_result  # lazily: heavy import
 
-    return load_verify_result(store_of(ctx), run_or_cert)
+    result = load_verify_result(store_of(ctx), run_or_cert)
+    if _looks_like_file(run_or_cert):
+        _check_certificate_file(Path(run_or_cert), keys, result)
+    return result
+
+
+def _check_certificate_file(path: Path, keys: tuple[Path, ...], result: VerifyResult) -> None:
+    """Never render a certificate's claims as if they were checked: verify or warn."""
+    from auditor.certificate import file_sha256
+    from auditor.gate import verify_certificate_file
+
+    if keys:
+        verify_certificate_file(path, keys)  # IntegrityError (exit 3) when it does not verify
+    else:
+        click.echo(f"warning: {path}: signature NOT checked (no --key): this report shows what "
+                   "the certificate claims, not that a trusted key signed it", err=True)
+    if result.certificate_sha256 and result.certificate_sha256 != file_sha256(path):
+        click.echo(f"warning: {path} is not the certificate of the stored verification shown "
+                   f"(that one is sha256:{result.certificate_sha256[:12]}…)", err=True)
 
 
 @click.command("report")
 @click.argument("run_or_cert", metavar="RUN|CERT", required=False)
 @click.option("--from-json", "from_json", type=PathType,
               help="Render a saved VerifyResult JSON file instead of a stored verification.")
-@click.option("--html", "html_path", type=PathType, help="Write the HTML report here.")
-@click.option("--markdown", "markdown_path", type=PathType, help="Write the Markdown summary here.")
-@click.option("--junit", "junit_path", type=PathType, help="Write JUnit XML here.")
+@click.option("--html", "html_path", type=PathType, help="Write the HTML report here (-: stdout).")
+@click.option("--markdown", "markdown_path", type=PathType,
+              help="Write the Markdown summary here (-: stdout).")
+@click.option("--junit", "junit_path", type=PathType, help="Write JUnit XML here (-: stdout).")
 @click.option("--original-url", help="Link the original run's id to this URL in the HTML.")
 @click.option("--rerun-url", help="Link the rerun's id to this URL in the HTML.")
+@click.option("--key", "keys", multiple=True, type=PathType,
+              help="Trusted public key to check a CERT's signature with; repeatable.")
 @click.pass_context
 def report(ctx: click.Context, run_or_cert: str | None, from_json: Path | None,
            html_path: Path | None, markdown_path: Path | None, junit_path: Path | None,
-           original_url: str | None, rerun_url: str | None) -> None:
+           original_url: str | None, rerun_url: str | None, keys: tuple[Path, ...]) -> None:
     """Write the reports of a past verification (RUN id or CERT file): HTML, Markdown, JUnit."""
     if (run_or_cert is None) == (from_json is None):
         raise InputError("give either a RUN id / certificate or --from-json FILE")
     if not (html_path or markdown_path or junit_path):
         raise InputError("nothing to write", hint="pass --html, --markdown or --junit")
-    result = load_result_json(from_json) if from_json else _stored_result(ctx, str(run_or_cert))
+    result = (load_result_json(from_json) if from_json
+              else _stored_result(ctx, str(run_or_cert), keys))
     written = render_report_command(result, html=html_path, markdown=markdown_path,
                                     junit=junit_path, original_url=original_url,
                                     rerun_url=rerun_url)
     for path in written:
-        click.echo(f"wrote {path}")
+        if path != Path("-"):
+            click.echo(f"wrote {path}", err=Path("-") in written)
 
 
 # -- audit gate ----------------------------------------------------------------------------

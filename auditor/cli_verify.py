@@ -322,6 +322,7 @@ def verify_cmd(ctx: click.Context, run: str | None, all_runs: bool, quiet: bool,
 
     if bool(run) == all_runs:
         raise InputError("give exactly one of RUN or --all")
+    _check_targets(kw)
     policy = load_policy(_policy_path(kw["policy_path"]), bitwise=kw["bitwise"])
     if kw["allow_gpu_mismatch"]:
         policy = policy.model_copy(update={"allow_gpu_mismatch": True})
@@ -336,6 +337,15 @@ def verify_cmd(ctx: click.Context, run: str | None, all_runs: bool, quiet: bool,
     _render(ctx, results, failures, single=not all_runs)
     codes = [r.verdict.exit_code for r in results] + [code for _, code, _ in failures]
     sys.exit(max(codes) if codes else 0)
+
+
+def _check_targets(kw: dict[str, Any]) -> None:
+    """Refuse special files as output targets before any work is done."""
+    from auditor.certificate import check_target
+
+    for name in ("certificate", "html_path", "markdown_path", "junit_path"):
+        if kw.get(name) is not None:
+            check_target(Path(kw[name]))
 
 
 def _verify_many(
@@ -387,14 +397,14 @@ def _write_reports(results: list[Any], kw: dict[str, Any]) -> None:
             render_report_command(r, html=Path(kw["report_dir"]) / f"{r.original_run}.html")
     if len(results) == 1 and kw.get("html_path"):
         render_report_command(results[0], html=kw["html_path"])
-    from auditor.certificate import atomic_write
+    from auditor.certificate import write_target
     from auditor.report.junit import render_junit
     from auditor.report.markdown import render_markdown
 
     if kw.get("markdown_path"):
-        atomic_write(kw["markdown_path"], render_markdown(results).encode())
+        write_target(kw["markdown_path"], render_markdown(results).encode())
     if kw.get("junit_path"):
-        atomic_write(kw["junit_path"], render_junit(results).encode())
+        write_target(kw["junit_path"], render_junit(results).encode())
 
 
 def _render(

@@ -2,17 +2,23 @@
 
 SQLite's ``PRAGMA integrity_check``; every record parses and matches its stored digest;
 every object re-hashes to its name (naming the runs that reference a bad one); every
-artifact a record names exists; leftovers of interrupted writes in ``tmp/`` (removed with
-``--repair``).
+artifact a record names exists; the certificate log (chain, head, and the signed head when
+keys are given) and the certificates table against it; every certified record and subject
+against the digests its certificate signed (``tamper``); leftovers of interrupted writes
+in ``tmp/`` (removed with ``--repair``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from auditor.errors import AuditorError
 from auditor.store import SqlStore, sha256_file
 from auditor.store.sql import _parse_record
+from auditor.tamper import evidence_problems, index_problems, logged_certificates
 
 
 @dataclass
@@ -28,7 +34,8 @@ class FsckReport:
         self.lines.append(f"BAD  {message}")
 
 
-def check_store(store: SqlStore, *, repair: bool = False) -> FsckReport:
+def check_store(store: SqlStore, *, repair: bool = False,
+                keys: Sequence[Ed25519PublicKey] = ()) -> FsckReport:
     """Check everything; with ``repair`` remove stray temp files."""
     report = FsckReport()
     result = store.integrity_check()
@@ -36,6 +43,7 @@ def check_store(store: SqlStore, *, repair: bool = False) -> FsckReport:
         report.bad(f"database integrity_check: {result}")
     runs = _check_records(store, report)
     objects = _check_objects(store, report)
+    certs = _check_certificates(store, report, list(keys) or None)
     strays = store.blobs.stray_temp_files()
     for path in strays:
         if repair:
@@ -43,7 +51,7 @@ def check_store(store: SqlStore, *, repair: bool = False) -> FsckReport:
         else:
             report.bad(f"leftover of an interrupted write: {path} (remove with --repair)")
     report.lines.append(
-        f"ok   {runs} runs, {objects} objects checked"
+        f"ok   {runs} runs, {objects} objects, {certs} certificates checked"
         + (f", {len(strays)} leftovers removed" if repair and strays else "")
     )
     return report
@@ -73,3 +81,15 @@ def _check_objects(store: SqlStore, report: FsckReport) -> int:
             report.bad(f"object sha256:{claimed} does not hash to its name (referenced by {users})")
     return count
 
+
+
+def _check_certificates(store: SqlStore, report: FsckReport,
+                        keys: list[Ed25519PublicKey] | None) -> int:
+    for problem in index_problems(store, keys):
+        report.bad(problem)
+    logged, _ = logged_certificates(store, None)
+    for item in logged:
+        for problem in evidence_problems(store, item.statement,
+                                         f"certificate sha256:{item.sha256[:12]}…"):
+            report.bad(problem)
+    return len(logged)

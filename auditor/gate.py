@@ -2,8 +2,12 @@
 
 Contract of ``check_artifacts(store, paths, policy)``: every path must be a file
 (``InputError``, exit 2, before anything is checked) and trusted keys must be given when
-signatures are required (``InputError``). Each artifact then gets one ``GateFinding``,
-checked in this order, the first failed requirement named:
+signatures are required (``InputError``). The certificate log must then be intact (chain
+and, when signatures are required, the signed head) and the certificates table must hold
+exactly what it logged (``tamper.index_problems``; else ``IntegrityError``, exit 3).
+Each artifact then gets one ``GateFinding``, checked in this order, the first failed
+requirement named (a certificate whose signature verifies must also match the store: its
+run's record and every subject re-hash to the signed digests, else ``IntegrityError``):
 
 1. ``registered``: its sha256 is an artifact of a recorded run (``require_registered``).
 2. ``certificate``: a certificate in the store names that sha256 as a subject
@@ -34,8 +38,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
+from auditor.capped import POLICY_LIMIT, read_capped
 from auditor.certificate import (
     Statement,
     file_sha256,
@@ -47,6 +52,7 @@ from auditor.keys import keyid, load_public_key
 from auditor.outcome import LEVEL_RANK
 from auditor.store.base import CertificateRow
 from auditor.store.sql import SqlStore
+from auditor.tamper import evidence_problems, index_problems, raise_first
 
 CLOCK_SKEW = timedelta(minutes=5)
 REQUIREMENTS = ("registered", "certificate", "signature", "subject", "level", "age", "latest")
@@ -58,21 +64,21 @@ class GatePolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     min_level: Literal["reproduced-within-tolerance", "reproduced-bitwise"] = \
         "reproduced-within-tolerance"
-    max_age_days: Annotated[float, Field(ge=0)] = 90  # 0: no limit
-    require_signature: bool = True
+    max_age_days: Annotated[float, Field(ge=0, strict=True)] = 90  # 0: no limit
+    require_signature: StrictBool = True
     trusted_keys: tuple[Path, ...] = ()
-    latest_only: bool = True
-    require_registered: bool = True
+    latest_only: StrictBool = True
+    require_registered: StrictBool = True
 
 
 def load_gate_policy(path: Path) -> GatePolicy:
     """The policy in a TOML file; key paths are relative to the file's folder."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists():
         raise InputError(f"{path}: gate policy not found",
-                         hint="copy templates/gate.toml or leave out --policy") from None
-    except (OSError, UnicodeDecodeError) as exc:
+                         hint="copy templates/gate.toml or leave out --policy")
+    try:
+        data = tomllib.loads(read_capped(path, POLICY_LIMIT, "gate policy").decode("utf-8"))
+    except UnicodeDecodeError as exc:
         raise InputError(f"{path}: cannot read gate policy: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: invalid TOML: {exc}") from None
@@ -153,6 +159,8 @@ def check_artifacts(store: SqlStore, paths: Sequence[Path], policy: GatePolicy, 
         if not Path(path).is_file():
             raise InputError(f"{path}: artifact not found", hint="give the file to be released")
     keys = trusted_keys(policy, extra_keys)
+    raise_first(index_problems(store, keys if policy.require_signature else None),
+                "certificate log")
     when = _aware(now or datetime.now(UTC))
     return GateReport(tuple(_check_one(store, Path(p), policy, keys, when) for p in paths))
 
@@ -180,6 +188,7 @@ def _check_certificate(store: SqlStore, row: CertificateRow, path: Path, sha: st
                                   source=source)
     except (IntegrityError, InputError) as exc:
         return GateFinding(path, sha, False, "signature", str(exc), row.sha256, None, row.run_id)
+    raise_first(evidence_problems(store, statement, source), "gate")
     failed = _statement_failure(store, statement, sha, policy, now)
     pred = statement.predicate
     if failed:

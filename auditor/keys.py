@@ -26,11 +26,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from auditor.capped import KEY_LIMIT, read_capped
 from auditor.errors import InputError
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
-KEYGEN_HINT = "generate a key pair with auditor.keys.generate_keypair (`audit keygen`)"
+KEYGEN_HINT = "generate a key pair with `audit keys generate`"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -132,12 +133,9 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 
 
 def _read_key_file(path: Path, kind: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: {kind} key file not found", hint=KEYGEN_HINT) from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read {kind} key: {exc.strerror}") from None
+    if not path.exists() and not path.is_symlink():
+        raise InputError(f"{path}: {kind} key file not found", hint=KEYGEN_HINT)
+    return read_capped(path, KEY_LIMIT, f"{kind} key")  # /dev/zero, a FIFO: refused
 
 
 def _algorithm(key: object) -> str:

@@ -13,8 +13,9 @@ import fnmatch
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
+from auditor.capped import POLICY_LIMIT, read_capped
 from auditor.errors import InputError
 
 
@@ -22,8 +23,8 @@ class Tolerance(BaseModel):
     """Relative and absolute tolerance: ``|a - b| <= atol + rtol * |a|``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    rtol: float = Field(ge=0)
-    atol: float = Field(ge=0)
+    rtol: float = Field(ge=0, strict=True)  # strict: a number, never the string "1e-3"
+    atol: float = Field(ge=0, strict=True)
 
     def allows(self, left: float, right: float) -> bool:
         """True when ``right`` lies within tolerance of ``left`` (NaN == NaN handled by callers)."""
@@ -52,16 +53,16 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    bitwise: bool = False
-    nan_equal: bool = True
+    bitwise: StrictBool = False  # strict: "yes" or 1 is a mistake, not a yes
+    nan_equal: StrictBool = True
     metric_tolerance: Tolerance = Tolerance(rtol=1e-5, atol=1e-8)
     dtype_tolerances: dict[str, Tolerance] = Field(default_factory=lambda: dict(DTYPE_TOLERANCES))
     tensors: dict[str, Tolerance] = Field(default_factory=dict)  # glob on tensor name
     metrics: dict[str, Tolerance] = Field(default_factory=dict)  # glob on metric name
     log_masks: tuple[str, ...] = DEFAULT_LOG_MASKS
-    compare_logs: bool = True
+    compare_logs: StrictBool = True
     ignore_outputs: tuple[str, ...] = ()  # globs of output names not compared
-    allow_gpu_mismatch: bool = False
+    allow_gpu_mismatch: StrictBool = False
     pass_env: tuple[str, ...] = ()  # redacted variables the rerun may receive from the host
 
     def tensor_tolerance(self, name: str, dtype: str) -> Tolerance:
@@ -87,14 +88,17 @@ def load_policy(path: Path | None = None, *, bitwise: bool = False) -> Policy:
     """Read a policy file (``[verify]`` table of auditor.toml, or a whole policy file)."""
     data: dict[str, object] = {}
     if path is not None:
+        if not path.exists():
+            raise InputError(f"{path}: policy file not found")
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"{path}: policy file not found") from None
+            raw = tomllib.loads(read_capped(path, POLICY_LIMIT, "policy").decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: invalid TOML: {exc}") from None
         table = raw.get("verify", raw)
-        data = dict(table) if isinstance(table, dict) else {}
+        if not isinstance(table, dict):
+            raise InputError(f"{path}: 'verify' must be a table ([verify]), not "
+                             f"{type(table).__name__} {table!r:.40}")
+        data = dict(table)
     if bitwise:
         data["bitwise"] = True
     try:

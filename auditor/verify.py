@@ -259,17 +259,28 @@ def _series(
     return out
 
 
+def _looks_like_file(ref: str) -> bool:
+    """A certificate path (an existing file, or a name with a folder or an extension)."""
+    try:
+        if Path(ref).is_file():
+            return True
+    except OSError:  # a name too long for the filesystem is not a file
+        return False
+    return "/" in ref or "." in ref
+
+
 def load_verify_result(store: SqlStore, ref: str) -> VerifyResult:
     """The stored result of the latest verification of a run (original or rerun id), or of
     the verification a certificate file names."""
     from auditor.issue import stored_result
+    from auditor.store import validate_run_ref
 
-    path = Path(ref)
-    if path.is_file():
+    if _looks_like_file(ref):
         from auditor.certificate import open_envelope, read_certificate
 
-        statement = open_envelope(read_certificate(path), None, require_signature=False)
+        statement = open_envelope(read_certificate(Path(ref)), None, require_signature=False)
         ref = statement.predicate.rerun_run or statement.predicate.original_run
+    validate_run_ref(ref)
     run_id = store.resolve(ref)
     record = store.get_record(run_id)
     if record.identity.reproduces is None:

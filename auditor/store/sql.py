@@ -157,6 +157,10 @@ class SqlStore:
             raise StoreError(f"cannot open store {url}: {exc.orig}") from None
         except sa.exc.ArgumentError as exc:
             raise StoreError(f"not a store URL: {url}: {exc}") from None
+        except (sa.exc.NoSuchModuleError, ImportError) as exc:  # mysql://, a missing driver
+            raise StoreError(
+                f"unsupported store URL {url.split('://')[0]}://…: {exc}",
+                hint="use a folder, sqlite:///PATH or postgresql+psycopg://…") from None
 
     # -- schema -------------------------------------------------------------------------
     def _init_schema(self) -> None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from auditor import certlog
 from auditor.certificate import (
     ReproductionPredicate,
     Subject,
@@ -21,6 +22,7 @@ from auditor.certificate import (
     write_certificate,
 )
 from auditor.errors import InputError, IntegrityError
+from auditor.fsck import check_store
 from auditor.gate import (
     GatePolicy,
     check_artifacts,
@@ -28,22 +30,32 @@ from auditor.gate import (
     verify_certificate_file,
 )
 from auditor.keys import generate_keypair, load_private_key
-from auditor.schema import ArtifactRef, Command, Identity, RunRecord, new_run_id
+from auditor.schema import (
+    ArtifactRef,
+    Command,
+    Identity,
+    RunRecord,
+    new_run_id,
+    record_bytes,
+    record_sha256,
+)
 from auditor.store import CertificateRow, SqlStore, open_store
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+UNKNOWN_RUN = "01jd0x8k6m2q3r4s5t6v7w8x9y"
 TEMPLATE_POLICY = Path(__file__).resolve().parents[2] / "templates" / "gate.toml"
 
 
 @dataclass
 class World:
-    """A store with recorded runs and signed certificates, and the files to release."""
+    """A store with recorded runs and signed, logged certificates, and the files to release."""
 
     tmp: Path
     store: SqlStore
     key: Path  # private
     pub: Path
     other_pub: Path
+    owners: dict[str, tuple[str, str]] = field(default_factory=dict)  # sha -> (run, name)
 
     def artifact(self, name: str, content: bytes, *, register: bool = True) -> tuple[Path, str]:
         path = self.tmp / name
@@ -62,27 +74,37 @@ class World:
             artifacts=(ArtifactRef(name=f"outputs/{name}", sha256=sha, size=size,
                                    kind="output"),))
         self.store.put_record(record)
+        self.owners[sha] = (run_id, f"outputs/{name}")
         return run_id
 
-    def certify(self, subjects: list[str], *, run_id: str = "01jd0x8k6m2q3r4s5t6v7w8x9y",
+    def run_of(self, sha: str) -> str:
+        return self.owners.get(sha, (UNKNOWN_RUN, ""))[0]
+
+    def certify(self, subjects: list[str], *, run_id: str | None = None,
                 verdict: str = "reproduced-bitwise", issued: datetime = NOW - timedelta(days=1),
                 key: Path | None = None, index_subjects: list[str] | None = None,
                 data: bytes | None = None) -> str:
-        """Store a signed certificate for ``subjects`` and index it; return its sha256."""
+        """Store a signed certificate for ``subjects``, index and log it; return its sha256."""
+        run_id = run_id or self.run_of(subjects[0])
         data = data or self.envelope(subjects, run_id=run_id, verdict=verdict, issued=issued,
                                      key=key)
         sha, _ = self.store.blobs.put_bytes(data)
         self.store.put_certificate(CertificateRow(sha, run_id, None, verdict, issued,
                                                   tuple(index_subjects or subjects)))
+        certlog.append(self.store.blobs.root / "log", sha, run_id, load_private_key(self.key))
         return sha
 
-    def envelope(self, subjects: list[str], *, run_id: str = "01jd0x8k6m2q3r4s5t6v7w8x9y",
+    def envelope(self, subjects: list[str], *, run_id: str | None = None,
                  verdict: str = "reproduced-bitwise", issued: datetime = NOW - timedelta(days=1),
                  key: Path | None = None) -> bytes:
+        run_id = run_id or self.run_of(subjects[0])
+        digest = (record_sha256(self.store.get_record(run_id)) if run_id != UNKNOWN_RUN
+                  else "0" * 64)
         predicate = ReproductionPredicate(
             verdict=verdict, original_run=run_id, rerun_run=None,  # type: ignore[arg-type]
-            original_record_sha256="0" * 64, issued_at=issued, auditor_version="0.1.0")
-        statement = make_statement([Subject(name=f"file{i}", digest={"sha256": s})
+            original_record_sha256=digest, issued_at=issued, auditor_version="0.1.0")
+        statement = make_statement([Subject(name=self.owners.get(s, ("", f"file{i}"))[1],
+                                            digest={"sha256": s})
                                     for i, s in enumerate(subjects)], predicate)
         return envelope_bytes(seal(statement, load_private_key(key or self.key)))
 
@@ -136,7 +158,8 @@ def test_unregistered_artifact_fails(world: World) -> None:
     requirement, message = failure(world.gate(model))
     assert requirement == "registered"
     assert "every result must be recorded before it is shared" in message
-    assert world.gate(model, require_registered=False).passed
+    with pytest.raises(IntegrityError, match="no longer in the store"):  # its run is gone
+        world.gate(model, require_registered=False)
 
 
 def test_no_certificate_names_the_digest(world: World) -> None:  # T11
@@ -172,9 +195,16 @@ def test_unsigned_certificate_fails_unless_policy_allows(world: World) -> None:
 
 def test_wrong_key_fails(world: World) -> None:
     model, sha = world.artifact("model.bin", b"w")
-    world.certify([sha])
-    requirement, message = failure(world.gate(model, trusted_keys=(world.other_pub,)))
+    world.certify([sha], key=world.tmp / "keys" / "other.key")  # log head: the signer's key
+    requirement, message = failure(world.gate(model))
     assert requirement == "signature" and "trusted" in message
+
+
+def test_log_head_signed_by_an_untrusted_key_is_integrity_error(world: World) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    world.certify([sha])
+    with pytest.raises(IntegrityError, match=r"certs\.head\.dsse\.json: signature does not verify"):
+        world.gate(model, trusted_keys=(world.other_pub,))
 
 
 def test_no_trusted_key_is_input_error(world: World) -> None:
@@ -231,13 +261,13 @@ def test_replayed_v1_certificate_for_v2_fails(world: World) -> None:  # T12
     assert (requirement, message) == ("certificate", f"no certificate for sha256:{v2}")
     # an index row that claims v2 cannot make the signed v1 statement cover v2
     world.certify([v1], index_subjects=[v2], issued=NOW - timedelta(hours=1))
-    requirement, message = failure(world.gate(v2_path))
-    assert requirement == "subject" and "replay" in message
+    with pytest.raises(IntegrityError, match=r"subjects is .* the row was edited"):
+        world.gate(v2_path)
 
 
 def test_recertified_failed_later_is_refused_with_latest_only(world: World) -> None:  # T12
     model, sha = world.artifact("model.bin", b"w")
-    run = "01jd0x8k6m2q3r4s5t6v7w8x9y"
+    run = world.run_of(sha)
     world.certify([sha], run_id=run, issued=NOW - timedelta(days=10))
     world.certify(["f" * 64], run_id=run, verdict="not-reproduced",
                   issued=NOW - timedelta(days=1))
@@ -327,3 +357,111 @@ def test_written_certificate_round_trip(world: World) -> None:
     path = world.tmp / "certs" / "c.json"
     write_certificate(Envelope.model_validate(envelope), path)
     assert verify_certificate_file(path, [world.pub], [model], now=NOW).artifacts
+
+
+# -- the store edited behind auditor's back (issue 8, findings 4 and 5) -------------------------
+def sql(world: World, statement: str, *params: object) -> None:
+    import sqlite3
+
+    with sqlite3.connect(world.store.blobs.root / "store.db") as conn:
+        conn.execute(statement, params)
+
+
+def test_deleting_a_later_failure_from_the_table_is_caught(world: World) -> None:  # finding 4
+    model, sha = world.artifact("model.bin", b"w")
+    world.certify([sha], issued=NOW - timedelta(days=10))
+    bad = world.certify([sha], verdict="not-reproduced", issued=NOW - timedelta(days=1))
+    assert failure(world.gate(model))[0] == "level"  # the newest, not-reproduced, is reported
+    sql(world, "delete from certificates where verdict='not-reproduced'")
+    with pytest.raises(IntegrityError, match=f"sha256:{bad} .log line 2.*not-reproduced.*"
+                                             "missing from the certificates table"):
+        world.gate(model)
+    problems = check_store(world.store).problems
+    assert any(bad in p and "missing from the certificates table" in p for p in problems)
+
+
+def test_an_edited_certificate_row_is_caught(world: World) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    world.certify([sha], verdict="not-reproduced")
+    sql(world, "update certificates set verdict='reproduced-bitwise'")
+    with pytest.raises(IntegrityError, match="verdict is 'reproduced-bitwise' but the "
+                                             "certificate says 'not-reproduced'"):
+        world.gate(model)
+
+
+def test_a_row_added_behind_the_log_is_caught(world: World) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    data = world.envelope([sha])
+    cert, _ = world.store.blobs.put_bytes(data)
+    world.store.put_certificate(CertificateRow(cert, world.run_of(sha), None,
+                                               "reproduced-bitwise", NOW, (sha,)))
+    with pytest.raises(IntegrityError, match="not in the certificate log"):
+        world.gate(model)
+
+
+@pytest.mark.parametrize("edit", ["delete", "swap", "edit"])
+def test_a_changed_log_line_is_named(world: World, edit: str) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    for days in (3, 2, 1):
+        world.certify([sha], issued=NOW - timedelta(days=days))
+    log = world.store.blobs.root / "log" / "certs.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    if edit == "delete":
+        del lines[1]
+    elif edit == "swap":
+        lines[0], lines[1] = lines[1], lines[0]
+    else:
+        lines[1] = lines[1].replace(b'"seq":2', b'"seq":2 ')
+    log.write_bytes(b"".join(lines))
+    with pytest.raises(IntegrityError, match=r"certs.jsonl: line [12]"):
+        world.gate(model)
+    assert any("certs.jsonl: line" in p for p in check_store(world.store).problems)
+
+
+def test_a_record_rewritten_with_its_digest_is_caught(world: World) -> None:  # finding 5
+    model, sha = world.artifact("model.bin", b"w")
+    world.certify([sha])
+    run_id = world.run_of(sha)
+    record = world.store.get_record(run_id)
+    forged = record.model_copy(update={"command": Command(argv=("python", "evil.py"), cwd=".")})
+    sql(world, "update runs set record=?, record_sha256=? where id=?",
+        record_bytes(forged).decode(), record_sha256(forged), run_id)
+    assert world.store.get_record(run_id).command.argv[1] == "evil.py"  # the row is consistent
+    with pytest.raises(IntegrityError, match=f"record of run {run_id} was rewritten after it "
+                                             "was certified"):
+        world.gate(model)
+    assert any("rewritten after it was certified" in p
+               for p in check_store(world.store).problems)
+
+
+def test_swapped_objects_in_the_record_are_caught(world: World) -> None:  # T8
+    model, sha = world.artifact("model.bin", b"weights")
+    other, other_size = world.store.blobs.put_bytes(b"other weights")
+    run_id = world.run_of(sha)
+    record = world.store.get_record(run_id)
+    two = (*record.artifacts, ArtifactRef(name="outputs/b.bin", sha256=other, size=other_size,
+                                          kind="output"))
+    world.store.put_record(record.model_copy(update={"artifacts": two}))
+    world.certify([sha])
+    swapped = tuple(a.model_copy(update={"sha256": other if a.sha256 == sha else sha})
+                    for a in world.store.get_record(run_id).artifacts)
+    forged = world.store.get_record(run_id).model_copy(update={"artifacts": swapped})
+    world.store.put_record(forged)  # an attacker with the store's own writer
+    with pytest.raises(IntegrityError, match="rewritten after it was certified"):
+        world.gate(model)
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete"])
+def test_a_damaged_certified_object_stops_the_gate(world: World, damage: str) -> None:  # T7
+    model, sha = world.artifact("model.bin", b"weights v1")
+    world.certify([sha])
+    blob = world.store.blobs.path_for(sha)
+    if damage == "flip":
+        os.chmod(blob, 0o644)
+        data = bytearray(blob.read_bytes())
+        data[3] ^= 0x01
+        blob.write_bytes(bytes(data))
+    else:
+        blob.unlink()
+    with pytest.raises(IntegrityError, match="altered" if damage == "flip" else "missing"):
+        world.gate(model)

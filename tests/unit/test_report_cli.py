@@ -12,12 +12,13 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
+from auditor import certlog
 from auditor.certificate import ReproductionPredicate, Subject, envelope_bytes, make_statement, seal
 from auditor.cli import AuditGroup, main
 from auditor.cli_reports import COMMANDS, render_report_command
 from auditor.keys import generate_keypair, load_private_key
 from auditor.outcome import VerifyResult
-from auditor.schema import ArtifactRef, Command, Identity, RunRecord, new_run_id
+from auditor.schema import ArtifactRef, Command, Identity, RunRecord, new_run_id, record_sha256
 from auditor.store import CertificateRow, open_store
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "verify"
@@ -99,15 +100,18 @@ def released(tmp_path: Path) -> dict[str, Path]:
         artifacts=(ArtifactRef(name="outputs/model.safetensors", sha256=sha, size=size,
                                kind="output"),)))
     issued = datetime.now(UTC) - timedelta(days=1)
-    statement = make_statement([Subject(name="model.safetensors", digest={"sha256": sha})],
+    digest = record_sha256(store.get_record(run_id))
+    statement = make_statement([Subject(name="outputs/model.safetensors",
+                                        digest={"sha256": sha})],
                                ReproductionPredicate(verdict="reproduced-bitwise",
                                                      original_run=run_id,
-                                                     original_record_sha256="0" * 64,
+                                                     original_record_sha256=digest,
                                                      issued_at=issued, auditor_version="0.1.0"))
     data = envelope_bytes(seal(statement, load_private_key(key)))
     cert_sha, _ = store.blobs.put_bytes(data)
     store.put_certificate(CertificateRow(cert_sha, run_id, None, "reproduced-bitwise", issued,
                                          (sha,)))
+    certlog.append(store_dir / "log", cert_sha, run_id, load_private_key(key))
     store.close()
     cert = tmp_path / "cert.dsse.json"
     cert.write_bytes(data)
