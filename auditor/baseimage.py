@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,9 +46,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from auditor.errors import AuditorError, BuildFailed
+from auditor.errors import AuditorError, BuildFailed, InputError
 
 DEFAULT_RELEASE = "bookworm"
+_RELEASE = re.compile(r"[a-z][a-z0-9-]{1,31}")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # python3-venv brings ensurepip's wheels, so `python3 -m venv` yields a venv with pip;
 # passwd provides useradd for the non-root user of the final image.
@@ -156,6 +158,13 @@ def system_python(base_image: str, python_version: str) -> SystemPython:
     return SystemPython(executable="python3")
 
 
+def check_release(release: str) -> None:
+    """A Debian release is a codename (``bookworm``) or suite (``stable``), never a path."""
+    if not _RELEASE.fullmatch(release):
+        raise InputError(f"invalid Debian release {release[:60]!r}: expected a codename "
+                         "such as bookworm", hint=f"the default is {DEFAULT_RELEASE}")
+
+
 def default_tag(release: str) -> str:
     """The tag a base image for ``release`` gets when none is given."""
     return f"auditor-base:{release}"
@@ -171,6 +180,7 @@ def build_base_image(
     """Create (or reuse) the debootstrap base image; return ``(tag, image_id)``."""
     from auditor.build import docker_client
 
+    check_release(release)
     tag = tag or default_tag(release)
     client = docker_client()
     try:

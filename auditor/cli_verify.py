@@ -122,19 +122,15 @@ def lock(
         if ref is None:
             raise InputError(f"run {rec.identity.id} has no lockfile")
         click.echo(f"{ref.artifact} ({ref.origin}, sha256 {ref.sha256[:12]}…)")
+        lockmod.parse_recorded_lock(
+            store.blobs.read_bytes(ref.sha256, ref.artifact), ref.artifact, ref.kind
+        )
         for line in ref.drift:
             click.echo(f"  drift: {line}")
         click.echo("no drift" if not ref.drift else f"{len(ref.drift)} package(s) drifted")
         sys.exit(1 if ref.drift else 0)
     if lint_file:
-        text = lint_file.read_text(encoding="utf-8")
-        parsed = (
-            lockmod.parse_conda_lock(lint_file)
-            if lint_file.suffix in (".yml", ".yaml")
-            else lockmod.parse_requirements_lock(
-                text, name=lint_file.name, allow_unhashed=allow_unhashed
-            )
-        )
+        parsed = lockmod.lint_lockfile(lint_file, allow_unhashed=allow_unhashed)
         click.echo(f"{lint_file}: {len(parsed.packages)} packages, sha256 {parsed.sha256[:12]}…")
         return
     if source is None:

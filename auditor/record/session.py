@@ -199,7 +199,10 @@ def _lockfile(
             )
             drift, kind = tuple(lockmod.drift(parsed, py.packages)), parsed.kind
         except InputError as exc:
-            notes["environment.python.lock"] = str(exc)
+            notes["environment.python.lock"] = (
+                f"project lockfile {path.name} is not a valid lock ({exc}): a rebuild "
+                "cannot use it; fix it or regenerate it with `audit lock`"
+            )
             drift, kind = (), "pip"
     sha, size = store.blobs.put_bytes(text.encode("utf-8"))
     ref = ArtifactRef(name=name, sha256=sha, size=size, kind="lock")

@@ -396,7 +396,8 @@ def _finish(
             "not_captured": notes,
         },
     )
-    for line in sink.warnings + warnings:
+    lock_note = notes.get("environment.python.lock")
+    for line in sink.warnings + warnings + ([lock_note] if lock_note else []):
         print(f"warning: {line}", file=sys.stderr)
     return WrapResult(
         record=final,

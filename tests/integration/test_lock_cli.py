@@ -54,3 +54,49 @@ def test_check_reports_drift_recorded_with_the_run(make_repo, tmp_path: Path) ->
     assert check.returncode == 1  # this interpreter has far more than `six` installed
     assert "drift:" in check.stdout and "requirements.lock (project" in check.stdout
     git(repo, "status")
+
+
+@pytest.mark.parametrize("line", ["a." * 2_000_000, "x" + " " * 4_000_000 + "y",
+                                  "six==1.17.0 --hash=sha256:" + "a" * 4_000_000])
+def test_lint_of_a_huge_line_is_fast_and_quotes_at_most_200_characters(
+    tmp_path: Path, line: str
+) -> None:
+    # shlex and two regexes were quadratic here: 40k characters took 40 s, 20 MB never ended
+    (tmp_path / "huge.lock").write_text(line + "\n")
+    res = audit("lock", "--lint", "huge.lock", cwd=tmp_path, timeout=60)
+    assert res.returncode == 2, res.stderr[:300]
+    assert res.stderr.startswith("error: huge.lock line 1:") and res.stderr.count("\n") == 1
+    quoted = max((part for part in res.stderr.split("`")[1::2]), key=len, default="")
+    assert len(quoted) <= 200 and len(res.stderr) < 600, res.stderr[:700]
+
+
+def test_lint_refuses_binary_files_and_folders_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "latin1.lock").write_bytes(b"caf\xe9==1.0\n")
+    (tmp_path / "folder").mkdir()
+    for target, words in (("latin1.lock", "not UTF-8"), ("folder", "is a folder"),
+                          ("/dev/zero", "not a regular file")):
+        res = audit("lock", "--lint", target, cwd=tmp_path)
+        assert res.returncode == 2, (target, res.stderr)
+        assert res.stderr.startswith("error:") and words in res.stderr, res.stderr
+        assert "internal error" not in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_a_garbage_project_lock_is_flagged_at_record_and_fails_the_check(
+    make_repo, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    repo = make_repo({"requirements.lock": "this is { not a lockfile\n", "t.py": "pass\n"})
+    env = {"AUDITOR_STORE": str(tmp_path / "s")}
+    res = audit("--json", "record", "--", sys.executable, "t.py", cwd=repo, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "warning: project lockfile requirements.lock is not a valid lock" in res.stderr
+    run_id = json.loads(res.stdout.strip().splitlines()[-1])["id"]
+    check = audit("lock", "--check", run_id, cwd=repo, env=env)
+    assert check.returncode == 2, check.stdout + check.stderr
+    assert "is not a valid lock" in check.stderr and check.stderr.count("\n") == 1
+
+
+def test_base_image_release_must_be_a_codename(tmp_path: Path) -> None:
+    res = audit("base-image", "build", "--release", "../x", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: invalid Debian release '../x'")
+    assert res.stderr.count("\n") == 1
