@@ -57,7 +57,8 @@ DEFAULT_BACKEND = "docker"
 PING_TIMEOUT_S = 3
 BUILD_TIMEOUT_S = 3600
 IMAGE_REPOSITORY = "auditor-env"
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "Dockerfile.j2"
+# auditor/templates links to the top-level templates/ folder; the wheel ships its files
+TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "Dockerfile.j2"
 DIGEST_SCHEMA = 1
 LOG_TAIL_LINES = 15
 MARKER = "auditor-env.json"

@@ -33,7 +33,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from auditor.certificate import write_target
 from auditor.errors import InputError
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "ci"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "ci"  # shipped in the wheel
 PROVIDERS: dict[str, Path] = {"github": Path(".github/workflows/audit.yml"),
                               "gitlab": Path(".gitlab-ci.yml")}
 DEFAULT_SCHEDULE = "17 3 * * *"  # nightly, off the hour to avoid the top-of-hour rush

@@ -34,7 +34,7 @@ from auditor.compare.difference import Difference
 from auditor.outcome import Cause, VerifyResult
 from auditor.report import plots
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"  # shipped in the wheel
 TEMPLATE_NAME = "report.html.j2"
 MAX_METRIC_PLOTS = 12
 MAX_ROWS_PER_TABLE = 200

@@ -25,7 +25,7 @@ from auditor.store.query import Page, Row
 from auditor.ui.importance import best_run
 from auditor.ui.views import SECTIONS, flatten
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates" / "ui"
+TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "templates" / "ui"  # shipped in the wheel
 DEFAULT_COLUMNS = ("name", "status", "verified", "started", "tags")
 PLAIN_COLUMNS = ("id", "name", "status", "verified", "started", "tags", "commit")
 
