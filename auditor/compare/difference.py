@@ -24,6 +24,7 @@ DiffKind = Literal[
     "text",  # text files differing line by line
     "changed",  # a structured field (param, environment entry) changed
     "error",  # the evidence could not be read (corrupt, unsafe)
+    "renamed",  # the rerun wrote the same file under another name (a time or id in it)
 ]
 
 

@@ -1,36 +1,49 @@
-"""The file comparers: weights checkpoints (delegated to ``weights``) and every other
-output or log file, by digest first, then line by line or byte by byte.
+"""The file comparers: weights checkpoints (delegated to ``weights``), TensorBoard event
+files (``events``) and every other output or log file, by digest first, then line by line
+or byte by byte.
 
-Contract of ``compare(left, right, policy)``, over the artifacts of kind ``output`` (and
-``log`` when ``policy.compare_logs``) whose names match no ``policy.ignore_outputs`` glob
-and are not weights files:
+What is compared (``plan``): the artifacts of kind ``output`` whose names match no
+``policy.ignore_outputs`` glob, plus the logs: the captured stdout/stderr (kind ``log``)
+and the outputs matching ``policy.log_outputs`` (``*.log``, ...), unless
+``policy.compare_logs == "off"``. Outputs of the two runs pair by name, then by pattern
+(``pairing``): a file whose name embeds a time or an id is compared with its counterpart,
+and when the contents match it is reported as ``kind="renamed"`` (informational).
+
+Contract of ``compare(left, right, policy)``, over those that are not weights files:
 
 * equal sha256: identical, nothing is read;
 * on one side only: ``kind="missing"`` / ``"extra"``;
+* event files: by their records without ``wall_time`` (``events.compare_event_files``);
 * text (UTF-8 without NUL, up to ``TEXT_LIMIT`` bytes): the lines are compared after every
   ``policy.log_masks`` regex has replaced its matches with ``MASK`` (times, durations,
-  addresses). Differing lines give ``kind="text"`` at ``files/<name>`` with stats
-  (left_lines, right_lines, changed_lines, first_line) and up to ``MAX_DETAILS`` nested
+  rates, progress-bar clocks, process ids, addresses); in a log, a line redrawn with ``\r``
+  counts as its last redraw. Differing lines give ``kind="text"`` at ``files/<name>`` with
+  stats (left_lines, right_lines, changed_lines, first_line), the first differing line
+  after masks as ``left``/``right`` and in a comment, and up to ``MAX_DETAILS`` nested
   differences at ``files/<name>@line N``. Bytes that differ only inside masked spans give
-  a within-tolerance difference for an output (its bytes did change) and nothing for a log;
+  a within-tolerance difference for an output (its bytes did change) and nothing for a log
+  that does not count;
 * anything else: ``kind="bytes"`` with both sizes and the first differing offset.
 
-Output differences are beyond tolerance. Log differences are informational:
-``within_tolerance=True`` and ``stats["informational"] = True`` (the verdict ignores them).
+Output differences are beyond tolerance. Log differences are informational
+(``within_tolerance=True``, ``stats["informational"] = True``: the verdict does not count
+them) unless ``compare_logs == "strict"``, where they count like any output's.
 
-``compare_weights`` covers the output artifacts that ``weights.is_weights_file`` accepts:
+``compare_weights`` covers the outputs that ``weights.reads_as_weights`` accepts (a
+``.bin`` or ``.pt`` that is no torch checkpoint is compared as bytes by ``compare``):
 equal digests short-cut, one-sided files are missing/extra, the rest go to
-``weights.compare_weight_files`` at ``weights/<name>``; unreadable checkpoints raise
-``InputError`` (T24: the verdict is not attempted).
+``weights.compare_weight_files`` at ``weights/<name>``; files whose bytes differ while
+every tensor is identical (a torch zip's metadata) give one informational difference;
+unreadable checkpoints raise ``InputError`` (T24: the verdict is not attempted).
 """
 
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import re
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -38,10 +51,12 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from auditor.compare.difference import Difference, Stat
-from auditor.compare.weights import compare_weight_files, is_weights_file
+from auditor.compare.events import compare_event_files, is_event_file
+from auditor.compare.pairing import OutputCoverage, Pair, pair_outputs
+from auditor.compare.weights import compare_weight_files, is_weights_file, reads_as_weights
 from auditor.errors import InputError
 from auditor.policy import Policy
-from auditor.schema import ArtifactKind, ArtifactRef
+from auditor.schema import ArtifactKind, ArtifactRef, RunRecord
 
 if TYPE_CHECKING:
     from auditor.compare import Evidence
@@ -51,18 +66,15 @@ MAX_DETAILS = 5  # differing lines shown per file
 MASK = "<masked>"
 BLOCK = 1 << 20  # bytes read at a time when looking for the first differing byte
 
-Pair = tuple[ArtifactRef | None, ArtifactRef | None]
-
-
 def compare(left: Evidence, right: Evidence, policy: Policy) -> list[Difference]:
     """Differences between the non-weights outputs (and logs) of the two runs."""
-    kinds: tuple[ArtifactKind, ...] = ("output", "log") if policy.compare_logs else ("output",)
     masks = _masks(policy.log_masks)
     diffs: list[Difference] = []
-    for name, pair in _pairs(left, right, kinds, policy):
-        if not is_weights_file(Path(name)):
-            found = _compare_file(name, pair, (left, right), masks)
-            diffs.extend(_informational(d) if _kind(pair) == "log" else d for d in found)
+    for item in plan(left, right, policy):
+        if item.role == "weights":
+            continue
+        found = _compare_item(item, (left, right), masks, policy)
+        diffs.extend(found if item.counted else [_informational(d) for d in found])
     return diffs
 
 
@@ -70,21 +82,105 @@ def compare_weights(left: Evidence, right: Evidence, policy: Policy) -> list[Dif
     """Differences between the weights checkpoints the two runs wrote."""
     diffs: list[Difference] = []
     with tempfile.TemporaryDirectory(prefix="auditor-weights-") as tmp:
-        for name, (a, b) in _pairs(left, right, ("output",), policy):
-            if not is_weights_file(Path(name)) or (a and b and a.sha256 == b.sha256):
-                continue
-            if a is None or b is None:
-                diffs.append(_presence(f"weights/{name}", a, b))
-                continue
-            paths = _paths(name, left, right)
-            if isinstance(paths, Difference):
-                diffs.append(paths.model_copy(update={"where": f"weights/{name}"}))
-                continue
-            named = (_named(paths[0], name, Path(tmp, "original")),
-                     _named(paths[1], name, Path(tmp, "rerun")))
-            diffs.extend(compare_weight_files(*named, policy, where=f"weights/{name}",
-                                              left_sha256=a.sha256, right_sha256=b.sha256))
+        for item in plan(left, right, policy):
+            if item.role == "weights":
+                found = _compare_weights_pair(item.pair, (left, right), policy, Path(tmp))
+                diffs.extend(_renamed(f"weights/{item.pair.name}", item.pair, found))
     return diffs
+
+
+def _compare_weights_pair(pair: Pair, sides: tuple[Evidence, Evidence], policy: Policy,
+                          tmp: Path) -> list[Difference]:
+    a, b, where = pair.left, pair.right, f"weights/{pair.name}"
+    if a is None or b is None:
+        return [_presence(where, a, b)]
+    if a.sha256 == b.sha256:
+        return []
+    paths = _paths(pair, *sides)
+    if isinstance(paths, Difference):
+        return [paths.model_copy(update={"where": where})]
+    named = (_named(paths[0], a.name, tmp / "original"), _named(paths[1], b.name, tmp / "rerun"))
+    found = compare_weight_files(*named, policy, where=where, left_sha256=a.sha256,
+                                 right_sha256=b.sha256)
+    return found or [Difference(
+        where=where, kind="bytes", within_tolerance=True,
+        stats={"informational": True, "left_size": a.size, "right_size": b.size},
+        comments=("the bytes differ but every tensor is bit-identical (the container's "
+                  "metadata differs, e.g. a torch zip's serialization id)",))]
+
+
+# -- what is compared, and how ---------------------------------------------------------
+
+
+Role = Literal["weights", "events", "log", "file"]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One output (or log) of either run, with the comparer that reads it."""
+
+    pair: Pair
+    role: Role
+    counted: bool  # False: its differences are information, never a verdict
+
+
+def plan(left: Evidence, right: Evidence, policy: Policy) -> list[Item]:
+    """Every compared artifact pair, paired by name (then by pattern), minus ignored ones."""
+    kinds: tuple[ArtifactKind, ...] = ("output",) if policy.compare_logs == "off" else (
+        "output", "log")
+    items = []
+    for pair in pair_outputs(*(_artifacts(e.record, kinds, policy) for e in (left, right))):
+        role = _role(pair, (left, right), policy)
+        items.append(Item(pair, role, role != "log" or policy.compare_logs == "strict"))
+    return items
+
+
+def _artifacts(record: RunRecord, kinds: tuple[ArtifactKind, ...],
+               policy: Policy) -> dict[str, ArtifactRef]:
+    return {a.name: a for a in record.artifacts if a.kind in kinds and not (
+        a.kind == "output" and (policy.is_ignored(a.name) or (
+            policy.compare_logs == "off" and policy.is_log_output(a.name))))}
+
+
+def _role(pair: Pair, sides: tuple[Evidence, Evidence], policy: Policy) -> Role:
+    refs = [r for r in (pair.left, pair.right) if r is not None]
+    if any(r.kind == "log" or policy.is_log_output(r.name) for r in refs):
+        return "log"
+    if is_event_file(pair.name):
+        return "events"
+    if not all(is_weights_file(Path(r.name)) for r in refs):
+        return "file"
+    found = [(side.files.get(r.name), r.name) for side, r in zip(
+        sides, (pair.left, pair.right), strict=True) if r is not None]
+    return "weights" if all(p is None or reads_as_weights(p, n) for p, n in found) else "file"
+
+
+def coverage(left: RunRecord, right: RunRecord, policy: Policy) -> OutputCoverage:
+    """Which outputs of the two runs a comparison under ``policy`` reads (see
+    ``OutputCoverage``), from the records alone."""
+    names = sorted({a.name for r in (left, right) for a in r.outputs()})
+    ignored = [n for n in names if policy.is_ignored(n)]
+    logs = [n for n in names if n not in ignored and policy.is_log_output(n)]
+    off = policy.compare_logs == "off"
+    return OutputCoverage(
+        compared=[n for n in names if n not in ignored and not (off and n in logs)],
+        ignored=ignored + (logs if off else []),
+        informational=[] if off or policy.compare_logs == "strict" else logs)
+
+
+def _renamed(where: str, pair: Pair, found: list[Difference]) -> list[Difference]:
+    """A renamed pair: one informational note when the contents match, else the first
+    difference says under which name the rerun wrote the file."""
+    if not pair.renamed:
+        return found
+    assert pair.right is not None
+    note = f"the rerun wrote it as {pair.right.name} (the name embeds a time or an id)"
+    if found and not all(d.stats.get("informational") for d in found):
+        return [found[0].with_comment(note), *found[1:]]
+    return [Difference(where=where, kind="renamed", left=pair.name, right=pair.right.name,
+                       within_tolerance=True, stats={"informational": True},
+                       comments=(f"{note}; the contents match", *(c for d in found
+                                                                   for c in d.comments)))]
 
 
 def _named(path: Path, name: str, folder: Path) -> Path:
@@ -98,20 +194,6 @@ def _named(path: Path, name: str, folder: Path) -> Path:
     link.unlink(missing_ok=True)
     link.symlink_to(path.resolve())
     return link
-
-
-def _pairs(left: Evidence, right: Evidence, kinds: tuple[ArtifactKind, ...],
-           policy: Policy) -> list[tuple[str, Pair]]:
-    """Artifacts of the given kinds from both runs, by name (sorted), minus ignored ones."""
-    mine = {a.name: a for a in left.record.artifacts if a.kind in kinds}
-    theirs = {a.name: a for a in right.record.artifacts if a.kind in kinds}
-    names = sorted(set(mine) | set(theirs))
-    return [(n, (mine.get(n), theirs.get(n))) for n in names
-            if not any(fnmatch.fnmatchcase(n, glob) for glob in policy.ignore_outputs)]
-
-
-def _kind(pair: Pair) -> ArtifactKind:
-    return next(a.kind for a in pair if a is not None)
 
 
 def _informational(diff: Difference) -> Difference:
@@ -129,29 +211,34 @@ def _describe(ref: ArtifactRef | None) -> str | None:
     return None if ref is None else f"sha256:{ref.sha256[:12]} ({ref.size} bytes)"
 
 
-def _paths(name: str, left: Evidence, right: Evidence) -> tuple[Path, Path] | Difference:
-    a, b = left.files.get(name), right.files.get(name)
+def _paths(pair: Pair, left: Evidence, right: Evidence) -> tuple[Path, Path] | Difference:
+    assert pair.left is not None and pair.right is not None
+    a, b = left.files.get(pair.left.name), right.files.get(pair.right.name)
     if a is None or b is None:
         side = "original" if a is None else "rerun"
-        return Difference(where=f"files/{name}", kind="error",
+        return Difference(where=f"files/{pair.name}", kind="error",
                           comments=(f"the {side}'s file is not available to compare",))
     return a, b
 
 
-def _compare_file(name: str, pair: Pair, sides: tuple[Evidence, Evidence],
-                  masks: list[re.Pattern[str]]) -> list[Difference]:
-    a, b = pair
+def _compare_item(item: Item, sides: tuple[Evidence, Evidence], masks: list[re.Pattern[str]],
+                  policy: Policy) -> list[Difference]:
+    a, b, where = item.pair.left, item.pair.right, f"files/{item.pair.name}"
     if a is None or b is None:
-        return [_presence(f"files/{name}", a, b)]
+        return [_presence(where, a, b)]
     if a.sha256 == b.sha256:
-        return []
-    paths = _paths(name, *sides)
+        return _renamed(where, item.pair, [])
+    paths = _paths(item.pair, *sides)
     if isinstance(paths, Difference):
         return [paths]
+    if item.role == "events":
+        return _renamed(where, item.pair, compare_event_files(*paths, policy, where))
     texts = _texts(*paths)
     if texts is None:
-        return [_bytes_difference(name, *paths)]
-    return _text_differences(name, texts, masks, informational=_kind(pair) == "log")
+        return _renamed(where, item.pair, [_bytes_difference(where, *paths)])
+    log = item.role == "log"
+    return _renamed(where, item.pair, _text_differences(
+        where, texts, masks, log=log, quiet_when_masked=log and not item.counted))
 
 
 # -- text ------------------------------------------------------------------------------
@@ -183,30 +270,45 @@ def _texts(left: Path, right: Path) -> tuple[str, str] | None:
     return texts[0], texts[1]
 
 
-def _masked(text: str, masks: list[re.Pattern[str]]) -> list[str]:
+def _masked(text: str, masks: list[re.Pattern[str]], *, log: bool) -> list[str]:
     lines = text.split("\n")  # not splitlines(): a changed line ending stays visible
+    if log:  # a progress bar redraws its line with \r: compare what a terminal shows
+        lines = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines]
     for mask in masks:
         lines = [mask.sub(MASK, line) for line in lines]
     return lines
 
 
-def _text_differences(name: str, texts: tuple[str, str], masks: list[re.Pattern[str]],
-                      *, informational: bool) -> list[Difference]:
-    left, right = (_masked(t, masks) for t in texts)
-    where = f"files/{name}"
+def _text_differences(where: str, texts: tuple[str, str], masks: list[re.Pattern[str]],
+                      *, log: bool, quiet_when_masked: bool) -> list[Difference]:
+    left, right = (_masked(t, masks, log=log) for t in texts)
     if left == right:
-        return [] if informational else [Difference(
+        return [] if quiet_when_masked else [Difference(
             where=where, kind="text", within_tolerance=True, stats={"masked_only": True},
-            comments=("the bytes differ only inside masked spans (times, durations, addresses)",))]
+            comments=("the bytes differ only inside masked spans (times, durations, addresses"
+                      + (", progress-bar redraws)" if log else ")"),))]
     hunks = [op for op in difflib.SequenceMatcher(None, left, right, autojunk=False).get_opcodes()
              if op[0] != "equal"]
     changed = sum(max(i2 - i1, j2 - j1) for _, i1, i2, j1, j2 in hunks)
     details = _line_details(where, hunks, left, right)
+    first = hunks[0][1] + 1
     stats: dict[str, Stat] = {"left_lines": len(left), "right_lines": len(right),
-                              "changed_lines": changed, "first_line": hunks[0][1] + 1}
+                              "changed_lines": changed, "first_line": first}
+    shown = details[0] if details else None
+    comments = [f"{changed} lines differ after masking, the first at line {first}"]
+    if shown is not None:
+        comments.append(f"first differing line (after masks): {_clip(shown.left)} → "
+                        f"{_clip(shown.right)}")
     return [Difference(where=where, kind="text", stats=stats, details=details,
-                       comments=(f"{changed} lines differ after masking, the first at line "
-                                 f"{hunks[0][1] + 1}",))]
+                       left=_clip(shown.left) if shown else None,
+                       right=_clip(shown.right) if shown else None, comments=tuple(comments))]
+
+
+def _clip(line: str | None, limit: int = 160) -> str:
+    if line is None:
+        return "(no line)"
+    text = repr(line)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _line_details(where: str, hunks: Sequence[tuple[str, int, int, int, int]],
@@ -227,10 +329,10 @@ def _line_details(where: str, hunks: Sequence[tuple[str, int, int, int, int]],
 # -- bytes -----------------------------------------------------------------------------
 
 
-def _bytes_difference(name: str, left: Path, right: Path) -> Difference:
+def _bytes_difference(where: str, left: Path, right: Path) -> Difference:
     sizes = left.stat().st_size, right.stat().st_size
     offset = first_differing_offset(left, right)
-    return Difference(where=f"files/{name}", kind="bytes", left=f"{sizes[0]} bytes",
+    return Difference(where=where, kind="bytes", left=f"{sizes[0]} bytes",
                       right=f"{sizes[1]} bytes",
                       stats={"left_size": sizes[0], "right_size": sizes[1], "first_offset": offset},
                       comments=(f"first differing byte at offset {offset}",))

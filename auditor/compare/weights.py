@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -48,9 +49,38 @@ SCAN_CHUNK = 1 << 20  # elements per equality-only chunk (one pass over memory)
 WORKERS = min(2, os.cpu_count() or 1)
 
 
+UNAMBIGUOUS_SUFFIXES: tuple[str, ...] = (".safetensors", ".npy", ".npz")
+_ZIP, _PICKLE = b"PK\x03\x04", b"\x80"
+
+
 def is_weights_file(path: Path) -> bool:
     """True for the file types this comparer reads (by suffix, any case)."""
     return path.suffix.lower() in WEIGHT_SUFFIXES
+
+
+def reads_as_weights(path: Path, name: str | None = None) -> bool:
+    """True when the file is for the weights comparer. ``.safetensors``/``.npy``/``.npz`` by
+    suffix alone (a corrupt one is an error, not bytes); ``.pt``/``.pth``/``.bin``/``.ckpt``
+    only when the content is a torch checkpoint (a zip holding ``data.pkl``, or a pickle),
+    so any other ``.bin`` is compared as bytes (``name``, the artifact name, gives the
+    suffix when ``path`` is a store blob). An empty or unreadable file is left to the
+    weights comparer, which names it (T24)."""
+    named = Path(name) if name else path  # a store blob is named by its digest
+    if not is_weights_file(named):
+        return False
+    if named.suffix.lower() in UNAMBIGUOUS_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+        if not magic:
+            return True
+        if magic == _ZIP:
+            with zipfile.ZipFile(path) as archive:
+                return any(n.endswith("data.pkl") for n in archive.namelist())
+        return magic[:1] == _PICKLE and magic[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    except (OSError, zipfile.BadZipFile):
+        return True  # a truncated zip: the weights comparer says so
 
 
 def compare_weight_files(
