@@ -52,7 +52,8 @@ def issue_certificate(
     """Seal, store, log and (optionally) write the certificate; store the result."""
     level = result.verdict.level
     if level == "could-not-verify":  # never certified: verify raises before it gets here
-        raise CouldNotVerify(f"run {original.identity.id} could not be verified")
+        why = result.verdict.notes[-1] if result.verdict.notes else "see the notes"
+        raise CouldNotVerify(f"run {original.identity.id} could not be verified: {why}")
     predicate = ReproductionPredicate(
         verdict=level,
         original_run=original.identity.id,

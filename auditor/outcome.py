@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from auditor.compare.difference import Difference
+from auditor.compare.pairing import OutputCoverage
 
 Level = Literal[
     "reproduced-bitwise", "reproduced-within-tolerance", "not-reproduced", "could-not-verify"
@@ -54,6 +55,12 @@ class Verdict(BaseModel):
     first_divergence: str | None = None  # e.g. "metrics/loss@step 0"
     summary: dict[str, int] = Field(default_factory=dict)  # compared/identical/within/beyond
     notes: list[str] = Field(default_factory=list)
+    # Which output files were compared, which the policy left out (ignore_outputs: never
+    # evidence, never a certificate subject) and which were compared as logs only.
+    outputs: OutputCoverage = Field(default_factory=OutputCoverage)
+    # Each way the policy accepted more than the default one (policy.loosenings), and log
+    # differences reported but not counted: every report shows these first.
+    loosenings: list[str] = Field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -69,6 +76,7 @@ class VerifyResult(BaseModel):
     original_run: str
     original_name: str
     rerun_run: str | None = None
+    rerun_name: str | None = None
     verdict: Verdict
     policy: dict[str, object] = Field(default_factory=dict)
     image: str | None = None

@@ -3,24 +3,38 @@
 Contract of ``decide(diffs, left, right, policy, notes)``:
 
 * Differences that count are every one except the environment comparer's (they explain,
-  they never fail) and informational ones (``stats["informational"]``: logs).
+  they never fail) and informational ones (``stats["informational"]``: logs under the
+  default ``compare_logs = "informational"``, renamed outputs whose contents match,
+  containers whose bytes differ around identical tensors or scalars).
 * level: no counted difference -> ``reproduced-bitwise``; all within tolerance ->
   ``reproduced-within-tolerance``; any beyond -> ``not-reproduced``. Under
   ``policy.bitwise`` a within-tolerance difference counts as beyond: bit identity demanded.
+  When every beyond-tolerance difference is one auditor could not read here
+  (``stats["cannot_compare"]``, e.g. an event file without the tensorboard package), the
+  level is ``could-not-verify`` and the notes say what to install: our gap is never a
+  verdict about the run.
 * first_divergence (not-reproduced only): the earliest step out of tolerance over all
   metrics (``metrics/loss@step 0``; ties by name), else the first beyond-tolerance
   difference in table order (weights, files, params, metrics without steps).
-* summary: compared_metrics and compared_files (keys and non-ignored outputs of either
+* summary: compared_metrics and compared_files (keys and compared outputs of either
   run), identical (of those, how many have no counted difference), within_tolerance and
   beyond_tolerance (counted differences), environment_changes, informational.
-* causes: for not-reproduced, ``rank_causes``; for within-tolerance the same list with
-  halved scores; none for bitwise.
+* outputs: ``files.coverage``: which outputs were compared, ignored, or logs only.
+* loosenings: ``policy.loosenings`` plus, when logs differed without counting, one line
+  naming the first differing log line.
+* causes: for not-reproduced, a rerun that exited otherwise than the original first (with
+  the last lines of its stderr), then ``rank_causes``; for within-tolerance the same list
+  with halved scores; none for bitwise.
 
 ``rank_causes`` scores each environment difference by the first row of ``SCORES`` whose
 group and item glob match it (higher is more likely; the table is the documentation),
-with one rule above the table: torch's initial seed differing while no seed was set
-means the run is unseeded (score 100). With no environment difference at all, the cause
-is nondeterminism the record does not explain.
+with rules above the table: torch's initial seed differing while no seed was set means
+the run is unseeded (score 100); auditor's own package is never a cause; a Python patch
+release scores 5; more than ``PACKAGE_ROWS`` package changes make one line ("97 installed
+packages differ from the lockfile; top: …"); a variable kept by name only at record time
+and absent from the rerun is a cause with its fix (``unreplayed_env``). When no cause
+scores at least ``UNEXPLAINED``, nondeterminism the record does not explain leads, naming
+the first divergence.
 """
 
 from __future__ import annotations
@@ -30,10 +44,10 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from auditor.compare import environment
+from auditor.compare import environment, files
 from auditor.compare.difference import Difference
 from auditor.outcome import Cause, Level, Verdict
-from auditor.policy import Policy
+from auditor.policy import Policy, loosenings
 from auditor.schema import RunRecord, canonical_json
 
 # (group, item glob, category, score, why it can change a result): the first match wins.
@@ -93,6 +107,36 @@ UNEXPLAINED = Cause(
                 "the record cannot see (an unseeded RNG, data order from the filesystem, "
                 "nondeterministic kernels).")
 WITHIN_TOLERANCE_WEIGHT = 0.5  # causes of differences inside tolerance matter less
+PATCH_SCORE = 5.0  # a Python patch release: below UNEXPLAINED, never leads
+PACKAGE_ROWS = 3  # more package changes than this become one line
+UNREPLAYED_SCORE = 60.0  # a setting-like variable the rerun did not get
+UNREPLAYED_ROWS = 3  # named one by one; the rest in one line
+OWN_PACKAGES = frozenset({"auditor"})
+# Words that make a variable name look like a training setting (TRAIN_LR, BATCH_SIZE).
+SETTING_WORDS = frozenset({
+    "LR", "LEARNING", "RATE", "EPOCH", "EPOCHS", "BATCH", "SEED", "STEP", "STEPS", "ITERS",
+    "DATA", "DATASET", "MODEL", "TRAIN", "TRAINING", "CONFIG", "CFG", "HIDDEN", "DROPOUT",
+    "WEIGHT", "DECAY", "MOMENTUM", "OPTIMIZER", "OPTIM", "SCHEDULER", "WARMUP", "SIZE",
+    "NUM", "LAYERS", "DIM", "ALPHA", "BETA", "GAMMA", "LAMBDA", "EPS", "TEMPERATURE",
+    "HPARAMS", "PARAMS", "EXPERIMENT", "EXP", "SHUFFLE", "SAMPLES", "CLASSES", "MAX", "MIN"})
+# Variables of the shell, desktop, CI and tools: set on every host, not training settings.
+HOST_VARIABLES = frozenset({
+    "PATH", "HOME", "PWD", "OLDPWD", "HOSTNAME", "HOST", "SHLVL", "_", "TERM", "USER",
+    "LOGNAME", "SHELL", "MAIL", "EDITOR", "VISUAL", "PAGER", "DISPLAY", "COLORTERM",
+    "LS_COLORS", "TMPDIR", "TMP", "TEMP", "MANPATH", "INFOPATH", "WINDOWID", "XAUTHORITY",
+    "SESSION_MANAGER", "STY", "TZDIR", "MOTD_SHOWN", "container", "CI", "JAVA_HOME",
+    "GOPATH", "GOROOT", "NODE_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"})
+NOISE_VARIABLES: tuple[str, ...] = (
+    "SSH_*", "XDG_*", "DBUS_*", "DESKTOP_*", "GNOME_*", "KDE_*", "GTK_*", "QT_*", "TERM_*",
+    "TMUX*", "LESS*", "HIST*", "PS[0-9]", "PROMPT*", "WAYLAND_*", "GPG_*", "SUDO_*",
+    "PIP_*", "VIRTUAL_ENV*", "CONDA_*", "MAMBA_*", "PYENV_*", "PYTEST_*", "COV_*",
+    "GITHUB_*", "RUNNER_*", "GITLAB_*", "CI_*", "BUILD_*", "JENKINS_*", "BUILDKITE*",
+    "TRAVIS*", "CIRCLE*", "DOCKER_*", "KUBERNETES_*", "LD_*", "VSCODE_*", "ITERM*",
+    "COMP_*", "_*", "*_PROXY", "*_proxy", "REQUESTS_CA_BUNDLE", "SSL_CERT_*",
+    "CURL_CA_BUNDLE", "NODE_*", "npm_*", "NVM_*", "CARGO_*", "RUSTUP_*", "GIT_*",
+    "LC_*", "LANG*", "EMACS*", "INSIDE_EMACS", "JPY_*", "JUPYTER_*", "KERNEL_*",
+    "MPLBACKEND", "ELECTRON_*", "CHROME_*", "APPDATA", "ALLUSERSPROFILE", "USERPROFILE",
+)
 
 
 def decide(diffs: dict[str, list[Difference]], left: RunRecord, right: RunRecord,
@@ -101,11 +145,31 @@ def decide(diffs: dict[str, list[Difference]], left: RunRecord, right: RunRecord
     counted = [d for name, found in diffs.items() if name != "environment"
                for d in found if not d.stats.get("informational")]
     beyond = [d for d in counted if not d.within_tolerance or policy.bitwise]
+    unreadable = [d for d in beyond if d.stats.get("cannot_compare")]
     level = _level(counted, beyond)
+    if unreadable and len(unreadable) == len(beyond):  # our gap, not the run's fault
+        level = "could-not-verify"
+        notes = [*notes, *(f"{d.where}: {'; '.join(d.comments)}" for d in unreadable)]
     return Verdict(level=level, differences=diffs, notes=list(notes),
-                   causes=_causes(level, diffs, left, right),
+                   causes=_causes(level, diffs, left, right, beyond),
                    first_divergence=first_divergence(diffs, beyond) if beyond else None,
-                   summary=_summary(diffs, counted, beyond, (left, right), policy))
+                   summary=_summary(diffs, counted, beyond, (left, right), policy),
+                   outputs=files.coverage(left, right, policy),
+                   loosenings=loosenings(policy) + _log_note(diffs, policy))
+
+
+def _log_note(diffs: dict[str, list[Difference]], policy: Policy) -> list[str]:
+    """The informational log differences, as the loosening they are (reported first)."""
+    logs = [d for found in diffs.values() for d in found
+            if d.stats.get("informational") and d.kind == "text"]
+    if not logs:
+        return []
+    first = logs[0]
+    line = f" line {first.stats['first_line']}" if "first_line" in first.stats else ""
+    shown = f": {first.left} → {first.right}" if first.left or first.right else ""
+    return [f"compare_logs = \"{policy.compare_logs}\": {len(logs)} log file(s) differ and "
+            f"were not counted; the first at {first.where}{line}{shown} "
+            "(compare_logs = \"strict\" counts them)"]
 
 
 def _level(counted: list[Difference], beyond: list[Difference]) -> Level:
@@ -115,17 +179,18 @@ def _level(counted: list[Difference], beyond: list[Difference]) -> Level:
 
 
 def _causes(level: Level, diffs: dict[str, list[Difference]], left: RunRecord,
-            right: RunRecord) -> list[Cause]:
-    if level == "reproduced-bitwise":
+            right: RunRecord, beyond: list[Difference]) -> list[Cause]:
+    if level in ("reproduced-bitwise", "could-not-verify"):
         return []
-    causes = rank_causes(diffs, left, right)
     crashed = [d for d in diffs.get("process", []) if d.where == "process/exit_code"]
+    causes = rank_causes(diffs, left, right, unexplained=not crashed,
+                         where=first_divergence(diffs, beyond) if beyond else None)
     if crashed:  # nothing else matters as much as a rerun that did not finish
         tail = "; ".join(crashed[0].comments) or "no stderr"
         causes.insert(0, Cause(category="process", what="exit_code", left=crashed[0].left,
                                right=crashed[0].right, score=200.0,
-                               explanation=f"The rerun exited with {crashed[0].right} "
-                                           f"({tail})."))
+                               explanation=f"The rerun exited with {crashed[0].right}; the "
+                                           f"last lines of its stderr: {tail}"))
     if level == "not-reproduced":
         return causes
     return [c.model_copy(update={"score": c.score * WITHIN_TOLERANCE_WEIGHT}) for c in causes]
@@ -150,8 +215,7 @@ def _summary(diffs: dict[str, list[Difference]], counted: list[Difference],
              beyond: list[Difference], runs: tuple[RunRecord, RunRecord],
              policy: Policy) -> dict[str, int]:
     keys = sorted(set(runs[0].metrics.final) | set(runs[1].metrics.final))
-    outputs = sorted({a.name for r in runs for a in r.outputs()
-                      if not any(fnmatch.fnmatchcase(a.name, g) for g in policy.ignore_outputs)})
+    outputs = files.coverage(*runs, policy).compared
     touched = {d.where for d in counted}
     identical = sum(1 for k in keys if f"metrics/{k}" not in touched) + sum(
         1 for n in outputs
@@ -172,34 +236,128 @@ def _under(where: str, item: str) -> bool:
 # -- causes ----------------------------------------------------------------------------
 
 
-def rank_causes(diffs: dict[str, list[Difference]], left: RunRecord,
-                right: RunRecord) -> list[Cause]:
-    """Environment differences as likely causes, most likely first (see ``SCORES``)."""
+def rank_causes(diffs: dict[str, list[Difference]], left: RunRecord, right: RunRecord, *,
+                unexplained: bool = True, where: str | None = None) -> list[Cause]:
+    """Environment differences as likely causes, most likely first (see ``SCORES``).
+
+    Package changes come as one line when there are more than ``PACKAGE_ROWS``; auditor's
+    own package is never a cause; a Python patch release scores below ``UNEXPLAINED``;
+    a variable set at record time that the rerun did not get (kept by name only) is a
+    named cause with its fix. When nothing left scores at least ``UNEXPLAINED`` (and
+    ``unexplained``), unexplained nondeterminism leads, naming ``where`` it starts."""
     env = diffs["environment"] if "environment" in diffs else environment.compare_records(
         left, right)
     best: dict[tuple[str, str], Cause] = {}
+    packages: list[Cause] = []
     for diff in env:
         cause = _cause(diff, left, right)
+        if cause is None:
+            continue
+        if cause.category == "packages" and diff.where.count("/") == 2:
+            packages.append(cause)
+            continue
         key = (cause.category, cause.what)
         if key not in best or cause.score > best[key].score:
             best[key] = cause
-    causes = sorted(best.values(), key=lambda c: (-c.score, c.category, c.what))
-    return causes or [UNEXPLAINED]
+    causes = [*best.values(), *_grouped_packages(packages, left), *unreplayed_env(left, right)]
+    causes.sort(key=lambda c: (-c.score, c.category, c.what))
+    if unexplained and not any(c.score >= UNEXPLAINED.score for c in causes):
+        causes.insert(0, _unexplained(where))
+    return causes
 
 
-def _cause(diff: Difference, left: RunRecord, right: RunRecord) -> Cause:
+def _unexplained(where: str | None) -> Cause:
+    if where is None:
+        return UNEXPLAINED
+    return UNEXPLAINED.model_copy(update={"explanation": (
+        f"Nothing recorded about the environment explains it; the first divergence is at "
+        f"{where}: look for nondeterminism the record cannot see there (an unseeded RNG, "
+        "data order from the filesystem, nondeterministic kernels, a time or an id written "
+        "into the output).")})
+
+
+def _grouped_packages(packages: list[Cause], left: RunRecord) -> list[Cause]:
+    if len(packages) <= PACKAGE_ROWS:
+        return packages
+    ranked = sorted(packages, key=lambda c: (-c.score, c.what))
+    top = ", ".join(f"{c.what} {c.left} → {c.right}" for c in ranked[:3])
+    top += f" and {len(ranked) - 3} more"
+    lock = left.environment.python.lock if left.environment.python else None
+    what = f"{len(packages)} packages"
+    if lock is not None and bool(lock.drift):
+        text = (f"{len(packages)} installed packages differ from the lockfile; top: {top}. "
+                "The run was recorded outside the environment its lockfile describes, and "
+                "the rerun installs the lockfile: record inside that environment.")
+    else:
+        text = (f"{len(packages)} installed packages differ between the original and the "
+                f"rerun; top: {top}.")
+    return [Cause(category="packages", what=what, left=None, right=None,
+                  score=ranked[0].score, explanation=text)]
+
+
+def unreplayed_env(left: RunRecord, right: RunRecord) -> list[Cause]:
+    """Variables set when the run was recorded, kept by name only (value redacted), that the
+    rerun therefore did not get; shell, desktop, CI and proxy variables are left out."""
+    absent = [name for name, value in sorted(left.environment.env_vars.items())
+              if value == environment.REDACTED and name not in right.environment.env_vars
+              and not _noise(name)]
+    ranked = sorted(absent, key=lambda n: (not _looks_like_setting(n), n))
+    causes = [_unreplayed(name) for name in ranked[:UNREPLAYED_ROWS]]
+    if len(ranked) > UNREPLAYED_ROWS:
+        rest = ranked[UNREPLAYED_ROWS:]
+        causes.append(Cause(
+            category="env", what=f"{len(rest)} more unreplayed variables",
+            score=UNREPLAYED_SCORE / 2,
+            explanation="Also set at record time and not replayed: " + ", ".join(rest[:20])
+                        + (", …" if len(rest) > 20 else "")))
+    return causes
+
+
+def _unreplayed(name: str) -> Cause:
+    score = UNREPLAYED_SCORE if _looks_like_setting(name) else UNREPLAYED_SCORE / 2
+    return Cause(category="env", what=name, left=environment.REDACTED, right="(not set)",
+                 score=score, explanation=(
+                     f"{name} was set when the run was recorded, but only its name was kept "
+                     "(the value is redacted), so the rerun ran without it: a script that "
+                     f"reads it trains differently. Fix: record with `audit record "
+                     f"--env-allow {name} -- …` so its value is kept and replayed, or let the "
+                     f"rerun take it from the host with the policy's pass_env = [\"{name}\"]."))
+
+
+def _noise(name: str) -> bool:
+    return name in HOST_VARIABLES or any(fnmatch.fnmatchcase(name, g) for g in NOISE_VARIABLES)
+
+
+def _looks_like_setting(name: str) -> bool:
+    words = set(name.upper().replace("-", "_").split("_"))
+    return bool(words & SETTING_WORDS)
+
+
+def _cause(diff: Difference, left: RunRecord, right: RunRecord) -> Cause | None:
     group, item = _group_item(diff)
+    if group == "packages" and item in OWN_PACKAGES:
+        return None  # auditor itself, present or not in the image, never changes a result
     if group == "seeds" and item == "torch_initial_seed" and _unseeded(left, right):
         return Cause(category="seed", what="unseeded", left=diff.left, right=diff.right,
                      score=UNSEEDED_SCORE,
                      explanation="The run is not seeded (or seeded from the clock): torch's "
                                  "initial seed differed between the runs, so results differ "
                                  "from the first step.")
+    if group == "python" and item == "version" and _patch_only(diff.left, diff.right):
+        return Cause(category="python", what="version", left=diff.left, right=diff.right,
+                     score=PATCH_SCORE,
+                     explanation="Only the Python patch release differs; patch releases do "
+                                 "not change numerical results.")
     category, score, why = _lookup(group, item)
     what = "PYTHONHASHSEED" if item == "pythonhashseed" else item or group
     return Cause(category=category, what=what, left=diff.left, right=diff.right, score=score,
                  explanation=why if item else f"The {group} section was recorded on one side "
                                                "only, so it cannot be compared.")
+
+
+def _patch_only(left: str | None, right: str | None) -> bool:
+    a, b = (str(v or "").strip("'\"").split(".") for v in (left, right))
+    return len(a) >= 2 and len(b) >= 2 and a[:2] == b[:2]
 
 
 def _group_item(diff: Difference) -> tuple[str, str]:

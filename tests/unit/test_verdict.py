@@ -135,8 +135,10 @@ def test_environment_differences_given_are_used() -> None:
 def test_no_environment_difference_gives_the_generic_cause() -> None:
     v = decide({"metrics": [metric("loss", 5, False)], "environment": []}, record(), record(),
                Policy())
-    assert v.causes == [UNEXPLAINED]
+    assert [(c.category, c.what, c.score) for c in v.causes] == [
+        (UNEXPLAINED.category, UNEXPLAINED.what, UNEXPLAINED.score)]
     assert "unseeded RNG" in v.causes[0].explanation
+    assert "first divergence is at metrics/loss@step 5" in v.causes[0].explanation
 
 
 def test_decide_over_compare_runs_end_to_end() -> None:

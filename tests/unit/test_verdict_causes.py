@@ -1,0 +1,102 @@
+"""Causes from the evidence (issue 9): a failed rerun leads with its stderr; differences that
+cannot change results never lead; a variable kept by name only is a named cause with its
+fix; 97 package changes are one line, not 97 (issue 10); our own gap is could-not-verify."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from auditor.compare import environment
+from auditor.compare.difference import Difference
+from auditor.policy import Policy
+from auditor.schema import Environment, LockRef
+from auditor.verdict import decide
+from tests.unit.test_verdict import PY, metric, record
+
+
+def with_env(packages: dict[str, str] | None = None, version: str = "3.11.7",
+             env_vars: dict[str, str] | None = None, drift: tuple[str, ...] = ()) -> Any:
+    lock = LockRef(artifact="lock/requirements.lock", sha256="b" * 64, origin="project",
+                   drift=drift)
+    py = PY.model_copy(update={"version": version, "packages": packages or dict(PY.packages),
+                               "lock": lock})
+    return record(environment=Environment(python=py, env_vars=env_vars or {}))
+
+
+def causes(left: Any, right: Any, diffs: dict[str, list[Difference]] | None = None) -> list[Any]:
+    found = {"metrics": [metric("loss", 0, False)], **(diffs or {})}
+    found["environment"] = environment.compare_records(left, right)
+    return decide(found, left, right, Policy()).causes
+
+
+def test_a_failed_rerun_leads_with_its_stderr() -> None:
+    crash = Difference(where="process/exit_code", kind="changed", left="0", right="1",
+                       comments=("File \"train.py\", line 40, in <module>",
+                                 "PermissionError: [Errno 13] Permission denied: 'model.pt'"))
+    found = causes(with_env(version="3.11.7"), with_env(version="3.11.2"), {"process": [crash]})
+    assert (found[0].category, found[0].what) == ("process", "exit_code")
+    assert "Permission denied: 'model.pt'" in found[0].explanation
+    assert all(c.what != "unexplained" for c in found)  # the crash explains it
+
+
+def test_auditor_absent_from_the_image_is_never_a_cause() -> None:
+    left = with_env(packages={**PY.packages, "auditor": "0.1.0"})
+    found = causes(left, with_env())
+    assert all(c.what != "auditor" for c in found)
+    assert found[0].what == "unexplained"
+
+
+def test_a_python_patch_release_never_leads() -> None:
+    found = causes(with_env(version="3.11.7"), with_env(version="3.11.2"))
+    assert [c.what for c in found] == ["unexplained", "version"]
+    assert found[1].score < found[0].score
+    assert "first divergence is at metrics/loss@step 0" in found[0].explanation
+    minor = causes(with_env(version="3.11.7"), with_env(version="3.12.1"))
+    assert minor[0].what == "version"  # another minor version can change results
+
+
+def test_a_variable_kept_by_name_only_is_a_named_cause_with_the_fix() -> None:
+    left = with_env(env_vars={"TRAIN_LR": "[REDACTED]", "SSH_AUTH_SOCK": "[REDACTED]",
+                              "PIP_CERT": "[REDACTED]", "OMP_NUM_THREADS": "2"})
+    right = with_env(env_vars={"OMP_NUM_THREADS": "2"})
+    found = causes(left, right)
+    assert (found[0].category, found[0].what, found[0].right) == ("env", "TRAIN_LR", "(not set)")
+    assert "--env-allow TRAIN_LR" in found[0].explanation
+    assert 'pass_env = ["TRAIN_LR"]' in found[0].explanation
+    assert all(c.what not in ("SSH_AUTH_SOCK", "PIP_CERT") for c in found)
+
+
+def test_a_passed_variable_is_not_a_cause() -> None:
+    left = with_env(env_vars={"TRAIN_LR": "[REDACTED]"})
+    right = with_env(env_vars={"TRAIN_LR": "[REDACTED]"})  # pass_env gave it to the rerun
+    assert all(c.what != "TRAIN_LR" for c in causes(left, right))
+
+
+def test_a_run_recorded_outside_its_lockfile_gives_one_package_line() -> None:
+    installed = {f"pkg{i:02d}": "1.0" for i in range(95)} | {"numpy": "2.4.6", "torch": "2.12.0"}
+    locked = {f"pkg{i:02d}": "2.0" for i in range(95)} | {"numpy": "2.2.6", "torch": "2.13.0"}
+    left = with_env(packages=installed, drift=("numpy", "torch"))
+    found = causes(left, with_env(packages=locked))
+    rows = [c for c in found if c.category == "packages"]
+    assert len(rows) == 1
+    assert rows[0].what == "97 packages"
+    assert rows[0].explanation.startswith(
+        "97 installed packages differ from the lockfile; top: numpy 2.4.6 → 2.2.6, "
+        "torch 2.12.0 → 2.13.0, pkg00 1.0 → 2.0 and 94 more. The run was recorded outside")
+
+
+def test_a_few_package_changes_stay_one_row_each() -> None:
+    found = causes(with_env(), with_env(packages={**PY.packages, "numpy": "2.0.0"}))
+    assert [(c.what, c.left, c.right) for c in found if c.category == "packages"] == [
+        ("numpy", "1.26.4", "2.0.0")]
+
+
+def test_an_unreadable_event_file_is_could_not_verify_never_not_reproduced() -> None:
+    gap = Difference(where="files/runs/events.out.tfevents.1.h.1.0", kind="error",
+                     stats={"cannot_compare": True}, comments=("install tensorboard",))
+    v = decide({"files": [gap]}, record(), record(), Policy())
+    assert v.level == "could-not-verify" and v.exit_code == 3
+    assert v.notes == ["files/runs/events.out.tfevents.1.h.1.0: install tensorboard"]
+    real = decide({"files": [gap], "metrics": [metric("loss", 2, False)]}, record(), record(),
+                  Policy())
+    assert real.level == "not-reproduced"  # a real divergence is still one
