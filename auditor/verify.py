@@ -92,6 +92,7 @@ def verify(
         original_run=original.identity.id,
         original_name=original.identity.name,
         rerun_run=rerun.identity.id,
+        rerun_name=rerun.identity.name,
         verdict=verdict,
         policy=policy.model_dump(mode="json"),
         image=built.image_id,

@@ -13,6 +13,10 @@ Contract:
 - Links to the original and rerun runs are kept only for http(s), file or relative
   URLs (never ``javascript:``).
 - Python computes and orders every value; the template only loops and prints.
+- Order: the verdict banner, then the policy loosenings (``verdict.loosenings``) when
+  there are any, the runs by name and id, the counts, the likely causes (the first
+  ``MAX_CAUSES``), the metric curves and tensor chart, and only then the long tables
+  (differences by comparer, many package changes folded into one row; details; notes).
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ from auditor import __version__
 from auditor.compare.difference import Difference
 from auditor.outcome import Cause, VerifyResult
 from auditor.report import plots
+from auditor.report.grouping import grouped
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"  # shipped in the wheel
 TEMPLATE_NAME = "report.html.j2"
 MAX_METRIC_PLOTS = 12
 MAX_ROWS_PER_TABLE = 200
+MAX_CAUSES = 8  # the rest are counted: the curves come before long tables
 MAX_CELL = 300
 SAFE_SCHEMES = frozenset({"", "http", "https", "file"})
 
@@ -74,10 +80,12 @@ def report_context(result: VerifyResult, original_url: str | None,
         "title": f"auditor: {result.original_name} ({result.original_run})",
         "level": verdict.level, "level_class": css, "headline": headline,
         "exit_code": verdict.exit_code, "first_divergence": verdict.first_divergence,
+        "loosenings": list(verdict.loosenings),
         "runs": _runs(result, original_url, rerun_url), "facts": _facts(result),
         "summary": [(k, v) for k, v in verdict.summary.items()],
         "timings": [(stage, f"{sec:.1f} s") for stage, sec in result.seconds.items()],
-        "causes": [_cause_row(c) for c in verdict.causes],
+        "causes": [_cause_row(c) for c in verdict.causes[:MAX_CAUSES]],
+        "more_causes": max(0, len(verdict.causes) - MAX_CAUSES),
         "metric_plots": metric_plots, "tensor_svg": tensor_svg, "tensor_prefix": tensor_prefix,
         "tables": _tables(verdict.differences),
         "notes": [*verdict.notes, *plot_notes, *tensor_notes],
@@ -87,9 +95,10 @@ def report_context(result: VerifyResult, original_url: str | None,
 
 def _runs(result: VerifyResult, original_url: str | None,
           rerun_url: str | None) -> list[dict[str, str | None]]:
-    rows = [{"role": "original", "id": result.original_run, "url": safe_url(original_url)}]
-    rows.append({"role": "rerun", "id": result.rerun_run or "(none)",
-                 "url": safe_url(rerun_url) if result.rerun_run else None})
+    rows = [{"role": "original", "name": result.original_name, "id": result.original_run,
+             "url": safe_url(original_url)}]
+    rows.append({"role": "rerun", "name": result.rerun_name or "", "id": result.rerun_run or
+                 "(none)", "url": safe_url(rerun_url) if result.rerun_run else None})
     return rows
 
 
@@ -235,7 +244,8 @@ def _flatten(diffs: Sequence[Difference], depth: int = 0) -> Iterator[tuple[int,
 
 def _tables(differences: dict[str, list[Difference]]) -> list[dict[str, Any]]:
     tables = []
-    for comparer, diffs in differences.items():
+    for comparer, found in differences.items():
+        diffs = grouped(found)
         ordered = sorted(diffs, key=lambda d: d.within_tolerance)  # beyond tolerance first
         rows = [_diff_row(depth, d) for depth, d in _flatten(ordered)]
         beyond = sum(not d.within_tolerance for d in diffs)

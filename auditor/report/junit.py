@@ -3,13 +3,16 @@
 Contract (the Jenkins ``junit-10.xsd`` dialect every CI reads):
 
 - ``<testsuites>`` holds one ``<testsuite>`` per verified run, named
-  ``"<run name> (<run id>)"``, with ``<properties>`` for both run ids, the verdict, the
-  first divergence and the certificate.
+  ``"<run name> (<run id>)"``, with ``<properties>``: first one ``policy_loosening`` per
+  way the policy loosened the comparison (``verdict.loosenings``), then both run ids, the
+  verdict, the first divergence and the certificate. The verdict testcase's text starts
+  with the same loosenings.
 - Each suite has a testcase ``verdict`` that fails for ``not-reproduced`` and errors for
   ``could-not-verify``; one testcase per difference a comparer reported (failing when
   beyond tolerance, passing when within); and one passing testcase per comparer for what
-  it found identical. So failures per suite = 1 + differences beyond tolerance when the
-  verdict failed, and 0 when it reproduced.
+  it found identical; many package changes are one testcase (``grouping.grouped``). So
+  failures per suite = 1 + differences beyond tolerance when the verdict failed, and 0
+  when it reproduced.
 - ``tests``/``failures``/``errors``/``skipped``/``time`` are filled on every suite and
   summed on the root. Text goes through ElementTree (escaped); characters XML 1.0
   forbids (NUL, most control characters) are replaced with ``?`` first.
@@ -23,6 +26,7 @@ from xml.etree import ElementTree as ET
 
 from auditor.compare.difference import Difference
 from auditor.outcome import VerifyResult
+from auditor.report.grouping import grouped
 
 _XML_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 MAX_TEXT = 4000
@@ -64,6 +68,8 @@ def testsuite(result: VerifyResult) -> ET.Element:
 
 def _properties(result: VerifyResult) -> ET.Element:
     props = ET.Element("properties")
+    for line in result.verdict.loosenings:
+        ET.SubElement(props, "property", name="policy_loosening", value=xml_text(line))
     values = {"original_run": result.original_run, "rerun_run": result.rerun_run,
               "verdict": result.verdict.level,
               "first_divergence": result.verdict.first_divergence,
@@ -89,13 +95,19 @@ def _verdict_case(result: VerifyResult) -> ET.Element:
         failure = ET.SubElement(case, "failure", type="not-reproduced",
                                 message=xml_text(f"not reproduced: first divergence at "
                                                  f"{where}{cause}"))
-        failure.text = xml_text("\n".join(_cause_lines(result)))
+        failure.text = xml_text("\n".join([*_loosened(result), *_cause_lines(result)]))
     elif verdict.level == "could-not-verify":
-        message = verdict.notes[0] if verdict.notes else "the environment could not be rebuilt"
-        ET.SubElement(case, "error", type="could-not-verify", message=xml_text(message))
+        message = verdict.notes[-1] if verdict.notes else "the environment could not be rebuilt"
+        error = ET.SubElement(case, "error", type="could-not-verify", message=xml_text(message))
+        error.text = xml_text("\n".join(_loosened(result))) or None
     else:
-        _system_out(case, f"{verdict.level}: {_summary_text(result)}")
+        _system_out(case, "\n".join([*_loosened(result),
+                                     f"{verdict.level}: {_summary_text(result)}"]))
     return case
+
+
+def _loosened(result: VerifyResult) -> list[str]:
+    return [f"policy loosened: {line}" for line in result.verdict.loosenings]
 
 
 def _cause_lines(result: VerifyResult) -> Iterator[str]:
@@ -111,7 +123,7 @@ def _summary_text(result: VerifyResult) -> str:
 def _comparer_cases(result: VerifyResult) -> Iterator[ET.Element]:
     for comparer, diffs in result.verdict.differences.items():
         classname = f"auditor.{comparer}"
-        for diff in diffs:
+        for diff in grouped(diffs):
             yield _difference_case(classname, diff)
         identical = _case(classname, f"{comparer}: identical")
         _system_out(identical, f"everything else {comparer} compared was identical")

@@ -2,9 +2,11 @@
 
 Contract:
 
-- ``render_markdown(results)`` returns a heading, one line of counts per verdict, and a
-  table (run, name, verdict, first divergence, top cause) with the failures first, then
-  the likely causes of the first failures while room remains.
+- ``render_markdown(results)`` returns a heading, one line of counts per verdict, then
+  first of all every policy loosening of each result (``verdict.loosenings``: ignored
+  outputs, wider tolerances, logs not counted), then a table (run, name, verdict, first
+  divergence, top cause) with the failures first, then the likely causes of the first
+  failures while room remains.
 - Every cell is escaped: ``|`` cannot split a cell, newlines cannot end a row, and
   Markdown/HTML punctuation (``* _ [ ] < > ` $ @ ~ & # !``) is backslash-escaped so a
   run name cannot format, link, mention, inject HTML or start math. Cells are cut to
@@ -20,10 +22,12 @@ import re
 from collections.abc import Sequence
 
 from auditor.outcome import LEVEL_RANK, Cause, VerifyResult
+from auditor.report.grouping import cause_line
 
 DEFAULT_LIMIT = 900 * 1024
 MAX_CELL = 160
 MAX_CAUSE_SECTIONS = 20
+MAX_LOOSENINGS = 50
 HEADER = ("run", "name", "verdict", "first divergence", "top cause")
 VERDICT_TEXT = {
     "reproduced-bitwise": "✅ reproduced (bitwise)",
@@ -86,7 +90,19 @@ def _heading(results: Sequence[VerifyResult]) -> list[str]:
         counts[result.verdict.level] += 1
     tally = " · ".join(f"{VERDICT_TEXT[level]}: {n}" for level, n in counts.items() if n)
     return [f"## auditor: {len(results)} run{'s' if len(results) != 1 else ''} verified", "",
-            tally or "nothing verified", "", _row(HEADER), _row(("---",) * len(HEADER))]
+            tally or "nothing verified", "", *_loosenings(results), _row(HEADER),
+            _row(("---",) * len(HEADER))]
+
+
+def _loosenings(results: Sequence[VerifyResult]) -> list[str]:
+    """The policy loosenings of every result, before anything else is shown."""
+    lines = [f"> ⚠️ **Policy loosened** for {escape_cell(r.original_name)} "
+             f"(`{r.original_run}`): {escape_cell(line, 400)}"
+             for r in results for line in r.verdict.loosenings]
+    return [*(f"{line}  " for line in lines[:MAX_LOOSENINGS]),
+            *([f"> … and {len(lines) - MAX_LOOSENINGS} more"]
+              if len(lines) > MAX_LOOSENINGS else []),
+            *([""] if lines else [])]
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -96,8 +112,7 @@ def _row(cells: Sequence[str]) -> str:
 def table_row(result: VerifyResult) -> str:
     """One summary row; every cell escaped."""
     verdict = result.verdict
-    top = verdict.causes[0] if verdict.causes else None
-    cause = f"{top.what} ({top.category}): {top.left} → {top.right}" if top else ""
+    cause = cause_line(verdict.causes[0]) if verdict.causes else ""
     return _row((f"`{result.original_run}`", escape_cell(result.original_name),
                  VERDICT_TEXT[verdict.level], escape_cell(verdict.first_divergence or ""),
                  escape_cell(cause)))
@@ -115,9 +130,12 @@ def _add_causes(budget: _Budget, ordered: Sequence[VerifyResult]) -> None:
 
 
 def _cause_text(cause: Cause) -> str:
-    change = f": {cause.left} → {cause.right}" if (cause.left, cause.right) != (None, None) else ""
     why = f" — {cause.explanation}" if cause.explanation else ""
-    return f"{cause.what} ({cause.category}){change}{why}"
+    return f"{cause.what} ({cause.category}){_sides(cause)}{why}"
+
+
+def _sides(cause: Cause) -> str:
+    return f": {cause.left} → {cause.right}" if (cause.left, cause.right) != (None, None) else ""
 
 
 def truncation_note(hidden: int, total: int) -> str:

@@ -2,8 +2,10 @@
 
 Contract:
 
-- ``print_result(result)`` prints one compact table: verdict (coloured by level) and exit
-  code, both runs, compared counts, the first divergence, the top three likely causes,
+- ``print_result(result)`` prints one compact table: first each way the policy loosened
+  the comparison (``verdict.loosenings``: ignored outputs, wider tolerances, logs not
+  counted), then the verdict (coloured by level) and exit code, both runs (id and name),
+  compared counts, the first divergence, the top three likely causes,
   the certificate and the time per stage. ``print_summary(results)`` prints one row per
   verification (``audit verify --all``).
 - Output goes through ``auditor.render.console``: no ANSI escapes when stdout is not a
@@ -22,6 +24,7 @@ from rich.text import Text
 
 from auditor.outcome import Cause, VerifyResult
 from auditor.render import console
+from auditor.report.grouping import cause_line
 
 LEVEL_STYLE = {"reproduced-bitwise": "bold green", "reproduced-within-tolerance": "bold cyan",
                "not-reproduced": "bold red", "could-not-verify": "bold yellow"}
@@ -42,10 +45,13 @@ def print_result(result: VerifyResult, *, out: Console | None = None) -> None:
 def result_rows(result: VerifyResult) -> list[tuple[str, Text]]:
     """(label, value) rows of the summary; values are plain ``Text``."""
     verdict = result.verdict
-    rows = [("verdict", verdict_text(result)),
-            ("original", Text(f"{result.original_run}  {result.original_name}")),
-            ("rerun", Text(result.rerun_run or "(none)")),
-            ("compared", Text(counts_text(verdict.summary)))]
+    rows = [("policy loosened" if i == 0 else "", Text(line, style="yellow"))
+            for i, line in enumerate(verdict.loosenings)]
+    rows += [("verdict", verdict_text(result)),
+             ("original", Text(f"{result.original_run}  {result.original_name}")),
+             ("rerun", Text(f"{result.rerun_run}  {result.rerun_name or ''}".rstrip()
+                            if result.rerun_run else "(none)")),
+             ("compared", Text(counts_text(verdict.summary)))]
     if verdict.first_divergence:
         rows.append(("first divergence", Text(verdict.first_divergence)))
     for index, cause in enumerate(verdict.causes[:TOP_CAUSES], 1):
@@ -69,9 +75,8 @@ def counts_text(summary: dict[str, int]) -> str:
 
 
 def cause_text(cause: Cause) -> str:
-    """``PYTHONHASHSEED (seed): 0 → random``."""
-    change = f": {cause.left} → {cause.right}" if (cause.left, cause.right) != (None, None) else ""
-    return f"{cause.what} ({cause.category}){change}"
+    """``PYTHONHASHSEED (seed): 0 → random`` (``grouping.cause_line``)."""
+    return cause_line(cause)
 
 
 def print_summary(results: Sequence[VerifyResult], *, out: Console | None = None) -> None:
