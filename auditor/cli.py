@@ -189,6 +189,12 @@ json_option = click.option(
     is_flag=True,
     help="Warn, instead of failing with exit 2, when a metrics line is not JSON.",
 )
+@click.option(
+    "--allow-outside-tree",
+    is_flag=True,
+    help="Accept --input/--output paths outside the project tree (refused by default; "
+    "the record lists them).",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
 def record(c: Ctx, command: tuple[str, ...], **opts: Any) -> None:
@@ -209,9 +215,21 @@ def record(c: Ctx, command: tuple[str, ...], **opts: Any) -> None:
             tags=list(opts["tags"]),
             env_allow=list(opts["env_allow"]),
             code_dir=opts["code_dir"],
+            allow_outside_tree=opts["allow_outside_tree"],
         ),
     )
     ident = result.record.identity
+    if result.failures:
+        from auditor.errors import StoreError
+
+        raise StoreError(
+            f"run {ident.id} was stored without {len(result.failures)} artifact(s): "
+            f"{result.failures[0]}"
+            + (f" (and {len(result.failures) - 1} more)" if len(result.failures) > 1 else "")
+            + f"; the command exited {ident.exit_code}"
+            + (f"; its logs are kept in {result.rescued}" if result.rescued else ""),
+            hint="make the store writable; `audit show` lists what is missing",
+        )
     if result.malformed_metrics and not opts["lenient_metrics"] and result.exit_code == 0:
         from auditor.errors import InputError
 

@@ -60,6 +60,16 @@ def _section(out: Console, title: str, rows: Sequence[tuple[str, object]]) -> No
             out.print(f"  {key:<22} {value}")
 
 
+def _untracked_rows(rec: RunRecord) -> list[tuple[str, object]]:
+    """Each untracked file captured as source, with its size."""
+    assert rec.code is not None
+    rows: list[tuple[str, object]] = []
+    for name in rec.code.untracked_artifacts:
+        ref = rec.artifact(name)
+        rows.append((name.removeprefix("code/untracked/"), f"{ref.size} B" if ref else "?"))
+    return rows
+
+
 def print_record(rec: RunRecord) -> None:
     """The ``audit show`` view: each section a few lines, full detail in ``--json``."""
     out = console()
@@ -77,7 +87,15 @@ def print_record(rec: RunRecord) -> None:
             ("tags", ", ".join(ident.tags)),
         ],
     )
-    _section(out, "command", [("argv", " ".join(rec.command.argv)), ("cwd", rec.command.cwd)])
+    _section(
+        out,
+        "command",
+        [
+            ("argv", " ".join(rec.command.argv)),
+            ("cwd", rec.command.cwd),
+            ("outside the tree", "; ".join(rec.command.outside_tree)),
+        ],
+    )
     if rec.code:
         c = rec.code
         _section(
@@ -91,8 +109,10 @@ def print_record(rec: RunRecord) -> None:
                 ("dirty", c.dirty),
                 ("untracked files", len(c.untracked_artifacts)),
                 ("tree sha256", c.tree_sha256),
+                ("left out", ", ".join(c.excluded)),
             ],
         )
+        _section(out, "untracked files (stored as code)", _untracked_rows(rec))
     _section(out, "params", sorted(rec.params.items()))
     s = rec.seeds
     _section(
@@ -157,7 +177,14 @@ def print_record(rec: RunRecord) -> None:
             ],
         )
     _section(
-        out, "data", [(d.path, f"{d.kind} {d.size} B sha256 {d.sha256[:16]}…") for d in rec.data]
+        out,
+        "data",
+        [
+            (d.path, f"{d.kind} {d.size} B sha256 {d.sha256[:16]}…"
+             + (" (untracked in the repository: fingerprinted as data)"
+                if d.origin == "untracked" else ""))
+            for d in rec.data
+        ],
     )
     _section(out, "metrics (final)", [(k, fmt_float(v)) for k, v in rec.metrics.final.items()])
     _section(

@@ -80,6 +80,8 @@ class Command(Model):
     entry_point: str | None = None
     mode: Literal["wrap", "api"] = "wrap"
     metrics_regex: str | None = None  # replayed on the rerun's stdout
+    # --input/--output paths outside the project tree, let in by --allow-outside-tree
+    outside_tree: tuple[str, ...] = ()
 
 
 class Code(Model):
@@ -96,7 +98,7 @@ class Code(Model):
     untracked_artifacts: tuple[str, ...] = ()  # artifact names "code/<relative path>"
     tree_sha256: str  # Merkle hash of the captured tree (path + content of every file)
     files: int = 0
-    excluded: tuple[str, ...] = ()  # paths deliberately left out (the store itself)
+    excluded: tuple[str, ...] = ()  # paths deliberately left out (the store, our own logs)
 
 
 class Seeds(Model):
@@ -207,6 +209,9 @@ class DataInput(Model):
     size: int
     sha256: str  # file digest, or Merkle root for a directory
     files: int = 1
+    # "untracked": a large binary file found untracked in the repository (weights, data),
+    # fingerprinted as data instead of stored as source; the rerun gets it verified.
+    origin: Literal["declared", "untracked"] = "declared"
 
 
 class ArtifactRef(Model):

@@ -5,7 +5,8 @@ backslash and no NUL (``validate_artifact_name``), so no name can escape the sto
 restore directory. Symlinks are never followed: a link among outputs is skipped and
 reported. When no output is declared, the working directory is snapshotted (size and
 mtime) before the run and the new or changed files are stored afterwards, within a size
-limit, never the store itself.
+limit, never the store itself, and never a file auditor's own stdout/stderr is written
+into (a shell redirect or ``| tee``: see ``capture.streams``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from auditor.errors import InputError
-from auditor.record.capture.data import SKIP_DIRS, walk_files
+from auditor.errors import InputError, StoreError
+from auditor.record.capture.data import SKIP_DIRS, special_kind, walk_files
+from auditor.record.capture.streams import OwnLogs
 from auditor.schema import ArtifactKind, ArtifactRef
 from auditor.store.blobs import BlobStore
 
@@ -81,12 +83,18 @@ class Snapshot:
     def _walk(self) -> list[str]:
         return walk_files(self.root, self._skip)[:MAX_SNAPSHOT_FILES]
 
-    def changed(self) -> list[str]:
-        """Files created or modified since the snapshot (regular files only)."""
+    def changed(self, own_logs: OwnLogs | None = None,
+                notes: dict[str, str] | None = None) -> list[str]:
+        """Files created or modified since the snapshot (regular files only), minus our
+        own log files (each named in ``notes``)."""
         out = []
         for rel in self._walk():
             path = self.root / rel
             if path.is_symlink() or not path.is_file():
+                continue
+            if own_logs and (how := own_logs.how(path)):
+                if notes is not None:
+                    notes[f"outputs.skipped.{rel}"] = f"{how}: neither source nor output"
                 continue
             st = path.stat()
             if self.files.get(rel) != (st.st_size, st.st_mtime_ns):
@@ -103,24 +111,43 @@ def _rel(path: Path, root: Path) -> str | None:
 
 
 def collect(
-    blobs: BlobStore, declared: list[Path], snapshot: Snapshot | None, cwd: Path, max_bytes: int
+    blobs: BlobStore,
+    declared: list[Path],
+    snapshot: Snapshot | None,
+    cwd: Path,
+    max_bytes: int,
+    *,
+    own_logs: OwnLogs | None = None,
+    notes: dict[str, str] | None = None,
+    failures: list[str] | None = None,
 ) -> tuple[list[ArtifactRef], list[str]]:
-    """Store the run's outputs; returns (artifacts, warnings)."""
+    """Store the run's outputs; returns (artifacts, warnings).
+
+    Our own log files are skipped (named in ``notes``). With ``failures`` given, an output
+    the store cannot take is named there and the others are still stored."""
     refs: list[ArtifactRef] = []
     warnings: list[str] = []
     pairs = (
         _declared_files(declared, cwd, warnings)
         if declared
-        else [(cwd / rel, rel) for rel in (snapshot.changed() if snapshot else [])]
+        else [(cwd / rel, rel) for rel in (snapshot.changed(own_logs, notes) if snapshot else [])]
     )
     for path, rel in pairs:
+        if declared and own_logs and (how := own_logs.how(path)):
+            warnings.append(f"output {rel}: {how}; not stored as an output")
+            continue
         size = path.stat().st_size
         if size > max_bytes:
             warnings.append(
                 f"output {rel} ({size} bytes) is over the {max_bytes}-byte limit; not stored"
             )
             continue
-        refs.append(store_artifact(blobs, path, f"outputs/{rel}"))
+        try:
+            refs.append(store_artifact(blobs, path, f"outputs/{rel}"))
+        except StoreError as exc:
+            if failures is None:
+                raise
+            failures.append(f"outputs/{rel}: {exc}")
     return refs, warnings
 
 
@@ -135,10 +162,12 @@ def _declared_files(declared: list[Path], cwd: Path, warnings: list[str]) -> lis
             pairs += [
                 (path / rel, f"{base}/{rel}")
                 for rel in walk_files(path)
-                if not (path / rel).is_symlink()
+                if not (path / rel).is_symlink() and (path / rel).is_file()
             ]
         elif path.is_file():
             pairs.append((path, base))
+        elif path.exists() and (kind := special_kind(path)):
+            warnings.append(f"declared output {item} is not a regular file: {kind}; not stored")
         else:
             warnings.append(f"declared output {item} was not created by the run")
     return pairs

@@ -23,11 +23,11 @@ from auditor.record.capture import git as git_capture
 from auditor.record.capture import python_env
 from auditor.record.capture.gpu import capture_gpus
 from auditor.record.capture.secrets import redact_argv, redact_env
+from auditor.record.capture.streams import OwnLogs
 from auditor.record.capture.system import capture_system
 from auditor.schema import (
     Accelerators,
     ArtifactRef,
-    Code,
     Command,
     DataInput,
     Environment,
@@ -60,16 +60,55 @@ class Plan:
     env_allow: Sequence[str] = ()
     params: Mapping[str, object] = field(default_factory=dict)
     metrics_regex: str | None = None
+    own_logs: OwnLogs = field(default_factory=OwnLogs)  # files our stdout/stderr go into
+    outputs: Sequence[Path] = ()  # declared outputs (only checked here)
+    allow_outside_tree: bool = False
+
+
+def project_tree(cwd: Path, code_dir: Path | None = None) -> Path:
+    """The project tree: the git work tree around ``cwd``, else the code directory."""
+    root = repo_root(cwd) if code_dir is None else None
+    return (root or code_dir or cwd).resolve()
+
+
+def outside_tree(plan: Plan) -> tuple[str, ...]:
+    """Declared inputs and outputs outside the project tree (symlinks resolved, so a link
+    cannot lead out of it); InputError unless ``plan.allow_outside_tree``."""
+    tree = project_tree(plan.cwd, plan.code_dir)
+    found = []
+    for flag, items in (("--input", plan.inputs), ("--output", plan.outputs)):
+        for item in items:
+            path = (item if item.is_absolute() else plan.cwd / item).resolve()
+            if path.is_relative_to(tree):
+                continue
+            if not plan.allow_outside_tree:
+                raise InputError(
+                    f"{flag} {item}: {path} is outside the project tree {tree}",
+                    hint="pass --allow-outside-tree to record it anyway (the record says so)",
+                )
+            found.append(f"{flag} {path}")
+    return tuple(found)
 
 
 def begin(store: SqlStore, plan: Plan, store_dir: Path) -> RunRecord:
     """Capture the pre-training state and store the run as ``running``."""
+    return begin_capture(store, plan, store_dir)[0]
+
+
+def begin_capture(
+    store: SqlStore, plan: Plan, store_dir: Path
+) -> tuple[RunRecord, git_capture.CodeCapture]:
+    """``begin``, also returning the code capture (``wrap`` drops, after the run, the
+    untracked files the run changed: see ``git.without_changed``)."""
     artifacts: list[ArtifactRef] = []
     not_captured: dict[str, str] = {}
     root = repo_root(plan.cwd)
-    code, code_artifacts = _code(root, plan, store, store_dir, not_captured)
+    outside = outside_tree(plan)
+    cap = _code(root, plan, store, store_dir, not_captured)
+    code, code_artifacts = cap.code, cap.artifacts
     artifacts += code_artifacts
-    inputs = _inputs(plan.inputs, root or plan.cwd)
+    inputs = _inputs(plan.inputs, root or plan.cwd, plan.cwd)
+    inputs += _untracked_data(cap, plan.inputs, plan.cwd)
     python, py_artifacts = _python(plan, store, _lock_dirs(plan.cwd, root), not_captured)
     artifacts += py_artifacts
     environment = Environment(
@@ -97,6 +136,7 @@ def begin(store: SqlStore, plan: Plan, store_dir: Path) -> RunRecord:
             entry_point=_entry_point(plan.argv),
             mode=plan.mode,
             metrics_regex=plan.metrics_regex,
+            outside_tree=outside,
         ),
         code=code,
         params=dict(plan.params),
@@ -107,7 +147,7 @@ def begin(store: SqlStore, plan: Plan, store_dir: Path) -> RunRecord:
         not_captured=not_captured,
     )
     store.put_record(record, pid=os.getpid())
-    return record
+    return record, cap
 
 
 def _without_own(env: Mapping[str, str]) -> dict[str, str]:
@@ -117,27 +157,42 @@ def _without_own(env: Mapping[str, str]) -> dict[str, str]:
 
 def _code(
     root: Path | None, plan: Plan, store: SqlStore, store_dir: Path, notes: dict[str, str]
-) -> tuple[Code | None, list[ArtifactRef]]:
+) -> git_capture.CodeCapture:
     if root is not None and plan.code_dir is None:
-        cap = git_capture.capture_git(root, store.blobs, store_dir)
+        cap = git_capture.capture_git(root, store.blobs, store_dir, plan.own_logs)
     else:
         folder = (plan.code_dir or plan.cwd).resolve()
         if not folder.is_dir():
             raise InputError(f"code directory {folder} does not exist")
-        cap = git_capture.capture_snapshot(folder, store.blobs, store_dir)
+        cap = git_capture.capture_snapshot(folder, store.blobs, store_dir, plan.own_logs)
         notes.setdefault(
             "code.git",
             "not a git repository: the code directory was "
             "snapshotted instead (commit it to git for a cheaper record)",
         )
-    return cap.code, cap.artifacts
+    notes.update(cap.notes)
+    return cap
 
 
-def _inputs(paths: Sequence[Path], root: Path) -> tuple[DataInput, ...]:
+def _untracked_data(
+    cap: git_capture.CodeCapture, declared: Sequence[Path], cwd: Path
+) -> tuple[DataInput, ...]:
+    """Large binary untracked files, unless a declared input already covers them."""
+    root = Path(cap.code.root).resolve()
+    covered = [(p if p.is_absolute() else cwd / p).resolve() for p in declared]
+    return tuple(
+        d for d in cap.data
+        if not any((root / d.path).resolve().is_relative_to(c) for c in covered)
+    )
+
+
+def _inputs(paths: Sequence[Path], root: Path, cwd: Path) -> tuple[DataInput, ...]:
+    """Declared inputs, named relative to the tree root when inside it (as reruns use them)."""
     found = []
     for path in paths:
-        display = _relpath(path.resolve(), root.resolve()) if path.is_absolute() else str(path)
-        found.append(data_capture.fingerprint(path, display=display))
+        full = path if path.is_absolute() else cwd / path
+        display = _relpath(full, root)
+        found.append(data_capture.fingerprint(full, display=display))
     return tuple(found)
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets as pyrandom
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from auditor.errors import InputError
+from auditor.errors import InputError, StoreError
 from auditor.record import outputs, session
 from auditor.record.capture import determinism as det
+from auditor.record.capture import git as git_capture
 from auditor.record.capture.secrets import redact_params, redact_text
+from auditor.record.capture.streams import OwnLogs, find_own_logs
 from auditor.record.outputs import DEFAULT_MAX_OUTPUT_BYTES
 from auditor.schema import ArtifactRef, MetricsSummary, RunRecord, Seeds
 from auditor.store import MetricPoint, SqlStore, store_dir_of
@@ -54,6 +57,7 @@ class WrapOptions:
     cwd: Path = field(default_factory=Path.cwd)
     env: Mapping[str, str] | None = None
     quiet: bool = False
+    allow_outside_tree: bool = False
 
 
 @dataclass
@@ -63,6 +67,8 @@ class WrapResult:
     record: RunRecord
     exit_code: int
     malformed_metrics: tuple[str, ...] = ()
+    failures: tuple[str, ...] = ()  # what the store could not take ("name: why")
+    rescued: Path | None = None  # where the logs went when the store could not take them
 
 
 class MetricSink:
@@ -238,6 +244,11 @@ def record_command(store: SqlStore, opts: WrapOptions) -> WrapResult:
     """Run ``opts.argv`` under recording and return the stored record and exit code."""
     if not opts.argv:
         raise InputError("no command given", hint="usage: audit record [OPTIONS] -- CMD ...")
+    with _Signals() as signals:
+        return _record(store, opts, signals)
+
+
+def _record(store: SqlStore, opts: WrapOptions, signals: _Signals) -> WrapResult:
     regex = compile_regex(opts.metrics_regex)
     env = dict(opts.env if opts.env is not None else os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")  # live streaming; recorded and replayed alike
@@ -245,13 +256,15 @@ def record_command(store: SqlStore, opts: WrapOptions) -> WrapResult:
     if chosen:
         env["PYTHONHASHSEED"] = str(pyrandom.randbelow(2**32 - 1) + 1)
     store_dir = store_dir_of(store)
-    snapshot = None if opts.outputs else outputs.Snapshot.take(opts.cwd, [store_dir])
+    own_logs = find_own_logs()
     plan = session.Plan(
         name=opts.name,
         argv=opts.argv,
         cwd=opts.cwd,
         mode="wrap",
         inputs=opts.inputs,
+        outputs=opts.outputs,
+        allow_outside_tree=opts.allow_outside_tree,
         env=env,
         tags=opts.tags,
         reproduces=opts.reproduces,
@@ -259,8 +272,11 @@ def record_command(store: SqlStore, opts: WrapOptions) -> WrapResult:
         code_dir=opts.code_dir,
         params=redact_params(parse_argv_params(opts.argv[1:])),
         metrics_regex=opts.metrics_regex,
+        own_logs=own_logs,
     )
-    record = session.begin(store, plan, store_dir)
+    session.outside_tree(plan)  # refuse before anything is captured or run
+    snapshot = None if opts.outputs else outputs.Snapshot.take(opts.cwd, [store_dir])
+    record, code = session.begin_capture(store, plan, store_dir)
     record = record.model_copy(
         update={
             "seeds": Seeds(
@@ -268,19 +284,80 @@ def record_command(store: SqlStore, opts: WrapOptions) -> WrapResult:
             )
         }
     )
-    with tempfile.TemporaryDirectory(prefix="auditor-probe-") as probe:
-        return _run_child(store, opts, record, env, Path(probe), regex, snapshot)
+    probe = Path(tempfile.mkdtemp(prefix="auditor-probe-"))
+    try:
+        child = _Child(store, opts, record, env, probe, code, own_logs)
+        return _run_child(child, regex, snapshot, signals)
+    except _Interrupted as stop:
+        session.finish(store, record, status="killed", exit_code=-stop.signum, updates={
+            "not_captured": {**record.not_captured,
+                             "end": f"audit record was stopped by signal {stop.signum} "
+                                    "before the command started"}})
+        raise SystemExit(128 + stop.signum) from None
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+@dataclass
+class _Child:
+    """What a recording carries from start to finish."""
+
+    store: SqlStore
+    opts: WrapOptions
+    record: RunRecord
+    env: dict[str, str]
+    probe: Path
+    code: git_capture.CodeCapture
+    own_logs: OwnLogs
+
+
+class _Interrupted(BaseException):
+    """SIGINT/SIGTERM before the command started."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signum)
+
+
+class _Signals:
+    """SIGINT and SIGTERM during the whole recording: before the command starts they stop
+    auditor cleanly (its temporary folders removed, the run marked killed); while it runs
+    they are forwarded to it; once it has ended they wait until the record is stored."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.finishing = False
+        self.pending: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        if self.pending is not None and _exc[0] is None:
+            raise SystemExit(128 + self.pending)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.finishing:
+            self.pending = signum
+        elif self.proc is not None:
+            self.proc.send_signal(signum)
+        else:
+            raise _Interrupted(signum)
 
 
 def _run_child(
-    store: SqlStore,
-    opts: WrapOptions,
-    record: RunRecord,
-    env: dict[str, str],
-    probe: Path,
+    child: _Child,
     regex: re.Pattern[str] | None,
     snapshot: outputs.Snapshot | None,
+    signals: _Signals,
 ) -> WrapResult:
+    store, opts, record = child.store, child.opts, child.record
     sink = MetricSink(store, record.identity.id, regex)
     try:
         proc = subprocess.Popen(
@@ -288,7 +365,7 @@ def _run_child(
             cwd=opts.cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=child_env(env, record, probe, store.url),
+            env=child_env(child.env, record, child.probe, store.url),
         )
     except FileNotFoundError:
         session.finish(store, record, status="failed", exit_code=127, updates={})
@@ -296,6 +373,7 @@ def _run_child(
     except PermissionError:
         session.finish(store, record, status="failed", exit_code=126, updates={})
         raise InputError(f"command not executable: {opts.argv[0]}") from None
+    signals.proc = proc
     out: list[str] = []
     err: list[str] = []
     threads = [
@@ -312,49 +390,41 @@ def _run_child(
     ]
     for t in threads:
         t.start()
-    previous = _forward_signals(proc)
+    code = proc.wait()
+    for t in threads:
+        t.join()
+    signals.finishing = True
+    failures: list[str] = []
     try:
-        code = proc.wait()
-        for t in threads:
-            t.join()
-    finally:
-        _restore_signals(previous)
-    sink.flush()
-    return _finish(store, opts, record, env, probe, proc.pid, code, sink, out, err, snapshot)
-
-
-def _forward_signals(proc: subprocess.Popen[bytes]) -> dict[int, Any]:
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is not threading.main_thread():
-        return previous
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, lambda s, _f: proc.send_signal(s))
-    return previous
-
-
-def _restore_signals(previous: dict[int, Any]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
+        sink.flush()
+    except Exception as exc:  # noqa: BLE001 - the record is still stored below, saying so
+        failures.append(f"metrics: {exc}")
+    return _finish(child, proc.pid, code, sink, out, err, snapshot, failures)
 
 
 def _finish(
-    store: SqlStore,
-    opts: WrapOptions,
-    record: RunRecord,
-    env: dict[str, str],
-    probe: Path,
+    child: _Child,
     pid: int,
     code: int,
     sink: MetricSink,
     out: list[str],
     err: list[str],
     snapshot: outputs.Snapshot | None,
+    failures: list[str],
 ) -> WrapResult:
-    artifacts = list(record.artifacts)
-    artifacts += _logs(store, "".join(out), "".join(err))
-    api = _ingest_api(store, record.identity.id, probe, sink)
+    store, opts, record, env, probe = child.store, child.opts, child.record, child.env, child.probe
+    own_logs = child.own_logs.merged(find_own_logs())  # `| tee` may open its file late
+    notes = dict(record.not_captured)
+    capture, changed = git_capture.without_changed(child.code, Path(child.code.code.root))
+    notes.update(capture.notes)
+    dropped = {a.name for a in child.code.artifacts} - {a.name for a in capture.artifacts}
+    artifacts = [a for a in record.artifacts if a.name not in dropped]
+    logs, rescued = _store_logs(store, record.identity.id, "".join(out), "".join(err), failures)
+    artifacts += logs
+    api = _ingest_api(store, record.identity.id, probe, sink, failures=failures)
     produced, warnings = outputs.collect(
-        store.blobs, opts.outputs, snapshot, opts.cwd, opts.max_output_bytes
+        store.blobs, opts.outputs, snapshot, opts.cwd, opts.max_output_bytes,
+        own_logs=own_logs, notes=notes, failures=failures,
     )
     artifacts += produced + api["artifacts"]
     obs = det.read_probe(probe, pid)
@@ -366,7 +436,6 @@ def _finish(
             "torch_initial_seed": (obs or {}).get("torch_initial_seed"),
         }
     )
-    notes = dict(record.not_captured)
     environment = record.environment.model_copy(
         update={"accelerators": session.with_cuda_stack(record.environment.accelerators, obs)}
     )
@@ -375,12 +444,16 @@ def _finish(
             "the command was not observed from inside (not Python, or it "
             "was killed): only environment variables were recorded"
         )
+    if failures:
+        notes["store"] = "not stored: " + "; ".join(failures) + (
+            f" (the logs are kept in {rescued})" if rescued else "")
     metrics = MetricsSummary(
         final=sink.final,
         points=sink.points,
         warnings=tuple(sink.warnings + sink.malformed + warnings),
     )
     status = "finished" if code == 0 else ("killed" if code < 0 else "failed")
+    changed_data = {d.path for d in child.code.data} - {d.path for d in capture.data}
     final = session.finish(
         store,
         record,
@@ -394,6 +467,9 @@ def _finish(
             "artifacts": tuple(_dedupe(artifacts)),
             "environment": environment,
             "not_captured": notes,
+            "code": capture.code if changed else record.code,
+            "data": tuple(d for d in record.data
+                          if not (d.origin == "untracked" and d.path in changed_data)),
         },
     )
     lock_note = notes.get("environment.python.lock")
@@ -403,15 +479,38 @@ def _finish(
         record=final,
         exit_code=code if code >= 0 else 128 - code,
         malformed_metrics=tuple(sink.malformed),
+        failures=tuple(failures),
+        rescued=rescued,
     )
 
 
 def _logs(store: SqlStore, out: str, err: str) -> list[ArtifactRef]:
-    refs = []
-    for name, text in (("logs/stdout.txt", out), ("logs/stderr.txt", err)):
-        sha, size = store.blobs.put_bytes(redact_text(text).encode("utf-8"))
-        refs.append(ArtifactRef(name=name, sha256=sha, size=size, kind="log"))
+    """The scrubbed logs as artifacts (StoreError when the store cannot take them)."""
+    failures: list[str] = []
+    refs, rescued = _store_logs(store, "rerun", out, err, failures)
+    if failures:
+        raise StoreError(failures[0] + (f" (the logs are kept in {rescued})" if rescued else ""))
     return refs
+
+
+def _store_logs(
+    store: SqlStore, run_id: str, out: str, err: str, failures: list[str]
+) -> tuple[list[ArtifactRef], Path | None]:
+    """The scrubbed logs as artifacts; when the store cannot take them they are written to
+    a private folder instead (returned) and the failure is named in ``failures``."""
+    refs = []
+    rescued: Path | None = None
+    for name, text in (("logs/stdout.txt", out), ("logs/stderr.txt", err)):
+        data = redact_text(text).encode("utf-8")
+        try:
+            sha, size = store.blobs.put_bytes(data)
+        except StoreError as exc:
+            failures.append(f"{name}: {exc}")
+            rescued = rescued or Path(tempfile.mkdtemp(prefix=f"auditor-logs-{run_id}-"))
+            (rescued / Path(name).name).write_bytes(data)
+            continue
+        refs.append(ArtifactRef(name=name, sha256=sha, size=size, kind="log"))
+    return refs, rescued
 
 
 def _ingest_api(
@@ -420,6 +519,8 @@ def _ingest_api(
     probe: Path,
     sink: MetricSink,
     path_map: Callable[[str], Path] = Path,
+    *,
+    failures: list[str] | None = None,
 ) -> dict[str, Any]:
     """Merge what the Python API wrote from inside the child (``path_map`` turns the paths
     it reported into paths on this host)."""
@@ -441,9 +542,13 @@ def _ingest_api(
     )
     for item in artifact_lines:
         path = path_map(item["path"])
-        found["artifacts"].append(
-            outputs.store_artifact(store.blobs, path, f"outputs/{item.get('name') or path.name}")
-        )
+        name = f"outputs/{item.get('name') or path.name}"
+        try:
+            found["artifacts"].append(outputs.store_artifact(store.blobs, path, name))
+        except StoreError as exc:
+            if failures is None:
+                raise
+            failures.append(f"{name}: {exc}")
     return found
 
 

@@ -61,7 +61,17 @@ class BlobStore:
         return self.path_for(sha256).is_file()
 
     def put_stream(self, stream: BinaryIO) -> tuple[str, int]:
-        """Store bytes from a stream; returns (sha256, size)."""
+        """Store bytes from a stream; returns (sha256, size). StoreError names the folder
+        when the store cannot be written (read-only, full)."""
+        try:
+            return self._put_stream(stream)
+        except OSError as exc:
+            where = exc.filename or self.root
+            raise StoreError(
+                f"cannot write to the store: {where}: {exc.strerror or exc}"
+            ) from None
+
+    def _put_stream(self, stream: BinaryIO) -> tuple[str, int]:
         self.tmp.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="obj-")
@@ -93,10 +103,11 @@ class BlobStore:
     def put_file(self, path: Path) -> tuple[str, int]:
         """Store a file's bytes; returns (sha256, size)."""
         try:
-            with open(path, "rb") as fh:
-                return self.put_stream(fh)
+            fh = open(path, "rb")  # noqa: SIM115 - closed below; read errors named apart
         except OSError as exc:
             raise StoreError(f"{path}: cannot read: {exc.strerror}") from None
+        with fh:
+            return self.put_stream(fh)
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         """Store bytes; returns (sha256, size)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -23,6 +24,21 @@ SKIP_DIRS = frozenset({".git", ".auditor", "__pycache__", ".venv", "venv", ".myp
                        ".pytest_cache", ".ruff_cache", "node_modules", ".ipynb_checkpoints"})
 
 
+def special_kind(path: Path) -> str | None:
+    """None for a regular file, folder or symlink; else what it is ("FIFO", "socket", ...).
+
+    Reading a FIFO blocks forever and ``/dev/zero`` never ends: such entries are refused
+    by name and kind wherever files are read for hashing."""
+    mode = os.lstat(path).st_mode
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+        return None
+    for test, kind in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
 def entry_digest(path: Path) -> tuple[str, str, int]:
     """(kind, digest, size) of one file or symlink, links not followed."""
     if path.is_symlink():
@@ -31,18 +47,28 @@ def entry_digest(path: Path) -> tuple[str, str, int]:
     return "file", sha256_file(path), path.stat().st_size
 
 
-def merkle_root(root: Path, relpaths: Iterable[str]) -> tuple[str, int, int]:
-    """(digest, total size, file count) over the given relative paths under ``root``."""
-    lines, size, count = [], 0, 0
+def merkle_entries(root: Path, relpaths: Iterable[str]) -> dict[str, tuple[str, int]]:
+    """``{rel: (entry line, size)}`` for the given relative paths under ``root``."""
+    found: dict[str, tuple[str, int]] = {}
     for rel in sorted(set(relpaths)):
         kind, digest, nbytes = entry_digest(root / rel)
-        lines.append(f"{rel}\0{kind}\0{digest}\n")
-        size, count = size + nbytes, count + 1
+        found[rel] = (f"{rel}\0{kind}\0{digest}\n", nbytes)
+    return found
+
+
+def merkle_of(entries: dict[str, tuple[str, int]]) -> tuple[str, int, int]:
+    """(digest, total size, file count) of entries from ``merkle_entries``."""
+    lines = "".join(entries[rel][0] for rel in sorted(entries))
     return (
-        hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest(),
-        size,
-        count,
+        hashlib.sha256(lines.encode("utf-8", "surrogateescape")).hexdigest(),
+        sum(size for _line, size in entries.values()),
+        len(entries),
     )
+
+
+def merkle_root(root: Path, relpaths: Iterable[str]) -> tuple[str, int, int]:
+    """(digest, total size, file count) over the given relative paths under ``root``."""
+    return merkle_of(merkle_entries(root, relpaths))
 
 
 def walk_files(root: Path, skip: Callable[[str], bool] = lambda _rel: False) -> list[str]:
@@ -59,22 +85,32 @@ def walk_files(root: Path, skip: Callable[[str], bool] = lambda _rel: False) -> 
     return found
 
 
-def fingerprint(path: Path, *, display: str | None = None) -> DataInput:
-    """Fingerprint one declared input; InputError when it is missing or unreadable."""
+def fingerprint(
+    path: Path, *, display: str | None = None, origin: str = "declared"
+) -> DataInput:
+    """Fingerprint one input; InputError when it is missing, unreadable or not a regular
+    file (a FIFO, socket or device, also inside a folder: reading one would never end)."""
     shown = display or str(path)
     try:
+        if not path.exists():
+            raise InputError(f"input {shown}: no such file or directory")
+        kind = special_kind(path.resolve())
+        if kind:
+            raise InputError(f"input {shown}: not a regular file: {kind}")
         if path.is_dir():
-            digest, size, count = merkle_root(path, walk_files(path))
-            return DataInput(path=shown, kind="dir", size=size, sha256=digest, files=count)
-        if path.is_file():
-            return DataInput(
-                path=shown, kind="file", size=path.stat().st_size, sha256=sha256_file(path)
-            )
+            files = walk_files(path)
+            for rel in files:
+                if kind := special_kind(path / rel):
+                    raise InputError(f"input {shown}: {rel} is not a regular file: {kind}")
+            digest, size, count = merkle_root(path, files)
+            return DataInput(path=shown, kind="dir", size=size, sha256=digest, files=count,
+                             origin=origin)  # type: ignore[arg-type]
+        return DataInput(path=shown, kind="file", size=path.stat().st_size,
+                         sha256=sha256_file(path), origin=origin)  # type: ignore[arg-type]
     except PermissionError:
         raise InputError(f"input {shown}: permission denied") from None
     except OSError as exc:
         raise InputError(f"input {shown}: cannot read: {exc.strerror}") from None
-    raise InputError(f"input {shown}: no such file or directory")
 
 
 def check_unchanged(recorded: DataInput, path: Path) -> str | None:

@@ -3,33 +3,60 @@
 Inside git: commit, branch, remote (credentials stripped), dirty flag, the binary diff of
 tracked files against HEAD (staged and unstaged) and every untracked, non-ignored file,
 stored as artifacts. Outside git: a snapshot of the code directory. The store directory
-is never part of the tree. ``tree_sha256`` is a Merkle root over the captured tree
-(``data.merkle_root``); ``rebuild_tree`` re-creates the tree from the commit and the
-artifacts and checks it against that root.
+is never part of the tree, nor are auditor's own log files (``streams``), FIFOs and other
+special files, or untracked files the run rewrites (``without_changed``: they are outputs);
+large binary untracked files are data (``is_data_file``). ``tree_sha256`` is a Merkle root
+over the captured tree (``data.merkle_root``); ``rebuild_tree`` re-creates the tree from
+the commit and the artifacts and checks it against that root.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from auditor.errors import CouldNotVerify, IntegrityError
-from auditor.record.capture.data import SKIP_DIRS, merkle_root, walk_files
+from auditor.record.capture import data as data_capture
+from auditor.record.capture.data import (
+    SKIP_DIRS,
+    merkle_entries,
+    merkle_of,
+    merkle_root,
+    special_kind,
+    walk_files,
+)
 from auditor.record.capture.secrets import strip_url_credentials
-from auditor.schema import ArtifactRef, Code
+from auditor.record.capture.streams import OwnLogs
+from auditor.schema import ArtifactRef, Code, DataInput
 from auditor.store.blobs import BlobStore
 
-MAX_UNTRACKED_BYTES = 50 << 20  # per file; larger untracked files are listed, not stored
+# Untracked files that are large and binary are data (weights, datasets), not source: they
+# are fingerprinted as inputs (``DataInput(origin="untracked")``), not copied into the
+# store, and the rerun gets them from the original tree, checked against the fingerprint.
+# "Binary" is git's own test (a NUL byte in the first 8000 bytes); any untracked file over
+# MAX_UNTRACKED_BYTES is data whatever it holds.
+DATA_MIN_BYTES = 1 << 20
+MAX_UNTRACKED_BYTES = 50 << 20
+_BINARY_PROBE = 8000
 
 
 @dataclass
 class CodeCapture:
-    """The Code section plus the artifacts that hold its bytes."""
+    """The Code section plus the artifacts that hold its bytes.
+
+    ``entries`` (one Merkle line per file of the tree) and ``stamps`` (size and mtime of
+    each untracked file) let ``without_changed`` drop, after the run, the untracked files
+    the run itself rewrote: a file the run creates or changes is an output, never source."""
 
     code: Code
     artifacts: list[ArtifactRef] = field(default_factory=list)
+    data: list[DataInput] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
+    entries: dict[str, tuple[str, int]] = field(default_factory=dict)
+    stamps: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def git(root: Path, *args: str, check: bool = True) -> bytes:
@@ -60,8 +87,46 @@ def _z(data: bytes) -> list[str]:
     return [p.decode("utf-8", "surrogateescape") for p in data.split(b"\0") if p]
 
 
-def capture_git(root: Path, blobs: BlobStore, store_dir: Path) -> CodeCapture:
+def is_data_file(path: Path) -> bool:
+    """True for an untracked file that is data rather than source (see DATA_MIN_BYTES)."""
+    size = path.stat().st_size
+    if size > MAX_UNTRACKED_BYTES:
+        return True
+    if size < DATA_MIN_BYTES:
+        return False
+    with open(path, "rb") as fh:
+        return b"\0" in fh.read(_BINARY_PROBE)
+
+
+def _sort_untracked(
+    root: Path, rels: list[str], own_logs: OwnLogs, capture: CodeCapture
+) -> tuple[list[str], list[str], list[str]]:
+    """(source, data, skipped) among untracked ``rels``; notes say why a file is skipped."""
+    source: list[str] = []
+    data: list[str] = []
+    skipped: list[str] = []
+    for rel in rels:
+        path = root / rel
+        if path.is_symlink():
+            source.append(rel)
+        elif how := own_logs.how(path):
+            skipped.append(rel)
+            capture.notes[f"code.skipped.{rel}"] = f"{how}: neither source nor output"
+        elif kind := special_kind(path):
+            skipped.append(rel)
+            capture.notes[f"code.skipped.{rel}"] = f"not a regular file: {kind}"
+        elif path.is_file():
+            (data if is_data_file(path) else source).append(rel)
+            st = path.stat()
+            capture.stamps[rel] = (st.st_size, st.st_mtime_ns)
+    return source, data, skipped
+
+
+def capture_git(
+    root: Path, blobs: BlobStore, store_dir: Path, own_logs: OwnLogs | None = None
+) -> CodeCapture:
     """Capture a git work tree rooted at ``root``."""
+    own_logs = own_logs or OwnLogs()
     store_rel = _relative(store_dir, root)
     exclude = [f":(exclude){store_rel}"] if store_rel else []
     commit = _git_text(root, "rev-parse", "--verify", "-q", "HEAD")
@@ -88,17 +153,14 @@ def capture_git(root: Path, blobs: BlobStore, store_dir: Path) -> CodeCapture:
             diff_name = _store(capture, blobs, "code/diff.patch", data=diff)
     else:  # no commit yet: every file is "untracked" for the purpose of rebuilding
         untracked = files
-    too_big = [
-        p
-        for p in untracked
-        if (root / p).is_file()
-        and not (root / p).is_symlink()
-        and (root / p).stat().st_size > MAX_UNTRACKED_BYTES
-    ]
-    kept = [p for p in untracked if p not in too_big]
+    kept, data, skipped = _sort_untracked(root, untracked, own_logs, capture)
     for rel in kept:
         _store(capture, blobs, f"code/untracked/{rel}", path=root / rel)
-    tree, _size, count = merkle_root(root, [p for p in files if p not in too_big])
+    capture.data = [data_capture.fingerprint(root / rel, display=rel, origin="untracked")
+                    for rel in data]
+    left_out = set(data) | set(skipped)
+    capture.entries = merkle_entries(root, [p for p in files if p not in left_out])
+    tree, _size, count = merkle_of(capture.entries)
     remote = _git_text(root, "remote", "get-url", "origin")
     status = git(
         root, "status", "--porcelain=v2", "-z", "--untracked-files=normal", "--", ".", *exclude
@@ -114,37 +176,77 @@ def capture_git(root: Path, blobs: BlobStore, store_dir: Path) -> CodeCapture:
         untracked_artifacts=tuple(f"code/untracked/{p}" for p in kept),
         tree_sha256=tree,
         files=count,
-        excluded=tuple(([store_rel] if store_rel else []) + too_big),
+        excluded=tuple(([store_rel] if store_rel else []) + skipped),
     )
     return capture
 
 
-def capture_snapshot(code_dir: Path, blobs: BlobStore, store_dir: Path) -> CodeCapture:
+def capture_snapshot(
+    code_dir: Path, blobs: BlobStore, store_dir: Path, own_logs: OwnLogs | None = None
+) -> CodeCapture:
     """Snapshot a directory outside git (every file except caches and the store)."""
     store_rel = _relative(store_dir, code_dir)
 
     def skip(rel: str) -> bool:
         return rel.split("/")[-1] in SKIP_DIRS or _excluded(rel, store_rel)
 
-    files = walk_files(code_dir, skip)
-    small = [
-        p
-        for p in files
-        if (code_dir / p).is_symlink() or (code_dir / p).stat().st_size <= MAX_UNTRACKED_BYTES
-    ]
     capture = CodeCapture(code=Code(vcs="snapshot", root=str(code_dir), tree_sha256=""))
+    small, data, skipped = _sort_untracked(
+        code_dir, walk_files(code_dir, skip), own_logs or OwnLogs(), capture
+    )
     for rel in small:
         _store(capture, blobs, f"code/untracked/{rel}", path=code_dir / rel)
-    tree, _size, count = merkle_root(code_dir, small)
+    capture.data = [data_capture.fingerprint(code_dir / rel, display=rel, origin="untracked")
+                    for rel in data]
+    capture.entries = merkle_entries(code_dir, small)
+    tree, _size, count = merkle_of(capture.entries)
     capture.code = Code(
         vcs="snapshot",
         root=str(code_dir),
         tree_sha256=tree,
         files=count,
         untracked_artifacts=tuple(f"code/untracked/{p}" for p in small),
-        excluded=tuple(sorted(set(files) - set(small))),
+        excluded=tuple(skipped),
     )
     return capture
+
+
+def without_changed(capture: CodeCapture, root: Path) -> tuple[CodeCapture, list[str]]:
+    """The capture minus the untracked files the run changed (they are its outputs).
+
+    A file deleted by the run stays source: the run found it there when it started."""
+    changed = []
+    for rel, stamp in capture.stamps.items():
+        try:
+            st = os.lstat(root / rel)
+        except OSError:
+            continue
+        if (st.st_size, st.st_mtime_ns) != stamp:
+            changed.append(rel)
+    if not changed:
+        return capture, []
+    gone = set(changed)
+    names = {f"code/untracked/{rel}" for rel in gone}
+    entries = {rel: e for rel, e in capture.entries.items() if rel not in gone}
+    tree, _size, count = merkle_of(entries)
+    code = capture.code.model_copy(update={
+        "untracked_artifacts": tuple(n for n in capture.code.untracked_artifacts
+                                     if n not in names),
+        "tree_sha256": tree,
+        "files": count,
+    })
+    notes = dict(capture.notes)
+    for rel in sorted(gone):
+        notes[f"code.skipped.{rel}"] = ("untracked when the run began and changed by it: an "
+                                        "output of the run, not source")
+    return CodeCapture(
+        code=code,
+        artifacts=[a for a in capture.artifacts if a.name not in names],
+        data=[d for d in capture.data if d.path not in gone],
+        notes=notes,
+        entries=entries,
+        stamps={r: s for r, s in capture.stamps.items() if r not in gone},
+    ), sorted(gone)
 
 
 def _relative(path: Path, root: Path) -> str | None:
@@ -163,8 +265,6 @@ def _store(
     path: Path | None = None,
 ) -> str:
     if path is not None and path.is_symlink():
-        import os
-
         data = os.readlink(path).encode("utf-8", "surrogateescape")
         name = name + ".symlink"
     sha, size = blobs.put_bytes(data) if data is not None else blobs.put_file(path)  # type: ignore[arg-type]
@@ -215,8 +315,6 @@ def _extract_commit(repo: Path, commit: str, dest: Path) -> None:
 
 
 def _restore(name: str, artifacts: dict[str, ArtifactRef], blobs: BlobStore, dest: Path) -> None:
-    import os
-
     ref = artifacts[name]
     rel = name.removeprefix("code/untracked/")
     is_link = rel.endswith(".symlink") and ref.name == name
