@@ -244,8 +244,11 @@ def record_command(store: SqlStore, opts: WrapOptions) -> WrapResult:
     """Run ``opts.argv`` under recording and return the stored record and exit code."""
     if not opts.argv:
         raise InputError("no command given", hint="usage: audit record [OPTIONS] -- CMD ...")
-    with _Signals() as signals:
-        return _record(store, opts, signals)
+    try:
+        with _Signals() as signals:
+            return _record(store, opts, signals)
+    except _Interrupted as stop:  # before the run was stored: nothing to mark
+        raise SystemExit(128 + stop.signum) from None
 
 
 def _record(store: SqlStore, opts: WrapOptions, signals: _Signals) -> WrapResult:
