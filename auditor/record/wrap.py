@@ -475,7 +475,9 @@ def _finish(
                           if not (d.origin == "untracked" and d.path in changed_data)),
         },
     )
-    lock_note = notes.get("environment.python.lock")
+    # a garbage project lock is worth a warning; the derived lock's note is in the record
+    lock = final.environment.python.lock if final.environment.python else None
+    lock_note = notes.get("environment.python.lock") if lock and lock.origin == "project" else None
     for line in sink.warnings + warnings + ([lock_note] if lock_note else []):
         print(f"warning: {line}", file=sys.stderr)
     return WrapResult(

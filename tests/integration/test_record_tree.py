@@ -277,13 +277,16 @@ def test_signal_before_the_command_starts_removes_everything(
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {**os.environ, **GIT_ENV, "AUDITOR_STORE": str(tmp_path / "store"), "TMPDIR": str(tmp)}
-    # the capture of a slow interpreter: a wrapper that sleeps before `pip inspect` answers
+    # a slow interpreter: the recorder is inside its capture (`pip inspect`) when signalled
     slow = tmp_path / "slowpy"
-    slow.write_text(f"#!/bin/sh\nsleep 5\nexec {shlex.quote(PY)} \"$@\"\n")
+    marker = tmp_path / "capturing"
+    slow.write_text(f"#!/bin/sh\ntouch {marker}\nsleep 30\nexec {shlex.quote(PY)} \"$@\"\n")
     slow.chmod(0o755)
     proc = subprocess.Popen([AUDIT, "record", "--", str(slow), "sleep.py"], cwd=repo, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(3)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
