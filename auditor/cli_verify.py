@@ -257,9 +257,14 @@ def compare_cmd(
 
 
 def _print_verdict(verdict: Any, left: str, right: str) -> None:
+    from rich.text import Text
+
     from auditor.render import console
+    from auditor.report.grouping import cause_line
 
     out = console()
+    for line in verdict.loosenings:  # first: what the policy let through
+        out.print(Text(f"policy loosened: {line}", style="yellow"))
     out.print(f"[bold]{verdict.level}[/]  {left} vs {right}")
     if verdict.first_divergence:
         out.print(f"  diverges first at {verdict.first_divergence}")
@@ -274,9 +279,10 @@ def _print_verdict(verdict: Any, left: str, right: str) -> None:
         if len(diffs) > 8:
             out.print(f"  … {len(diffs) - 8} more {kind} differences")
     for cause in verdict.causes[:3]:
-        out.print(
-            f"  likely cause: {cause.what} ({cause.left} → {cause.right}): {cause.explanation}"
-        )
+        line = cause_line(cause)
+        sided = (cause.left, cause.right) != (None, None)
+        out.print(Text(f"  likely cause: {line}: {cause.explanation}" if sided
+                       else f"  likely cause: {line}"))
 
 
 def _policy_path(given: Path | None) -> Path | None:

@@ -52,6 +52,37 @@ def read_torch(path: Path, *, allow_unsafe_pickle: bool = False) -> dict[str, Te
     return flatten(path, obj, _torch_leaf)
 
 
+MAX_LEAVES = 10_000  # non-tensor values kept from one checkpoint
+Leaf = bool | int | float | str | None
+
+
+def read_torch_structure(path: Path) -> dict[str, Leaf]:
+    """The non-tensor values of a torch checkpoint (epoch counters, hyperparameters, the
+    optimizer's settings) by dotted name, as ``read_torch`` names tensors: numbers, strings,
+    booleans and None as they are, anything else as ``<type name>``. Read with
+    ``torch.load(weights_only=True)``; a file only the inert reader can read (a pickled
+    module) gives ``{}``: its tensors are still compared."""
+    torch = _import_torch(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, *_LOAD_ERRORS):
+        return {}
+    leaves: dict[str, Leaf] = {}
+    stack: list[tuple[str, object, int]] = [("", obj, 0)]
+    while stack and len(leaves) < MAX_LEAVES:
+        name, node, depth = stack.pop()
+        if isinstance(node, torch.Tensor):
+            continue
+        if isinstance(node, dict | list | tuple) and depth <= 100:
+            children = _children(node)
+            stack.extend((_join(name, k), v, depth + 1) for k, v in reversed(children))
+        elif isinstance(node, bool | int | float | str | None):
+            leaves[name] = node
+        else:
+            leaves[name] = f"<{type(node).__name__}>"
+    return leaves
+
+
 def _import_torch(path: Path) -> Any:
     try:
         import torch

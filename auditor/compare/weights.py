@@ -14,6 +14,13 @@ layer ranks them):
 * ``"missing"`` / ``"extra"`` for names on one side only; ``"dtype"`` and ``"shape"`` (never
   within tolerance) when two tensors of one name cannot be compared element by element.
 
+A torch checkpoint is compared by its structure too (``compare_structure`` over
+``torchfile.read_torch_structure``): its non-tensor values (``epoch``, the optimizer's
+``param_groups.0.lr``, a ``saved_at`` string) at ``<where>/<name>``, ``kind="changed"``
+(numbers within the metric tolerance, strings equal after the log masks are within
+tolerance) or missing/extra. Never its zip container: the archive's folder name and
+serialization id are metadata.
+
 Left is the original run's file, right the rerun's. Unreadable, unsafe or malformed files
 raise ``InputError`` (``tensorfile``). Equal sha256 digests, when the caller has both,
 return ``[]`` before anything is read.
@@ -29,9 +36,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +49,7 @@ import numpy as np
 
 from auditor.compare.difference import Difference, Stat
 from auditor.compare.tensorfile import Tensor, read_tensors
+from auditor.compare.torchfile import Leaf
 from auditor.policy import EXACT, Policy, Tolerance
 
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".npy", ".npz")
@@ -98,7 +107,64 @@ def compare_weight_files(
         return []  # the same bytes: nothing to read
     left_tensors = read_tensors(left, allow_unsafe_pickle=allow_unsafe_pickle)
     right_tensors = read_tensors(right, allow_unsafe_pickle=allow_unsafe_pickle)
-    return compare_tensors(left_tensors, right_tensors, policy, where=where)
+    diffs = compare_tensors(left_tensors, right_tensors, policy, where=where)
+    if left.suffix.lower() not in UNAMBIGUOUS_SUFFIXES:  # a torch checkpoint
+        from auditor.compare.torchfile import read_torch_structure
+
+        diffs += compare_structure(read_torch_structure(left), read_torch_structure(right),
+                                   policy, where=where)
+    return diffs
+
+
+def compare_structure(left: Mapping[str, Leaf], right: Mapping[str, Leaf], policy: Policy, *,
+                      where: str = "weights") -> list[Difference]:
+    """Differences between the non-tensor values of two checkpoints: numbers under the
+    metric tolerance (exact under ``bitwise``), strings after the log masks (a time in a
+    ``saved_at`` string is within tolerance, not bitwise), anything else exactly."""
+    masks = [re.compile(m) for m in policy.log_masks]
+    diffs: list[Difference] = []
+    for name in [*left, *(n for n in right if n not in left)]:
+        at = _at(where, name)
+        if name not in left or name not in right:
+            missing = name not in right
+            diffs.append(Difference(
+                where=at, kind="missing" if missing else "extra",
+                left=_short(left.get(name)) if missing else None,
+                right=None if missing else _short(right.get(name)),
+                comments=(f"{name}: a checkpoint value only in the "
+                          f"{'original' if missing else 'rerun'}",)))
+        elif (found := _leaf_difference(at, name, left[name], right[name], policy,
+                                        masks)) is not None:
+            diffs.append(found)
+    return diffs
+
+
+def _leaf_difference(at: str, name: str, a: Leaf, b: Leaf, policy: Policy,
+                     masks: list[re.Pattern[str]]) -> Difference | None:
+    if type(a) is type(b) and (a == b or (isinstance(a, float) and isinstance(b, float)
+                                          and math.isnan(a) and math.isnan(b)
+                                          and policy.nan_equal)):
+        return None
+    within, why = False, f"{name}: checkpoint value {_short(a)} vs {_short(b)}"
+    if isinstance(a, float) and isinstance(b, float) and not policy.bitwise:
+        within = math.isfinite(a) and math.isfinite(b) and policy.metric_tolerance_for(
+            name).allows(a, b)
+    elif isinstance(a, str) and isinstance(b, str) and not policy.bitwise:
+        within = _mask(a, masks) == _mask(b, masks)
+        why += " (equal after the log masks)" if within else ""
+    return Difference(where=at, kind="changed", left=_short(a), right=_short(b),
+                      within_tolerance=within, comments=(why,))
+
+
+def _mask(text: str, masks: list[re.Pattern[str]]) -> str:
+    for mask in masks:
+        text = mask.sub("<masked>", text)
+    return text
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def compare_tensors(

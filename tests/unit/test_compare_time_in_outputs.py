@@ -193,6 +193,25 @@ def test_torch_zip_metadata_alone_is_informational(pair: Make) -> None:
         ("weights/model.pt", "bytes", True)]
 
 
+def test_checkpoint_structure_is_compared_with_masks_and_tolerance(pair: Make) -> None:
+    torch = pytest.importorskip("torch")
+
+    def ckpt(epoch: int, saved_at: str, lr: float) -> bytes:
+        return torch_bytes({"model": {"w": torch.ones(2)}, "epoch": epoch, "saved_at": saved_at,
+                            "opt": {"param_groups": [{"lr": lr, "nesterov": False}]}}, "c")
+
+    same = ckpt(3, "2026-12-01 05:30:00", 0.1)
+    left, right = pair({"c.pt": same}, {"c.pt": ckpt(3, "2026-12-01 07:00:12", 0.1)})
+    level, found = verdict(left, right, Policy())
+    assert level == "reproduced-within-tolerance"  # a time in a string value is masked
+    assert [(d.where, d.within_tolerance) for d in found] == [("weights/c.pt/saved_at", True)]
+    left, right = pair({"c.pt": same}, {"c.pt": ckpt(4, "2026-12-01 05:30:00", 0.3)})
+    level, found = verdict(left, right, Policy())
+    assert level == "not-reproduced"
+    assert [(d.where, d.left, d.right) for d in found] == [
+        ("weights/c.pt/epoch", "3", "4"), ("weights/c.pt/opt.param_groups.0.lr", "0.1", "0.3")]
+
+
 # -- a .bin that is no torch file ---------------------------------------------------------
 
 
