@@ -124,7 +124,9 @@ def collect(
     """Store the run's outputs; returns (artifacts, warnings).
 
     Our own log files are skipped (named in ``notes``). With ``failures`` given, an output
-    the store cannot take is named there and the others are still stored."""
+    the store cannot take is named there and the others are still stored. An output that
+    holds a secret (``secrets.scan_file``) is not stored: a warning says which file and which
+    shape, and ``notes[artifact name]`` says so too."""
     refs: list[ArtifactRef] = []
     warnings: list[str] = []
     pairs = (
@@ -142,6 +144,12 @@ def collect(
                 f"output {rel} ({size} bytes) is over the {max_bytes}-byte limit; not stored"
             )
             continue
+        if (why := _holds_secret(path)) is not None:
+            note = f"not stored, found {why} in it"
+            warnings.append(f"output {rel} {note}")
+            if notes is not None:
+                notes[f"outputs/{rel}"] = note
+            continue
         try:
             refs.append(store_artifact(blobs, path, f"outputs/{rel}"))
         except StoreError as exc:
@@ -149,6 +157,14 @@ def collect(
                 raise
             failures.append(f"outputs/{rel}: {exc}")
     return refs, warnings
+
+
+def _holds_secret(path: Path) -> str | None:
+    from auditor.record.capture.secrets import scan_file
+
+    if path.is_symlink() or not path.is_file():
+        return None  # store_artifact refuses it with its own message
+    return scan_file(path)
 
 
 def _declared_files(declared: list[Path], cwd: Path, warnings: list[str]) -> list[tuple[Path, str]]:

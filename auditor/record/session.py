@@ -22,7 +22,12 @@ from auditor.record.capture import data as data_capture
 from auditor.record.capture import git as git_capture
 from auditor.record.capture import python_env
 from auditor.record.capture.gpu import capture_gpus
-from auditor.record.capture.secrets import redact_argv, redact_env
+from auditor.record.capture.secrets import (
+    redact_argv,
+    redact_env,
+    redacted_env_value,
+    scrub_strings,
+)
 from auditor.record.capture.streams import OwnLogs
 from auditor.record.capture.system import capture_system
 from auditor.schema import (
@@ -115,7 +120,9 @@ def begin_capture(
         python=python,
         system=_system(not_captured),
         accelerators=_accelerators(not_captured),
-        container_image=plan.env.get("AUDITOR_CONTAINER_IMAGE"),
+        container_image=redacted_env_value(
+            "AUDITOR_CONTAINER_IMAGE", plan.env.get("AUDITOR_CONTAINER_IMAGE")
+        ),
         env_vars=redact_env(_without_own(plan.env), plan.env_allow),
     )
     run_id = new_run_id()
@@ -141,13 +148,25 @@ def begin_capture(
         code=code,
         params=dict(plan.params),
         data=inputs,
-        seeds=Seeds(pythonhashseed=plan.env.get("PYTHONHASHSEED")),
+        seeds=Seeds(
+            pythonhashseed=redacted_env_value("PYTHONHASHSEED", plan.env.get("PYTHONHASHSEED"))
+        ),
         environment=environment,
         artifacts=tuple(artifacts),
         not_captured=not_captured,
     )
+    record = scrubbed(record)
     store.put_record(record, pid=os.getpid())
     return record, cap
+
+
+def scrubbed(record: RunRecord) -> RunRecord:
+    """The record with every string field scanned like a log (``redact_text``): fields
+    copied from the environment, the child's observations and any message quoting them
+    carry no secret shape and no known secret into the store."""
+    dumped = record.model_dump()
+    clean = scrub_strings(dumped)
+    return record if clean == dumped else RunRecord.model_validate(clean)
 
 
 def _without_own(env: Mapping[str, str]) -> dict[str, str]:
@@ -364,6 +383,6 @@ def finish(
         }
     )
     final = record.model_copy(update={"identity": ident, **updates})
-    final = RunRecord.model_validate(final.model_dump())  # re-validate merged parts
+    final = scrubbed(RunRecord.model_validate(final.model_dump()))  # re-validate merged parts
     store.put_record(final)
     return final

@@ -30,7 +30,7 @@ from auditor.record.attached import (
     seed_everything,
 )
 from auditor.record.capture import determinism as det
-from auditor.record.capture.secrets import redact_params
+from auditor.record.capture.secrets import redact_params, redacted_env_value
 from auditor.record.outputs import store_artifact
 from auditor.schema import ArtifactRef, MetricsSummary, RunRecord, Seeds
 from auditor.store import SqlStore, open_store, store_dir_of
@@ -126,7 +126,7 @@ class Run(MetricLogger):
             seed=seed,
             seeded=tuple(seeded),
             torch_initial_seed=torch_seed,
-            pythonhashseed=env.get("PYTHONHASHSEED"),
+            pythonhashseed=redacted_env_value("PYTHONHASHSEED", env.get("PYTHONHASHSEED")),
         )
         metrics = MetricsSummary(final=self._final, points=self._points)
         updates = {

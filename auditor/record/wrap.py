@@ -30,7 +30,7 @@ from auditor.errors import InputError, StoreError
 from auditor.record import outputs, session
 from auditor.record.capture import determinism as det
 from auditor.record.capture import git as git_capture
-from auditor.record.capture.secrets import redact_params, redact_text
+from auditor.record.capture.secrets import redact_bytes, redact_params, redacted_env_value
 from auditor.record.capture.streams import OwnLogs, find_own_logs
 from auditor.record.outputs import DEFAULT_MAX_OUTPUT_BYTES
 from auditor.schema import ArtifactRef, MetricsSummary, RunRecord, Seeds
@@ -232,7 +232,7 @@ def child_env(
 ) -> dict[str, str]:
     """The child's environment: the user's plus hash seed, probe and run ids."""
     env = dict(base)
-    env["PYTHONHASHSEED"] = record.seeds.pythonhashseed or env.get("PYTHONHASHSEED", "0")
+    env["PYTHONHASHSEED"] = env.get("PYTHONHASHSEED") or record.seeds.pythonhashseed or "0"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROBE_PATH), env.get("PYTHONPATH")) if p)
     env.update(
         AUDITOR_RUN_ID=record.identity.id, AUDITOR_PROBE_DIR=str(probe_dir), AUDITOR_STORE=store_url
@@ -283,7 +283,8 @@ def _record(store: SqlStore, opts: WrapOptions, signals: _Signals) -> WrapResult
     record = record.model_copy(
         update={
             "seeds": Seeds(
-                pythonhashseed=env["PYTHONHASHSEED"], pythonhashseed_chosen_by_auditor=chosen
+                pythonhashseed=redacted_env_value("PYTHONHASHSEED", env["PYTHONHASHSEED"]),
+                pythonhashseed_chosen_by_auditor=chosen,
             )
         }
     )
@@ -506,7 +507,7 @@ def _store_logs(
     refs = []
     rescued: Path | None = None
     for name, text in (("logs/stdout.txt", out), ("logs/stderr.txt", err)):
-        data = redact_text(text).encode("utf-8")
+        data = redact_bytes(text.encode("utf-8", "replace"))
         try:
             sha, size = store.blobs.put_bytes(data)
         except StoreError as exc:

@@ -9,6 +9,8 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+import pytest
+
 from auditor.store import open_store
 from tests.conftest import audit, git
 
@@ -25,6 +27,39 @@ PEM = ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgE
 
 PLANTED = [AWS_SECRET, GH_TOKEN, HF, DB_PASS, SVC, API_KEY, REMOTE_TOKEN, INDEX_PASS,
            "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7"]
+
+# issue 8: shapes found stored verbatim (each printed or written the way real scripts do)
+NETRC_PW = "n3trcPw-9f2K7qZ"
+LOG_KEY = "logKey-7Hq2Zx9w"
+LOG_PW = "logPw-4Rt8Yu2iP"
+LOG_TOK = "tok-Xc5Vb7Nm3qA"
+PWD_PW = "pwdV4lue-8Lk2Mn"
+SAS_SIG = "sAsS1g%2Bq9W8e7R6t5%3D"
+OMP_PW = "ompPw-6Gh3Jk1LzX"
+IMG_PW = "imgPw-1Qa2Ws3EdR"
+FILE_KEY = "cfgKey-2Wq9Er7Ty"
+FILE_PW = "cfgPw-5Ty7Ui9OpL"
+SHAPES = [NETRC_PW, LOG_KEY, LOG_PW, LOG_TOK, PWD_PW, SAS_SIG, OMP_PW, IMG_PW, FILE_KEY,
+          FILE_PW]
+SHAPES_SCRIPT = f"""\
+import json, logging, os, sys
+logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+print("machine pypi.internal login bot password {NETRC_PW}")
+logging.info("api_key={LOG_KEY}")
+logging.getLogger().handlers[0].setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+logging.warning("password={LOG_PW}")
+print("step 3 done in 0.2s; retrying upload with token={LOG_TOK}", file=sys.stderr)
+print("pwd: {PWD_PW}")
+print("download https://acct.blob.core.windows.net/data/x.bin?sv=2022-11-02&ss=b&srt=o"
+      "&sp=r&se=2030-01-01T00:00:00Z&sig={SAS_SIG}")
+print(json.dumps({{"step": 0, "loss": 0.25}}))
+with open("run_config.json", "w") as fh:
+    json.dump({{"lr": 0.1, "api_key": "{FILE_KEY}", "db": {{"password": "{FILE_PW}"}}}}, fh)
+with open("model.bin", "wb") as fh:
+    fh.write(bytes(range(256)) + os.environ["GITHUB_TOKEN"].encode())
+with open("metrics.txt", "w") as fh:
+    fh.write("loss 0.25\\n")
+"""
 
 
 def forms(value: str) -> list[bytes]:
@@ -70,3 +105,63 @@ def test_planted_secrets_reach_nowhere(make_repo, tmp_path: Path) -> None:  # ty
     assert "[REDACTED]" in stdout and json.loads(stdout.splitlines()[1])["loss"] == 0.5
     # and nothing on our own stdout/stderr except what the child printed itself
     assert REMOTE_TOKEN not in res.stdout + res.stderr
+
+
+def test_issue8_shapes_reach_nowhere(make_repo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every shape issue 8 found stored verbatim, through the real CLI into a real store."""
+    repo = make_repo({"train.py": SHAPES_SCRIPT, ".gitignore": "*.json\n*.bin\nmetrics.txt\n"})
+    env = {"AUDITOR_STORE": str(tmp_path / "store"), "GITHUB_TOKEN": GH_TOKEN,
+           "OMP_NUM_THREADS": f"1;password={OMP_PW}",
+           "AUDITOR_CONTAINER_IMAGE": f"img;password={IMG_PW}"}
+    res = audit("record", "--", sys.executable, "train.py", cwd=repo, env=env)
+    assert res.returncode == 0, res.stderr
+    hits = [(str(path), value[:8]) for path, data in all_bytes(tmp_path / "store")
+            for value in [*SHAPES, GH_TOKEN] for form in forms(value) if form in data]
+    assert hits == []
+    # what the child did not print itself never reaches our own output either
+    for value in (OMP_PW, IMG_PW, FILE_KEY, FILE_PW, GH_TOKEN):
+        assert value not in res.stdout + res.stderr
+    store = open_store(str(tmp_path / "store"))
+    rec = store.get_record(store.list_runs()[0].id)
+    assert rec.identity.status == "finished"
+    assert rec.environment.env_vars["OMP_NUM_THREADS"] == "[REDACTED]"
+    assert rec.determinism and rec.determinism.omp_num_threads == "[REDACTED]"
+    assert rec.environment.container_image == "[REDACTED]"
+    # the outputs holding secrets are withheld, named, and the shape said; others stored
+    names = {a.name for a in rec.artifacts}
+    assert "outputs/metrics.txt" in names
+    assert "outputs/run_config.json" not in names and "outputs/model.bin" not in names
+    cfg = rec.not_captured["outputs/run_config.json"]
+    assert "a value named api_key" in cfg and "line 1" in cfg
+    assert "a known secret value" in rec.not_captured["outputs/model.bin"]
+    assert "output run_config.json not stored, found a value named api_key" in res.stderr
+    out = store.blobs.read_bytes(rec.artifact("logs/stdout.txt").sha256).decode()  # type: ignore[union-attr]
+    err = store.blobs.read_bytes(rec.artifact("logs/stderr.txt").sha256).decode()  # type: ignore[union-attr]
+    assert "login bot password [REDACTED]" in out and "pwd: [REDACTED]" in out
+    assert "&sig=[REDACTED]" in out and "sv=2022-11-02" in out  # the rest of the URL kept
+    assert "INFO: api_key=[REDACTED]" in err and "WARNING:root:password=[REDACTED]" in err
+    assert "token=[REDACTED]" in err and rec.metrics and rec.metrics.final["loss"] == 0.25
+
+
+LONG_SCRIPT = """\
+import sys
+sys.stdout.write("x" * 50_000_000 + " api_key=longLineKey-4Fr5Tg6Y\\n")
+sys.stderr.write("=" * 1_000_000 + "\\n")
+print('{"step": 0, "loss": 0.5}')
+"""
+
+
+@pytest.mark.slow
+def test_a_50_mb_line_is_recorded_and_the_run_finishes(make_repo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 8: a 50 MB line without separators once hung redaction and left the run
+    `crashed`. It is stored (redacted) and the run finishes; speed is for bench/."""
+    repo = make_repo({"train.py": LONG_SCRIPT})
+    env = {"AUDITOR_STORE": str(tmp_path / "store")}
+    res = audit("-q", "record", "--", sys.executable, "train.py", cwd=repo, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    store = open_store(str(tmp_path / "store"))
+    rec = store.get_record(store.list_runs()[0].id)
+    assert rec.identity.status == "finished" and rec.metrics and rec.metrics.final["loss"] == 0.5
+    out = store.blobs.read_bytes(rec.artifact("logs/stdout.txt").sha256)  # type: ignore[union-attr]
+    assert out.startswith(b"x" * 1000) and b"longLineKey" not in out
+    assert out.count(b"x") == 50_000_000 and b" api_key=[REDACTED]\n" in out

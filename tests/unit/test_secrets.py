@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -16,13 +17,18 @@ from auditor.record.capture.secrets import (
     REDACTED,
     clear_known_secrets,
     encoded_forms,
+    find_secrets,
     known_secrets,
     looks_secret,
     redact_argv,
+    redact_bytes,
     redact_env,
     redact_params,
     redact_text,
+    redacted_env_value,
     register_known_secret,
+    scan_file,
+    scrub_strings,
     secret_name,
     strip_url_credentials,
 )
@@ -389,3 +395,134 @@ def test_redact_text_is_idempotent_with_known_secrets(secrets: list[str], text: 
     assert redact_text(once) == once
     for value in secrets:
         assert value not in once
+
+
+# issue 8: shapes once stored verbatim ---------------------------------------------------
+
+NETRC_PW = "n3trc-Pa55w0rd"
+SAS = "sv=2022-11-02&ss=b&srt=o&sp=r&se=2030-01-01T00:00:00Z&sig=q9W8e7R6t5%2BY4u3%3D"
+ISSUE8_TEXT: list[tuple[str, str, str]] = [
+    ("netrc on one line", NETRC_PW, f"machine pypi.internal login bot password {NETRC_PW}\n"),
+    ("netrc over lines", NETRC_PW, f"machine h\n    login bot\n    password {NETRC_PW}\n"),
+    ("netrc default entry", NETRC_PW, f"default login anonymous password {NETRC_PW}"),
+    ("logging INFO prefix", "logKey-7Hq2Zx9w", "INFO: api_key=logKey-7Hq2Zx9w"),
+    ("logging root prefix", "logPw-4Rt8Yu2i", "WARNING:root:password=logPw-4Rt8Yu2i\n"),
+    ("token after other text", "tok-Xc5Vb7Nm3q",
+     "step 3 done in 0.2s; retrying upload with token=tok-Xc5Vb7Nm3q"),
+    ("pwd: value", "pwdV4lue-8Lk2", "pwd: pwdV4lue-8Lk2"),
+    ("Azure SAS URL", "q9W8e7R6t5%2BY4u3%3D", f"https://a.blob.core.windows.net/c/x?{SAS}"),
+    ("Azure SAS alone", "q9W8e7R6t5%2BY4u3%3D", f"export AZURE_SAS='?{SAS}'"),
+    ("JSON config file", "cfgPw-5Ty7Ui9O", '{"db": {"host": "h", "password": "cfgPw-5Ty7Ui9O"}}'),
+    ("YAML config file", "cfgKey-2Wq9Er7T", "wandb:\n  api_key: cfgKey-2Wq9Er7T\n"),
+    ("camelCase key", "camel-K3y-9981", "{apiKey: 'camel-K3y-9981'}"),
+    ("a key=value behind another", "hid-Pw-2231", "keyboard: password=hid-Pw-2231"),
+    ("unclosed quote", "open-Pw-9912", 'password: "open-Pw-9912'),
+]
+
+
+@pytest.mark.parametrize(("case", "secret", "text"), ISSUE8_TEXT, ids=[c[0] for c in ISSUE8_TEXT])
+def test_issue8_shapes_are_redacted_in_text(case: str, secret: str, text: str) -> None:
+    out = redact_text(text)
+    _assert_gone(secret, out)
+    assert REDACTED in out and redact_text(out) == out
+    assert find_secrets(text) and not find_secrets(out)
+
+
+def test_issue8_shapes_keep_their_context() -> None:
+    assert redact_text(f"machine h login bot password {NETRC_PW}") == \
+        f"machine h login bot password {REDACTED}"
+    assert redact_text("WARNING:root:password=x1y2z3w4") == f"WARNING:root:password={REDACTED}"
+    url = redact_text(f"https://a.blob.core.windows.net/c/x?{SAS}")
+    assert url.endswith(f"&sig={REDACTED}") and "sv=2022-11-02&ss=b" in url
+
+
+@pytest.mark.parametrize("text", [
+    "the password is wrong, try again", "Password reset done", "sigmoid: 0.5 tokens/s: 1234",
+    "keyboard=us max_tokens=512 tokenizer: bert", "PWD=/home/alice/project", "pwd: ~/src",
+    "Missing key(s) in state_dict", "session 3 of 5", "authors: alice", "basic instructions",
+])
+def test_issue8_ordinary_text_is_kept(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_shape_labels_survive_the_record_scrub() -> None:
+    # messages naming a shape are themselves stored: they must not look like secrets
+    message = ("output run_config.json not stored, found a value named api_key, a value of "
+               "flag api-key, a netrc entry, an Authorization header, a bearer token, basic "
+               "credentials, a URL with credentials, a private key block, a ghp_ token, "
+               "a known secret value (text file, first at line 3)")
+    assert redact_text(message) == message
+
+
+def test_env_derived_fields_are_scanned_like_env() -> None:
+    from auditor.record.capture import determinism
+
+    env = {"OMP_NUM_THREADS": "1;password=ompPw-6Gh3", "MKL_NUM_THREADS": SVC_CRED,
+           "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    det = determinism.environment_only(env)
+    assert (det.omp_num_threads, det.mkl_num_threads) == (REDACTED, REDACTED)
+    assert det.cublas_workspace_config == ":4096:8"
+    seen = determinism.from_observation({"env": env}, {})
+    assert seen.omp_num_threads == REDACTED and seen.cublas_workspace_config == ":4096:8"
+    assert redacted_env_value("PYTHONHASHSEED", "1;token=abcdef12") == REDACTED
+    assert redacted_env_value("PYTHONHASHSEED", "42") == "42"
+    assert redacted_env_value("OMP_NUM_THREADS", None) is None
+
+
+def test_scrub_strings_walks_keys_values_and_containers() -> None:
+    redact_env({"MY_SVC_CRED": SVC_CRED})
+    data = {"a": [f"x {SVC_CRED}", ("password=abc12345",)], SVC_CRED: 1, "n": 2.5}
+    assert scrub_strings(data) == {"a": [f"x {REDACTED}", (f"password={REDACTED}",)],
+                                   REDACTED: 1, "n": 2.5}
+
+
+def test_scan_file_names_the_shape_and_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "run_config.json"
+    cfg.write_text('{\n  "lr": 0.1,\n  "api_key": "cfgKey-2Wq9Er7T"\n}\n')
+    assert scan_file(cfg) == "a value named api_key (text file, first at line 3)"
+    clean = tmp_path / "metrics.json"
+    clean.write_text('{"loss": 0.25, "tokens_per_s": 1234}\n')
+    assert scan_file(clean) is None
+    register_known_secret(GH_TOKEN)
+    blob = tmp_path / "model.bin"
+    blob.write_bytes(bytes(range(256)) * 4 + GH_TOKEN.encode())
+    assert scan_file(blob) == "a known secret value (binary file, first at byte 1024)"
+    noisy = tmp_path / "weights.bin"  # shapes in binary data are noise: only known values count
+    noisy.write_bytes(b"\0password=abcdef12\0")
+    assert scan_file(noisy) is None
+
+
+def test_scan_file_finds_a_secret_across_chunk_boundaries(tmp_path: Path) -> None:
+    big = tmp_path / "log.txt"
+    with big.open("w") as fh:
+        fh.write("x" * ((1 << 20) - 5) + " password=acrossTheCut99\n")
+    assert scan_file(big) == "a value named password (text file, first at line 1)"
+    lines = tmp_path / "lines.txt"
+    lines.write_text("ok\n" * 700_000 + "token=lateT0ken-123\n")
+    assert scan_file(lines) == "a value named token (text file, first at line 700001)"
+
+
+def test_long_runs_without_separators_are_scanned_whole() -> None:
+    # issue 8: quadratic before (20k `x`: 11 s); bench/bench_redact.py measures the speed
+    for filler in ("x" * 200_000, "a=" * 100_000, "-" * 200_000, "://" * 50_000):
+        text = filler + " api_key=tail-Secret-991"
+        out = redact_text(text)
+        assert out.startswith(filler[:1000]) and out.endswith(f" api_key={REDACTED}")
+
+
+def test_redact_bytes_matches_redact_text() -> None:
+    text = f"token={GH_TOKEN} ünïcode password=p4ss-w0rd-1 \udcff"
+    assert redact_bytes(text.encode("utf-8", "surrogatepass")) == \
+        redact_text(text).encode("utf-8", "surrogatepass")
+
+
+def test_the_stdlib_fallback_finds_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a rerun's interpreter ahocorasick_rs may be missing: same answers, slower."""
+    from auditor.record.capture import secret_scan
+
+    redact_env(PLANTED_ENV)
+    texts = [t for _, _, t in ISSUE8_TEXT] + [f"{v} | {v.encode().hex()}" for v in ENV_SECRETS]
+    fast = [redact_text(t) for t in texts]
+    monkeypatch.setattr(secret_scan, "_finder", secret_scan._regex_finder)
+    monkeypatch.setattr(secret_scan, "_anchor_cache", {})
+    assert [redact_text(t) for t in texts] == fast

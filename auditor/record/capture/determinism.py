@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from auditor.record.capture.secrets import redacted_env_value
 from auditor.record.probe.sitecustomize import observe
 from auditor.schema import Determinism
 
@@ -27,23 +28,25 @@ def from_observation(obs: Mapping[str, Any], env: Mapping[str, str]) -> Determin
     """A Determinism section from one probe observation (plus the child's environment)."""
     seen_env = {**env, **obs.get("env", {})}
     values = {k: obs.get(k) for k in FIELDS if obs.get(k) is not None}
-    return Determinism(
-        source="observed-in-process",
-        **values,
-        cublas_workspace_config=seen_env.get("CUBLAS_WORKSPACE_CONFIG"),
-        omp_num_threads=seen_env.get("OMP_NUM_THREADS"),
-        mkl_num_threads=seen_env.get("MKL_NUM_THREADS"),
-    )
+    return Determinism(source="observed-in-process", **values, **_env_fields(seen_env))
 
 
 def environment_only(env: Mapping[str, str]) -> Determinism:
     """What the environment alone says, when the process could not be observed."""
-    return Determinism(
-        source="environment-only",
-        cublas_workspace_config=env.get("CUBLAS_WORKSPACE_CONFIG"),
-        omp_num_threads=env.get("OMP_NUM_THREADS"),
-        mkl_num_threads=env.get("MKL_NUM_THREADS"),
-    )
+    return Determinism(source="environment-only", **_env_fields(env))
+
+
+def _env_fields(env: Mapping[str, str]) -> dict[str, Any]:
+    # copied from the environment, so scanned like it: a secret smuggled through an
+    # allowlisted variable (OMP_NUM_THREADS='1;password=...') is redacted here too
+    return {
+        field: redacted_env_value(name, env.get(name))
+        for field, name in (
+            ("cublas_workspace_config", "CUBLAS_WORKSPACE_CONFIG"),
+            ("omp_num_threads", "OMP_NUM_THREADS"),
+            ("mkl_num_threads", "MKL_NUM_THREADS"),
+        )
+    }
 
 
 def observe_self(env: Mapping[str, str]) -> tuple[Determinism, int | None]:

@@ -32,20 +32,38 @@ denied.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import re
-import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
-from functools import lru_cache
-from itertools import pairwise
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
 
-REDACTED = "[REDACTED]"
+from auditor.record.capture.secret_scan import (
+    KNOWN_SHAPE,
+    MIN_KNOWN_SECRET,
+    REDACTED,
+    Finding,
+    apply,
+    as_bytes,
+    as_text,
+    clear_known_secrets,
+    encoded_forms,
+    known_secrets,
+    register_known_secret,
+    scan,
+    secret_name,
+    shapes,
+    words,
+)
+
+__all__ = [
+    "DEFAULT_ENV_ALLOWLIST", "ENV_DENYLIST", "MIN_KNOWN_SECRET", "REDACTED", "Finding",
+    "clear_known_secrets", "encoded_forms", "find_secrets", "known_secrets", "looks_secret",
+    "redact_argv", "redact_bytes", "redact_env", "redact_params", "redact_text",
+    "register_known_secret", "secret_name", "shapes", "strip_url_credentials",
+]
 
 DEFAULT_ENV_ALLOWLIST: tuple[str, ...] = (
     # Python interpreter behaviour
@@ -71,77 +89,19 @@ DEFAULT_ENV_ALLOWLIST: tuple[str, ...] = (
 )
 ENV_DENYLIST: tuple[str, ...] = ("NCCL_*SOCKET*",)
 
-MIN_KNOWN_SECRET = 6
 HIGH_ENTROPY_MIN_LEN = 20
 BASE64_LIMIT = 4.5
 HEX_LIMIT = 3.0
 
-_known: set[str] = set()
-_known_lock = threading.Lock()
-
-# ---------------------------------------------------------------------------- names
-
-_STRONG_WORDS = frozenset({
-    "password", "passwd", "passphrase", "secret", "secrets", "credential",
-    "credentials", "cred", "creds", "cookie", "cookies", "apikey", "authtoken",
-    "auth", "authorization", "dsn", "sessionid", "signature",
-})
-_STRONG_FRAGMENTS = ("password", "passwd", "secret", "apikey", "credential")
-_SPECIAL_TOKEN_WORDS = frozenset({
-    "pad", "bos", "eos", "unk", "sep", "cls", "mask", "start", "end", "special",
-    "decoder", "image", "audio", "video", "vocab", "new",
-})
-_BENIGN_KEY_WORDS = frozenset({
-    "sort", "primary", "foreign", "partition", "cache", "dict", "group", "metric",
-    "monitor", "index", "join", "lookup", "row", "column", "shard", "routing", "public",
-    "hash", "batch", "input", "output", "label", "target", "image", "text", "data",
-})
 _DIGEST_WORDS = frozenset({
     "commit", "sha", "sha1", "sha256", "sha512", "md5", "hash", "digest", "checksum",
     "revision", "rev", "uuid", "etag", "fingerprint", "id", "oid", "head",
 })
-_WHOLE_NAMES = frozenset({"database_url", "db_url", "connection_string", "conn_str"})
-_SECRET_PAIRS = frozenset({
-    ("api", "key"), ("access", "key"), ("secret", "key"), ("private", "key"),
-    ("account", "key"), ("signing", "key"), ("encryption", "key"), ("master", "key"),
-    ("client", "secret"), ("access", "token"), ("refresh", "token"), ("api", "token"),
-    ("session", "token"), ("auth", "token"), ("id", "token"),
-})
-
-
-def _words(name: str) -> list[str]:
-    """Split an identifier into lower-case words: ``myApiKey`` -> my, api, key."""
-    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name)
-    return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
-
-
-def _auth_word(word: str) -> bool:
-    return word.startswith("auth") and not word.startswith(("author", "authority"))
-
-
-@lru_cache(maxsize=4096)
-def secret_name(name: str) -> bool:
-    """True when a variable, key or flag name says its value is a credential."""
-    words = _words(name)
-    if not words:
-        return False
-    joined, last = "_".join(words), words[-1]
-    prev = words[-2] if len(words) > 1 else ""
-    return (
-        joined in _WHOLE_NAMES or joined.endswith(("_database_url", "_dsn"))
-        or any(w in _STRONG_WORDS or _auth_word(w) for w in words)
-        or any(f in w for w in words for f in _STRONG_FRAGMENTS)
-        or any(pair in _SECRET_PAIRS for pair in pairwise(words))
-        or (last == "token" and prev not in _SPECIAL_TOKEN_WORDS)
-        or (last in {"key", "keys"} and prev not in _BENIGN_KEY_WORDS)
-        or ("private" in words and len(words) > 1)
-        or ("session" in words and last in {"session", "id", "key", "token", "cookie"})
-    )
 
 
 def _digest_name(name: str) -> bool:
-    words = _words(name)
-    return bool(words) and words[-1] in _DIGEST_WORDS
+    ws = words(name)
+    return bool(ws) and ws[-1] in _DIGEST_WORDS
 
 
 _DIGEST_VALUE = re.compile(
@@ -156,39 +116,7 @@ def _keeps_digest(name: str, value: str) -> bool:
 
 # ---------------------------------------------------------------------------- shapes
 
-_VENDOR_TOKENS = [
-    r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b",
-    r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b",
-    r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b",
-    r"\bglpat-[A-Za-z0-9_\-]{20,}\b",
-    r"\bhf_[A-Za-z0-9]{30,}\b",
-    r"\bxox[abposr]-[A-Za-z0-9\-]{10,}\b",
-    r"\bxapp-[A-Za-z0-9\-]{10,}\b",
-    r"\bAIza[0-9A-Za-z\-_]{35}\b",
-    r"\bsk-(?:proj-|ant-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}\b",
-    r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}\b",
-    r"\bnpm_[A-Za-z0-9]{36}\b",
-    r"\bpypi-[A-Za-z0-9_\-]{50,}\b",
-    r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
-]
-_PEM_BLOCK = (r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?"
-              r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
-_PEM_HEAD = r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?:(?:\s|\\n)*[A-Za-z0-9+/=]{16,})*"
-_TOKEN_RE = re.compile("|".join([_PEM_BLOCK, _PEM_HEAD, *_VENDOR_TOKENS]), re.DOTALL)
-_BEARER_RE = re.compile(r"\b([Bb]earer|BEARER)(\s+)([A-Za-z0-9\-._~+/]{16,}=*)")
-_BASIC_RE = re.compile(r"\b([Bb]asic|BASIC)(\s+)([A-Za-z0-9+/]{8,}={0,2})")
-_HEADER_RE = re.compile(
-    r"(?i)\b((?:proxy-)?authorization|set-cookie|cookie)([\"']?[ \t]*[:=][ \t]*[\"']?)"
-    r"(?!\[REDACTED\])([^\s\"'][^\r\n\"']*)"
-)
-_URL_RE = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
-_KV_RE = re.compile(
-    r"(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*)(?P<kq>[\"']?)(?P<sep>[ \t]*[:=][ \t]*)"
-    r"(?:\"(?P<dq>(?:\\.|[^\"\\\n])*)\"|'(?P<sq>[^'\n]*)'|(?P<bare>[^\s\"',;&<>]+))"
-)
-_FLAG_RE = re.compile(
-    r"(?<!\S)(?P<flag>--?[A-Za-z][A-Za-z0-9_\-]*)(?P<sp>[ \t]+)(?P<val>[^\s\-]\S*)"
-)
+_URL_RE = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]{0,31}://[^\s'\"<>`]+")
 _WORD_SPLIT = re.compile(r"[\s\"'`,;:=()\[\]{}<>|&!?*\\]+")
 _BASE64_CHARS = re.compile(r"[A-Za-z0-9+/\-_]+={0,2}")
 _HEX_CHARS = re.compile(r"[0-9a-fA-F]+")
@@ -208,32 +136,17 @@ def _high_entropy_word(word: str) -> bool:
     return _BASE64_CHARS.fullmatch(word) is not None and _entropy(word) > BASE64_LIMIT
 
 
-def _basic_credential(token: str) -> bool:
-    """True when the token decodes to printable ``user:password`` (not an English word)."""
-    try:
-        raw = base64.b64decode(token + "=" * (-len(token) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return b":" in raw and raw.isascii() and raw.decode().isprintable()
-
-
-def _has_url_secret(text: str) -> bool:
-    return any(strip_url_credentials(m.group(0)) != m.group(0) for m in _URL_RE.finditer(text))
-
-
-def _has_secret_kv(text: str) -> bool:
-    return any(secret_name(m.group("key")) and _kv_value(m) not in ("", REDACTED)
-               for m in _KV_RE.finditer(text))
-
-
 def looks_secret(value: str) -> bool:
     """True when the value has the shape of a credential (see the module contract)."""
     return bool(
-        _TOKEN_RE.search(value) or _BEARER_RE.search(value)
-        or any(_basic_credential(m.group(3)) for m in _BASIC_RE.finditer(value))
-        or _has_url_secret(value) or _has_secret_kv(value)
+        scan(as_bytes(value), known=False)
         or any(_high_entropy_word(w) for w in _WORD_SPLIT.split(value))
     )
+
+
+def find_secrets(text: str) -> list[Finding]:
+    """Where secret shapes and known secrets sit in ``text`` (spans over its UTF-8 bytes)."""
+    return scan(as_bytes(text))
 
 
 # ---------------------------------------------------------------------------- URLs
@@ -268,14 +181,7 @@ def strip_url_credentials(url: str) -> str:
     return f"{scheme}://{netloc}{_redact_path(path)}{qm}{_redact_query(query)}{hsh}{fragment}"
 
 
-# ---------------------------------------------------------------------------- known secrets
-
-def register_known_secret(value: str) -> None:
-    """Remember a secret value process-wide so ``redact_text`` scrubs it and its encodings."""
-    if len(value) >= MIN_KNOWN_SECRET and value not in REDACTED:
-        with _known_lock:
-            _known.add(value)
-
+# ---------------------------------------------------------------------------- learning
 
 def _url_passwords(text: str) -> list[str]:
     found = []
@@ -297,99 +203,21 @@ def _learn(value: str) -> None:
         register_known_secret(password)
 
 
-def known_secrets() -> frozenset[str]:
-    """The values registered so far in this process."""
-    with _known_lock:
-        return frozenset(_known)
-
-
-def clear_known_secrets() -> None:
-    """Forget every registered value (for tests and long-lived workers)."""
-    with _known_lock:
-        _known.clear()
-
-
-def encoded_forms(value: str) -> set[str]:
-    """The value itself plus the base64, URL-encoded and hex spellings a log may hold."""
-    raw = value.encode()
-    b64 = base64.b64encode(raw).decode()
-    forms = {value, b64, b64.rstrip("="), base64.urlsafe_b64encode(raw).decode().rstrip("="),
-             quote(value, safe=""), quote_plus(value), raw.hex(), raw.hex().upper()}
-    return {f for f in forms if len(f) >= MIN_KNOWN_SECRET}
-
-
-_pattern_cache: dict[frozenset[str], re.Pattern[str] | None] = {}
-
-
-def _known_pattern() -> re.Pattern[str] | None:
-    """One alternation of every form of every known secret, longest first; cached."""
-    known = known_secrets()
-    if known not in _pattern_cache:
-        forms = sorted({f for v in known for f in encoded_forms(v)}, key=len, reverse=True)
-        _pattern_cache.clear()  # only the current set is ever needed again
-        _pattern_cache[known] = re.compile("|".join(map(re.escape, forms))) if forms else None
-    return _pattern_cache[known]
-
-
-def _replace_known(text: str) -> str:
-    pattern = _known_pattern()
-    return pattern.sub(REDACTED, text) if pattern else text
-
-
 # ---------------------------------------------------------------------------- text
 
-def _kv_value(match: re.Match[str]) -> str:
-    for group in ("dq", "sq", "bare"):
-        if match.group(group) is not None:
-            return match.group(group)
-    return ""
-
-
-_JSON_LITERALS = frozenset({"null", "true", "false", "None", "True", "False"})
-
-
-def _kv_sub(match: re.Match[str]) -> str:
-    bare = match.group("bare")
-    if not secret_name(match.group("key")) or bare in _JSON_LITERALS:
-        return match.group(0)
-    # a quoted key means JSON or YAML: keep the value a string so the document still parses
-    quoted = match.group("sq") is None and (match.group("dq") is not None or match.group("kq"))
-    mark = '"' if quoted else "'" if match.group("sq") is not None else ""
-    head = match.group("key") + match.group("kq") + match.group("sep")
-    return f"{head}{mark}{REDACTED}{mark}"
-
-
-def _flag_sub(match: re.Match[str]) -> str:
-    if not secret_name(match.group("flag").lstrip("-")):
-        return match.group(0)
-    return f"{match.group('flag')}{match.group('sp')}{REDACTED}"
-
-
-def _basic_sub(match: re.Match[str]) -> str:
-    if not _basic_credential(match.group(3)):
-        return match.group(0)
-    return f"{match.group(1)}{match.group(2)}{REDACTED}"
-
-
-def _redact_once(text: str) -> str:
-    text = _replace_known(text)
-    text = _TOKEN_RE.sub(REDACTED, text)
-    text = _URL_RE.sub(lambda m: strip_url_credentials(m.group(0)), text)
-    text = _BEARER_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-    text = _BASIC_RE.sub(_basic_sub, text)
-    text = _HEADER_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-    text = _KV_RE.sub(_kv_sub, text)
-    return _FLAG_RE.sub(_flag_sub, text)
+def redact_bytes(data: bytes) -> bytes:
+    """``redact_text`` over UTF-8 bytes (what logs are stored as)."""
+    for _ in range(4):  # repeat to a fixed point so that the result is idempotent
+        findings = scan(data)
+        if not findings:
+            break
+        data = apply(data, findings)
+    return data
 
 
 def redact_text(text: str) -> str:
     """Replace every secret-shaped substring and every known secret with ``REDACTED``."""
-    for _ in range(4):  # repeat to a fixed point so that the result is idempotent
-        new = _redact_once(text)
-        if new == text:
-            break
-        text = new
-    return text
+    return as_text(redact_bytes(as_bytes(text)))
 
 
 # ---------------------------------------------------------------------------- env, argv, params
@@ -467,3 +295,70 @@ def _redact_item(key: str, value: Any) -> Any:
     if isinstance(value, str) and _keeps_digest(key, value):
         return value
     return redact_params(value)
+
+
+def redacted_env_value(name: str, value: str | None) -> str | None:
+    """A value copied from the environment into another record field (determinism, seeds):
+    ``REDACTED`` whenever ``redact_env`` would not keep it verbatim."""
+    if value is None:
+        return None
+    return redact_env({name: value})[name]
+
+
+def scrub_strings(obj: Any) -> Any:
+    """A copy of nested data (dicts, lists, tuples) with ``redact_text`` applied to every
+    string, keys included: the last net before a record is stored."""
+    if isinstance(obj, str):
+        return redact_text(obj)
+    if isinstance(obj, Mapping):
+        return {scrub_strings(k): scrub_strings(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [scrub_strings(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(scrub_strings(v) for v in obj)
+    return obj
+
+
+# ---------------------------------------------------------------------------- files
+
+SNIFF_BYTES = 8192
+_CHUNK = 1 << 20
+_OVERLAP = 1 << 16  # the longest span a finding can have that is still examined whole
+
+
+def is_text(head: bytes) -> bool:
+    """UTF-8 without NUL in the first ``SNIFF_BYTES`` (a cut last character is allowed)."""
+    if b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 3 and exc.reason == "unexpected end of data"
+    return True
+
+
+def scan_file(path: Path) -> str | None:
+    """Why the file must not be stored, or None. A text file (``is_text``) is scanned for
+    every shape ``redact_text`` knows and for known secrets; any other file for known
+    secrets and their encodings only (a pickled config holds its strings verbatim).
+    Read in 1 MiB chunks with a 64 KiB overlap: linear time, bounded memory."""
+    with path.open("rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+        text = is_text(head)
+        carry, offset, lines = head, 0, 0
+        while True:
+            block = fh.read(_CHUNK)
+            data = carry + block
+            hits = [f for f in scan(data)
+                    if text or f.shape == KNOWN_SHAPE]
+            if hits:
+                line = lines + data.count(b"\n", 0, hits[0].start) + 1
+                where = (f"text file, first at line {line}" if text
+                         else f"binary file, first at byte {offset + hits[0].start}")
+                return f"{', '.join(shapes(hits))} ({where})"
+            if not block:
+                return None
+            keep = data[-_OVERLAP:] if len(data) > _OVERLAP else data
+            lines += data.count(b"\n", 0, len(data) - len(keep))
+            offset += len(data) - len(keep)
+            carry = keep
