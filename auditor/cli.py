@@ -14,15 +14,15 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
 from auditor import __version__
 from auditor.errors import AuditorError, IntegrityError
-from auditor.render import console, print_record, print_runs
-from auditor.store import SqlStore, open_store
+
+if TYPE_CHECKING:  # imported when a command needs them: `audit --help` starts fast
+    from auditor.store import SqlStore
 
 
 @dataclass
@@ -36,6 +36,8 @@ class Ctx:
 
     def store(self, *, create: bool = True) -> SqlStore:
         """Open the selected store."""
+        from auditor.store import open_store
+
         return open_store(self.store_location, create=create)
 
 
@@ -55,6 +57,28 @@ LAZY_COMMANDS: dict[str, str] = {
 }
 
 
+# The one-line help `audit --help` shows for each lazy command, so listing them imports
+# none (tests/unit/test_cli_startup.py checks each against the command's own help).
+LAZY_HELP: dict[str, str] = {
+    "lock": "Make a fully pinned, hashed lockfile (pip-tools), or check one.",
+    "build": "Build the pinned environment (image or venv) of a recorded run.",
+    "base-image": "Base images for air-gapped machines (no registry needed).",
+    "rerun": "Rebuild and rerun a run hermetically; the rerun is recorded as a new run.",
+    "compare": "Compare two runs (metrics, weights, files, params, environment; exit 0 when "
+    "they agree), or write N runs' comparison page with --html FILE.",
+    "verify": "Rebuild, rerun, compare and certify: exit 0 reproduced, 1 not, 3 could not "
+    "verify.",
+    "report": "Write the reports of a past verification (RUN id or CERT file): HTML, "
+    "Markdown, JUnit.",
+    "gate": "Pass (exit 0) only when every ARTIFACT has a trusted, recent, good-enough "
+    "certificate.",
+    "keys": "Ed25519 signing keys for certificates.",
+    "certificate": "Inspect and check certificates.",
+    "ci": "Scheduled reproducibility checks in CI.",
+    "ui": "Serve the dashboard: runs table, comparison, importance, run pages (read-only).",
+}
+
+
 class AuditGroup(click.Group):
     """A click group whose errors are one line on stderr with our exit codes, and whose
     heavier subcommands are imported only when used (``audit list`` starts fast)."""
@@ -68,6 +92,21 @@ class AuditGroup(click.Group):
             return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
         return super().get_command(ctx, cmd_name)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Like click's, but a lazy command's line comes from ``LAZY_HELP`` (no import)."""
+        limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))
+        rows: list[tuple[str, str]] = []
+        for name in self.list_commands(ctx):
+            if name in LAZY_HELP and name in LAZY_COMMANDS:
+                rows.append((name, lazy_short_help(name, limit)))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def main(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         debug = "--debug" in sys.argv
         try:
@@ -80,17 +119,29 @@ class AuditGroup(click.Group):
             _fail("aborted", 130, debug)
         except click.ClickException as exc:
             _fail(exc.format_message(), 2, debug)
-        except SQLAlchemyError as exc:
-            _fail(f"store error: {getattr(exc, 'orig', None) or exc}", 2, debug)
         except KeyboardInterrupt:
             _fail("interrupted", 130, debug)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback
+            if _is_sqlalchemy_error(exc):
+                _fail(f"store error: {getattr(exc, 'orig', None) or exc}", 2, debug)
             _fail(
                 f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)",
                 3,
                 debug,
             )
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def lazy_short_help(name: str, limit: int) -> str:
+    """The help line of a lazy command, shortened the way click shortens it."""
+    return click.Command(name, help=LAZY_HELP[name]).get_short_help_str(limit)
+
+
+def _is_sqlalchemy_error(exc: BaseException) -> bool:
+    """An SQLAlchemy error, checked without importing SQLAlchemy (none can be raised
+    before it is imported)."""
+    errors = sys.modules.get("sqlalchemy.exc")
+    return errors is not None and isinstance(exc, errors.SQLAlchemyError)
 
 
 def _fail(message: str, code: int, debug: bool) -> NoReturn:
@@ -247,6 +298,8 @@ def record(c: Ctx, command: tuple[str, ...], **opts: Any) -> None:
             json.dumps({"id": ident.id, "status": ident.status, "exit_code": ident.exit_code})
         )
     elif not c.quiet:
+        from auditor.render import console
+
         console(err=True).print(
             f"[bold]recorded[/] run {ident.id} ({ident.status}, exit "
             f"{ident.exit_code}) in {store.url}"
@@ -276,6 +329,8 @@ def list_(c: Ctx, limit: int, where: tuple[str, ...], sort: str | None) -> None:
     if c.as_json:
         click.echo(json.dumps([_summary_json(r) for r in runs], indent=1))
     else:
+        from auditor.render import print_runs
+
         print_runs(runs)
 
 
@@ -310,7 +365,15 @@ def show(c: Ctx, run: str) -> None:
     if c.as_json:
         click.echo(record_.model_dump_json(indent=1))
     else:
+        from auditor.lock_cache import cached_lock_ref
+        from auditor.render import print_record
+
         print_record(record_)
+        compiled = cached_lock_ref(store, record_)
+        if compiled is not None:  # the lock rebuilds of this derived run really install
+            click.echo(f"compiled lock            {compiled.packages} packages, sha256 "
+                       f"{compiled.sha256[:12]}… (pip-compile of the derived lock, "
+                       f"{compiled.compiled_at}; reused by build and verify)")
 
 
 @main.command()

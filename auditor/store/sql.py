@@ -17,8 +17,8 @@ import struct
 from array import array
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import numpy as np
 import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy import event
@@ -35,6 +35,9 @@ from auditor.schema import (
 )
 from auditor.store.base import CertificateRow, MetricPoint, RunSummary
 from auditor.store.blobs import BlobStore
+
+if TYPE_CHECKING:
+    import numpy as np
 
 STORE_SCHEMA_VERSION = 1
 meta = sa.MetaData()
@@ -333,6 +336,8 @@ class SqlStore:
         """key -> (steps, values) as numpy arrays in logging order: the bulk read behind
         the dashboard's curves (exact values from the stored bits)."""
         keys_query = sa.select(t_metrics.c.key).where(t_metrics.c.run_id == run_id).distinct()
+        import numpy as np  # only here: `audit list` does not pay for numpy
+
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         with self.engine.connect() as conn:
             keys = [key] if key is not None else sorted(conn.execute(keys_query).scalars())
