@@ -21,7 +21,7 @@ from auditor import __version__
 from auditor.build import BuildInputs, BuildResult, build, default_base_image
 from auditor.compare import compare_runs, evidence_from_store
 from auditor.errors import CouldNotVerify, InputError
-from auditor.lock import Lock, lock_from_packages, parse_conda_lock, parse_requirements_lock
+from auditor.lock import Lock, parse_conda_lock, parse_requirements_lock
 from auditor.outcome import VerifyResult
 from auditor.policy import Policy
 from auditor.rerun import Limits, cleanup, execute_docker, execute_venv, prepare, scratch_dir
@@ -71,6 +71,7 @@ def verify(
     progress(f"verifying run {original.identity.id} ({original.identity.name})")
     built = _timed(timings, "build", lambda: build_for(store, original, opts, progress))
     notes += built.differences + ([built.isolation_note] if built.isolation_note else [])
+    notes += _derived_lock_note(store, original)
     rerun = _timed(timings, "rerun", lambda: _rerun(store, original, built, opts, policy, progress))
     notes += [f"setting not replayed (test switch): {s}" for s in opts.skip_replay]
     progress("comparing metrics, weights, files and environment")
@@ -127,7 +128,8 @@ def _check_verifiable(store: SqlStore, record: RunRecord) -> None:
 
 
 def load_lock(store: SqlStore, record: RunRecord, *, allow_unhashed: bool = False) -> Lock:
-    """The run's lockfile; a derived (unhashed) one is hashed with pip-tools first."""
+    """The run's lockfile; a derived (unhashed) one is hashed with pip-tools first, once
+    (``auditor.lock_cache``: the compiled lock is kept in the store and reused)."""
     py = record.environment.python
     if py is None or py.lock is None:
         raise CouldNotVerify(f"run {record.identity.id} has no recorded Python environment")
@@ -138,11 +140,22 @@ def load_lock(store: SqlStore, record: RunRecord, *, allow_unhashed: bool = Fals
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text)
         return parse_conda_lock(tmp)
-    if py.lock.origin == "derived":
-        pins = parse_requirements_lock(text, name=name, allow_unhashed=True)
+    if py.lock.origin == "derived":  # compiled once with pip-tools, then reused
+        from auditor.lock_cache import compiled_lock
+
         links = [p for p in [_env_path("AUDITOR_WHEELHOUSE")] if p]
-        return lock_from_packages({p.name: p.version for p in pins.packages}, find_links=links)
+        return compiled_lock(store, record, text, links)
     return parse_requirements_lock(text, name=name, allow_unhashed=allow_unhashed)
+
+
+def _derived_lock_note(store: SqlStore, record: RunRecord) -> list[str]:
+    """The certificate names the lock a derived run was really rebuilt from."""
+    from auditor.lock_cache import cached_lock_ref
+
+    ref = cached_lock_ref(store, record)
+    return [] if ref is None else [
+        f"no project lockfile: rebuilt from the lock compiled from the recorded installed "
+        f"set (pip-compile --generate-hashes, {ref.packages} packages, sha256 {ref.sha256})"]
 
 
 def inputs_for(store: SqlStore, record: RunRecord, opts: VerifyOptions) -> BuildInputs:
