@@ -70,7 +70,9 @@ import json, platform, subprocess, sys
 out = subprocess.run([sys.executable, "-m", "pip", "inspect", "--local"],
                      capture_output=True, text=True, check=True).stdout
 packages = {d["metadata"]["name"]: d["metadata"]["version"] for d in json.loads(out)["installed"]}
-print(json.dumps({"python": platform.python_version(), "packages": packages}, sort_keys=True))
+build = " ".join(platform.python_build()) + " " + platform.python_compiler()
+print(json.dumps({"python": platform.python_version(), "packages": packages, "build": build},
+                 sort_keys=True))
 """
 _HASH_MISMATCH = re.compile(r"^\s+([A-Za-z0-9_.\-]+==\S+) from ", re.MULTILINE)
 _NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
@@ -106,6 +108,7 @@ class BuildResult(BaseModel):
     cached: bool
     log: str
     python_version: str
+    python_build: str = ""  # as record/capture/python_env.py spells it, from the probe
     packages: dict[str, str]
     differences: list[str]
     isolation_note: str | None = None
@@ -330,6 +333,7 @@ def _result(inputs: BuildInputs, digest: str, probe: dict[str, Any], **fields: A
             ) -> BuildResult:
     packages = {str(canonicalize_name(n)): str(v) for n, v in sorted(probe["packages"].items())}
     return BuildResult(inputs_digest=digest, python_version=probe["python"], packages=packages,
+                       python_build=str(probe.get("build", "")),
                        differences=differences(inputs, probe["python"], probe["packages"]),
                        **fields)
 

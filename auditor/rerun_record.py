@@ -66,7 +66,7 @@ def _initial(original: RunRecord, prep: Prepared, built: BuildResult) -> RunReco
             executable=f"python in {built.backend} {built.image_id[:19]}",
             version=built.python_version,
             implementation=py.implementation if py else "CPython",
-            build="",
+            build=built.python_build,
             packages=dict(sorted(built.packages.items())),
             lock=py.lock if py else None,
         ),
