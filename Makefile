@@ -35,4 +35,4 @@ bench: venv
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .auditor demo-out
+	rm -rf $(VENV) .auditor demo-out .demo-env

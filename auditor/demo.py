@@ -7,10 +7,17 @@ no docker engine, a venv), writes the HTML report and signed certificate, passes
 release gate with the model, and finally records and verifies a clock-seeded run to show a
 ``not-reproduced`` verdict with its cause. Each command is printed before it runs, so the
 output doubles as a tutorial. It ends by printing where the HTML reports are.
+
+The example is recorded in the environment its lockfile describes: a virtualenv built from
+``fixtures/train/requirements.lock`` with the same pip flags a rebuild uses (kept in
+``.demo-env/<lock sha256>`` and reused), so the rebuilt environment matches the recorded
+one package for package. Run it from a source checkout (or any folder holding
+``fixtures/``): ``python -m auditor.demo`` also works with an installed wheel.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,8 +25,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+
+def _repo() -> Path:
+    """The folder holding ``fixtures/``: the current directory, else the source checkout."""
+    for folder in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (folder / "fixtures" / "train").is_dir():
+            return folder
+    return Path.cwd()
+
+
+REPO = _repo()
 OUT = REPO / "demo-out"
+ENVS = REPO / ".demo-env"
 
 
 def sh(*argv: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None) -> int:
@@ -77,6 +94,28 @@ def _environment() -> dict[str, str]:
     return env
 
 
+def training_python(env: dict[str, str]) -> str:
+    """The Python of a venv built from the example's lockfile (built once, then reused)."""
+    lock = REPO / "fixtures" / "train" / "requirements.lock"
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
+    venv = ENVS / digest
+    python = venv / "bin" / "python"
+    if (venv / "complete").is_file():
+        return str(python)
+    print(f"\nbuilding the example's environment from {lock.name} in {venv} (once)", flush=True)
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q", "--no-deps", "--only-binary", ":all:",
+           "--require-hashes", "--disable-pip-version-check", "--no-input"]
+    pip += ["--find-links", env["AUDITOR_WHEELHOUSE"]] if env.get("AUDITOR_WHEELHOUSE") else []
+    pip += ["--cert", env["AUDITOR_CA_BUNDLE"]] if env.get("AUDITOR_CA_BUNDLE") else []
+    isolated = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    subprocess.run([*pip, "--requirement", str(lock)], check=True,
+                   env={**isolated, "PIP_CONFIG_FILE": os.devnull})  # as a rebuild installs
+    (venv / "complete").write_text(lock.name + "\n")
+    return str(python)
+
+
 def _run_id(audit: str, project: Path, env: dict[str, str]) -> str:
     out = subprocess.run([audit, "--json", "list", "--limit", "1"], cwd=project, env=env,
                          capture_output=True, text=True, check=True).stdout
@@ -84,7 +123,18 @@ def _run_id(audit: str, project: Path, env: dict[str, str]) -> str:
 
 
 def main() -> int:
-    """Run the demo."""
+    """Run the demo; a failed step ends it with one line, not a traceback."""
+    try:
+        return _demo()
+    except subprocess.CalledProcessError as exc:
+        argv = exc.cmd if isinstance(exc.cmd, list | tuple) else [str(exc.cmd)]
+        name = " ".join(Path(str(a)).name if i == 0 else str(a) for i, a in enumerate(argv[:3]))
+        print(f"\nerror: the demo stopped: `{name} …` exited {exc.returncode} (see above)",
+              file=sys.stderr)
+        return 1
+
+
+def _demo() -> int:
     project = prepare()
     audit = str(Path(sys.executable).parent / "audit")
     env = _environment()
@@ -96,7 +146,7 @@ def main() -> int:
         print("\nno docker engine answers: verification uses the venv backend (weaker "
               "isolation; start dockerd for containers)")
         backend = ["--backend", "venv"]
-    train = [sys.executable, "train_mlp.py", "--data", "data/blobs.csv", "--epochs", "6"]
+    train = [training_python(env), "train_mlp.py", "--data", "data/blobs.csv", "--epochs", "6"]
     sh(audit, "record", "--name", "mlp-demo", "--input", "data/blobs.csv", "--", *train,
        "--seed", "42", cwd=project, env=env)
     rid = _run_id(audit, project, env)
