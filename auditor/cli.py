@@ -33,12 +33,13 @@ class Ctx:
     as_json: bool
     quiet: bool
     debug: bool
+    blobs_location: str | None = None
 
     def store(self, *, create: bool = True) -> SqlStore:
         """Open the selected store."""
         from auditor.store import open_store
 
-        return open_store(self.store_location, create=create)
+        return open_store(self.store_location, blobs=self.blobs_location, create=create)
 
 
 LAZY_COMMANDS: dict[str, str] = {
@@ -159,13 +160,25 @@ def _fail(message: str, code: int, debug: bool) -> NoReturn:
     metavar="PATH|URL",
     help="Store directory or SQLAlchemy URL (default: .auditor at the repo root).",
 )
+@click.option(
+    "--blobs",
+    "blobs_location",
+    envvar="AUDITOR_BLOBS",
+    metavar="PATH|URL",
+    help="Artifact folder, file:// or s3:// URL (default: beside the store).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Less output.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.version_option(__version__, prog_name="audit")
 @click.pass_context
 def main(
-    ctx: click.Context, store_location: str | None, as_json: bool, quiet: bool, debug: bool
+    ctx: click.Context,
+    store_location: str | None,
+    blobs_location: str | None,
+    as_json: bool,
+    quiet: bool,
+    debug: bool,
 ) -> None:
     """auditor: record training runs completely, then prove they reproduce.
 
@@ -173,7 +186,7 @@ def main(
     Exit codes: 0 reproduced / ok, 1 not reproduced (or gate failed),
                 2 bad input, 3 could not verify (environment, integrity).
     """
-    ctx.obj = Ctx(store_location, as_json, quiet, debug)
+    ctx.obj = Ctx(store_location, as_json, quiet, debug, blobs_location)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -424,9 +437,13 @@ def store() -> None:
 @store.command()
 @pass_ctx
 def upgrade(c: Ctx) -> None:
-    """Upgrade an old store's schema (under an exclusive lock)."""
+    """Upgrade an old store's schema (once, under the store's migration lock)."""
     opened = c.store(create=False)
-    click.echo(f"store {opened.url} is at the current schema")
+    done = opened.upgrade
+    if done.migrated:
+        click.echo(f"store {opened.url} upgraded from revision {done.before} to {done.after}")
+    else:
+        click.echo(f"store {opened.url} is at the current revision {done.after}")
 
 
 if __name__ == "__main__":  # pragma: no cover

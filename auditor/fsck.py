@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from auditor.errors import AuditorError
-from auditor.store import SqlStore, sha256_file
+from auditor.store import SqlStore
 from auditor.store.sql import _parse_record
 from auditor.tamper import evidence_problems, index_problems, logged_certificates
 
@@ -74,9 +74,9 @@ def _check_records(store: SqlStore, report: FsckReport) -> int:
 
 def _check_objects(store: SqlStore, report: FsckReport) -> int:
     count = 0
-    for claimed, path in store.blobs.iter_objects():
+    for claimed, actual in store.blobs.object_digests():
         count += 1
-        if sha256_file(path) != claimed:
+        if actual != claimed:
             users = ", ".join(f"{r}:{n}" for r, n in store.runs_with_artifact(claimed)) or "none"
             report.bad(f"object sha256:{claimed} does not hash to its name (referenced by {users})")
     return count

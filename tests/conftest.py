@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from auditor.store import SqlStore, open_store
 
@@ -71,6 +73,71 @@ def train_repo(make_repo: Callable[..., Path]) -> Path:
 def store(tmp_path: Path) -> Iterator[SqlStore]:
     """A fresh SQLite store in a temp directory."""
     opened = open_store(str(tmp_path / "store"))
+    yield opened
+    opened.close()
+
+
+# -- PostgreSQL (the team store): the URL of a server .ci/run starts --------------------
+PG_ENV = "AUDITOR_TEST_POSTGRES"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip locally; fail under CI, where nothing may pass by skipping."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must not skip: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A PostgreSQL URL whose role may create schemas ($AUDITOR_TEST_POSTGRES)."""
+    url = os.environ.get(PG_ENV, "")
+    if not url:
+        skip_or_fail(f"no PostgreSQL server: set {PG_ENV} (.ci/run starts one)")
+    engine = sa.create_engine(url, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except sa.exc.SQLAlchemyError as exc:
+        skip_or_fail(f"PostgreSQL at {PG_ENV} does not answer: {exc.__class__.__name__}")
+    finally:
+        engine.dispose()
+    return url
+
+
+def pg_schema_url(postgres_url: str, schema: str) -> str:
+    """The server URL with ``search_path`` set to ``schema`` (one empty store per test)."""
+    url = sa.engine.make_url(postgres_url).update_query_dict(
+        {"options": f"-csearch_path={schema}"}
+    )
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_url(postgres_url: str) -> Iterator[str]:
+    """An empty store database on the test server: a fresh schema, dropped afterwards."""
+    schema = "t_" + secrets.token_hex(6)
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    yield pg_schema_url(postgres_url, schema)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
+    """(metadata location, artifact location) of an empty store of each kind."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store"), None
+    return request.getfixturevalue("pg_url"), str(tmp_path / "blobs")
+
+
+@pytest.fixture
+def any_store(store_location: tuple[str, str | None]) -> Iterator[SqlStore]:
+    """A fresh store, once on SQLite and once on PostgreSQL."""
+    opened = open_store(store_location[0], blobs=store_location[1])
     yield opened
     opened.close()
 

@@ -1,11 +1,12 @@
-"""Open the run store named by ``--store``, ``AUDITOR_STORE`` or the default location.
+"""Open the run store named by ``--store``, ``AUDITOR_STORE``, ``auditor.toml`` or the default.
 
 The default is ``.auditor/`` at the root of the git repository that holds the current
 directory (the current directory itself outside git). A plain path names a store
 directory (``store.db`` + ``objects/``); anything with ``://`` is a SQLAlchemy URL
-(``sqlite:////abs/path.db``, ``postgresql+psycopg://…``) whose blobs go to
-``AUDITOR_BLOBS`` or the default directory. SQLite in WAL mode is refused on network
-filesystems, where its locking is unsafe.
+(``sqlite:////abs/path.db``, ``postgresql+psycopg://…``). Artifacts go to the folder or
+URL of ``--blobs`` / ``AUDITOR_BLOBS`` / ``[store] blobs``, else beside a SQLite store,
+else where a server store remembers them (``store/location.py`` has the whole order).
+SQLite in WAL mode is refused on network filesystems, where its locking is unsafe.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from pathlib import Path
 from auditor.errors import StoreError
 from auditor.store.base import CertificateRow, MetricPoint, RunStore, RunSummary
 from auditor.store.blobs import BlobStore, sha256_file
+from auditor.store.location import cache_dir_for, is_local_blobs, local_blob_dir, read_config
+from auditor.store.remote import RemoteBlobStore
 from auditor.store.sql import SqlStore, validate_run_ref
 
 __all__ = [
     "BlobStore",
     "CertificateRow",
     "MetricPoint",
+    "RemoteBlobStore",
     "RunStore",
     "RunSummary",
     "SqlStore",
@@ -92,14 +96,19 @@ def store_dir_of(store: SqlStore) -> Path:
     return store.blobs.root
 
 
-def open_store(location: str | None = None, *, create: bool = True) -> SqlStore:
-    """Open (and by default create) the store at ``location``."""
-    location = location or os.environ.get("AUDITOR_STORE") or str(default_store_dir())
+def open_store(
+    location: str | None = None, *, blobs: str | None = None, create: bool = True
+) -> SqlStore:
+    """Open (and by default create) the store at ``location`` with artifacts at ``blobs``
+    (see ``store/location.py`` for where each comes from when not given)."""
+    location = location or os.environ.get("AUDITOR_STORE")
+    blobs = blobs or os.environ.get("AUDITOR_BLOBS")
+    if not location or (not blobs and "://" in location and not location.startswith("sqlite")):
+        config = read_config(repo_root(Path.cwd()) or Path.cwd())  # one git call: only if needed
+        location = location or config.url or str(default_store_dir())
+        blobs = blobs or config.blobs
     if "://" in location:
-        blob_dir = Path(os.environ.get("AUDITOR_BLOBS") or default_store_dir())
-        if location.startswith("sqlite:///"):
-            blob_dir = Path(location.removeprefix("sqlite:///")).resolve().parent
-        return SqlStore(location, BlobStore(blob_dir))
+        return _open_url(location, blobs)
     directory = Path(location).expanduser().resolve()
     db = directory / "store.db"
     if not db.exists() and not create:
@@ -113,4 +122,42 @@ def open_store(location: str | None = None, *, create: bool = True) -> SqlStore:
     except OSError as exc:
         raise StoreError(f"cannot create store {directory}: {exc.strerror}") from None
     _guard_local(directory)
-    return SqlStore(f"sqlite:///{db}", BlobStore(directory))
+    store = SqlStore(f"sqlite:///{db}", BlobStore(directory))
+    return _attach_blobs(store, blobs) if blobs else store
+
+
+def _open_url(location: str, blobs: str | None) -> SqlStore:
+    if location.startswith("sqlite:///") and not blobs:
+        directory = Path(location.removeprefix("sqlite:///")).resolve().parent
+        return SqlStore(location, BlobStore(directory))
+    store = SqlStore(location, BlobStore(Path(".")))  # placeholder until the URL is known
+    blobs = blobs or store.get_meta("blobs_url")
+    if not blobs:
+        store.close()
+        raise StoreError(
+            f"store {store.url} has no artifact location",
+            hint="pass --blobs PATH|URL (or AUDITOR_BLOBS) once, when the store is created",
+        )
+    return _attach_blobs(store, blobs)
+
+
+def _attach_blobs(store: SqlStore, blobs: str) -> SqlStore:
+    """Point the store at its artifacts; a server store remembers them the first time."""
+    if is_local_blobs(blobs):
+        directory = local_blob_dir(blobs)
+        store.blobs = BlobStore(directory)
+        canonical = f"file://{directory}"
+    else:
+        remote = RemoteBlobStore(blobs, cache_dir_for(store.url))
+        remote.check_reachable()
+        store.blobs = remote
+        canonical = remote.url
+    if not store.is_sqlite:
+        known = store.remember_meta("blobs_url", canonical)
+        if known != canonical:
+            store.close()
+            raise StoreError(
+                f"store {store.url} keeps its artifacts at {known}, not {canonical}",
+                hint="omit --blobs / AUDITOR_BLOBS for this store",
+            )
+    return store

@@ -141,6 +141,11 @@ class BlobStore:
             for obj in sorted(sub.iterdir()):
                 yield sub.name + obj.name, obj
 
+    def object_digests(self) -> Iterator[tuple[str, str]]:
+        """(claimed, actual sha256) of every stored object."""
+        for claimed, path in self.iter_objects():
+            yield claimed, sha256_file(path)
+
     def stray_temp_files(self) -> list[Path]:
         """Leftovers of interrupted writes."""
         return sorted(self.tmp.iterdir()) if self.tmp.is_dir() else []

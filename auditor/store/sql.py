@@ -10,19 +10,21 @@ Rows never leave this module: callers get schema models and the dataclasses of
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import struct
 from array import array
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from auditor.errors import AmbiguousRunId, CorruptRecord, RunNotFound, StoreError
 from auditor.schema import (
@@ -35,11 +37,12 @@ from auditor.schema import (
 )
 from auditor.store.base import CertificateRow, MetricPoint, RunSummary
 from auditor.store.blobs import BlobStore
+from auditor.store.migrate import ensure_schema
 
 if TYPE_CHECKING:
     import numpy as np
 
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2
 meta = sa.MetaData()
 
 t_meta = sa.Table(
@@ -63,6 +66,7 @@ t_runs = sa.Table(
     sa.Column("summary", sa.Text, nullable=False),  # small JSON: final metrics, tags
     sa.Column("record", sa.Text, nullable=False),  # canonical JSON of RunRecord
     sa.Column("record_sha256", sa.String(64), nullable=False),
+    sa.Column("origin", sa.Text),  # "mlflow:<run id>" for an import; NULL when recorded here
 )
 sa.Index("ix_runs_started", t_runs.c.started_at)
 t_metrics = sa.Table(
@@ -108,6 +112,15 @@ t_builds = sa.Table(
     sa.Column("result", sa.Text, nullable=False),  # BuildResult JSON (log in a blob)
     sa.Column("created_at", sa.String(40), nullable=False),
 )
+t_imports = sa.Table(
+    "imports",
+    meta,
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("source_run_id", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(26), nullable=False),
+    sa.Column("imported_at", sa.String(40), nullable=False),
+    sa.PrimaryKeyConstraint("source", "source_run_id"),
+)
 
 _INSERT_METRICS = ("INSERT INTO metrics (run_id, seq, key, step, value, bits, time) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?)")
@@ -123,6 +136,36 @@ def float_to_bits(value: float) -> int:
 def bits_to_float(bits: int) -> float:
     """Inverse of ``float_to_bits``."""
     return float(_DOUBLE.unpack(_INT64.pack(bits))[0])
+
+
+def shown_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for messages and records)."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        scheme, sep, _rest = url.partition("://")
+        return f"{scheme}{sep}…" if sep else "…"
+
+
+def _reason(exc: sa.exc.DBAPIError) -> str:
+    """The driver's first line, which never holds the password."""
+    text = str(exc.orig).strip().splitlines()
+    return text[0] if text else type(exc.orig).__name__
+
+
+def _server_engine(url: str) -> Engine:
+    return sa.create_engine(
+        url, pool_pre_ping=True, connect_args={"connect_timeout": 10}, pool_size=2
+    )
+
+
+@contextmanager
+def _locked_begin(engine: Engine, run_id: str | None) -> Iterator[Connection]:
+    with engine.begin() as conn:
+        if run_id is not None:
+            key = int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:8], "big", signed=True)
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+        yield conn
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -150,53 +193,63 @@ class SqlStore:
     """A run store in one SQL database plus a blob directory."""
 
     def __init__(self, url: str, blobs: BlobStore) -> None:
-        self.url = url
+        self._url = url  # may hold a password: never shown, logged or stored
+        self.url = shown_url(url)
         self.blobs = blobs
         self.is_sqlite = url.startswith("sqlite")
         try:
-            self.engine = _sqlite_engine(url) if self.is_sqlite else sa.create_engine(url)
-            self._init_schema()
+            _ = sa.engine.make_url(url).port  # a malformed port raises here, not later
+        except (sa.exc.ArgumentError, ValueError):
+            raise StoreError(
+                f"not a store URL: {self.url}",
+                hint="use a directory, sqlite:////abs/path.db or postgresql+psycopg://host/db",
+            ) from None
+        try:
+            self.engine = _sqlite_engine(url) if self.is_sqlite else _server_engine(url)
+            try:
+                self.upgrade = ensure_schema(self.engine, self.url)
+            except BaseException:
+                self.engine.dispose()
+                raise
         except sa.exc.DBAPIError as exc:
-            raise StoreError(f"cannot open store {url}: {exc.orig}") from None
-        except sa.exc.ArgumentError as exc:
-            raise StoreError(f"not a store URL: {url}: {exc}") from None
-        except (sa.exc.NoSuchModuleError, ImportError) as exc:  # mysql://, a missing driver
+            raise StoreError(f"cannot open store {self.url}: {_reason(exc)}") from None
+        except sa.exc.ArgumentError:
             raise StoreError(
-                f"unsupported store URL {url.split('://')[0]}://…: {exc}",
-                hint="use a folder, sqlite:///PATH or postgresql+psycopg://…") from None
+                f"not a store URL: {self.url}",
+                hint="use a directory, sqlite:////abs/path.db or postgresql+psycopg://host/db",
+            ) from None
+        except ImportError as exc:
+            raise StoreError(
+                f"no database driver for {self.url}: {exc.name} is not installed",
+                hint="pip install 'auditor[postgres]'",
+            ) from None
 
-    # -- schema -------------------------------------------------------------------------
-    def _init_schema(self) -> None:
-        with self.engine.begin() as conn:
-            meta.create_all(conn, checkfirst=True)
-            row = conn.execute(sa.select(t_meta.c.value).where(t_meta.c.key == "schema_version"))
-            found = row.scalar_one_or_none()
+    def _write(self, run_id: str) -> AbstractContextManager[Connection]:
+        """A write transaction; on PostgreSQL it also serialises writers of one run."""
+        return _locked_begin(self.engine, None if self.is_sqlite else run_id)
+
+    def get_meta(self, key: str) -> str | None:
+        """A value of the store's ``meta`` table."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(t_meta.c.value).where(t_meta.c.key == key)
+            ).scalar_one_or_none()
+
+    def remember_meta(self, key: str, value: str) -> str:
+        """Set ``key`` unless it is set already; returns the value it has now."""
+        with self._write(f"meta:{key}") as conn:
+            found = conn.execute(
+                sa.select(t_meta.c.value).where(t_meta.c.key == key)
+            ).scalar_one_or_none()
             if found is None:
-                conn.execute(
-                    t_meta.insert().values(key="schema_version", value=str(STORE_SCHEMA_VERSION))
-                )
-                return
-        self._check_version(int(found))
-
-    def _check_version(self, found: int) -> None:
-        if found < STORE_SCHEMA_VERSION:
-            raise StoreError(
-                f"store {self.url} has schema v{found}, this auditor needs v{STORE_SCHEMA_VERSION}",
-                hint="run `audit store upgrade`",
-            )
-        if found > STORE_SCHEMA_VERSION:
-            raise StoreError(
-                f"store {self.url} has schema v{found}, newer than this auditor "
-                f"(v{STORE_SCHEMA_VERSION})",
-                hint="upgrade auditor",
-            )
-
+                conn.execute(t_meta.insert().values(key=key, value=value))
+        return value if found is None else str(found)
 
     # -- runs ---------------------------------------------------------------------------
     def put_record(self, record: RunRecord, *, pid: int | None = None) -> None:
         """Insert or replace a run's record and its artifact index in one transaction."""
         row = _record_row(record, pid)
-        with self.engine.begin() as conn:
+        with self._write(record.identity.id) as conn:
             conn.execute(t_runs.delete().where(t_runs.c.id == record.identity.id))
             conn.execute(t_runs.insert().values(**row))
             conn.execute(t_artifacts.delete().where(t_artifacts.c.run_id == record.identity.id))
@@ -306,7 +359,7 @@ class SqlStore:
         values = array("d", [p[2] for p in batch])
         bits = array("q")
         bits.frombytes(values.tobytes())  # IEEE bits of every value at once
-        with self.engine.begin() as conn:
+        with self._write(run_id) as conn:
             start = conn.execute(sa.select(sa.func.coalesce(sa.func.max(t_metrics.c.seq), -1))
                                  .where(t_metrics.c.run_id == run_id)).scalar_one() + 1
             rows = [(run_id, start + i, p[0], p[1], None if p[2] != p[2] else p[2], b, p[3])

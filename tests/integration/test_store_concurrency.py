@@ -1,4 +1,5 @@
-"""Store atomicity and concurrency (TEST-SCENARIOS T1-T4, T6) on real SQLite files."""
+"""Store atomicity and concurrency (TEST-SCENARIOS T1-T4, T6) on real SQLite files and a
+real PostgreSQL server (each test runs on both)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,15 @@ def _record(
     )
 
 
-def _writer(location: str, n: int, queue: mp.Queue) -> None:  # type: ignore[type-arg]
-    store = open_store(location)
+Loc = tuple[str, str | None]  # (metadata location, artifact location)
+
+
+def _open(loc: Loc) -> SqlStore:
+    return open_store(loc[0], blobs=loc[1])
+
+
+def _writer(loc: Loc, n: int, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+    store = _open(loc)
     latencies, errors = [], []
     for i in range(n):
         start = time.perf_counter()
@@ -53,8 +61,8 @@ def _writer(location: str, n: int, queue: mp.Queue) -> None:  # type: ignore[typ
     queue.put((latencies, errors))
 
 
-def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
-    location = str(tmp_path / "store")
+def test_concurrent_writers_lose_nothing(store_location: Loc) -> None:
+    location = store_location
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     procs = [ctx.Process(target=_writer, args=(location, 50, queue)) for _ in range(8)]
@@ -65,11 +73,12 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         p.join(timeout=60)
     errors = [e for _, errs in results for e in errs]
     assert errors == []  # no "database is locked" reached the caller
-    store = open_store(location)
+    store = _open(location)
     runs = store.list_runs()
     assert len(runs) == 400 and len({r.id for r in runs}) == 400
     assert all(r.status == "finished" for r in runs)
     total = sum(1 for r in runs for _ in store.iter_metrics(r.id))
+    store.close()
     assert total == 400 * 20
     lat = sorted(x for lats, _ in results for x in lats)
     p99 = lat[int(len(lat) * 0.99)]
@@ -79,16 +88,17 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     )
 
 
-def _opener(location: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+def _opener(loc: Loc, queue: mp.Queue) -> None:  # type: ignore[type-arg]
     try:
-        open_store(location).close()
-        queue.put("ok")
+        store = _open(loc)
+        queue.put("migrated" if store.upgrade.migrated else "ok")
+        store.close()
     except Exception as exc:  # noqa: BLE001
         queue.put(f"{type(exc).__name__}: {exc}")
 
 
-def test_concurrent_first_open_creates_schema_once(tmp_path: Path) -> None:
-    location = str(tmp_path / "fresh")
+def test_concurrent_first_open_creates_schema_once(store_location: Loc) -> None:
+    location = store_location
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     procs = [ctx.Process(target=_opener, args=(location, queue)) for _ in range(8)]
@@ -97,14 +107,17 @@ def test_concurrent_first_open_creates_schema_once(tmp_path: Path) -> None:
     answers = [queue.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(timeout=30)
-    assert answers == ["ok"] * 8
-    store = open_store(location)
+    assert sorted(answers) == ["migrated"] + ["ok"] * 7  # exactly one created it
+    store = _open(location)
     with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("select count(*) from meta").scalar() == 1
+        assert conn.exec_driver_sql(
+            "select count(*) from meta where key='schema_version'").scalar() == 1
+        assert conn.exec_driver_sql("select count(*) from alembic_version").scalar() == 1
+    store.close()
 
 
-def _crash_child(location: str, conn: mp.connection.Connection) -> None:  # type: ignore[name-defined]
-    store = open_store(location)
+def _crash_child(location: Loc, conn: mp.connection.Connection) -> None:  # type: ignore[name-defined]
+    store = _open(location)
     rng = random.Random(os.getpid())
     while True:
         run_id = new_run_id()
@@ -126,9 +139,25 @@ def _check_complete(store: SqlStore, run_id: str) -> None:
     assert sum(1 for _ in store.iter_metrics(run_id)) == 1000
 
 
-def _kill_loop(tmp_path: Path, iterations: int) -> None:
-    location = str(tmp_path / "crash")
-    open_store(location).close()
+def _one_run_seconds(location: Loc) -> float:
+    """How long opening the store and writing one complete run takes here, now (the kill
+    window scales with it, so kills land anywhere in a run even on a loaded machine)."""
+    start = time.perf_counter()
+    store = _open(location)
+    run_id = new_run_id()
+    store.put_record(_record(run_id, status="running"))
+    arts = tuple(
+        ArtifactRef(name=f"outputs/a{k}.bin", sha256=sha, size=size, kind="output")
+        for k, (sha, size) in enumerate(store.blobs.put_bytes(os.urandom(20_000)) for _ in range(3))
+    )
+    store.add_metrics(run_id, [MetricPoint("m", s, float(s), 0.0) for s in range(1000)])
+    store.put_record(_record(run_id, arts, points=1000))
+    store.close()
+    return time.perf_counter() - start
+
+
+def _kill_loop(location: Loc, iterations: int) -> None:
+    window = 3 * _one_run_seconds(location)
     ctx = mp.get_context("fork")
     acked: list[str] = []
     checked: set[str] = set()
@@ -137,12 +166,12 @@ def _kill_loop(tmp_path: Path, iterations: int) -> None:
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_crash_child, args=(location, child))
         proc.start()
-        time.sleep(rng.uniform(0.02, 0.3))  # one run takes ~0.1 s: kills land anywhere in it
+        time.sleep(rng.uniform(0.02, window))  # kills land anywhere in a run
         os.kill(proc.pid, signal.SIGKILL)
         proc.join()
         while parent.poll():
             acked.append(parent.recv())
-        store = open_store(location)
+        store = _open(location)
         assert store.integrity_check() == "ok"
         for summary in store.list_runs():
             if summary.id in checked:
@@ -155,23 +184,24 @@ def _kill_loop(tmp_path: Path, iterations: int) -> None:
             else:
                 assert summary.status == "running"  # incomplete, and marked so
         store.close()
-    store = open_store(location)
+    store = _open(location)
     for run_id in acked:
         _check_complete(store, run_id)
     for claimed, path in store.blobs.iter_objects():  # T2: no object under a wrong name
         assert sha256_file(path) == claimed
     report = check_store(store, repair=True)
     assert report.problems == [] and store.blobs.stray_temp_files() == []
+    store.close()
     assert acked, "the child never completed a run: kills came too early"
 
 
-def test_kill_loop_short(tmp_path: Path) -> None:
-    _kill_loop(tmp_path, 25)
+def test_kill_loop_short(store_location: Loc) -> None:
+    _kill_loop(store_location, 25)
 
 
 @pytest.mark.slow
-def test_kill_loop_200(tmp_path: Path) -> None:
-    _kill_loop(tmp_path, 200)
+def test_kill_loop_200(store_location: Loc) -> None:
+    _kill_loop(store_location, 200)
 
 
 def test_db_files_touched_only_through_sqlite() -> None:

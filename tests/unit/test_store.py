@@ -35,6 +35,12 @@ from auditor.schema import (
 from auditor.store import MetricPoint, SqlStore, open_store, validate_run_ref
 
 
+@pytest.fixture
+def store(any_store: SqlStore) -> SqlStore:
+    """Every store test runs against SQLite and PostgreSQL."""
+    return any_store
+
+
 def make_record(run_id: str | None = None, **ident: object) -> RunRecord:
     return RunRecord(
         identity=Identity(
@@ -217,12 +223,25 @@ def test_blob_tamper_detected(store: SqlStore, tmp_path: Path) -> None:
         store.blobs.read_bytes(sha, "outputs/model.bin")
 
 
-def test_old_schema_refused_with_upgrade_hint(tmp_path: Path) -> None:
+def test_store_newer_than_the_code_is_refused_in_one_line(
+    store_location: tuple[str, str | None],
+) -> None:
+    opened = open_store(store_location[0], blobs=store_location[1])
+    with opened.engine.begin() as conn:
+        conn.exec_driver_sql("update alembic_version set version_num='9999'")
+    opened.close()
+    with pytest.raises(StoreError, match="revision 9999, newer than this auditor") as err:
+        open_store(store_location[0], blobs=store_location[1])
+    assert "\n" not in str(err.value) and "upgrade auditor" in str(err.value)
+
+
+def test_unknown_legacy_schema_is_refused(tmp_path: Path) -> None:
     opened = open_store(str(tmp_path / "s"))
     with opened.engine.begin() as conn:
+        conn.exec_driver_sql("drop table alembic_version")
         conn.exec_driver_sql("update meta set value='0' where key='schema_version'")
     opened.close()
-    with pytest.raises(StoreError, match="audit store upgrade"):
+    with pytest.raises(StoreError, match="unknown schema"):
         open_store(str(tmp_path / "s"))
 
 
