@@ -6,10 +6,18 @@ major.minor, installs the lock with the same pip flags as the image (``--require
 pip settings ignored), and writes its marker file last, so a folder without a marker is
 half-built and rebuilt. The result says, in ``isolation_note``, that isolation is weaker:
 same OS, libraries and files as this host. Split from ``build.py``.
+
+Where venvs live (``venv_root_for``): a venv rerun as root runs as uid 1000, which must be
+able to read the venv but not the store (private, 0700), so root builds into a root-owned
+0755 cache outside any checkout (``/var/cache/auditor/envs``, content-addressed by the
+build digest, one builder at a time per digest); other users build into the store's
+``envs/`` (their rerun runs as themselves). ``AUDITOR_VENV_ROOT`` overrides both. Builds
+run with umask 022 so the venv is readable by the rerun user whatever the caller's umask.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -32,9 +40,36 @@ from auditor.build import (
 )
 from auditor.errors import BuildFailed
 from auditor.lock import check_python_compat
+from auditor.rerun_user import blocked_for
+
+SHARED_VENV_ROOT = Path("/var/cache/auditor/envs")
+
+
+def venv_root_for(store_dir: Path) -> Path:
+    """Where the venvs of a store's runs are built (see the module's docstring)."""
+    configured = os.environ.get("AUDITOR_VENV_ROOT")
+    if configured:
+        return Path(configured)
+    return SHARED_VENV_ROOT if os.geteuid() == 0 else store_dir / "envs"
+
+
+def _open_root(venv_root: Path) -> None:
+    """Make the venv root (and missing parents) readable and traversable by everyone."""
+    missing = [p for p in [venv_root, *venv_root.parents] if not p.exists()]
+    venv_root.mkdir(parents=True, exist_ok=True)
+    for path in missing:
+        os.chmod(path, 0o755)
 
 
 def build_venv(inputs: BuildInputs, digest: str, venv_root: Path, no_cache: bool,
+               say: Progress, started: float) -> BuildResult:
+    _open_root(venv_root)
+    with open(venv_root / f".{digest[:16]}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per digest; others then hit the cache
+        return _build_venv(inputs, digest, venv_root, no_cache, say, started)
+
+
+def _build_venv(inputs: BuildInputs, digest: str, venv_root: Path, no_cache: bool,
                 say: Progress, started: float) -> BuildResult:
     if inputs.lock.kind != "pip":
         raise BuildFailed("the venv backend cannot install a conda lock",
@@ -80,8 +115,20 @@ def _create_venv(inputs: BuildInputs, env: Path, say: Progress
 
 
 def _host_python(inputs: BuildInputs) -> str:
-    wanted = inputs.lock.python or ".".join(inputs.python_version.split(".")[:2])
-    return shutil.which(f"python{wanted}") or sys.executable
+    return host_python(inputs.lock.python or ".".join(inputs.python_version.split(".")[:2]))
+
+
+def host_python(wanted: str) -> str:
+    """The host's Python ``wanted`` (major.minor). As root, the first one uid 1000 can run
+    (a pyenv Python under /root cannot be, and a venv rerun drops to uid 1000)."""
+    folders = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/local/bin", "/usr/bin"]
+    found = [shutil.which(f"python{wanted}", path=folder) for folder in folders]
+    candidates = [c for c in found if c] + [sys.executable]
+    if os.geteuid() == 0:
+        for candidate in candidates:
+            if blocked_for(Path(candidate)) is None:
+                return candidate
+    return candidates[0]
 
 
 def _pip_install(env: Path, inputs: BuildInputs, lockfile: Path) -> list[str]:
@@ -101,7 +148,7 @@ def _isolated_env() -> dict[str, str]:
 
 def _run(argv: list[str], lines: list[str], say: Progress | None, what: str) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, check=False,
-                          timeout=BUILD_TIMEOUT_S, env=_isolated_env())
+                          timeout=BUILD_TIMEOUT_S, env=_isolated_env(), umask=0o022)
     output = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     lines.extend(output)
     for line in output if say else ():

@@ -1,14 +1,21 @@
 """Run a recorded command again, exactly: same tree, inputs, seeds and settings.
 
-``prepare`` rebuilds the source tree (checked against its Merkle root), re-checks every
-input's fingerprint, makes code and data read-only (files owned by root, mode 0444; folders
-sticky so the rerun may create outputs but never change or remove a recorded file), and
-computes the replayed environment: the recorded allowlisted variables, PYTHONHASHSEED,
-thread counts (``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` set to the torch thread count seen in
-the original process), ``CUBLAS_WORKSPACE_CONFIG``, and the probe. ``execute`` runs it in the
+``prepare`` rebuilds the source tree into the rerun's own private copy (checked against
+its Merkle root before anything runs), re-checks every input's fingerprint, and hands the
+copy to the rerun user: code and pre-existing untracked files are the rerun's to change
+(real scripts overwrite ``model.pt`` and write into an existing ``checkpoints/``), while
+declared data inputs stay read-only (root-owned, mode 0444, in sticky folders the rerun
+cannot rename or empty). Hermetic means the rerun cannot reach the network, the host or
+the store, not that it cannot write in its working directory. ``prepare`` also computes
+the replayed environment: the recorded allowlisted variables, PYTHONHASHSEED, thread
+counts (``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` set to the torch thread count seen in the
+original process), ``CUBLAS_WORKSPACE_CONFIG``, and the probe. ``execute`` runs it in the
 built image through the docker SDK (no network, read-only root, tmpfs /tmp, uid 1000, all
 capabilities dropped, no-new-privileges, pids/memory/time limits, labelled and always
-removed) or, with the venv backend, as a subprocess (uid 1000 and no network when root).
+removed) or, with the venv backend, as a subprocess (uid 1000 and no network when root;
+before it starts, the rerun user must be able to read the interpreter, the venv and the
+tree, and must not be able to read the store). What the sandbox was is returned in
+``Executed.notes`` and stored with the rerun record. Plans are immutable.
 
 ``SKIPPABLE`` settings exist for one purpose: tests that prove a setting matters leave it
 out on purpose (``--skip-replay``, hidden); a certificate states any skipped setting.
@@ -21,13 +28,14 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +45,7 @@ from auditor.record.capture.git import rebuild_tree
 from auditor.record.capture.secrets import REDACTED
 from auditor.record.outputs import Snapshot
 from auditor.record.wrap import PROBE_PATH
+from auditor.rerun_user import RERUN_UID, blocked_for
 from auditor.schema import RunRecord
 from auditor.store import SqlStore
 
@@ -66,10 +75,13 @@ HOST_SPECIFIC = frozenset(
     }
 )
 _PY = re.compile(r"^(?:python|pypy)[0-9.]*$")
-RERUN_UID = 1000
+DOCKER_SANDBOX = (
+    "docker backend: no network (network_mode none), read-only image, uid 1000, all "
+    "capabilities dropped, no-new-privileges; neither the store nor the host is mounted"
+)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Limits:
     """Resource limits of a rerun."""
 
@@ -79,7 +91,7 @@ class Limits:
     gpus: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prepared:
     """A rerun ready to execute."""
 
@@ -87,21 +99,23 @@ class Prepared:
     workdir: Path  # holds tree/ and probe/
     tree: Path
     cwd: Path  # inside tree
-    argv: list[str]
-    env: dict[str, str]
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
     snapshot: Snapshot
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Executed:
-    """What a rerun did."""
+    """What a rerun did, and the sandbox it did it in (``notes``, stored with the rerun)."""
 
     exit_code: int
     stdout: str
     stderr: str
     seconds: float
     probe_dir: Path
+    seen_as: str  # the tree's path as the rerun saw it: /work in a container
+    notes: tuple[str, ...] = ()
 
 
 def prepare(
@@ -126,7 +140,7 @@ def prepare(
     if not cwd.is_relative_to(tree.resolve()):
         raise IntegrityError(f"recorded working directory {record.command.cwd!r} escapes the tree")
     cwd.mkdir(parents=True, exist_ok=True)
-    _lock_down(tree)
+    hand_over(tree, _protected(record, tree))
     (workdir / "probe").mkdir()
     os.chmod(workdir / "probe", 0o777)
     env = replay_env(record, skip_replay, pass_env)
@@ -135,7 +149,7 @@ def prepare(
         workdir=workdir,
         tree=tree,
         cwd=cwd,
-        argv=_argv(record),
+        argv=tuple(_argv(record)),
         env=env,
         snapshot=Snapshot.take(cwd, []),
     )
@@ -161,17 +175,64 @@ def _host_path(record: RunRecord, path: str) -> Path:
     return p if p.is_absolute() else Path(record.code.root) / p  # type: ignore[union-attr]
 
 
-def _lock_down(tree: Path) -> None:
-    """Files read-only and root-owned; folders sticky and writable by the rerun user."""
+def _protected(record: RunRecord, tree: Path) -> list[Path]:
+    """The declared inputs that lie inside the tree: they stay read-only."""
+    root = tree.resolve()
+    found = []
+    for data in record.data:
+        inside = (tree / data.path).resolve()
+        if inside != root and inside.is_relative_to(root) and inside.exists():
+            found.append(inside)
+    return found
+
+
+def hand_over(tree: Path, protected: list[Path]) -> None:
+    """Give the rerun user its copy of the tree; declared inputs stay read-only.
+
+    As root: everything belongs to the rerun user, except declared inputs (files root-owned
+    0444, folders root-owned sticky 1775 so new files may be added but no recorded one
+    changed, renamed or removed) and the folders above them (root-owned, sticky, group
+    writable: the rerun may create and replace its own files there, never the inputs).
+    Not root (no chown): code is made world-writable and inputs read-only the same way.
+    """
+    root = tree.resolve()
+    inputs = [p.resolve() for p in protected]
+    above = {a for p in inputs for a in p.parents if a == root or a.is_relative_to(root)}
     as_root = os.geteuid() == 0
-    for dirpath, _dirs, files in os.walk(tree):
+
+    def is_input(path: Path) -> bool:
+        return any(path == p or path.is_relative_to(p) for p in inputs)
+
+    def folder(path: Path) -> None:
+        if is_input(path) or path in above:
+            os.chmod(path, 0o1775 if as_root else 0o1777)
+            if as_root:
+                os.chown(path, 0, RERUN_UID)
+        elif as_root:
+            os.chown(path, RERUN_UID, RERUN_UID)
+            os.chmod(path, 0o755)
+        else:
+            os.chmod(path, 0o777)
+
+    for dirpath, _dirs, files in os.walk(root):
+        here = Path(dirpath)
+        folder(here)
         for name in files:
-            path = Path(dirpath) / name
-            if not path.is_symlink():
+            path = here / name
+            if path.is_symlink():
+                if as_root:
+                    os.lchown(path, 0 if is_input(path) else RERUN_UID, RERUN_UID)
+                continue
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if is_input(path):
                 os.chmod(path, 0o444)
-        os.chmod(dirpath, 0o1777 if not as_root else 0o1775)
-        if as_root:
-            os.chown(dirpath, 0, RERUN_UID)  # group-writable for uid 1000, sticky: no deletes
+                if as_root:
+                    os.chown(path, 0, 0)
+            elif as_root:
+                os.chown(path, RERUN_UID, RERUN_UID)
+                os.chmod(path, (mode | 0o600) & 0o755)
+            else:
+                os.chmod(path, (mode | 0o666) & 0o777)
 
 
 def replay_env(
@@ -259,7 +320,7 @@ def execute_docker(
         try:
             container = client.containers.run(
                 image_id,
-                command=prep.argv,
+                command=list(prep.argv),
                 working_dir="/work" if rel_cwd == "." else f"/work/{rel_cwd}",
                 environment=env,
                 user=f"{RERUN_UID}:{RERUN_UID}",
@@ -337,7 +398,8 @@ def execute_docker(
                 left.remove(force=True)
         client.close()
     return Executed(
-        code, "".join(out), "".join(err), time.monotonic() - started, prep.workdir / "probe"
+        code, "".join(out), "".join(err), time.monotonic() - started, prep.workdir / "probe",
+        seen_as="/work", notes=(DOCKER_SANDBOX,),
     )
 
 
@@ -380,53 +442,89 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
         yield pending.decode("utf-8", "replace")
 
 
+_HIDE = (
+    'n=$1; shift; while [ "$n" -gt 0 ]; do '
+    'mount -t tmpfs -o size=4k,mode=000 auditor-hidden "$1" 2>/dev/null || '
+    '{ echo "auditor: cannot hide $1 from the rerun" >&2; exit 125; }; '
+    'shift; n=$((n-1)); done; exec "$@"'
+)
+
+
+def venv_sandbox(hide: tuple[Path, ...] = ()) -> tuple[list[str], bool, str]:
+    """How a venv rerun is confined here: (argv prefix, switch user in Popen, note).
+
+    As root with ``unshare`` and ``setpriv``: a new network namespace (loopback only) and a
+    new mount namespace in which every folder of ``hide`` (the store, the original
+    repository) is covered by an empty mode-000 tmpfs, then uid 1000 with no groups and no
+    new privileges."""
+    if os.geteuid() != 0:
+        return [], False, "venv backend: network not removed and code writable (not root)"
+    if shutil.which("unshare") and shutil.which("setpriv"):
+        uid = str(RERUN_UID)
+        drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs"]
+        folders = [str(p) for p in hide]
+        hidden = f"; hidden from it: {', '.join(folders)}" if folders else ""
+        return (["unshare", "--net", "--mount", "--", "sh", "-c", _HIDE, "sh",
+                 str(len(folders)), *folders, *drop, "--"], False,
+                f"venv backend: network removed with unshare --net; uid {RERUN_UID}{hidden}")
+    return [], True, (f"venv backend: network not removed (unshare or setpriv missing); "
+                      f"uid {RERUN_UID}")
+
+
 def execute_venv(
-    prep: Prepared, env_dir: Path, limits: Limits, on_line: Callable[[int, str], None]
+    prep: Prepared, env_dir: Path, limits: Limits, on_line: Callable[[int, str], None],
+    *, hidden: tuple[Path, ...] = (), also_hidden: tuple[Path, ...] = (),
 ) -> Executed:
     """Run with the venv's interpreter on this host (weaker isolation, said in the notes).
 
     As root, the network namespace is made while still root (``unshare --net``) and the
     rerun then drops to uid 1000 with ``setpriv`` (no groups, no new privileges): an
-    unprivileged ``unshare`` is refused by the kernel. The rerun gets a process group of
-    its own, killed whole on timeout or interrupt.
+    unprivileged ``unshare`` is refused by the kernel. Before it starts, uid 1000 must be
+    able to read the interpreter, the venv, the probe and the tree (else CouldNotVerify
+    naming the path) and must not be able to read any of ``hidden`` (the store; covered
+    by a tmpfs in its mount namespace, and closed by its modes, else CouldNotVerify);
+    ``also_hidden`` (the original repository) is covered where possible. The rerun
+    gets a process group of its own, killed whole on timeout or interrupt.
     """
+    probe_lib, library = _private_copies(prep.workdir)
+    python = env_dir / "bin" / "python"
+    needed = [prep.tree, prep.cwd, env_dir, python, probe_lib, library, prep.workdir / "probe"]
+    hide = tuple(_hideable((*hidden, *also_hidden), needed))
+    prefix, switch_user, note = venv_sandbox(hide)
+    notes = [note]
+    if prefix or switch_user:
+        check_readable_by_rerun_user(needed)
+        notes += [check_hidden_from_rerun_user(p, covered=p.resolve() in hide) for p in hidden]
+        notes += [f"venv backend: {p} is readable by uid {RERUN_UID} (not hidden)"
+                  for p in also_hidden if p.resolve() not in hide and blocked_for(p) is None]
     argv = list(prep.argv)
     if argv and argv[0] == "python":
-        argv[0] = str(env_dir / "bin" / "python")
+        argv[0] = str(python)
     env = {
         **prep.env,
         "PATH": f"{env_dir / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-        "PYTHONPATH": f"{PROBE_PATH}:{_library(prep.workdir)}",
+        "PYTHONPATH": f"{probe_lib}:{library}",
         "AUDITOR_PROBE_DIR": str(prep.workdir / "probe"),
         "AUDITOR_RUN_ID": prep.record.identity.id,
         "HOME": tempfile.gettempdir(),
         "VIRTUAL_ENV": str(env_dir),
     }
-    as_root = os.geteuid() == 0
-    switch_user = as_root
-    if as_root and shutil.which("unshare") and shutil.which("setpriv"):
-        uid = str(RERUN_UID)
-        # no network, as in the container; uid 1000 once the namespace exists
-        drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs"]
-        argv = ["unshare", "--net", "--", *drop, "--", *argv]
-        switch_user = False
-        prep.notes.append("venv backend: network removed with unshare --net")
-    elif as_root:
-        prep.notes.append("venv backend: network not removed (unshare or setpriv missing)")
-    else:
-        prep.notes.append("venv backend: network not removed and code writable (not root)")
     started = time.monotonic()
-    proc = subprocess.Popen(
-        argv,
-        cwd=prep.cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        user=RERUN_UID if switch_user else None,
-        group=RERUN_UID if switch_user else None,
-        extra_groups=[] if switch_user else None,
-        process_group=0,
-    )
+    try:
+        proc = subprocess.Popen(
+            [*prefix, *argv],
+            cwd=prep.cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            user=RERUN_UID if switch_user else None,
+            group=RERUN_UID if switch_user else None,
+            extra_groups=[] if switch_user else None,
+            process_group=0,
+        )
+    except OSError as exc:
+        raise CouldNotVerify(f"the rerun could not start: {exc}",
+                             hint="check the built venv (audit build --backend venv)") from exc
     out: list[str] = []
     err: list[str] = []
     from auditor.record.wrap import _pump
@@ -460,27 +558,93 @@ def execute_venv(
         for stream in (proc.stdout, proc.stderr):
             if stream:
                 stream.close()
+    kill_group()  # anything it left running in its group goes before its files are read
     return Executed(
-        code, "".join(out), "".join(err), time.monotonic() - started, prep.workdir / "probe"
+        code, "".join(out), "".join(err), time.monotonic() - started, prep.workdir / "probe",
+        seen_as=str(prep.tree), notes=tuple(notes),
     )
 
 
-def _library(workdir: Path) -> Path:
-    """A folder holding only the auditor package, for the rerun's PYTHONPATH."""
+def _private_copies(workdir: Path) -> tuple[Path, Path]:
+    """The probe and the auditor package copied where the rerun user can read them (the
+    installed package may sit in a folder it cannot enter, such as a 0700 clone)."""
+    probe_lib = workdir / "probe-lib"
     lib = workdir / "lib"
-    lib.mkdir(exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    if not probe_lib.exists():
+        shutil.copytree(PROBE_PATH, probe_lib, ignore=ignore)
     if not (lib / "auditor").exists():
-        (lib / "auditor").symlink_to(PACKAGE_DIR, target_is_directory=True)
-    return lib
+        shutil.copytree(PACKAGE_DIR, lib / "auditor", ignore=ignore)
+    for dirpath, _dirs, files in os.walk(workdir / "lib"):
+        os.chmod(dirpath, 0o755)
+        for name in files:
+            os.chmod(Path(dirpath) / name, 0o644)
+    for dirpath, _dirs, files in os.walk(probe_lib):
+        os.chmod(dirpath, 0o755)
+        for name in files:
+            os.chmod(Path(dirpath) / name, 0o644)
+    return probe_lib, lib
 
 
-def host_path(prep: Prepared, path: str) -> Path:
-    """A path the rerun reported (``/work/...`` inside a container) as a path on this host."""
-    if path == "/work" or path.startswith("/work/"):
-        candidate = prep.tree / path.removeprefix("/work").lstrip("/")
-        if not Path(path).is_relative_to(prep.tree) and candidate.exists():
-            return candidate
-    return Path(path)
+def check_readable_by_rerun_user(paths: list[Path]) -> None:
+    """CouldNotVerify naming the first path the rerun user cannot read."""
+    for path in paths:
+        blocked = blocked_for(path)
+        if blocked is not None:
+            raise CouldNotVerify(
+                f"the rerun user (uid {RERUN_UID}) cannot read {path}: {blocked} is closed to it",
+                hint="make that folder traversable (chmod o+x) or set AUDITOR_VENV_ROOT / "
+                "TMPDIR to a folder it can enter",
+            )
+
+
+def _hideable(hidden: tuple[Path, ...], needed: list[Path]) -> list[Path]:
+    """The folders of ``hidden`` that can be covered without covering what the rerun
+    needs (a venv or scratch folder inside the repository stays visible)."""
+    out = []
+    for path in hidden:
+        real = path.resolve()
+        if not real.is_dir() or real == Path("/"):
+            continue
+        if any(n.resolve() == real or n.resolve().is_relative_to(real) for n in needed):
+            continue
+        out.append(real)
+    return out
+
+
+def check_hidden_from_rerun_user(path: Path, *, covered: bool = False) -> str:
+    """A note when ``path`` (the store) is closed to the rerun user (by its modes, or
+    ``covered`` by a tmpfs in the rerun's mount namespace); CouldNotVerify when neither
+    (a rerun that can read the store could copy the original's outputs)."""
+    closed = blocked_for(path) is not None
+    if covered:
+        how = "hidden and not readable" if closed else "hidden"
+        return f"venv backend: the store {path} is {how} (uid {RERUN_UID})"
+    if not closed:
+        raise CouldNotVerify(
+            f"the store {path} is readable by the rerun user (uid {RERUN_UID}), who could "
+            "copy the original run's outputs from it",
+            hint=f"chmod 700 {path}, or verify with --backend docker",
+        )
+    return f"venv backend: the store {path} is not readable by uid {RERUN_UID} (checked)"
+
+
+@contextlib.contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (as SIGINT does), so the rerun's container, process
+    group and scratch folder are removed by the ``finally`` blocks on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt("terminated")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory[str]:

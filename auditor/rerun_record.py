@@ -15,10 +15,13 @@ the host, counted with multiplicity; extra host GPUs are fine.
 
 from __future__ import annotations
 
+import re
 import socket
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from auditor.build import BuildResult
@@ -26,9 +29,10 @@ from auditor.errors import CouldNotVerify
 from auditor.record import outputs, session
 from auditor.record.capture import determinism as det
 from auditor.record.capture.gpu import capture_gpus, gpu_signature
-from auditor.record.capture.secrets import redact_env
+from auditor.record.capture.secrets import redact_env, redact_text
 from auditor.record.wrap import MetricSink, _ingest_api, _logs, compile_regex
-from auditor.rerun import Executed, Prepared, host_path
+from auditor.rerun import Executed, Prepared
+from auditor.rerun_ingest import collect_api_artifacts, collect_changed, stage_probe
 from auditor.schema import (
     Environment,
     Identity,
@@ -56,7 +60,39 @@ def record_rerun(
         session.finish(store, rerun, status="failed", exit_code=None, updates={})
         raise
     sink.flush()
-    return _complete(store, rerun, prep, done, sink)
+    final = _complete(store, rerun, prep, done, sink)
+    reason = failed_at_start(original, done)
+    if reason:
+        raise CouldNotVerify(reason, hint="the rerun is stored as failed: "
+                             f"audit show {final.identity.id[:12]}")
+    return final
+
+
+_ENVIRONMENT_FAILURE = re.compile(
+    r"^(?:ModuleNotFoundError|ImportError)\b"
+    r"|can't open file|[Pp]ermission denied|PermissionError|No such file or directory"
+    r"|^(?:unshare|setpriv|sh|mount|auditor): "
+)
+
+
+def failed_at_start(original: RunRecord, done: Executed) -> str | None:
+    """Why a failed rerun is auditor's failure, not the run's, or None.
+
+    A rerun that exits non-zero before the training's first line of output (when the
+    original printed one), or whose last error line is an import, permission or missing-file
+    error, never got to run the training: that is could-not-verify (exit 3), with the
+    rerun's last stderr lines, never a reproducibility verdict.
+    """
+    if done.exit_code == 0:
+        return None
+    printed = any(a.name == "logs/stdout.txt" and a.size > 0 for a in original.artifacts)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""
+    if (printed and not done.stdout.strip()) or _ENVIRONMENT_FAILURE.search(last):
+        tail = " | ".join(line.strip() for line in lines[-3:]) or "(nothing on stderr)"
+        return (f"the rerun failed before the training started (exit {done.exit_code}); "
+                f"last stderr lines: {redact_text(tail)[:600]}")
+    return None
 
 
 def _initial(original: RunRecord, prep: Prepared, built: BuildResult) -> RunRecord:
@@ -99,13 +135,21 @@ def _initial(original: RunRecord, prep: Prepared, built: BuildResult) -> RunReco
 def _complete(
     store: SqlStore, rerun: RunRecord, prep: Prepared, done: Executed, sink: MetricSink
 ) -> RunRecord:
-    api = _ingest_api(store, rerun.identity.id, done.probe_dir, sink,
-                      lambda path: host_path(prep, path))
-    produced, warnings = outputs.collect(
-        store.blobs, [], prep.snapshot, prep.cwd, outputs.DEFAULT_MAX_OUTPUT_BYTES
-    )
-    obs = det.read_probe(done.probe_dir, None)
-    determinism = det.from_observation(obs, prep.env) if obs else det.environment_only(prep.env)
+    """Complete the rerun's record from what it left behind, all of it untrusted: only
+    regular files inside its own tree and probe folder are read (``rerun_ingest``)."""
+    max_bytes = outputs.DEFAULT_MAX_OUTPUT_BYTES
+    with tempfile.TemporaryDirectory(prefix="auditor-ingest-") as staging:
+        staged = Path(staging)
+        lines, warnings = stage_probe(done.probe_dir, staged)
+        api = _ingest_api(store, rerun.identity.id, staged, sink)
+        obs = det.read_probe(staged, None)
+    cwd_rel = prep.cwd.relative_to(prep.tree).as_posix()
+    produced = collect_changed(store.blobs, prep.tree, cwd_rel, prep.snapshot.changed(), max_bytes)
+    logged = collect_api_artifacts(store.blobs, prep.tree, done.seen_as, lines, max_bytes)
+    taken = {a.name for a in produced.artifacts}
+    warnings += [*produced.warnings, *logged.warnings]
+    determinism = det.from_observation(obs, dict(prep.env)) if obs else det.environment_only(
+        dict(prep.env))
     seeds = rerun.seeds.model_copy(
         update={
             "seed": api["seed"],
@@ -116,6 +160,9 @@ def _complete(
     environment = rerun.environment.model_copy(
         update={"accelerators": session.with_cuda_stack(rerun.environment.accelerators, obs)}
     )
+    notes = dict(rerun.not_captured)
+    if done.notes:
+        notes["sandbox"] = "; ".join(done.notes)
     status = "finished" if done.exit_code == 0 else "failed"
     return session.finish(
         store,
@@ -133,9 +180,11 @@ def _complete(
             "artifacts": (
                 *rerun.artifacts,
                 *_logs(store, done.stdout, done.stderr),
-                *produced,
-                *api["artifacts"],
+                *produced.artifacts,
+                # a logged file the rerun also wrote is kept once, as the tree holds it
+                *(a for a in logged.artifacts if a.name not in taken),
             ),
+            "not_captured": notes,
         },
     )
 

@@ -19,12 +19,21 @@ from typing import Any
 
 from auditor import __version__
 from auditor.build import BuildInputs, BuildResult, build, default_base_image
+from auditor.build_venv import venv_root_for
 from auditor.compare import compare_runs, evidence_from_store
 from auditor.errors import CouldNotVerify, InputError
 from auditor.lock import Lock, parse_conda_lock, parse_requirements_lock
 from auditor.outcome import VerifyResult
 from auditor.policy import Policy
-from auditor.rerun import Limits, cleanup, execute_docker, execute_venv, prepare, scratch_dir
+from auditor.rerun import (
+    Limits,
+    cleanup,
+    execute_docker,
+    execute_venv,
+    interrupt_on_sigterm,
+    prepare,
+    scratch_dir,
+)
 from auditor.rerun_record import check_gpus, record_rerun
 from auditor.schema import RunRecord
 from auditor.store import SqlStore, store_dir_of
@@ -73,6 +82,7 @@ def verify(
     notes += built.differences + ([built.isolation_note] if built.isolation_note else [])
     notes += _derived_lock_note(store, original)
     rerun = _timed(timings, "rerun", lambda: _rerun(store, original, built, opts, policy, progress))
+    notes += [n for n in rerun.not_captured.get("sandbox", "").split("; ") if n]
     notes += [f"setting not replayed (test switch): {s}" for s in opts.skip_replay]
     progress("comparing metrics, weights, files and environment")
     verdict = _timed(
@@ -195,7 +205,7 @@ def build_for(
         backend=opts.backend,
         no_cache=opts.no_cache,
         progress=say,
-        venv_root=store_dir_of(store) / "envs",
+        venv_root=venv_root_for(store_dir_of(store)),
     )
     log_sha, _ = store.blobs.put_bytes(result.log.encode())
     store.put_build(
@@ -233,6 +243,18 @@ def _rerun(
     policy: Policy,
     say: Progress,
 ) -> RunRecord:
+    with interrupt_on_sigterm():
+        return _rerun_in_scratch(store, original, built, opts, policy, say)
+
+
+def _rerun_in_scratch(
+    store: SqlStore,
+    original: RunRecord,
+    built: BuildResult,
+    opts: VerifyOptions,
+    policy: Policy,
+    say: Progress,
+) -> RunRecord:
     tmp = scratch_dir()
     workdir = Path(tmp.name)
     try:
@@ -250,12 +272,20 @@ def _rerun(
             lambda sink: (
                 execute_docker(prep, built.image_id, limits, sink)
                 if built.backend == "docker"
-                else execute_venv(prep, Path(built.tag), limits, sink)
+                else execute_venv(
+                    prep, Path(built.tag), limits, sink, hidden=(store_dir_of(store),),
+                    also_hidden=_repository(original),
+                )
             ),
         )
     finally:
         cleanup(workdir)
         tmp.cleanup()
+
+
+def _repository(original: RunRecord) -> tuple[Path, ...]:
+    """The original run's repository on this host: hidden from a venv rerun."""
+    return (Path(original.code.root),) if original.code and original.code.root else ()
 
 
 def _series(

@@ -4,7 +4,8 @@ Writes stream into ``tmp/`` on the same filesystem, fsync, then ``os.replace`` i
 final name and fsync the directory, so no object ever exists under a digest its bytes do
 not hash to (a crash leaves at most a stray temp file, which ``audit fsck --repair``
 removes). Reads re-hash the bytes and raise ``IntegrityError`` naming the object on a
-mismatch.
+mismatch. The store is private to its owner: folders 0700, objects 0400 (another user,
+such as a venv rerun's uid 1000, can read nothing in it).
 """
 
 from __future__ import annotations
@@ -42,6 +43,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _private_dir(path: Path, *, create: bool = True) -> None:
+    """``path`` as a folder only its owner can enter (made when missing and ``create``)."""
+    if create:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # not ours (a shared store): leave its mode alone
+        st = path.stat()
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            os.chmod(path, 0o700)
+
+
 class BlobStore:
     """Objects named by sha256 under ``root``."""
 
@@ -55,6 +66,14 @@ class BlobStore:
         if not _HEX64.fullmatch(sha256):
             raise IntegrityError(f"not a sha256 digest: {sha256[:80]!r}")
         return self.objects / sha256[:2] / sha256[2:]
+
+    def make_private(self) -> None:
+        """Close the store to other users: ``objects/`` and ``tmp/`` 0700, and the store
+        folder itself when it is ours and holds only a store (its ``store.db``)."""
+        for path in (self.root / "objects", self.objects, self.tmp):
+            _private_dir(path)
+        if (self.root / "store.db").exists():
+            _private_dir(self.root, create=False)
 
     def has(self, sha256: str) -> bool:
         """True when the object is present (not verified)."""
@@ -72,7 +91,8 @@ class BlobStore:
             ) from None
 
     def _put_stream(self, stream: BinaryIO) -> tuple[str, int]:
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        if not self.tmp.is_dir():
+            self.make_private()
         digest, size = hashlib.sha256(), 0
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="obj-")
         try:
@@ -95,8 +115,11 @@ class BlobStore:
         if final.is_file():
             tmp_path.unlink()
             return
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(tmp_path, 0o444)
+        if not final.parent.is_dir():
+            _private_dir(self.root / "objects")
+            _private_dir(self.objects)
+            final.parent.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(tmp_path, 0o400)
         os.replace(tmp_path, final)
         fsync_dir(final.parent)
 

@@ -23,12 +23,14 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from auditor.build_venv import host_python
 from auditor.errors import CouldNotVerify
 from auditor.record.outputs import Snapshot
 from auditor.record.wrap import _logs
@@ -36,15 +38,15 @@ from auditor.rerun import (
     Executed,
     Limits,
     Prepared,
-    _lock_down,
     cleanup,
     execute_docker,
     execute_venv,
+    hand_over,
     replay_env,
     scratch_dir,
 )
 from auditor.schema import Command, Environment, Identity, RunRecord, new_run_id
-from auditor.store import SqlStore
+from auditor.store import SqlStore, open_store
 
 pytestmark = [pytest.mark.docker]
 
@@ -107,19 +109,25 @@ def make_prep(
     scratch: Path, script: str, *, env_vars: dict[str, str] | None = None,
     pass_env: tuple[str, ...] = (),
 ) -> Prepared:
-    """A locked-down tree holding ``probe.py``, a recorded file and a data folder."""
+    """A tree handed over as ``prepare`` does: ``probe.py``, recorded code files, a model
+    and a ``checkpoints/`` folder left by an earlier run, and a declared data folder."""
     workdir = scratch / "w"
     tree = workdir / "tree"
     (tree / "data").mkdir(parents=True)
+    (tree / "checkpoints").mkdir()
     (tree / "probe.py").write_text(textwrap.dedent(script))
     (tree / "existing.txt").write_text(RECORDED)
+    (tree / "config.txt").write_text(RECORDED)
+    (tree / "old.log").write_text(RECORDED)
+    (tree / "model.pt").write_text("last week's model\n")
+    (tree / "checkpoints" / "epoch0.pt").write_text("last week's checkpoint\n")
     (tree / "data" / "input.csv").write_text("x,y\n1,2\n")
     (workdir / "probe").mkdir()
     os.chmod(workdir / "probe", 0o777)
-    _lock_down(tree)
+    hand_over(tree, [tree / "data"])
     record = _record(env_vars)
     return Prepared(
-        record=record, workdir=workdir, tree=tree, cwd=tree, argv=["python", "probe.py"],
+        record=record, workdir=workdir, tree=tree, cwd=tree, argv=("python", "probe.py"),
         env=replay_env(record, frozenset(), pass_env),
         snapshot=Snapshot.take(tree, []),
     )
@@ -173,14 +181,15 @@ print(json.dumps(result))
 FILESYSTEM_PROBE = ATTEMPT + """
 import sys
 work = os.getcwd()
+data = os.path.join(work, "data")
 
 def write(path, mode="w"):
     with open(path, mode) as f:
         f.write("changed\\n")
 
-def replace_existing():
-    write(os.path.join(work, "replacement.tmp"))
-    os.replace(os.path.join(work, "replacement.tmp"), os.path.join(work, "existing.txt"))
+def replace_over(target):
+    write(os.path.join(os.path.dirname(target), "replacement.tmp"))
+    os.replace(os.path.join(os.path.dirname(target), "replacement.tmp"), target)
 
 def new_output():
     os.makedirs(os.path.join(work, "outputs"), exist_ok=True)
@@ -191,23 +200,37 @@ def tmp_roundtrip():
     write("/tmp/scratch.txt")
     assert open("/tmp/scratch.txt").read() == "changed\\n"
 
+def read(path):
+    with open(path, "rb") as f:
+        f.read(1)
+
 result = {
     "root": attempt(lambda: write("/evil.txt")),
     "etc": attempt(lambda: write("/etc/evil.txt")),
     "venv": attempt(lambda: write(os.path.join(os.path.dirname(sys.executable), "evil"))),
-    "append_existing": attempt(lambda: write(os.path.join(work, "existing.txt"), "a")),
-    "truncate_existing": attempt(lambda: write(os.path.join(work, "existing.txt"))),
-    "write_data": attempt(lambda: write(os.path.join(work, "data", "input.csv"))),
-    "new_in_data": attempt(lambda: write(os.path.join(work, "data", "extra.csv"))),
-    "chmod_existing": attempt(lambda: os.chmod(os.path.join(work, "existing.txt"), 0o666)),
-    "rename_over_existing": attempt(replace_existing),
-    "rename_existing_away": attempt(
-        lambda: os.rename(os.path.join(work, "existing.txt"), os.path.join(work, "moved.txt"))),
-    "unlink_existing": attempt(lambda: os.unlink(os.path.join(work, "existing.txt"))),
-    "unlink_data": attempt(lambda: os.unlink(os.path.join(work, "data", "input.csv"))),
+    # the rerun's own copy of the tree: code and earlier outputs are its to change
+    "append_code": attempt(lambda: write(os.path.join(work, "existing.txt"), "a")),
+    "overwrite_model": attempt(lambda: write(os.path.join(work, "model.pt"))),
+    "into_checkpoints": attempt(lambda: write(os.path.join(work, "checkpoints", "epoch1.pt"))),
+    "overwrite_checkpoint": attempt(
+        lambda: write(os.path.join(work, "checkpoints", "epoch0.pt"))),
+    "replace_code": attempt(lambda: replace_over(os.path.join(work, "config.txt"))),
+    "unlink_code": attempt(lambda: os.unlink(os.path.join(work, "old.log"))),
+    # declared inputs stay read-only
+    "write_data": attempt(lambda: write(os.path.join(data, "input.csv"), "a")),
+    "truncate_data": attempt(lambda: write(os.path.join(data, "input.csv"))),
+    "chmod_data": attempt(lambda: os.chmod(os.path.join(data, "input.csv"), 0o666)),
+    "replace_data": attempt(lambda: replace_over(os.path.join(data, "input.csv"))),
+    "rename_data_away": attempt(
+        lambda: os.rename(os.path.join(data, "input.csv"), os.path.join(work, "moved.csv"))),
+    "unlink_data": attempt(lambda: os.unlink(os.path.join(data, "input.csv"))),
+    "rename_data_folder": attempt(lambda: os.rename(data, os.path.join(work, "data2"))),
+    "chmod_data_folder": attempt(lambda: os.chmod(data, 0o777)),
+    "new_in_data": attempt(lambda: write(os.path.join(data, "extra.csv"))),
     "tmp": attempt(tmp_roundtrip),
     "new_output": attempt(new_output),
-    "existing_after": open(os.path.join(work, "existing.txt")).read(),
+    "host_file": attempt(lambda: read(HOST_FILE)),
+    "data_after": open(os.path.join(data, "input.csv")).read(),
 }
 print(json.dumps(result))
 """
@@ -293,32 +316,60 @@ def test_t37_network_is_off(sandbox_image: str, scratch: Path) -> None:
 # -- T38 filesystem -------------------------------------------------------------------------
 
 DENIED = {"EROFS", "EACCES", "EPERM"}
+CODE_WRITES = ("append_code", "overwrite_model", "into_checkpoints", "overwrite_checkpoint",
+               "replace_code", "unlink_code")
+DATA_WRITES = ("write_data", "truncate_data", "chmod_data", "replace_data", "rename_data_away",
+               "unlink_data", "rename_data_folder", "chmod_data_folder")
 
 
-def test_t38_filesystem_read_only_except_outputs_and_tmp(
-    sandbox_image: str, scratch: Path
+def filesystem_probe(host_file: Path) -> str:
+    return FILESYSTEM_PROBE.replace("HOST_FILE", repr(str(host_file)))
+
+
+def stored_object(store: SqlStore) -> Path:
+    """A real object in a real store (0700 folders, 0400 object): what the original run's
+    outputs are, on the host."""
+    sha, _size = store.blobs.put_bytes(b"the original run's weights")
+    return store.blobs.path_for(sha)
+
+
+def assert_tree_after(prep: Prepared, result: dict[str, Any]) -> None:
+    for key in CODE_WRITES:
+        assert result[key] == "ok", (key, result)
+    for key in DATA_WRITES:
+        assert result[key] in DENIED, (key, result)
+    assert result["new_in_data"] == "ok", result  # outputs may land anywhere new
+    assert result["tmp"] == "ok", result
+    assert result["new_output"] == "ok", result
+    assert result["data_after"] == "x,y\n1,2\n"
+    # on the host: inputs untouched, the copy changed as the script wanted, all collected
+    tree = prep.tree
+    assert (tree / "data" / "input.csv").read_text() == "x,y\n1,2\n"
+    assert not (tree / "moved.csv").exists() and not (tree / "data2").exists()
+    assert (tree / "existing.txt").read_text() == RECORDED + "changed\n"
+    assert (tree / "model.pt").read_text() == "changed\n"
+    assert (tree / "config.txt").read_text() == "changed\n"
+    assert not (tree / "old.log").exists()
+    changed = set(prep.snapshot.changed())
+    assert {"outputs/model.bin", "model.pt", "checkpoints/epoch1.pt", "checkpoints/epoch0.pt",
+            "existing.txt", "config.txt", "data/extra.csv"} <= changed, changed
+    assert "data/input.csv" not in changed
+
+
+def test_t38_rerun_writes_its_own_copy_inputs_image_and_host_stay_out_of_reach(
+    sandbox_image: str, scratch: Path, store: SqlStore
 ) -> None:
-    prep = make_prep(scratch, FILESYSTEM_PROBE)
+    obj = stored_object(store)
+    prep = make_prep(scratch, filesystem_probe(obj))
     executed = run_probe(sandbox_image, prep)
     result = last_json(executed)
     assert executed.exit_code == 0, executed.stderr
     for key in ("root", "etc", "venv"):
         assert result[key] == "EROFS", (key, result)  # read_only=True root filesystem
-    for key in (
-        "append_existing", "truncate_existing", "write_data", "chmod_existing",
-        "rename_over_existing", "rename_existing_away", "unlink_existing", "unlink_data",
-    ):
-        assert result[key] in DENIED, (key, result)
-    assert result["tmp"] == "ok", result
-    assert result["new_output"] == "ok", result
-    assert result["new_in_data"] == "ok", result  # outputs may land anywhere new
-    assert result["existing_after"] == RECORDED
-    # and on the host: recorded files untouched, outputs present
-    assert (prep.tree / "existing.txt").read_text() == RECORDED
-    assert (prep.tree / "data" / "input.csv").read_text() == "x,y\n1,2\n"
-    assert (prep.tree / "outputs" / "model.bin").read_text() == "changed\n"
-    assert not (prep.tree / "moved.txt").exists()
-    assert "outputs/model.bin" in prep.snapshot.changed()
+    assert result["host_file"] == "ENOENT", result  # neither store nor host is mounted
+    assert_tree_after(prep, result)
+    assert executed.seen_as == "/work"
+    assert any("no network" in n for n in executed.notes), executed.notes
 
 
 # -- T39 privileges -------------------------------------------------------------------------
@@ -391,7 +442,7 @@ def test_start_failure_is_could_not_verify_and_leaves_no_container(
     docker_client: Any, sandbox_image: str, scratch: Path
 ) -> None:
     prep = make_prep(scratch, SLEEP_PROBE)
-    prep.argv = ["no-such-program-in-the-image"]  # created, then refused at start
+    prep = replace(prep, argv=("no-such-program-in-the-image",))  # created, refused at start
     with pytest.raises(CouldNotVerify, match="could not start"):
         run_probe(sandbox_image, prep)
     assert containers_of(docker_client, prep.record.identity.id) == []
@@ -486,31 +537,40 @@ def venv_env(scratch: Path) -> Path:
     if os.geteuid() != 0:
         pytest.skip("the venv backend sandboxes (unshare --net, uid 1000) only as root")
     env_dir = scratch / "venv"
+    python = host_python(f"{sys.version_info.major}.{sys.version_info.minor}")
     subprocess.run(
-        ["python3", "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir)],
+        [python, "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir)],
         check=True, capture_output=True,
     )
     return env_dir
 
 
-def test_venv_backend_network_off_and_code_read_only(venv_env: Path, scratch: Path) -> None:
+@pytest.mark.parametrize("hide", [True, False], ids=["store-hidden", "store-modes-only"])
+def test_venv_backend_network_off_inputs_read_only_store_unreadable(
+    venv_env: Path, scratch: Path, hide: bool
+) -> None:
+    # the store sits in a folder everyone may enter: covered by a tmpfs in the rerun's mount
+    # namespace, and (modes only) kept out by its own 0700/0400 modes alone
+    store = open_store(str(scratch / "store"))
+    obj = stored_object(store)
     prep = make_prep(scratch, NETWORK_PROBE.replace("print(json.dumps(result))", "net = result")
-                     + FILESYSTEM_PROBE + "print(json.dumps({**net, **result}))\n")
-    executed = execute_venv(prep, venv_env, Limits(timeout_s=60), lambda _n, _l: None)
+                     + filesystem_probe(obj) + "print(json.dumps({**net, **result}))\n")
+    executed = execute_venv(prep, venv_env, Limits(timeout_s=60), lambda _n, _l: None,
+                            hidden=(store.blobs.root,) if hide else ())
     result = last_json(executed)
     assert executed.exit_code == 0, executed.stderr
-    assert any("unshare --net" in note for note in prep.notes), prep.notes
+    assert any("unshare --net" in note for note in executed.notes), executed.notes
+    if hide:
+        assert any(f"the store {store.blobs.root} is hidden and not readable" in note
+                   for note in executed.notes), executed.notes
     assert result["connect"] != "ok", result
     assert result["dns"] != "ok", result
     assert result["interfaces"] == ["lo"], result
     assert result["root"] in DENIED, result
-    for key in ("append_existing", "truncate_existing", "write_data", "chmod_existing",
-                "rename_over_existing", "rename_existing_away", "unlink_existing"):
-        assert result[key] in DENIED, (key, result)
-    assert result["tmp"] == "ok", result
-    assert result["new_output"] == "ok", result
-    assert (prep.tree / "existing.txt").read_text() == RECORDED
+    assert result["host_file"] == "EACCES", result  # the store is private to its owner
+    assert_tree_after(prep, result)
     assert (prep.tree / "outputs" / "model.bin").stat().st_uid == 1000
+    store.close()
 
 
 def test_venv_backend_timeout(venv_env: Path, scratch: Path) -> None:
