@@ -42,7 +42,7 @@ from auditor.verdict import decide, environment_digest
 Progress = Callable[[str], None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class VerifyOptions:
     """How to verify (CLI flags, policy and environment variables)."""
 
