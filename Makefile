@@ -28,6 +28,7 @@ test-fast: venv
 
 lint: venv
 	$(BIN)/ruff check auditor tests bench
+	$(BIN)/mypy --strict auditor
 
 bench: venv
 	# mlflow only for the log_metric comparison; never a dependency of auditor

@@ -45,11 +45,11 @@ from auditor.certificate import (
     atomic_write,
     canonical_json,
     envelope_bytes,
-    fsync_dir,
     sign_payload,
     verify_envelope,
 )
 from auditor.errors import AuditorError, InputError, IntegrityError
+from auditor.store.blobs import fsync_dir
 
 LOG_NAME = "certs.jsonl"
 HEAD_NAME = "certs.head.json"

@@ -108,7 +108,7 @@ class AuditGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
-    def main(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
         debug = "--debug" in sys.argv
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[call-overload]
@@ -261,7 +261,7 @@ json_option = click.option(
 )
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
-def record(c: Ctx, command: tuple[str, ...], **opts: Any) -> None:
+def record(c: Ctx, /, command: tuple[str, ...], **opts: Any) -> None:
     """Run COMMAND and record it completely: audit record [OPTIONS] -- python train.py ..."""
     from auditor.record.wrap import WrapOptions, record_command
 

@@ -152,7 +152,7 @@ def lock(
 @click.option("--print", "print_only", is_flag=True, help="Show the Dockerfile and exit.")
 @click.option("-q", "--quiet", is_flag=True)
 @click.pass_context
-def build_cmd(ctx: click.Context, run: str, print_only: bool, quiet: bool, **kw: Any) -> None:
+def build_cmd(ctx: click.Context, /, run: str, print_only: bool, quiet: bool, **kw: Any) -> None:
     """Build the pinned environment (image or venv) of a recorded run."""
     from auditor.build import render_dockerfile
     from auditor.verify import build_for, inputs_for
@@ -196,7 +196,7 @@ def base_image_build(release: str, tag: str | None, quiet: bool) -> None:
 @build_options
 @click.option("-q", "--quiet", is_flag=True)
 @click.pass_context
-def rerun_cmd(ctx: click.Context, run: str, quiet: bool, **kw: Any) -> None:
+def rerun_cmd(ctx: click.Context, /, run: str, quiet: bool, **kw: Any) -> None:
     """Rebuild and rerun a run hermetically; the rerun is recorded as a new run."""
     from auditor.policy import load_policy
     from auditor.verify import rerun_only
@@ -318,7 +318,9 @@ def _policy_path(given: Path | None) -> Path | None:
 @build_options
 @click.option("-q", "--quiet", is_flag=True)
 @click.pass_context
-def verify_cmd(ctx: click.Context, run: str | None, all_runs: bool, quiet: bool, **kw: Any) -> None:
+def verify_cmd(
+    ctx: click.Context, /, run: str | None, all_runs: bool, quiet: bool, **kw: Any
+) -> None:
     """Rebuild, rerun, compare and certify: exit 0 reproduced, 1 not, 3 could not verify."""
     from auditor.policy import load_policy
 

@@ -75,9 +75,10 @@ def _run_json(python: str, *args: str, env: dict[str, str] | None = None) -> obj
     if out.returncode != 0:
         return None
     try:
-        return json.loads(out.stdout)
+        parsed: object = json.loads(out.stdout)
     except json.JSONDecodeError:
         return None
+    return parsed
 
 
 def capture_python(

@@ -12,13 +12,18 @@ import json
 import os
 import sys
 
+MYPY = False
+if MYPY:  # names for the type checker only: at run time the probe imports nothing more
+    from collections.abc import Callable
+    from typing import Any
+
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "CUBLAS_WORKSPACE_CONFIG")
 
 
-def _torch_state(torch):  # type: ignore[no-untyped-def]
-    state = {}
-    probes = {
+def _torch_state(torch: "Any") -> "dict[str, Any]":
+    state: dict[str, Any] = {}
+    probes: dict[str, Callable[[], Any]] = {
         "torch_deterministic_algorithms": lambda: torch.are_deterministic_algorithms_enabled(),
         "torch_deterministic_warn_only":
             lambda: torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -46,16 +51,16 @@ def _torch_state(torch):  # type: ignore[no-untyped-def]
     return state
 
 
-def observe():  # type: ignore[no-untyped-def]
+def observe() -> "dict[str, Any]":
     """The switches in effect in this process now."""
-    obs = {"pid": os.getpid(), "torch_imported": "torch" in sys.modules,
+    obs: dict[str, Any] = {"pid": os.getpid(), "torch_imported": "torch" in sys.modules,
            "env": {k: os.environ[k] for k in THREAD_VARS if k in os.environ}}
     if obs["torch_imported"]:
         obs.update(_torch_state(sys.modules["torch"]))
     return obs
 
 
-def _dump():  # type: ignore[no-untyped-def]
+def _dump() -> None:
     folder = os.environ.get("AUDITOR_PROBE_DIR")
     if not folder:
         return
@@ -68,7 +73,7 @@ def _dump():  # type: ignore[no-untyped-def]
         pass
 
 
-def _chain():  # type: ignore[no-untyped-def]
+def _chain() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     ours = sys.modules.pop("sitecustomize", None)
     saved = list(sys.path)
