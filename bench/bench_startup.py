@@ -6,7 +6,8 @@ Every command pays the import of what it needs before it does anything; issue 10
 times (default 7) and the median wall clock is kept. `import auditor.cli` alone is
 measured too (`python -c "import auditor.cli"`). Results: bench/results/startup.json.
 
-Usage: ``python bench/bench_startup.py [--repeat 7]``.
+Usage: ``python bench/bench_startup.py [--repeat 7] [--label before]`` (run it with another
+checkout's venv Python for before/after figures: each venv's own `audit` is timed).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def median_wall(argv: list[str], env: dict[str, str], repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--label", default="", help="suffix of the results file")
     args = parser.parse_args()
     from bench.bench_record import build_store
 
@@ -62,7 +64,8 @@ def main() -> None:
     result["runs"] = 10_000
     result["targets"] = TARGETS
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "startup.json").write_text(json.dumps(result, indent=2) + "\n")
+    suffix = f"-{args.label}" if args.label else ""
+    (RESULTS / f"startup{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     for name in cases:
         target = TARGETS.get(name)
         note = f" (target < {target} s)" if target else ""
