@@ -9,7 +9,8 @@ checkout's `audit` (e.g. main before the change) for before/after figures; `--no
 skips the verify pair (it builds a venv of every package). Results:
 bench/results/derived_lock[-LABEL].json.
 
-Usage: ``python bench/bench_derived_lock.py [--audit PATH] [--label before] [--no-verify]``.
+Usage: ``python bench/bench_derived_lock.py [--audit PATH] [--label before] [--no-verify]
+[--python .demo-env/<digest>/bin/python]`` (the demo's training venv: 13 packages, torch).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main() -> None:
     parser.add_argument("--audit", default=str(Path(sys.executable).parent / "audit"))
     parser.add_argument("--label", default="")
     parser.add_argument("--no-verify", action="store_true")
+    parser.add_argument("--python", default=sys.executable,
+                        help="the training interpreter (default: this venv's, ~100 packages)")
     args = parser.parse_args()
     audit = args.audit
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,7 +58,7 @@ def main() -> None:
             env.setdefault("AUDITOR_WHEELHOUSE", os.environ["PIP_FIND_LINKS"].split()[0])
         for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "x"]):
             subprocess.run(["git", *cmd], cwd=repo, env=env, check=True)
-        made = subprocess.run([audit, "--json", "record", "--", sys.executable, "t.py"],
+        made = subprocess.run([audit, "--json", "record", "--", args.python, "t.py"],
                               cwd=repo, env=env, capture_output=True, text=True, check=True)
         run_id = json.loads(made.stdout.strip().splitlines()[-1])["id"]
         packages = len(json.loads(subprocess.run(
