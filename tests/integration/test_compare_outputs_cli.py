@@ -73,7 +73,8 @@ def test_ignored_outputs_are_named_and_not_compared(runs: dict[str, str]) -> Non
     assert verdict["outputs"]["ignored"] == ["outputs/out/noise.dat"]
     assert "outputs/out/noise.dat" not in verdict["outputs"]["compared"]
     assert "outputs/out/model.bin" in verdict["outputs"]["compared"]
-    assert verdict["loosenings"][0].startswith("ignore_outputs: outputs matching outputs/out/noise*")
+    assert verdict["loosenings"][0].startswith(
+        "ignore_outputs: outputs matching outputs/out/noise*")
     res = audit("compare", runs["fixed"], runs["fixed2"], "--policy", "ignore.toml",
                 cwd=Path(runs["_repo"]), env={"AUDITOR_STORE": runs["_store"]})
     assert res.stdout.splitlines()[0].startswith("policy loosened: ignore_outputs")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -76,10 +77,8 @@ def test_bad_filters_are_input_errors(bad: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=80), st.text(max_size=30))
 def test_parser_fuzz_raises_only_input_error(where: str, sort: str) -> None:
-    try:
+    with contextlib.suppress(InputError):
         parse_query([where], sort)
-    except InputError:
-        pass
 
 
 def test_audit_list_where_and_sort(tmp_path: Path, store: SqlStore) -> None:
