@@ -50,6 +50,12 @@ def is_run_id_prefix(text: str) -> bool:
     return _RUN_ID_RE.fullmatch(text) is not None
 
 
+# A field added after schema v1 is left out of the canonical bytes while it holds its
+# default (``Field(default=..., exclude_if=...)``), so a record written before the field
+# existed keeps its digest, and the certificates naming that digest stay valid
+# (tests/integration/test_store_migrations.py reads a store made by auditor 0.1.0).
+
+
 class Model(BaseModel):
     """Base of every record part: frozen, exact, strict JSON for non-finite floats."""
 
@@ -81,7 +87,7 @@ class Command(Model):
     mode: Literal["wrap", "api"] = "wrap"
     metrics_regex: str | None = None  # replayed on the rerun's stdout
     # --input/--output paths outside the project tree, let in by --allow-outside-tree
-    outside_tree: tuple[str, ...] = ()
+    outside_tree: tuple[str, ...] = Field(default=(), exclude_if=lambda v: not v)
 
 
 class Code(Model):
@@ -211,7 +217,9 @@ class DataInput(Model):
     files: int = 1
     # "untracked": a large binary file found untracked in the repository (weights, data),
     # fingerprinted as data instead of stored as source; the rerun gets it verified.
-    origin: Literal["declared", "untracked"] = "declared"
+    origin: Literal["declared", "untracked"] = Field(
+        default="declared", exclude_if=lambda v: v == "declared"
+    )
 
 
 class ArtifactRef(Model):

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import multiprocessing as mp
+import shutil
+import struct
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from auditor.errors import StoreError
+from auditor.fsck import check_store
+from auditor.schema import record_sha256
 from auditor.store import SqlStore, open_store
 from auditor.store import migrate as migrate_mod
 from auditor.store.sql import meta
+from tests.conftest import audit
 
 
 def test_head_constant_is_the_newest_script() -> None:
@@ -35,3 +46,141 @@ def test_upgrade_command_reports_the_current_revision(
 @pytest.mark.parametrize("table", ["runs", "metrics", "artifacts", "certificates", "imports"])
 def test_fresh_store_has_every_table(any_store: SqlStore, table: str) -> None:
     assert table in sa.inspect(any_store.engine).get_table_names()
+
+
+# -- a real v1 store, made by auditor 0.1.0 (fixtures/stores/make_v1.py) -----------------
+V1 = Path(__file__).resolve().parents[2] / "fixtures" / "stores" / "v1"
+MANIFEST = json.loads((V1 / "manifest.json").read_text())
+
+
+def _copy_v1(dest: Path) -> Path:
+    shutil.copytree(V1, dest)
+    for path in dest.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return dest
+
+
+def _legacy_pg(url: str, blobs: Path) -> tuple[str, str]:
+    """The v1 fixture's rows in a PostgreSQL schema shaped as auditor 0.1.0 made it (the
+    artifacts and certificate log in a folder beside it)."""
+    copy = _copy_v1(blobs)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        cfg = migrate_mod._config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, migrate_mod.BASELINE)
+        conn.execute(sa.text("DROP TABLE alembic_version"))  # 0.1.0 had no Alembic
+        source = sa.create_engine(f"sqlite:///{copy / 'store.db'}")
+        src_meta = sa.MetaData()
+        src_meta.reflect(source)
+        with source.connect() as src:
+            for table in src_meta.sorted_tables:
+                rows = [dict(r._mapping) for r in src.execute(table.select())]
+                conn.execute(sa.text(f"DELETE FROM {table.name}"))
+                if rows:
+                    conn.execute(table.insert(), rows)
+        source.dispose()
+    engine.dispose()
+    for name in ("store.db", "store.db-wal", "store.db-shm", "manifest.json"):
+        (copy / name).unlink(missing_ok=True)
+    return url, str(blobs)
+
+
+@pytest.fixture
+def v1_location(store_location: tuple[str, str | None], tmp_path: Path) -> tuple[str, str | None]:
+    if store_location[1] is None:
+        return str(_copy_v1(tmp_path / "v1")), None
+    return _legacy_pg(store_location[0], tmp_path / "v1-blobs")
+
+
+def _assert_nothing_lost(store: SqlStore) -> None:
+    by_id = {r.id: r for r in store.list_runs()}
+    assert sorted(by_id) == sorted(r["id"] for r in MANIFEST["runs"])
+    for run in MANIFEST["runs"]:
+        record = store.get_record(run["id"])  # parses and matches its stored digest
+        assert record_sha256(record) == run["record_sha256"]  # certificates still name it
+        assert by_id[run["id"]].name == run["name"] and list(by_id[run["id"]].tags) == run["tags"]
+        points = [[p.key, p.step, struct.pack("<d", p.value).hex(), p.time]
+                  for p in store.iter_metrics(run["id"])]
+        assert points == run["metrics"]  # NaN, ±Inf, -0.0, subnormal: bit for bit
+        for art in record.artifacts:
+            assert run["artifacts"][art.name] == art.sha256
+            store.blobs.verified_path(art.sha256, art.name)
+    certs = [{"sha256": c.sha256, "run_id": c.run_id, "verdict": c.verdict,
+              "issued_at": c.issued_at.isoformat(), "subjects": list(c.subjects)}
+             for c in store.certificates()]
+    assert certs == MANIFEST["certificates"]
+    assert store.get_build(MANIFEST["build"]) is not None
+    assert check_store(store).problems == []
+
+
+def test_v1_store_upgrades_with_nothing_lost(v1_location: tuple[str, str | None]) -> None:
+    store = open_store(v1_location[0], blobs=v1_location[1])
+    assert store.upgrade == migrate_mod.Upgrade("0001", migrate_mod.HEAD, True)
+    assert store.get_meta("schema_version") == "2"  # auditor 0.1.0 now refuses it as newer
+    _assert_nothing_lost(store)
+    store.close()
+    again = open_store(v1_location[0], blobs=v1_location[1])
+    assert not again.upgrade.migrated
+    _assert_nothing_lost(again)
+    again.close()
+
+
+def test_audit_store_upgrade_command(tmp_path: Path) -> None:
+    location = str(_copy_v1(tmp_path / "v1"))
+    first = audit("--store", location, "store", "upgrade", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().endswith("upgraded from revision 0001 to 0002")
+    second = audit("--store", location, "store", "upgrade", cwd=tmp_path)
+    assert second.stdout.strip().endswith("is at the current revision 0002")
+
+
+def _open_and_report(loc: tuple[str, str | None], queue: mp.Queue) -> None:  # type: ignore[type-arg]
+    try:
+        store = open_store(loc[0], blobs=loc[1])
+        queue.put("migrated" if store.upgrade.migrated else "ok")
+        store.close()
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_several_processes_upgrade_an_old_store_exactly_once(
+    v1_location: tuple[str, str | None],
+) -> None:
+    ctx = mp.get_context("spawn")
+    queue: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    procs = [ctx.Process(target=_open_and_report, args=(v1_location, queue)) for _ in range(6)]
+    for proc in procs:
+        proc.start()
+    answers = sorted(queue.get(timeout=300) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=60)
+    assert answers == ["migrated"] + ["ok"] * 5
+    store = open_store(v1_location[0], blobs=v1_location[1])
+    _assert_nothing_lost(store)
+    store.close()
+
+
+def test_a_failing_migration_leaves_the_old_store_as_it_was(
+    v1_location: tuple[str, str | None],
+) -> None:
+    engine = sa.create_engine(
+        v1_location[0] if "://" in v1_location[0] else f"sqlite:///{v1_location[0]}/store.db"
+    )
+    with engine.begin() as conn:  # a table in the way: revision 0002 cannot create it
+        conn.execute(sa.text("CREATE TABLE imports (x INTEGER)"))
+    with pytest.raises(StoreError, match="cannot open store") as err:
+        open_store(v1_location[0], blobs=v1_location[1])
+    assert "\n" not in str(err.value)
+    tables = set(sa.inspect(engine).get_table_names())
+    assert "alembic_version" not in tables  # still a v1 store: nothing half-applied
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select value from meta where key='schema_version'")
+                            ).scalar_one() == "1"
+        assert "origin" not in {c["name"] for c in sa.inspect(conn).get_columns("runs")}
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE imports"))
+    engine.dispose()
+    store = open_store(v1_location[0], blobs=v1_location[1])  # and a retry completes
+    _assert_nothing_lost(store)
+    store.close()
