@@ -32,9 +32,10 @@ with rules above the table: torch's initial seed differing while no seed was set
 the run is unseeded (score 100); auditor's own package is never a cause; a Python patch
 release scores 5; more than ``PACKAGE_ROWS`` package changes make one line ("97 installed
 packages differ from the lockfile; top: …"); a variable kept by name only at record time
-and absent from the rerun is a cause with its fix (``unreplayed_env``). When no cause
-scores at least ``UNEXPLAINED``, nondeterminism the record does not explain leads, naming
-the first divergence.
+and absent from the rerun is a cause with its fix (``unreplayed_env``). When every metric
+reproduced bit for bit, the environment did not change the numerics: its causes are scaled
+down. When no cause scores at least ``UNEXPLAINED``, nondeterminism the record does not
+explain leads, naming the first divergence.
 """
 
 from __future__ import annotations
@@ -110,8 +111,12 @@ WITHIN_TOLERANCE_WEIGHT = 0.5  # causes of differences inside tolerance matter l
 PATCH_SCORE = 5.0  # a Python patch release: below UNEXPLAINED, never leads
 PACKAGE_ROWS = 3  # more package changes than this become one line
 UNREPLAYED_SCORE = 60.0  # a setting-like variable the rerun did not get
+UNREPLAYED_OTHER_SCORE = 8.0  # any other such variable: listed, never above UNEXPLAINED
 UNREPLAYED_ROWS = 3  # named one by one; the rest in one line
+REPRODUCED_WEIGHT = 0.05  # environment causes when every metric reproduced bit for bit
 OWN_PACKAGES = frozenset({"auditor"})
+# Set by the rerun to replay the recorded torch thread count (rerun.replay_env).
+REPLAYED_THREADS = frozenset({"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"})
 # Words that make a variable name look like a training setting (TRAIN_LR, BATCH_SIZE).
 SETTING_WORDS = frozenset({
     "LR", "LEARNING", "RATE", "EPOCH", "EPOCHS", "BATCH", "SEED", "STEP", "STEPS", "ITERS",
@@ -184,7 +189,8 @@ def _causes(level: Level, diffs: dict[str, list[Difference]], left: RunRecord,
         return []
     crashed = [d for d in diffs.get("process", []) if d.where == "process/exit_code"]
     causes = rank_causes(diffs, left, right, unexplained=not crashed,
-                         where=first_divergence(diffs, beyond) if beyond else None)
+                         where=first_divergence(diffs, beyond) if beyond else None,
+                         numerics_reproduced=_numerics_reproduced(diffs, left, right))
     if crashed:  # nothing else matters as much as a rerun that did not finish
         tail = "; ".join(crashed[0].comments) or "no stderr"
         causes.insert(0, Cause(category="process", what="exit_code", left=crashed[0].left,
@@ -194,6 +200,12 @@ def _causes(level: Level, diffs: dict[str, list[Difference]], left: RunRecord,
     if level == "not-reproduced":
         return causes
     return [c.model_copy(update={"score": c.score * WITHIN_TOLERANCE_WEIGHT}) for c in causes]
+
+
+def _numerics_reproduced(diffs: dict[str, list[Difference]], left: RunRecord,
+                         right: RunRecord) -> bool:
+    """Every metric of the training was compared and came back bit for bit."""
+    return bool(left.metrics.final) and "metrics" in diffs and not diffs["metrics"]
 
 
 def first_divergence(diffs: dict[str, list[Difference]], beyond: list[Difference]) -> str | None:
@@ -237,14 +249,18 @@ def _under(where: str, item: str) -> bool:
 
 
 def rank_causes(diffs: dict[str, list[Difference]], left: RunRecord, right: RunRecord, *,
-                unexplained: bool = True, where: str | None = None) -> list[Cause]:
+                unexplained: bool = True, where: str | None = None,
+                numerics_reproduced: bool = False) -> list[Cause]:
     """Environment differences as likely causes, most likely first (see ``SCORES``).
 
     Package changes come as one line when there are more than ``PACKAGE_ROWS``; auditor's
     own package is never a cause; a Python patch release scores below ``UNEXPLAINED``;
     a variable set at record time that the rerun did not get (kept by name only) is a
-    named cause with its fix. When nothing left scores at least ``UNEXPLAINED`` (and
-    ``unexplained``), unexplained nondeterminism leads, naming ``where`` it starts."""
+    named cause with its fix. When every metric came back bit for bit
+    (``numerics_reproduced``), the environment evidently did not change the training's
+    numerics, so its differences score ``REPRODUCED_WEIGHT`` of their usual score. When
+    nothing left scores at least ``UNEXPLAINED`` (and ``unexplained``), unexplained
+    nondeterminism leads, naming ``where`` it starts."""
     env = diffs["environment"] if "environment" in diffs else environment.compare_records(
         left, right)
     best: dict[tuple[str, str], Cause] = {}
@@ -260,15 +276,23 @@ def rank_causes(diffs: dict[str, list[Difference]], left: RunRecord, right: RunR
         if key not in best or cause.score > best[key].score:
             best[key] = cause
     causes = [*best.values(), *_grouped_packages(packages, left), *unreplayed_env(left, right)]
+    if numerics_reproduced:
+        causes = [c.model_copy(update={"score": c.score * REPRODUCED_WEIGHT}) for c in causes]
     causes.sort(key=lambda c: (-c.score, c.category, c.what))
     if unexplained and not any(c.score >= UNEXPLAINED.score for c in causes):
-        causes.insert(0, _unexplained(where))
+        causes.insert(0, _unexplained(where, numerics_reproduced))
     return causes
 
 
-def _unexplained(where: str | None) -> Cause:
+def _unexplained(where: str | None, numerics_reproduced: bool = False) -> Cause:
     if where is None:
         return UNEXPLAINED
+    if numerics_reproduced:
+        return UNEXPLAINED.model_copy(update={"explanation": (
+            f"Every metric of the training reproduced bit for bit, so the environment did not "
+            f"change its numerics; the first divergence is at {where}: the script writes "
+            "something there that varies from run to run (the clock, an unseeded random "
+            "draw, an id), or writes it after the metrics are taken.")})
     return UNEXPLAINED.model_copy(update={"explanation": (
         f"Nothing recorded about the environment explains it; the first divergence is at "
         f"{where}: look for nondeterminism the record cannot see there (an unseeded RNG, "
@@ -307,14 +331,14 @@ def unreplayed_env(left: RunRecord, right: RunRecord) -> list[Cause]:
         rest = ranked[UNREPLAYED_ROWS:]
         causes.append(Cause(
             category="env", what=f"{len(rest)} more unreplayed variables",
-            score=UNREPLAYED_SCORE / 2,
+            score=UNREPLAYED_OTHER_SCORE / 2,
             explanation="Also set at record time and not replayed: " + ", ".join(rest[:20])
                         + (", …" if len(rest) > 20 else "")))
     return causes
 
 
 def _unreplayed(name: str) -> Cause:
-    score = UNREPLAYED_SCORE if _looks_like_setting(name) else UNREPLAYED_SCORE / 2
+    score = UNREPLAYED_SCORE if _looks_like_setting(name) else UNREPLAYED_OTHER_SCORE
     return Cause(category="env", what=name, left=environment.REDACTED, right="(not set)",
                  score=score, explanation=(
                      f"{name} was set when the run was recorded, but only its name was kept "
@@ -343,6 +367,12 @@ def _cause(diff: Difference, left: RunRecord, right: RunRecord) -> Cause | None:
                      explanation="The run is not seeded (or seeded from the clock): torch's "
                                  "initial seed differed between the runs, so results differ "
                                  "from the first step.")
+    if group in ("env", "determinism") and item.upper() in REPLAYED_THREADS and (
+            diff.left in (None, "None") and _same_threads(left, right)):
+        return Cause(category="threads", what=item, left=diff.left, right=diff.right,
+                     score=PATCH_SCORE,
+                     explanation=f"{item} was set by the rerun to replay the recorded thread "
+                                 "count, which both runs had: not a difference in effect.")
     if group == "python" and item == "version" and _patch_only(diff.left, diff.right):
         return Cause(category="python", what="version", left=diff.left, right=diff.right,
                      score=PATCH_SCORE,
@@ -353,6 +383,12 @@ def _cause(diff: Difference, left: RunRecord, right: RunRecord) -> Cause | None:
     return Cause(category=category, what=what, left=diff.left, right=diff.right, score=score,
                  explanation=why if item else f"The {group} section was recorded on one side "
                                                "only, so it cannot be compared.")
+
+
+def _same_threads(left: RunRecord, right: RunRecord) -> bool:
+    a, b = left.determinism, right.determinism
+    return a is not None and b is not None and a.torch_num_threads is not None and (
+        a.torch_num_threads == b.torch_num_threads)
 
 
 def _patch_only(left: str | None, right: str | None) -> bool:

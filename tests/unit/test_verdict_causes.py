@@ -100,3 +100,32 @@ def test_an_unreadable_event_file_is_could_not_verify_never_not_reproduced() -> 
     real = decide({"files": [gap], "metrics": [metric("loss", 2, False)]}, record(), record(),
                   Policy())
     assert real.level == "not-reproduced"  # a real divergence is still one
+
+
+def test_when_every_metric_reproduced_the_environment_does_not_lead() -> None:
+    left = with_env(packages={**PY.packages, "numpy": "2.4.6"})
+    right = with_env(packages={**PY.packages, "numpy": "2.2.6"})
+    stamp = Difference(where="files/outputs/runs/events.out.tfevents.1.h.1.0/train/loss",
+                       kind="value", stats={"first_step": 0})
+    diffs = {"metrics": [], "files": [stamp],
+             "environment": environment.compare_records(left, right)}
+    found = decide(diffs, left, right, Policy()).causes
+    assert found[0].what == "unexplained"
+    assert "reproduced bit for bit" in found[0].explanation
+    assert stamp.where in found[0].explanation
+    assert [c.what for c in found[1:]] == ["numpy"]  # still listed, below
+
+
+def test_thread_variables_the_rerun_set_to_replay_the_same_count_do_not_lead() -> None:
+    left = with_env(env_vars={"TRAIN_LR": "[REDACTED]"})
+    right = with_env(env_vars={"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"})
+    right = right.model_copy(update={"determinism": right.determinism.model_copy(
+        update={"omp_num_threads": "2"})})
+    found = causes(left, right)  # both records: torch_num_threads = 2
+    assert found[0].what == "TRAIN_LR"
+    assert {c.what for c in found if c.score < 10} >= {"OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                       "omp_num_threads"}
+    other = with_env(env_vars={"OMP_NUM_THREADS": "2"})
+    fewer = other.model_copy(update={"determinism": other.determinism.model_copy(
+        update={"torch_num_threads": 1})})
+    assert causes(with_env(), fewer)[0].category == "threads"  # a real thread change leads
