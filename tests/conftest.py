@@ -142,6 +142,59 @@ def any_store(store_location: tuple[str, str | None]) -> Iterator[SqlStore]:
     opened.close()
 
 
+# -- S3 (team artifacts): moto's standalone server on 127.0.0.1 --------------------------
+S3_ENV = "AUDITOR_TEST_S3"  # endpoint of a running server (.ci/run starts moto_server)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3-speaking server on 127.0.0.1: $AUDITOR_TEST_S3, else moto's server started here."""
+    if os.environ.get(S3_ENV):
+        yield os.environ[S3_ENV]
+        return
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:  # moto[server] is in the dev extra
+        skip_or_fail(f"no S3 server: {exc}")
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment (set here too) that points boto at the test server with test keys."""
+    env = {
+        "AWS_ENDPOINT_URL_S3": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def s3_bucket(s3_env: dict[str, str]) -> str:
+    """A fresh, empty bucket on the test server; returns its s3:// URL with a prefix."""
+    import s3fs
+
+    name = "t-" + secrets.token_hex(6)
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}/team"
+
+
 def audit(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess[str]:

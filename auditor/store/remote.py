@@ -154,7 +154,7 @@ class RemoteBlobStore(BlobStore):
         try:
             with os.fdopen(fd, "wb") as out, self._errors(f"read sha256:{sha256}"):
                 try:
-                    remote = self.fs.open(self.key_for(sha256), "rb", block_size=CHUNK)
+                    remote = self._open(self.key_for(sha256))
                 except FileNotFoundError:
                     raise IntegrityError(
                         f"{label}object sha256:{sha256} is missing from {self.remote_objects}",
@@ -195,14 +195,17 @@ class RemoteBlobStore(BlobStore):
     def object_digests(self) -> Iterator[tuple[str, str]]:
         """(claimed, actual sha256) of every object, streamed through the hash."""
         for claimed in self.digests():
-            with self._errors(f"read sha256:{claimed}"), self.fs.open(
-                self.key_for(claimed), "rb", block_size=CHUNK
-            ) as remote:
-                yield claimed, _copy_hashing(remote, None)
+            with self._errors(f"read sha256:{claimed}"):
+                actual = _copy_hashing(self._open(self.key_for(claimed)), None)
+            yield claimed, actual
 
     def iter_objects(self) -> Iterator[tuple[str, Path]]:
         """Remote objects have no local path: use ``object_digests``."""
         raise StoreError(f"objects in {self.url} have no local paths")
+
+    def _open(self, key: str) -> Any:
+        self.fs.invalidate_cache(key)  # never trust a listing made before someone wrote
+        return self.fs.open(key, "rb", block_size=CHUNK, cache_type="none")
 
     def _drop_cached(self, sha256: str) -> None:
         path = self.path_for(sha256)
@@ -255,7 +258,6 @@ def _filesystem(scheme: str) -> Any:
                 "read_timeout": 60,
                 "retries": {"max_attempts": 3, "mode": "standard"},
             },
-            "retries": 2,
             "skip_instance_cache": True,
         }
     try:
