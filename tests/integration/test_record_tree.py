@@ -295,3 +295,33 @@ def test_signal_before_the_command_starts_removes_everything(
     assert list(tmp.iterdir()) == []
     found = records(tmp_path / "store") if (tmp_path / "store" / "store.db").exists() else []
     assert all(r.identity.status != "running" for r in found)
+
+
+LINKER = (
+    "import os\n"
+    "os.makedirs('out', exist_ok=True)\n"
+    "os.symlink('/etc/shadow', 'out/shadow')\n"
+    "os.symlink('/etc', 'etc-link')\n"
+    "open('out/model.bin', 'wb').write(b'w')\n"
+)
+
+
+@pytest.mark.parametrize("declared", [(), ("--output", "out")])
+def test_links_made_by_the_run_are_never_followed_out(
+    make_repo: Callable[..., Path], tmp_path: Path, declared: tuple[str, ...]
+) -> None:
+    repo = make_repo({"link.py": LINKER})
+    env = {"AUDITOR_STORE": str(tmp_path / "store")}
+    res = audit("record", *declared, "--", PY, "link.py", cwd=repo, env=env)
+    assert res.returncode == 0, res.stderr
+    rec = records(tmp_path / "store")[0]
+    assert {a.name for a in rec.outputs()} == {"outputs/out/model.bin"}
+    opened = open_store(env["AUDITOR_STORE"], create=False)
+    try:
+        shadow = Path("/etc/shadow")
+        if shadow.is_file() and os.access(shadow, os.R_OK):
+            from auditor.store.blobs import sha256_file
+
+            assert not opened.blobs.has(sha256_file(shadow))
+    finally:
+        opened.close()
