@@ -242,15 +242,21 @@ def test_venv_rerun_that_cannot_import_its_framework_is_could_not_verify(
     assert "Traceback" not in res.stderr.split("error:", 1)[0]
 
 
-def test_venv_verify_from_a_0700_clone_as_root(ca_bundle: Path) -> None:
-    """Issue 10's first hour: a clone made with mktemp -d (0700), store inside it."""
+def test_venv_verify_from_a_0700_clone_as_root(ca_bundle: Path, tmp_path: Path) -> None:
+    """Issue 10's first hour: a clone made with mktemp -d (0700), store inside it. The
+    script needs a package only its venv has: a rerun whose Python cannot read its venv
+    falls back to the system prefix and fails to import it (before: not-reproduced)."""
     if os.geteuid() != 0:
         pytest.skip("only root's venv rerun switches to uid 1000")
+    trainenv = tmp_path / "trainenv"
+    subprocess.run([sys.executable, "-m", "venv", str(trainenv)], check=True)
+    subprocess.run([str(trainenv / "bin" / "pip"), "install", "-q", "six==1.17.0"], check=True,
+                   env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     folder = Path(tempfile.mkdtemp())
     try:
         assert folder.stat().st_mode & 0o777 == 0o700
         repo = folder / "p"
-        script = ("import json, random\nrandom.seed(7)\nfor step in range(3):\n"
+        script = ("import json, random, six\nrandom.seed(7)\nfor step in range(3):\n"
                   "    print(json.dumps({'step': step, 'x': random.random()}))\n"
                   "open('weights.dat', 'w').write(str(random.random()))\n")
         repo.mkdir()
@@ -261,7 +267,8 @@ def test_venv_verify_from_a_0700_clone_as_root(ca_bundle: Path) -> None:
         git(repo, "add", "t.py", "requirements.lock")
         git(repo, "commit", "-q", "-m", "init")
         env = {"AUDITOR_CA_BUNDLE": str(ca_bundle)}  # the default store: .auditor in the clone
-        res = audit("--json", "record", "--", PY, "t.py", cwd=repo, env=env)
+        res = audit("--json", "record", "--", str(trainenv / "bin" / "python"), "t.py",
+                    cwd=repo, env=env)
         assert res.returncode == 0, res.stderr
         run_id = json.loads(res.stdout.strip().splitlines()[-1])["id"]
         res = audit("--json", "verify", run_id, "--backend", "venv", cwd=repo, env=env,
