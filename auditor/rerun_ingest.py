@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from auditor.errors import InputError
+from auditor.record.capture.secrets import scan_stream
 from auditor.record.outputs import validate_artifact_name
 from auditor.schema import ArtifactRef
 from auditor.store.blobs import BlobStore
@@ -43,12 +44,21 @@ class Refused(Exception):
     """A path the rerun reported that the host will not read (the message says why)."""
 
 
+class Withheld(Refused):
+    """A file the rerun wrote that holds a secret: read, scanned, never stored."""
+
+    def __init__(self, name: str, note: str) -> None:
+        super().__init__(f"{name.removeprefix('outputs/')} {note}")
+        self.name, self.note = name, note
+
+
 @dataclass(frozen=True)
 class Ingested:
     """Artifacts taken from a rerun, and what was refused."""
 
     artifacts: tuple[ArtifactRef, ...]
     warnings: tuple[str, ...]
+    withheld: tuple[tuple[str, str], ...] = ()  # (artifact name, why): held a secret
 
 
 @contextlib.contextmanager
@@ -105,6 +115,9 @@ def store_inside(
         size = os.fstat(fh.fileno()).st_size
         if size > max_bytes:
             raise Refused(f"{rel} ({size} bytes) is over the {max_bytes}-byte limit; not stored")
+        if (why := scan_stream(fh)) is not None:
+            raise Withheld(name, f"not stored, found {why} in it")
+        fh.seek(0)
         sha, stored = blobs.put_stream(fh)
     return ArtifactRef(name=name, sha256=sha, size=stored, kind="output")
 
@@ -234,14 +247,18 @@ def collect_api_artifacts(
     """Store the files the rerun's API logged, when each is a regular file in its tree."""
     refs: list[ArtifactRef] = []
     warnings: list[str] = []
+    withheld: list[tuple[str, str]] = []
     for item in lines:
         try:
             rel = tree_relative(item["path"], seen_as)
             name = f"outputs/{item.get('name') or posixpath.basename(rel)}"
             refs.append(store_inside(blobs, tree, rel, name, max_bytes))
+        except Withheld as exc:
+            warnings.append(f"artifact the rerun logged: {exc}")
+            withheld.append((exc.name, exc.note))
         except Refused as exc:
             warnings.append(f"artifact the rerun logged was not read: {exc}")
-    return Ingested(tuple(refs), tuple(warnings))
+    return Ingested(tuple(refs), tuple(warnings), tuple(withheld))
 
 
 def collect_changed(
@@ -250,10 +267,14 @@ def collect_changed(
     """Store the files the rerun created or changed under its working directory."""
     refs: list[ArtifactRef] = []
     warnings: list[str] = []
+    withheld: list[tuple[str, str]] = []
     for rel in changed:
         inside = rel if cwd_rel in ("", ".") else f"{cwd_rel}/{rel}"
         try:
             refs.append(store_inside(blobs, tree, inside, f"outputs/{rel}", max_bytes))
+        except Withheld as exc:
+            warnings.append(f"output {exc}")
+            withheld.append((exc.name, exc.note))
         except Refused as exc:
             warnings.append(f"output {exc}")
-    return Ingested(tuple(refs), tuple(warnings))
+    return Ingested(tuple(refs), tuple(warnings), tuple(withheld))

@@ -161,6 +161,7 @@ def _complete(
         update={"accelerators": session.with_cuda_stack(rerun.environment.accelerators, obs)}
     )
     notes = dict(rerun.not_captured)
+    notes.update(produced.withheld + logged.withheld)  # outputs holding a secret
     if done.notes:
         notes["sandbox"] = "; ".join(done.notes)
     status = "finished" if done.exit_code == 0 else "failed"

@@ -129,7 +129,9 @@ def plan(left: Evidence, right: Evidence, policy: Policy) -> list[Item]:
     kinds: tuple[ArtifactKind, ...] = ("output",) if policy.compare_logs == "off" else (
         "output", "log")
     items = []
-    for pair in pair_outputs(*(_artifacts(e.record, kinds, policy) for e in (left, right))):
+    held = withheld(left.record, right.record)
+    for pair in pair_outputs(*({n: a for n, a in _artifacts(e.record, kinds, policy).items()
+                                if n not in held} for e in (left, right))):
         role = _role(pair, (left, right), policy)
         items.append(Item(pair, role, role != "log" or policy.compare_logs == "strict"))
     return items
@@ -155,11 +157,19 @@ def _role(pair: Pair, sides: tuple[Evidence, Evidence], policy: Policy) -> Role:
     return "weights" if all(p is None or reads_as_weights(p, n) for p, n in found) else "file"
 
 
+def withheld(*records: RunRecord) -> set[str]:
+    """Outputs a run did not store because they hold a secret (``record/outputs.py`` names
+    them in ``not_captured``): never evidence, on either side, so never compared."""
+    return {name for r in records for name, why in r.not_captured.items()
+            if name.startswith("outputs/") and why.startswith("not stored")}
+
+
 def coverage(left: RunRecord, right: RunRecord, policy: Policy) -> OutputCoverage:
     """Which outputs of the two runs a comparison under ``policy`` reads (see
     ``OutputCoverage``), from the records alone."""
-    names = sorted({a.name for r in (left, right) for a in r.outputs()})
-    ignored = [n for n in names if policy.is_ignored(n)]
+    held = withheld(left, right)
+    names = sorted({a.name for r in (left, right) for a in r.outputs()} | held)
+    ignored = [n for n in names if policy.is_ignored(n) or n in held]
     logs = [n for n in names if n not in ignored and policy.is_log_output(n)]
     off = policy.compare_logs == "off"
     return OutputCoverage(

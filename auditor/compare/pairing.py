@@ -98,7 +98,8 @@ class OutputCoverage(BaseModel):
 
     ``compared``: read and compared (a difference in one of them counts, unless it is also
     in ``informational``); ``ignored``: matched by the policy's ``ignore_outputs`` (or logs
-    under ``compare_logs = "off"``), never read, so they prove nothing and must never
+    under ``compare_logs = "off"``, or outputs a run withheld because they hold a secret),
+    never read, so they prove nothing and must never
     become certificate subjects; ``informational``: compared, but as logs whose
     differences are reported without counting (``compare_logs = "informational"``)."""
 

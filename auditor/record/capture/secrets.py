@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from auditor.record.capture.secret_scan import (
     KNOWN_SHAPE,
@@ -343,22 +343,27 @@ def scan_file(path: Path) -> str | None:
     secrets and their encodings only (a pickled config holds its strings verbatim).
     Read in 1 MiB chunks with a 64 KiB overlap: linear time, bounded memory."""
     with path.open("rb") as fh:
-        head = fh.read(SNIFF_BYTES)
-        text = is_text(head)
-        carry, offset, lines = head, 0, 0
-        while True:
-            block = fh.read(_CHUNK)
-            data = carry + block
-            hits = [f for f in scan(data)
-                    if text or f.shape == KNOWN_SHAPE]
-            if hits:
-                line = lines + data.count(b"\n", 0, hits[0].start) + 1
-                where = (f"text file, first at line {line}" if text
-                         else f"binary file, first at byte {offset + hits[0].start}")
-                return f"{', '.join(shapes(hits))} ({where})"
-            if not block:
-                return None
-            keep = data[-_OVERLAP:] if len(data) > _OVERLAP else data
-            lines += data.count(b"\n", 0, len(data) - len(keep))
-            offset += len(data) - len(keep)
-            carry = keep
+        return scan_stream(fh)
+
+
+def scan_stream(fh: BinaryIO) -> str | None:
+    """``scan_file`` over an open binary file, read from where it stands to its end."""
+    head = fh.read(SNIFF_BYTES)
+    text = is_text(head)
+    carry, offset, lines = head, 0, 0
+    while True:
+        block = fh.read(_CHUNK)
+        data = carry + block
+        hits = [f for f in scan(data)
+                if text or f.shape == KNOWN_SHAPE]
+        if hits:
+            line = lines + data.count(b"\n", 0, hits[0].start) + 1
+            where = (f"text file, first at line {line}" if text
+                     else f"binary file, first at byte {offset + hits[0].start}")
+            return f"{', '.join(shapes(hits))} ({where})"
+        if not block:
+            return None
+        keep = data[-_OVERLAP:] if len(data) > _OVERLAP else data
+        lines += data.count(b"\n", 0, len(data) - len(keep))
+        offset += len(data) - len(keep)
+        carry = keep
