@@ -44,6 +44,7 @@ SHAPES = [NETRC_PW, LOG_KEY, LOG_PW, LOG_TOK, PWD_PW, SAS_SIG, OMP_PW, IMG_PW, F
 SHAPES_SCRIPT = f"""\
 import json, logging, os, sys
 logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+logging.getLogger().addHandler(logging.FileHandler("train.log"))  # a log in the repo
 print("machine pypi.internal login bot password {NETRC_PW}")
 logging.info("api_key={LOG_KEY}")
 logging.getLogger().handlers[0].setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
@@ -109,7 +110,8 @@ def test_planted_secrets_reach_nowhere(make_repo, tmp_path: Path) -> None:  # ty
 
 def test_issue8_shapes_reach_nowhere(make_repo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Every shape issue 8 found stored verbatim, through the real CLI into a real store."""
-    repo = make_repo({"train.py": SHAPES_SCRIPT, ".gitignore": "*.json\n*.bin\nmetrics.txt\n"})
+    repo = make_repo({"train.py": SHAPES_SCRIPT,
+                      ".gitignore": "*.json\n*.bin\n*.log\nmetrics.txt\n"})
     env = {"AUDITOR_STORE": str(tmp_path / "store"), "GITHUB_TOKEN": GH_TOKEN,
            "OMP_NUM_THREADS": f"1;password={OMP_PW}",
            "AUDITOR_CONTAINER_IMAGE": f"img;password={IMG_PW}"}
@@ -134,6 +136,7 @@ def test_issue8_shapes_reach_nowhere(make_repo, tmp_path: Path) -> None:  # type
     cfg = rec.not_captured["outputs/run_config.json"]
     assert "a value named api_key" in cfg and "line 1" in cfg
     assert "a known secret value" in rec.not_captured["outputs/model.bin"]
+    assert "a value named api_key" in rec.not_captured["outputs/train.log"]
     assert "output run_config.json not stored, found a value named api_key" in res.stderr
     out = store.blobs.read_bytes(rec.artifact("logs/stdout.txt").sha256).decode()  # type: ignore[union-attr]
     err = store.blobs.read_bytes(rec.artifact("logs/stderr.txt").sha256).decode()  # type: ignore[union-attr]
