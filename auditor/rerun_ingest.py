@@ -116,7 +116,7 @@ def store_inside(
         if size > max_bytes:
             raise Refused(f"{rel} ({size} bytes) is over the {max_bytes}-byte limit; not stored")
         if (why := scan_stream(fh)) is not None:
-            raise Withheld(name, f"not stored, found {why} in it")
+            raise Withheld(name, f"not stored, it holds {why}")
         fh.seek(0)
         sha, stored = blobs.put_stream(fh)
     return ArtifactRef(name=name, sha256=sha, size=stored, kind="output")

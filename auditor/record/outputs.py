@@ -145,7 +145,7 @@ def collect(
             )
             continue
         if (why := _holds_secret(path)) is not None:
-            note = f"not stored, found {why} in it"
+            note = f"not stored, it holds {why}"
             warnings.append(f"output {rel} {note}")
             if notes is not None:
                 notes[f"outputs/{rel}"] = note

@@ -137,7 +137,7 @@ def test_issue8_shapes_reach_nowhere(make_repo, tmp_path: Path) -> None:  # type
     assert "a value named api_key" in cfg and "line 1" in cfg
     assert "a known secret value" in rec.not_captured["outputs/model.bin"]
     assert "a value named api_key" in rec.not_captured["outputs/train.log"]
-    assert "output run_config.json not stored, found a value named api_key" in res.stderr
+    assert "output run_config.json not stored, it holds a value named api_key" in res.stderr
     out = store.blobs.read_bytes(rec.artifact("logs/stdout.txt").sha256).decode()  # type: ignore[union-attr]
     err = store.blobs.read_bytes(rec.artifact("logs/stderr.txt").sha256).decode()  # type: ignore[union-attr]
     assert "login bot password [REDACTED]" in out and "pwd: [REDACTED]" in out

@@ -447,7 +447,7 @@ def test_issue8_ordinary_text_is_kept(text: str) -> None:
 
 def test_shape_labels_survive_the_record_scrub() -> None:
     # messages naming a shape are themselves stored: they must not look like secrets
-    message = ("output run_config.json not stored, found a value named api_key, a value of "
+    message = ("output run_config.json not stored, it holds a value named api_key, a value of "
                "flag api-key, a netrc entry, an Authorization header, a bearer token, basic "
                "credentials, a URL with credentials, a private key block, a ghp_ token, "
                "a known secret value (text file, first at line 3)")
@@ -526,3 +526,23 @@ def test_the_stdlib_fallback_finds_the_same(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(secret_scan, "_finder", secret_scan._regex_finder)
     monkeypatch.setattr(secret_scan, "_anchor_cache", {})
     assert [redact_text(t) for t in texts] == fast
+
+
+def test_a_rerun_output_holding_a_secret_is_withheld_and_named(tmp_path: Path) -> None:
+    """What a rerun writes is scanned like the original's outputs (rerun_ingest)."""
+    from auditor.rerun_ingest import collect_changed
+    from auditor.store.blobs import BlobStore
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "run_config.json").write_text('{"hf_token": "hf-Secret-Value-123"}\n')
+    (tree / "result.txt").write_text("42\n")
+    blobs = BlobStore(tmp_path / "objects")
+    got = collect_changed(blobs, tree, ".", ["run_config.json", "result.txt"], 1 << 20)
+    assert [a.name for a in got.artifacts] == ["outputs/result.txt"]
+    assert got.withheld == (("outputs/run_config.json",
+                             "not stored, it holds a value named hf_token "
+                             "(text file, first at line 1)"),)
+    assert any("run_config.json not stored" in w for w in got.warnings)
+    assert not any(b"hf-Secret" in p.read_bytes() for p in tmp_path.rglob("*")
+                   if p.is_file() and "objects" in p.parts)
