@@ -13,12 +13,15 @@
 * dense: 5 MB of lines each holding `key=value api_key=... tokens/s`, where every line
   has anchors to examine (the slow path: its figure is reported, not a target).
 
-Target (issue 8): at least 50 MB/s for the one-line and 1 M-line cases.
+Target (issue 8): at least 50 MB/s for the one-line and 1 M-line cases. Wall-clock and
+CPU-time figures are both kept, with the load average: on a shared machine the CPU
+figure is the one to compare.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -55,18 +58,22 @@ def _learn_secrets() -> None:
 def bench(data: bytes, repeat: int = 3) -> dict[str, float]:
     from auditor.record.capture.secrets import redact_bytes
 
-    best = float("inf")
+    best, best_cpu = float("inf"), float("inf")
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         redact_bytes(data)
         best = min(best, time.perf_counter() - start)
+        best_cpu = min(best_cpu, time.process_time() - cpu)
     return {"bytes": len(data), "seconds": round(best, 3),
-            "mb_per_s": round(len(data) / best / MB, 1)}
+            "mb_per_s": round(len(data) / best / MB, 1),
+            "cpu_seconds": round(best_cpu, 3),
+            "mb_per_cpu_s": round(len(data) / max(best_cpu, 1e-9) / MB, 1)}
 
 
 def main() -> None:
     _learn_secrets()
-    results: dict[str, object] = {"machine": platform.processor() or platform.machine()}
+    results: dict[str, object] = {"machine": platform.processor() or platform.machine(),
+                                  "load_average_1m": os.getloadavg()[0]}
     for name, data in _inputs().items():
         results[name] = bench(data)
         print(name, results[name], flush=True)

@@ -15,9 +15,14 @@ Contract (scenarios T34-T36):
   JWTs, PEM private keys, Bearer/Basic credentials, URLs with a password, ``key=value``
   with a secret key name, and high-entropy words (>= 20 characters; base64 alphabet with
   Shannon entropy > 4.5 bits, hex alphabet > 3.0 bits; all-digit words never count).
-* ``redact_text`` replaces secret-shaped substrings and known secrets; it deliberately
-  runs no entropy scan, because logs and ``pip inspect`` reports are full of legitimate
-  digests. It never raises and is idempotent.
+* ``redact_text`` / ``redact_bytes`` replace what ``secret_scan.scan`` finds (the shapes
+  and known secrets listed there, in time linear in the text's length); they deliberately
+  run no entropy scan, because logs and ``pip inspect`` reports are full of legitimate
+  digests. They never raise and are idempotent.
+* Every string field of a record goes through ``scrub_strings`` before it is stored, and
+  fields copied from the environment through ``redacted_env_value`` (the allowlist).
+* ``scan_file`` / ``scan_stream`` say why an output must not be stored (shape and line),
+  or None: text files for every shape, other files for known secrets only.
 * Digest rule: a 40-character git commit is high-entropy hex, so ``looks_secret`` says
   yes. Under a key or flag whose name says it holds a digest (``commit``, ``sha256``,
   ``revision``, ``uuid``, ``run_id``, ...) ``redact_params`` and ``redact_argv`` keep a
