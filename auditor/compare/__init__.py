@@ -10,7 +10,10 @@ recording raises ``IntegrityError`` before anything is compared.
 
 The table (diffoscope's ``COMPARATORS``): the process's exit status first (a crashed rerun
 explains everything else), params and environment because they are cheap and explain the
-rest; then metrics, weights, and every other output file.
+rest; then metrics, weights, and every other output file. The file comparers share one
+plan (``files.plan``): outputs paired by name, then by name pattern (``pairing``: a time or
+an id in a name), TensorBoard event files read by ``events``, logs informational unless
+``compare_logs = "strict"``; ``files.coverage`` says which outputs were compared.
 """
 
 from __future__ import annotations
