@@ -130,3 +130,18 @@ def test_an_unlisted_learning_rate_variable_is_named_with_its_fix(
     top = verdict["causes"][0]
     assert (top["category"], top["what"]) == ("env", "TRAIN_LR"), verdict["causes"][:3]
     assert "--env-allow TRAIN_LR" in top["explanation"]
+
+
+def test_a_second_run_overwriting_last_pt_in_checkpoints_is_certified(
+        project: dict[str, Any]) -> None:
+    # The first run leaves checkpoints/last.pt (untracked); the second overwrites it in its
+    # own writable copy of the tree. Both reproduce.
+    first = record(project, "--seed", "5", "--keep-last")
+    assert (project["root"] / "checkpoints" / "last.pt").is_file()
+    second = record(project, "--seed", "5", "--keep-last")
+    for run_id in (second, first):
+        code, result, err = verify(project, run_id)
+        verdict = result["verdict"]
+        assert code == 0, (verdict["first_divergence"], verdict["causes"][:2], err[-1500:])
+        assert verdict["level"] == "reproduced-bitwise"
+        assert "outputs/checkpoints/last.pt" in verdict["outputs"]["compared"]
