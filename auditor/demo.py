@@ -172,6 +172,11 @@ def _demo() -> int:
     print(f"\nHTML report: {report}")
     print(f"HTML report of the failing run: {OUT / 'report-clock.html'}")
     print(f"certificate: {OUT / 'model.cert.json'}   store: {OUT / 'store'}")
+    comparison = OUT / "compare.html"
+    sh(audit, "compare", rid[:12], bad[:12], "--html", str(comparison), cwd=project, env=env,
+       check=False)
+    print(f"\nstatic comparison page: {comparison}")
+    print(f"dashboard: {audit} --store {OUT / 'store'} ui   (then open http://127.0.0.1:8765/)")
     return 0
 
 

@@ -30,7 +30,7 @@ def flatten(rec: RunRecord) -> dict[tuple[str, str], str]:
     for k, v in rec.params.items():
         out[("seeds" if is_seed_key(k) else "params", k)] = _text(v)
     seeds = rec.seeds
-    out[("seeds", "seed")] = _text(seeds.seed)
+    out[("seeds", "recorded seed")] = _text(seeds.seed)
     out[("seeds", "seeded")] = ", ".join(seeds.seeded) or "-"
     out[("seeds", "PYTHONHASHSEED")] = _text(seeds.pythonhashseed)
     if rec.determinism:
