@@ -8,7 +8,7 @@ PostgreSQL by URL); artifacts live in a ``BlobStore`` beside the database.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple, Protocol
@@ -70,8 +70,12 @@ class RunStore(Protocol):
     def resolve(self, id_or_prefix: str) -> str:
         """The full id for an id or unique prefix of >= 6 chars; RunNotFound/Ambiguous."""
 
-    def list_runs(self, *, limit: int | None = None) -> list[RunSummary]:
-        """Runs, newest first."""
+    def list_runs(self, *, limit: int | None = None,
+                  ids: Sequence[str] | None = None) -> list[RunSummary]:
+        """Runs, newest first (only ``ids`` when given)."""
+
+    def run_versions(self) -> dict[str, str]:
+        """id -> record sha256 of every run (what changed since a cache last looked)."""
 
     def add_metrics(self, run_id: str, points: Iterable[MetricPoint]) -> int:
         """Append metric points in one transaction; returns how many were stored."""

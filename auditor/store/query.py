@@ -23,6 +23,7 @@ so every store the protocol covers (SQLite, PostgreSQL) answers the same queries
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -123,6 +124,7 @@ class Page:
     size: int
     param_keys: list[str] = field(default_factory=list)
     metric_keys: list[str] = field(default_factory=list)
+    matched_rows: list[Row] = field(default_factory=list, repr=False)
 
     @property
     def pages(self) -> int:
@@ -302,16 +304,51 @@ def _row(store: RunStore, s: RunSummary, verified: str) -> Row:
                dict(params), dict(s.final_metrics), verified)
 
 
+class RowCache:
+    """Every run as a table row, kept between requests: each refresh reads only the
+    (id, record digest) pairs and re-reads the runs whose record changed, so a page over
+    10,000 runs does not parse 10,000 summaries. Certificates are re-read every time
+    (their badges change without the run's record changing)."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.rows: dict[str, Row] = {}
+        self.versions: dict[str, str] = {}
+        self.ordered: list[Row] = []
+
+    def refresh(self) -> list[Row]:
+        """All rows, newest first, current as of this call."""
+        versions = self.store.run_versions()
+        changed = [i for i, sha in versions.items() if self.versions.get(i) != sha]
+        gone = [i for i in self.rows if i not in versions]
+        verdicts = latest_verdicts(self.store)
+        for i in gone:
+            del self.rows[i]
+        if changed:
+            for s in self.store.list_runs(ids=changed):
+                self.rows[s.id] = _row(self.store, s, "never")
+        dirty = bool(changed or gone)
+        for i, row in self.rows.items():
+            verified = verdicts.get(i, "never")
+            if row.verified != verified:
+                self.rows[i] = dataclasses.replace(row, verified=verified)
+                dirty = True
+        self.versions = {i: versions[i] for i in self.rows}
+        if dirty or len(self.ordered) != len(self.rows):
+            self.ordered = sorted(self.rows.values(), key=lambda r: r.id, reverse=True)
+        return self.ordered
+
+
 def select(rows: Sequence[Row], query: Query, *, page: int = 1, size: int = 50) -> Page:
     """Filter, sort and cut one page (1-based) out of ``rows``."""
     size = max(1, size)
-    matched = [r for r in rows if query.matches(r)]
+    matched = [r for r in rows if query.matches(r)] if query.clauses else list(rows)
     ordered = sort_rows(matched, query.sort) if query.sort else matched
     pages = max(1, math.ceil(len(ordered) / size))
     page = max(1, min(page, pages))
     cut = ordered[(page - 1) * size: page * size]
     return Page(cut, len(rows), len(ordered), page, size, _keys(matched, "params"),
-                _keys(matched, "metrics"))
+                _keys(matched, "metrics"), matched)
 
 
 def _keys(rows: Sequence[Row], attr: str) -> list[str]:

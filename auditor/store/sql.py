@@ -16,7 +16,7 @@ import os
 import socket
 import struct
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -297,8 +297,22 @@ class SqlStore:
             raise AmbiguousRunId(id_or_prefix, list(ids))
         return id_or_prefix if id_or_prefix in ids else ids[0]
 
-    def list_runs(self, *, limit: int | None = None) -> list[RunSummary]:
-        """Runs newest first, from the small summary columns only."""
+    def run_versions(self) -> dict[str, str]:
+        """id -> record sha256 of every run: tells a cache which runs changed."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t_runs.c.id, t_runs.c.record_sha256)).all()
+        return {r[0]: r[1] for r in rows}
+
+    def list_runs(self, *, limit: int | None = None,
+                  ids: Sequence[str] | None = None) -> list[RunSummary]:
+        """Runs newest first (optionally only ``ids``), from the small summary columns."""
+        if ids is not None:
+            return [s for i in range(0, len(ids), 500)
+                    for s in self._summaries(ids[i:i + 500])]
+        return self._summaries(None, limit)
+
+    def _summaries(self, ids: Sequence[str] | None, limit: int | None = None
+                   ) -> list[RunSummary]:
         query = sa.select(
             t_runs.c.id,
             t_runs.c.name,
@@ -309,6 +323,8 @@ class SqlStore:
             t_runs.c.reproduces,
             t_runs.c.summary,
         ).order_by(t_runs.c.id.desc())
+        if ids is not None:
+            query = query.where(t_runs.c.id.in_(list(ids)))
         if limit:
             query = query.limit(limit)
         with self.engine.connect() as conn:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -30,7 +31,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 
 from auditor.errors import AuditorError, InputError, IntegrityError, RunNotFound
 from auditor.store.base import RunStore
-from auditor.store.query import Row, all_rows, latest_verdicts, parse_query, select
+from auditor.store.query import Row, RowCache, latest_verdicts, parse_query, select
 from auditor.ui import pages
 from auditor.ui.views import MAX_COMPARE, compare_view, curves, importance_view
 
@@ -40,6 +41,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline';
 STATIC = ("app.js", "app.css", "vendor/echarts-6.1.0.min.js")
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "testserver")
 MAX_INLINE_DOWNLOAD = 256 << 20
+_LOCK = threading.Lock()
 
 
 def static_bytes(name: str) -> bytes:
@@ -106,8 +108,9 @@ def create_app(store: RunStore, *, token: str | None = None) -> FastAPI:
     return app
 
 
-def _rows(store: RunStore) -> list[Row]:
-    return all_rows(store)
+def _rows(cache: RowCache) -> list[Row]:
+    with _LOCK:  # requests run in a thread pool; one refresh at a time
+        return cache.refresh()
 
 
 def _run_ids(store: RunStore, runs: str | None, run: list[str] | None) -> list[str]:
@@ -135,19 +138,20 @@ Cols = Annotated[list[str] | None, Query(max_length=100)]
 
 
 def _routes(app: FastAPI, store: RunStore) -> None:
+    cache = RowCache(store)
+
     @app.get("/", response_class=HTMLResponse)
     def runs_page(where: Where = None, sort: Sort = None, page: PageNo = 1, size: Size = 50,
                   col: Cols = None, metric: Metric = None) -> str:
         query = parse_query([where] if where else [], sort)
-        rows = _rows(store)
-        result = select(rows, query, page=page, size=size)
-        matched = [r for r in rows if query.matches(r)]
-        return pages.runs_page(result, where or "", sort or "", col, metric, matched)
+        result = select(_rows(cache), query, page=page, size=size)
+        return pages.runs_page(result, where or "", sort or "", col, metric,
+                               result.matched_rows)
 
     @app.get("/api/runs")
     def api_runs(where: Where = None, sort: Sort = None, page: PageNo = 1,
                  size: Size = 50) -> dict[str, Any]:
-        result = select(_rows(store), parse_query([where] if where else [], sort),
+        result = select(_rows(cache), parse_query([where] if where else [], sort),
                         page=page, size=size)
         return {"total": result.total, "matched": result.matched, "page": result.page,
                 "pages": result.pages, "size": result.size,
@@ -168,7 +172,7 @@ def _routes(app: FastAPI, store: RunStore) -> None:
     @app.get("/api/importance")
     def api_importance(where: Where = None, metric: Metric = None) -> dict[str, Any]:
         query = parse_query([where] if where else [], None)
-        rows = [r for r in _rows(store) if query.matches(r)]
+        rows = [r for r in _rows(cache) if query.matches(r)]
         from auditor.ui.views import choose_metric
 
         return dict(pages.jsonable(importance_view(rows, choose_metric(rows, metric))))

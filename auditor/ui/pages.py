@@ -115,7 +115,7 @@ def runs_page(result: Page, where: str, sort: str, cols: Sequence[str] | None,
 
     rows = [{"id": r.id, "cells": [_cell(r, c) for c in chosen], "verified": r.verified}
             for r in result.rows]
-    sort_links = {c: link(sort=("-" + c if sort != "-" + c else c), page=1) for c in chosen
+    sort_links = {c: link(sort=("-" + c if sort == c else c), page=1) for c in chosen
                   if c != "tags"}
     return _page("runs.html.j2", page=result, rows=rows, columns=chosen, available=available,
                  where=where, sort=sort, metric=metric or "", sort_links=sort_links,

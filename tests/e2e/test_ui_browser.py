@@ -122,6 +122,18 @@ def page(browser: Any) -> Iterator[Any]:
     assert problems == [], problems  # CSP violations and script errors show up here
 
 
+def wait_for(page: Any, selector: str, ok: Any, timeout: float = 90) -> str:
+    """Poll an element's text from here (the page's CSP forbids Playwright's eval-based
+    wait_for_function, as it should)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = page.text_content(selector) or ""
+        if ok(text):
+            return text
+        assert time.monotonic() < deadline, f"{selector} stayed at {text!r}"
+        page.wait_for_timeout(250)
+
+
 def visible_keys(page: Any, section: str) -> list[str]:
     return page.eval_on_selector_all(
         f'#diff tbody[data-section="{section}"] tr',
@@ -141,9 +153,9 @@ def test_table_filter_sort_select_compare(page: Any, url: str, shots: Path) -> N
         'td[data-col="metrics.loss"]', "cells => cells.map(c => c.textContent)")]
     assert losses == sorted(losses) and len(losses) == 6
     keep(page, shots, "runs-table")
-    # three runs: sorted by lr then seed, the first three share dummy = a
+    # three runs of dummy = a: sorted by seed then lr, the first three span both lrs
     page.fill("#where", "params.dummy = a")
-    page.fill("#sort", "params.lr,params.seed")
+    page.fill("#sort", "params.seed,params.lr")
     page.click("#apply")
     page.wait_for_selector("text=6 of 12 runs")
     for box in page.query_selector_all('input[name="run"]')[:3]:
@@ -208,7 +220,7 @@ def test_live_run_shows_new_points(page: Any, url: str, sweep: dict[str, Any],
     root = sweep["root"]
     proc = subprocess.Popen(
         [AUDIT, "record", "--name", "live", "--", sys.executable, "train_sweep.py",
-         "--steps", "60", "--sleep", "0.5"], cwd=root, env={**os.environ, **GIT_ENV},
+         "--steps", "120", "--sleep", "0.5"], cwd=root, env={**os.environ, **GIT_ENV},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -220,15 +232,10 @@ def test_live_run_shows_new_points(page: Any, url: str, sweep: dict[str, Any],
             time.sleep(0.5)
         page.goto(url + f"/runs/{live[0]['id']}")
         assert page.text_content("#status") == "running"
-        page.wait_for_function("Number(document.getElementById('points').textContent) > 0",
-                               timeout=60_000)
-        first = int(page.text_content("#points") or 0)
-        page.wait_for_function(
-            f"Number(document.getElementById('points').textContent) > {first}",
-            timeout=60_000)
+        first = wait_for(page, "#points", lambda t: int(t) > 0)
+        wait_for(page, "#points", lambda t: int(t) > int(first))  # a new point, no reload
         keep(page, shots, "live-run")
-        page.wait_for_function("document.getElementById('status').textContent == 'finished'",
-                               timeout=120_000)
-        assert int(page.text_content("#points") or 0) == 60
+        wait_for(page, "#status", lambda t: t == "finished", timeout=180)
+        assert int(page.text_content("#points") or 0) == 120
     finally:
         proc.wait(timeout=180)

@@ -98,3 +98,22 @@ def test_audit_list_where_and_sort(tmp_path: Path, store: SqlStore) -> None:
     bad = audit("--store", loc, "list", "--where", "params.lr <<", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_row_cache_sees_new_changed_removed_and_verified_runs(store: SqlStore) -> None:
+    from auditor.store.query import RowCache
+
+    cache = RowCache(store)
+    first = put_run(store, name="a", status="running")
+    assert [r.status for r in cache.refresh()] == ["running"]
+    put_run(store, name="b", minute=1)
+    store.put_record(first.model_copy(update={"identity": first.identity.model_copy(
+        update={"status": "finished"})}))
+    rows = cache.refresh()
+    assert sorted((r.name, r.status) for r in rows) == [("a", "finished"), ("b", "finished")]
+    store.put_certificate(CertificateRow("1" * 64, first.identity.id, None,
+                                         "not-reproduced", START, ()))
+    assert {r.name: r.verified for r in cache.refresh()}["a"] == "not-reproduced"
+    with store.engine.begin() as conn:  # a run removed behind the cache's back
+        conn.exec_driver_sql("DELETE FROM runs WHERE name = 'b'")
+    assert [r.name for r in cache.refresh()] == ["a"]

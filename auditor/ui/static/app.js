@@ -24,9 +24,9 @@
   }
   function label(runs, id) {
     for (var i = 0; i < runs.length; i++) {
-      if (runs[i].id === id) { return runs[i].name + " · " + id.slice(0, 8); }
+      if (runs[i].id === id) { return runs[i].name + " · " + id.slice(-6); }
     }
-    return id.slice(0, 8);
+    return id.slice(-6);
   }
   function drawCurves(c, curves, metric, runs) {
     var series = (curves[metric] || []).map(function (s, i) {
