@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from auditor.capped import read_capped
 from auditor.errors import InputError, IntegrityError
 from auditor.keys import keyid
+from auditor.loosen import Loosening
 from auditor.store.blobs import fsync_dir
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -81,6 +82,12 @@ class ReproductionPredicate(BaseModel):
     summary: dict[str, Any] = Field(default_factory=dict)
     causes: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    # how the rerun was isolated: "container" (docker) or "venv" (the host, weaker)
+    isolation: Literal["container", "venv"] | None = None
+    isolation_notes: list[str] = Field(default_factory=list)
+    # what the policy accepted beyond the defaults, and the outputs it did not compare
+    loosenings: list[Loosening] = Field(default_factory=list)
+    not_compared: list[Subject] = Field(default_factory=list)
     issued_at: datetime
     auditor_version: str
 

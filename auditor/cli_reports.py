@@ -85,22 +85,31 @@ def render_report_command(result: VerifyResult, *, html: Path | None = None,
 def _stored_result(ctx: click.Context, run_or_cert: str, keys: tuple[Path, ...]) -> VerifyResult:
     from auditor.verify import _looks_like_file, load_verify_result  # lazily: heavy import
 
+    if not _looks_like_file(run_or_cert):
+        return load_verify_result(store_of(ctx), run_or_cert)
+    path = Path(run_or_cert)
+    _check_certificate_file(path, keys)
     result = load_verify_result(store_of(ctx), run_or_cert)
-    if _looks_like_file(run_or_cert):
-        _check_certificate_file(Path(run_or_cert), keys, result)
+    _check_same_certificate(path, result)
     return result
 
 
-def _check_certificate_file(path: Path, keys: tuple[Path, ...], result: VerifyResult) -> None:
+def _check_certificate_file(path: Path, keys: tuple[Path, ...]) -> None:
     """Never render a certificate's claims as if they were checked: verify or warn."""
-    from auditor.certificate import file_sha256
+    from auditor.certificate import read_certificate
     from auditor.gate import verify_certificate_file
 
     if keys:
         verify_certificate_file(path, keys)  # IntegrityError (exit 3) when it does not verify
-    else:
-        click.echo(f"warning: {path}: signature NOT checked (no --key): this report shows what "
-                   "the certificate claims, not that a trusted key signed it", err=True)
+        return
+    read_certificate(path)  # a missing file is one error line, before any warning
+    click.echo(f"warning: {path}: signature NOT checked (no --key): this report shows what "
+               "the certificate claims, not that a trusted key signed it", err=True)
+
+
+def _check_same_certificate(path: Path, result: VerifyResult) -> None:
+    from auditor.certificate import file_sha256
+
     if result.certificate_sha256 and result.certificate_sha256 != file_sha256(path):
         click.echo(f"warning: {path} is not the certificate of the stored verification shown "
                    f"(that one is sha256:{result.certificate_sha256[:12]}…)", err=True)
@@ -215,6 +224,9 @@ def _check_json(check: Any) -> dict[str, object]:
     return {"valid": True, "certificate": str(check.path), "verdict": pred.verdict,
             "original_run": pred.original_run, "rerun_run": pred.rerun_run,
             "issued_at": pred.issued_at.isoformat(), "trusted_keys": list(check.signers),
+            "isolation": pred.isolation, "isolation_notes": pred.isolation_notes,
+            "loosenings": [lo.model_dump() for lo in pred.loosenings],
+            "not_compared": [{"name": s.name, "digest": s.digest} for s in pred.not_compared],
             "subjects": [{"name": s.name, "digest": s.digest} for s in check.statement.subject],
             "artifacts": [{"path": str(p), "sha256": d} for p, d in check.artifacts]}
 
@@ -224,7 +236,11 @@ def _check_lines(check: Any) -> list[tuple[str, str]]:
     lines = [("valid", str(check.path)), ("verdict", pred.verdict),
              ("original run", pred.original_run), ("rerun run", pred.rerun_run or "-"),
              ("issued", pred.issued_at.isoformat()),
-             ("trusted key", ", ".join(k[:16] + "…" for k in check.signers))]
+             ("trusted key", ", ".join(k[:16] + "…" for k in check.signers)),
+             ("isolation", pred.isolation or "not stated")]
+    lines += [("loosened", f"{lo.kind}: {lo.detail}") for lo in pred.loosenings]
+    lines += [("not compared", f"{s.name} sha256:{s.digest.get('sha256', '?')}")
+              for s in pred.not_compared]
     lines += [("subject", f"{s.name} sha256:{s.digest.get('sha256', '?')}")
               for s in check.statement.subject]
     lines += [("matches", f"{p} sha256:{d}") for p, d in check.artifacts]

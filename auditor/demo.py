@@ -156,8 +156,15 @@ def _demo() -> int:
     report = OUT / "report.html"
     sh(audit, "verify", rid[:12], *backend, "--sign-key", str(OUT / "keys" / "auditor.key"),
        "--certificate", str(OUT / "model.cert.json"), "--html", str(report), cwd=project, env=env)
+    gate_policy: list[str] = []
+    if backend:  # a venv-level certificate: the default gate demands container isolation
+        policy = OUT / "gate-venv.toml"
+        policy.write_text('min_isolation = "venv"\n')
+        print(f"\nno docker engine: the gate accepts venv-level isolation only because "
+              f"{policy} says min_isolation = \"venv\" (the default gate requires a container)")
+        gate_policy = ["--policy", str(policy)]
     sh(audit, "gate", "outputs/model.safetensors", "--key", str(OUT / "keys" / "auditor.pub"),
-       cwd=project, env=env)
+       *gate_policy, cwd=project, env=env)
     print("\nNow a run that cannot reproduce: seeded from the clock.")
     sh(audit, "record", "--name", "mlp-clock", "--input", "data/blobs.csv", "--", *train,
        "--seed", "clock", "--out", "outputs-clock", cwd=project, env=env)

@@ -18,7 +18,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from auditor.errors import AuditorError
 from auditor.store import SqlStore
 from auditor.store.sql import _parse_record
-from auditor.tamper import evidence_problems, index_problems, logged_certificates
+from auditor.tamper import (
+    evidence_problems,
+    index_problems,
+    logged_certificates,
+    series_problems,
+)
 
 
 @dataclass
@@ -59,13 +64,15 @@ def check_store(store: SqlStore, *, repair: bool = False,
 
 def _check_records(store: SqlStore, report: FsckReport) -> int:
     count = 0
-    for run_id, text, sha in store.all_records():
+    for run_id, text, sha in list(store.all_records()):  # no nested read transactions
         count += 1
         try:
             record = _parse_record(run_id, text, sha)
         except AuditorError as exc:
             report.bad(str(exc))
             continue
+        for problem in series_problems(store, record):
+            report.bad(problem)
         for art in record.artifacts:
             if not store.blobs.has(art.sha256):
                 report.bad(f"run {run_id}: artifact {art.name} (sha256:{art.sha256}) is missing")

@@ -11,13 +11,18 @@ run's record and every subject re-hash to the signed digests, else ``IntegrityEr
 
 1. ``registered``: its sha256 is an artifact of a recorded run (``require_registered``).
 2. ``certificate``: a certificate in the store names that sha256 as a subject
-   (``no certificate for sha256:<hex>``).
+   (``no certificate for sha256:<hex>``; when the verification's policy ignored that
+   output, the message says so: an ignored output is never a subject).
 3. ``signature``: the envelope (read from the blob store by the certificate's sha256,
    so a flipped byte there raises ``IntegrityError``, exit 3) verifies under a trusted
    key, or is at least well formed when ``require_signature`` is off.
 4. ``subject``: the *signed* statement names the artifact's sha256 (the index alone is
    not trusted; a certificate for v1 presented for v2 fails here).
 5. ``level``: the signed verdict ranks at least ``min_level`` (``LEVEL_RANK``).
+   ``isolation``: the rerun was isolated at least as ``min_isolation`` says (default
+   ``container``; a venv-level or unstated certificate fails with what to do).
+   ``loosening``: with ``allowed_loosenings`` set, every loosening the verification
+   policy made (``auditor.loosen``) is of an allowed kind.
 6. ``age``: issued no more than ``max_age_days`` ago (0: no limit) and not in the future.
 7. ``latest``: with ``latest_only``, no newer certificate of the same original run has a
    verdict below ``min_level`` (the run was re-certified as failing later).
@@ -49,13 +54,15 @@ from auditor.certificate import (
 )
 from auditor.errors import InputError, IntegrityError
 from auditor.keys import keyid, load_public_key
+from auditor.loosen import LooseningKind
 from auditor.outcome import LEVEL_RANK
 from auditor.store.base import CertificateRow
 from auditor.store.sql import SqlStore
 from auditor.tamper import evidence_problems, index_problems, raise_first
 
 CLOCK_SKEW = timedelta(minutes=5)
-REQUIREMENTS = ("registered", "certificate", "signature", "subject", "level", "age", "latest")
+REQUIREMENTS = ("registered", "certificate", "signature", "subject", "level", "isolation",
+                "loosening", "age", "latest")
 
 
 class GatePolicy(BaseModel):
@@ -69,6 +76,11 @@ class GatePolicy(BaseModel):
     trusted_keys: tuple[Path, ...] = ()
     latest_only: StrictBool = True
     require_registered: StrictBool = True
+    # "container": only reruns isolated in a container count; "venv" also accepts reruns
+    # in a venv on the verifying host (weaker: the script could read that host's files)
+    min_isolation: Literal["container", "venv"] = "container"
+    # kinds of policy loosening a certificate may carry (auditor.loosen.KINDS); None: any
+    allowed_loosenings: tuple[LooseningKind, ...] | None = None
 
 
 def load_gate_policy(path: Path) -> GatePolicy:
@@ -173,9 +185,23 @@ def _check_one(store: SqlStore, path: Path, policy: GatePolicy,
                            "recorded run: every result must be recorded before it is shared")
     rows = [r for r in store.certificates(subject=sha) if sha in r.subjects]
     if not rows:
-        return GateFinding(path, sha, False, "certificate", f"no certificate for sha256:{sha}")
+        return GateFinding(path, sha, False, "certificate", f"no certificate for sha256:{sha}"
+                           + _not_compared(store, sha))
     findings = [_check_certificate(store, row, path, sha, policy, keys, now) for row in rows]
     return next((f for f in findings if f.passed), findings[0])
+
+
+def _not_compared(store: SqlStore, sha: str) -> str:
+    """Why an output of a certified run is not a subject: its policy did not compare it."""
+    for run_id, name in store.runs_with_artifact(sha):
+        for row in store.certificates(run_id=run_id):
+            data = store.blobs.read_bytes(row.sha256, f"certificate {row.sha256[:12]}")
+            pred = open_envelope(data, None, require_signature=False).predicate
+            if any(s.digest.get("sha256") == sha for s in pred.not_compared):
+                return (f": it is {name} of run {run_id}, which the verification did not "
+                        f"compare (ignore_outputs in its policy; certificate "
+                        f"{row.sha256[:12]}…): an ignored output is never certified")
+    return ""
 
 
 def _check_certificate(store: SqlStore, row: CertificateRow, path: Path, sha: str,
@@ -209,8 +235,35 @@ def _statement_failure(store: SqlStore, statement: Statement, sha: str, policy: 
                            f"{names} (a certificate of another file: replay?)")
     if LEVEL_RANK[pred.verdict] < LEVEL_RANK[policy.min_level]:
         return "level", f"verdict {pred.verdict} is below the policy's {policy.min_level}"
-    return _age_failure(pred.issued_at, policy, now) or _latest_failure(store, statement,
+    return _isolation_failure(statement, policy) or _loosening_failure(statement, policy) or \
+        _age_failure(pred.issued_at, policy, now) or _latest_failure(store, statement,
                                                                         policy)
+
+
+def _isolation_failure(statement: Statement, policy: GatePolicy) -> tuple[str, str] | None:
+    level = statement.predicate.isolation
+    if policy.min_isolation == "venv" and level in ("venv", "container"):
+        return None
+    if level == "container":
+        return None
+    said = {"venv": "in a venv on the verifying host (weaker isolation: the training script "
+                    "ran as a host process and could read that host's files)",
+            None: "without stating its isolation level (issued by an older auditor?)"}[level]
+    return "isolation", (f"the rerun was {said}; the gate requires container isolation "
+                         "(re-verify with a docker engine, or set min_isolation = \"venv\" in "
+                         "the gate policy to accept it)")
+
+
+def _loosening_failure(statement: Statement, policy: GatePolicy) -> tuple[str, str] | None:
+    if policy.allowed_loosenings is None:
+        return None
+    refused = [lo for lo in statement.predicate.loosenings
+               if lo.kind not in policy.allowed_loosenings]
+    if not refused:
+        return None
+    allowed = ", ".join(policy.allowed_loosenings) or "none"
+    return "loosening", (f"the verification policy loosened {refused[0].kind}: "
+                         f"{refused[0].detail}; the gate allows {allowed}")
 
 
 def _age_failure(issued: datetime, policy: GatePolicy, now: datetime) -> tuple[str, str] | None:

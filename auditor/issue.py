@@ -1,8 +1,10 @@
 """Issue the certificate of a verification and keep the result.
 
-The certificate is an in-toto Statement v1 (subjects: the original run's output artifacts
-by sha256, plus its record digest as ``record:<run id>``) with auditor's reproduction
-predicate, wrapped in a DSSE envelope (Ed25519-signed when a key is given). Its bytes are
+The certificate is an in-toto Statement v1 (subjects: the original run's *compared* output
+artifacts by sha256, plus its record digest as ``record:<run id>``) with auditor's
+reproduction predicate (verdict, evidence digests, the rerun's isolation level, every
+loosening the policy made and the outputs it did not compare), wrapped in a DSSE
+envelope (Ed25519-signed when a key is given). Its bytes are
 stored content-addressed, indexed in the ``certificates`` table, appended to the
 hash-chain log ``log/certs.jsonl`` and, with ``--certificate PATH``, written there. The
 whole ``VerifyResult`` is stored as the rerun's ``verify/result.json`` artifact so reports
@@ -15,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from auditor import __version__, certlog
+from auditor.build import ISOLATION_VENV
 from auditor.certificate import (
     ReproductionPredicate,
     Subject,
@@ -25,16 +28,26 @@ from auditor.certificate import (
 )
 from auditor.errors import CorruptRecord, CouldNotVerify
 from auditor.keys import load_private_key
+from auditor.loosen import compared_outputs, ignored_outputs, loosenings
 from auditor.outcome import VerifyResult
+from auditor.policy import Policy
 from auditor.schema import ArtifactRef, RunRecord, record_sha256
 from auditor.store import CertificateRow, SqlStore, store_dir_of
 
 RESULT_ARTIFACT = "verify/result.json"
 
 
-def subjects_of(original: RunRecord) -> list[Subject]:
-    """What a certificate certifies: every output, and the record itself."""
-    subjects = [Subject(name=a.name, digest={"sha256": a.sha256}) for a in original.outputs()]
+ISOLATION = {"docker": "container", "venv": "venv"}
+
+
+def subjects_of(original: RunRecord, policy: Policy | None = None) -> list[Subject]:
+    """What a certificate certifies: every *compared* output, and the record itself.
+
+    An output the policy's ``ignore_outputs`` took out of the comparison is never a
+    subject (it goes to the predicate's ``not_compared``), so it can never pass a gate.
+    """
+    outputs = compared_outputs(original.outputs(), policy or Policy())
+    subjects = [Subject(name=a.name, digest={"sha256": a.sha256}) for a in outputs]
     subjects.append(
         Subject(name=f"record:{original.identity.id}", digest={"sha256": record_sha256(original)})
     )
@@ -54,6 +67,8 @@ def issue_certificate(
     if level == "could-not-verify":  # never certified: verify raises before it gets here
         why = result.verdict.notes[-1] if result.verdict.notes else "see the notes"
         raise CouldNotVerify(f"run {original.identity.id} could not be verified: {why}")
+    policy = Policy.model_validate(result.policy) if result.policy else Policy()
+    subjects = subjects_of(original, policy)
     predicate = ReproductionPredicate(
         verdict=level,
         original_run=original.identity.id,
@@ -67,11 +82,16 @@ def issue_certificate(
         | {"first_divergence": result.verdict.first_divergence},
         causes=[f"{c.what}: {c.explanation}" for c in result.verdict.causes[:5]],
         notes=list(result.verdict.notes),
+        isolation=ISOLATION.get(result.backend or ""),  # type: ignore[arg-type]
+        isolation_notes=[n for n in result.verdict.notes if n == ISOLATION_VENV],
+        loosenings=loosenings(policy, original.outputs()),
+        not_compared=[Subject(name=a.name, digest={"sha256": a.sha256})
+                      for a in ignored_outputs(original.outputs(), policy)],
         issued_at=datetime.now(UTC),
         auditor_version=__version__,
     )
     key = load_private_key(key_path) if key_path else None
-    envelope = seal(make_statement(subjects_of(original), predicate), key)
+    envelope = seal(make_statement(subjects, predicate), key)
     data = envelope_bytes(envelope)
     sha, _ = store.blobs.put_bytes(data)
     store.put_certificate(
@@ -81,7 +101,7 @@ def issue_certificate(
             rerun_id=rerun.identity.id,
             verdict=level,
             issued_at=predicate.issued_at,
-            subjects=tuple(s.digest["sha256"] for s in subjects_of(original)),
+            subjects=tuple(s.digest["sha256"] for s in subjects),
         )
     )
     certlog.append(store_dir_of(store) / "log", sha, original.identity.id, key)

@@ -15,7 +15,8 @@ Contract:
   ``record_sha256`` column is caught), the rerun's too (ignoring the verification result
   attached after signing), and every subject must be an artifact of that record with the
   same sha256 whose object still exists and re-hashes to its name (T7 flipped, T8
-  swapped, deleted objects).
+  swapped, deleted objects), and the metric points must still hash to the record's
+  ``metrics.series_sha256`` (``series_problems``).
 
 Tampering by someone who can write the store files is detected, not prevented: a
 rollback of the log and its signed head together to an older signed state is only
@@ -36,6 +37,7 @@ from auditor.errors import AuditorError, IntegrityError, RunNotFound
 from auditor.issue import RESULT_ARTIFACT
 from auditor.schema import ArtifactRef, RunRecord, record_sha256
 from auditor.store import CertificateRow, SqlStore, store_dir_of
+from auditor.store.base import series_digest
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def evidence_problems(store: SqlStore, statement: Statement, source: str) -> lis
         return [f"{source}: the record of run {pred.original_run} was rewritten after it was "
                 f"certified (signed sha256:{pred.original_record_sha256[:16]}…, now "
                 f"sha256:{now[:16]}…)"]
-    problems = _rerun_problems(store, statement, source)
+    problems = _rerun_problems(store, statement, source) + series_problems(store, record)
     artifacts = {a.name: a for a in record.artifacts}
     for subject in statement.subject:
         sha = subject.digest.get("sha256", "")
@@ -150,6 +152,19 @@ def evidence_problems(store: SqlStore, statement: Statement, source: str) -> lis
             continue
         problems += _subject_problems(store, subject.name, sha, artifacts, source)
     return problems
+
+
+def series_problems(store: SqlStore, record: RunRecord) -> list[str]:
+    """The stored metric points against the series digest the record holds."""
+    signed = record.metrics.series_sha256
+    if signed is None:
+        return []
+    now = series_digest(store.iter_metrics(record.identity.id))
+    if now == signed:
+        return []
+    return [f"run {record.identity.id}: the stored metric series does not match the record's "
+            f"series_sha256 ({signed[:16]}…, now {now[:16]}…): metric points were changed, "
+            "added or deleted behind auditor's back"]
 
 
 def _subject_problems(store: SqlStore, name: str, sha: str, artifacts: dict[str, ArtifactRef],

@@ -135,6 +135,9 @@ def _check_verifiable(store: SqlStore, record: RunRecord) -> None:
         )
     for art in record.artifacts:
         store.blobs.verified_path(art.sha256, art.name)  # IntegrityError (exit 3) when altered
+    from auditor.tamper import raise_first, series_problems
+
+    raise_first(series_problems(store, record), "cannot verify")  # edited metric points
 
 
 def load_lock(store: SqlStore, record: RunRecord, *, allow_unhashed: bool = False) -> Lock:

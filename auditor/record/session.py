@@ -46,6 +46,7 @@ from auditor.schema import (
     new_run_id,
 )
 from auditor.store import SqlStore, repo_root
+from auditor.store.base import series_digest
 
 
 @dataclass
@@ -384,5 +385,9 @@ def finish(
     )
     final = record.model_copy(update={"identity": ident, **updates})
     final = scrubbed(RunRecord.model_validate(final.model_dump()))  # re-validate merged parts
+    if final.metrics.points:  # the series' digest, which the record's digest then covers
+        series = series_digest(store.iter_metrics(final.identity.id))
+        final = final.model_copy(update={
+            "metrics": final.metrics.model_copy(update={"series_sha256": series})})
     store.put_record(final)
     return final

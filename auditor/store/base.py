@@ -8,6 +8,8 @@ PostgreSQL by URL); artifacts live in a ``BlobStore`` beside the database.
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +27,23 @@ class MetricPoint(NamedTuple):
     step: int
     value: float
     time: float
+
+
+_POINT = struct.Struct("<I")
+_NUMBERS = struct.Struct("<qdd")
+
+
+def series_digest(points: Iterable[MetricPoint]) -> str:
+    """sha256 hex over every point in logging order, bit-exact (NaN payloads, -0.0 kept).
+
+    The record stores it as ``metrics.series_sha256``; the record's own digest covers it,
+    so a point changed, added or deleted in the metrics table no longer matches.
+    """
+    digest = hashlib.sha256()
+    for key, step, value, time in points:
+        name = key.encode("utf-8")
+        digest.update(_POINT.pack(len(name)) + name + _NUMBERS.pack(step, value, time))
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

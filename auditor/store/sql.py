@@ -19,7 +19,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -305,7 +305,9 @@ class SqlStore:
 
     def list_runs(self, *, limit: int | None = None,
                   ids: Sequence[str] | None = None) -> list[RunSummary]:
-        """Runs newest first (optionally only ``ids``), from the small summary columns."""
+        """Runs newest first (optionally only ``ids``), derived from each record whose text
+        still hashes to its digest (never from the summary columns, which no digest
+        covers); a run whose record does not is listed with status ``corrupt``."""
         if ids is not None:
             return [s for i in range(0, len(ids), 500)
                     for s in self._summaries(ids[i:i + 500])]
@@ -314,14 +316,7 @@ class SqlStore:
     def _summaries(self, ids: Sequence[str] | None, limit: int | None = None
                    ) -> list[RunSummary]:
         query = sa.select(
-            t_runs.c.id,
-            t_runs.c.name,
-            t_runs.c.status,
-            t_runs.c.started_at,
-            t_runs.c.commit,
-            t_runs.c.dirty,
-            t_runs.c.reproduces,
-            t_runs.c.summary,
+            t_runs.c.id, t_runs.c.started_at, t_runs.c.record, t_runs.c.record_sha256
         ).order_by(t_runs.c.id.desc())
         if ids is not None:
             query = query.where(t_runs.c.id.in_(list(ids)))
@@ -329,7 +324,7 @@ class SqlStore:
             query = query.limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [_summary(r) for r in rows]
+        return [_summary_of_record(r.id, r.started_at, r.record, r.record_sha256) for r in rows]
 
     def run_ids_reproducing(self, run_id: str) -> list[str]:
         """Reruns that point at ``run_id``, newest first."""
@@ -561,20 +556,32 @@ def _json_float(v: float) -> float | str:
     return v if v == v and v not in (float("inf"), float("-inf")) else repr(v)
 
 
-def _summary(r: sa.Row) -> RunSummary:  # type: ignore[type-arg]
-    summary = json.loads(r.summary)
+def _summary_of_record(run_id: str, started: str, text: str, sha: str) -> RunSummary:
+    """What ``audit list`` shows, from the digested record text (cheap: no model parse)."""
+    try:
+        data = json.loads(text) if hashlib.sha256(text.encode()).hexdigest() == sha else None
+        return _summary_of(data) if isinstance(data, dict) else _corrupt(run_id, started)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return _corrupt(run_id, started)
+
+
+def _summary_of(data: dict[str, Any]) -> RunSummary:
+    ident, code = data["identity"], data.get("code") or {}
+    final = (data.get("metrics") or {}).get("final", {})
     return RunSummary(
-        id=r.id,
-        name=r.name,
-        status=r.status,
-        started_at=datetime.fromisoformat(r.started_at),
-        commit=r.commit,
-        dirty=bool(r.dirty),
-        reproduces=r.reproduces,
-        final_metrics={k: float(v) for k, v in summary.get("final", {}).items()},
-        tags=tuple(summary.get("tags", ())),
-        params=summary.get("params"),
+        id=ident["id"], name=ident["name"], status=ident["status"],
+        started_at=datetime.fromisoformat(ident["started_at"]),
+        commit=code.get("commit"), dirty=bool(code.get("dirty")),
+        reproduces=ident.get("reproduces"),
+        final_metrics={k: float(v) for k, v in final.items()},
+        tags=tuple(ident.get("tags", ())), params=_scalar_params(data.get("params") or {}),
     )
+
+
+def _corrupt(run_id: str, started: str) -> RunSummary:
+    return RunSummary(id=run_id, name="(record fails its digest: run `audit fsck`)",
+                      status="corrupt", started_at=datetime.fromisoformat(started), commit=None,
+                      dirty=False, reproduces=None, final_metrics={}, tags=(), params=None)
 
 
 def _parse_record(run_id: str, text: str, stored_sha: str) -> RunRecord:

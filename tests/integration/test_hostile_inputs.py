@@ -183,3 +183,24 @@ def test_the_key_hint_names_a_command_that_exists(tmp_path: Path, store_dir: Pat
     _, pub = generate_keypair(tmp_path / "k")
     assert audit("keys", "generate", "--help", cwd=tmp_path).returncode == 0
     assert pub.exists()
+
+
+def test_an_unchecked_certificate_is_never_rendered_silently(tmp_path: Path,
+                                                             store_dir: Path) -> None:
+    from tests.unit.test_gate import World
+
+    store = open_store(str(store_dir))
+    key, pub = generate_keypair(tmp_path / "k", "signer")
+    _, other = generate_keypair(tmp_path / "k", "other")
+    world = World(tmp_path, store, key, pub, other)
+    _, sha = world.artifact("model.bin", b"w")
+    cert = tmp_path / "model.cert.json"
+    cert.write_bytes(world.envelope([sha]))
+    store.close()
+    res = audit("--store", str(store_dir), "report", str(cert), "--html", "r.html", cwd=tmp_path)
+    assert "warning: " in res.stderr and "signature NOT checked (no --key)" in res.stderr
+    assert res.returncode == 2 and "has not been verified yet" in res.stderr  # nothing rendered
+    res = audit("--store", str(store_dir), "report", str(cert), "--key", str(other), "--html",
+                "r.html", cwd=tmp_path)
+    assert "does not verify" in one_error(res, 3)
+    assert not (tmp_path / "r.html").exists()

@@ -30,6 +30,7 @@ from auditor.gate import (
     verify_certificate_file,
 )
 from auditor.keys import generate_keypair, load_private_key
+from auditor.loosen import Loosening
 from auditor.schema import (
     ArtifactRef,
     Command,
@@ -83,11 +84,11 @@ class World:
     def certify(self, subjects: list[str], *, run_id: str | None = None,
                 verdict: str = "reproduced-bitwise", issued: datetime = NOW - timedelta(days=1),
                 key: Path | None = None, index_subjects: list[str] | None = None,
-                data: bytes | None = None) -> str:
+                data: bytes | None = None, **extra: object) -> str:
         """Store a signed certificate for ``subjects``, index and log it; return its sha256."""
         run_id = run_id or self.run_of(subjects[0])
         data = data or self.envelope(subjects, run_id=run_id, verdict=verdict, issued=issued,
-                                     key=key)
+                                     key=key, **extra)
         sha, _ = self.store.blobs.put_bytes(data)
         self.store.put_certificate(CertificateRow(sha, run_id, None, verdict, issued,
                                                   tuple(index_subjects or subjects)))
@@ -96,13 +97,14 @@ class World:
 
     def envelope(self, subjects: list[str], *, run_id: str | None = None,
                  verdict: str = "reproduced-bitwise", issued: datetime = NOW - timedelta(days=1),
-                 key: Path | None = None) -> bytes:
+                 key: Path | None = None, **extra: object) -> bytes:
         run_id = run_id or self.run_of(subjects[0])
         digest = (record_sha256(self.store.get_record(run_id)) if run_id != UNKNOWN_RUN
                   else "0" * 64)
         predicate = ReproductionPredicate(
             verdict=verdict, original_run=run_id, rerun_run=None,  # type: ignore[arg-type]
-            original_record_sha256=digest, issued_at=issued, auditor_version="0.1.0")
+            original_record_sha256=digest, issued_at=issued, auditor_version="0.1.0",
+            **{"isolation": "container", **extra})  # type: ignore[arg-type]
         statement = make_statement([Subject(name=self.owners.get(s, ("", f"file{i}"))[1],
                                             digest={"sha256": s})
                                     for i, s in enumerate(subjects)], predicate)
@@ -465,3 +467,40 @@ def test_a_damaged_certified_object_stops_the_gate(world: World, damage: str) ->
         blob.unlink()
     with pytest.raises(IntegrityError, match="altered" if damage == "flip" else "missing"):
         world.gate(model)
+
+
+# -- isolation and loosenings (issue 8, findings 2 and 3) ----------------------------------------
+def test_a_venv_level_certificate_fails_the_default_gate(world: World) -> None:  # finding 2
+    model, sha = world.artifact("model.bin", b"w")
+    world.certify([sha], isolation="venv")
+    requirement, message = failure(world.gate(model))
+    assert requirement == "isolation"
+    assert "in a venv on the verifying host" in message and 'min_isolation = "venv"' in message
+    assert world.gate(model, min_isolation="venv").passed
+
+
+def test_a_certificate_without_an_isolation_level_fails_the_default_gate(world: World) -> None:
+    model, sha = world.artifact("model.bin", b"w")
+    world.certify([sha], isolation=None)
+    requirement, message = failure(world.gate(model))
+    assert requirement == "isolation" and "without stating its isolation level" in message
+
+
+def test_the_gate_policy_can_cap_loosenings(world: World) -> None:  # finding 3
+    model, sha = world.artifact("model.bin", b"w")
+    wide = Loosening(kind="tolerance", detail="metric_tolerance: rtol 0.5, atol 0")
+    world.certify([sha], verdict="reproduced-within-tolerance", loosenings=[wide])
+    assert world.gate(model).passed  # visible, allowed by default
+    requirement, message = failure(world.gate(model, allowed_loosenings=()))
+    assert requirement == "loosening" and "metric_tolerance: rtol 0.5" in message
+    assert world.gate(model, allowed_loosenings=("tolerance",)).passed
+
+
+def test_gate_policy_file_with_isolation_and_loosening_caps(tmp_path: Path) -> None:
+    path = tmp_path / "gate.toml"
+    path.write_text('min_isolation = "venv"\nallowed_loosenings = ["tolerance"]\n')
+    policy = load_gate_policy(path)
+    assert policy.min_isolation == "venv" and policy.allowed_loosenings == ("tolerance",)
+    path.write_text('allowed_loosenings = ["everything"]\n')
+    with pytest.raises(InputError, match="allowed_loosenings"):
+        load_gate_policy(path)

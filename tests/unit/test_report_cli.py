@@ -106,6 +106,7 @@ def released(tmp_path: Path) -> dict[str, Path]:
                                ReproductionPredicate(verdict="reproduced-bitwise",
                                                      original_run=run_id,
                                                      original_record_sha256=digest,
+                                                     isolation="container",
                                                      issued_at=issued, auditor_version="0.1.0"))
     data = envelope_bytes(seal(statement, load_private_key(key)))
     cert_sha, _ = store.blobs.put_bytes(data)
