@@ -199,8 +199,9 @@ def _not_compared(store: SqlStore, sha: str) -> str:
             pred = open_envelope(data, None, require_signature=False).predicate
             if any(s.digest.get("sha256") == sha for s in pred.not_compared):
                 return (f": it is {name} of run {run_id}, which the verification did not "
-                        f"compare (ignore_outputs in its policy; certificate "
-                        f"{row.sha256[:12]}…): an ignored output is never certified")
+                        "compare as evidence (ignored by its policy, or a log whose "
+                        f"differences did not count; certificate {row.sha256[:12]}…): an "
+                        "ignored output is never certified")
     return ""
 
 

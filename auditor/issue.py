@@ -28,9 +28,8 @@ from auditor.certificate import (
 )
 from auditor.errors import CorruptRecord, CouldNotVerify
 from auditor.keys import load_private_key
-from auditor.loosen import compared_outputs, ignored_outputs, loosenings
-from auditor.outcome import VerifyResult
-from auditor.policy import Policy
+from auditor.loosen import certified_outputs, from_verdict, uncertified_outputs
+from auditor.outcome import Verdict, VerifyResult
 from auditor.schema import ArtifactRef, RunRecord, record_sha256
 from auditor.store import CertificateRow, SqlStore, store_dir_of
 
@@ -40,13 +39,14 @@ RESULT_ARTIFACT = "verify/result.json"
 ISOLATION = {"docker": "container", "venv": "venv"}
 
 
-def subjects_of(original: RunRecord, policy: Policy | None = None) -> list[Subject]:
-    """What a certificate certifies: every *compared* output, and the record itself.
+def subjects_of(original: RunRecord, verdict: Verdict) -> list[Subject]:
+    """What a certificate certifies: every output whose differences counted, and the record.
 
-    An output the policy's ``ignore_outputs`` took out of the comparison is never a
-    subject (it goes to the predicate's ``not_compared``), so it can never pass a gate.
+    An output the policy's ``ignore_outputs`` took out of the comparison (or a log whose
+    differences were only reported) is never a subject (``loosen.certified_outputs``): it
+    goes to the predicate's ``not_compared``, so it can never pass a gate.
     """
-    outputs = compared_outputs(original.outputs(), policy or Policy())
+    outputs = certified_outputs(original.outputs(), verdict)
     subjects = [Subject(name=a.name, digest={"sha256": a.sha256}) for a in outputs]
     subjects.append(
         Subject(name=f"record:{original.identity.id}", digest={"sha256": record_sha256(original)})
@@ -67,8 +67,7 @@ def issue_certificate(
     if level == "could-not-verify":  # never certified: verify raises before it gets here
         why = result.verdict.notes[-1] if result.verdict.notes else "see the notes"
         raise CouldNotVerify(f"run {original.identity.id} could not be verified: {why}")
-    policy = Policy.model_validate(result.policy) if result.policy else Policy()
-    subjects = subjects_of(original, policy)
+    subjects = subjects_of(original, result.verdict)
     predicate = ReproductionPredicate(
         verdict=level,
         original_run=original.identity.id,
@@ -84,9 +83,9 @@ def issue_certificate(
         notes=list(result.verdict.notes),
         isolation=ISOLATION.get(result.backend or ""),  # type: ignore[arg-type]
         isolation_notes=[n for n in result.verdict.notes if n == ISOLATION_VENV],
-        loosenings=loosenings(policy, original.outputs()),
+        loosenings=from_verdict(result.verdict),
         not_compared=[Subject(name=a.name, digest={"sha256": a.sha256})
-                      for a in ignored_outputs(original.outputs(), policy)],
+                      for a in uncertified_outputs(original.outputs(), result.verdict)],
         issued_at=datetime.now(UTC),
         auditor_version=__version__,
     )

@@ -25,7 +25,7 @@ from auditor.schema import RunRecord, record_bytes, record_sha256
 from auditor.store import BlobStore
 from tests.conftest import FIXTURES, audit, git
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
 OUT = "outputs/outputs/"  # stored output names: "outputs/" + the path in the work tree
 SCRIPT = """\
 import json, os

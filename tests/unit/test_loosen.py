@@ -1,55 +1,60 @@
-"""Loosenings of a verification policy, and which outputs a certificate may name."""
+"""Which outputs a certificate may name, and the loosenings it carries with their kinds."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from auditor.compare.files import coverage
 from auditor.issue import subjects_of
-from auditor.loosen import KINDS, loosenings
-from auditor.policy import DEFAULT_LOG_MASKS, Policy, Tolerance
+from auditor.loosen import from_verdict, kind_of, uncertified_outputs
+from auditor.outcome import Verdict
+from auditor.policy import DEFAULT_LOG_MASKS, Policy, Tolerance, loosenings
 from auditor.schema import ArtifactRef, Command, Identity, RunRecord, new_run_id
 
 OUTPUTS = (ArtifactRef(name="outputs/model.bin", sha256="a" * 64, size=1, kind="output"),
-           ArtifactRef(name="outputs/noise.bin", sha256="b" * 64, size=1, kind="output"))
+           ArtifactRef(name="outputs/noise.bin", sha256="b" * 64, size=1, kind="output"),
+           ArtifactRef(name="outputs/train.log", sha256="c" * 64, size=1, kind="output"))
+RECORD = RunRecord(identity=Identity(id=new_run_id(), name="t", user="u", host="h",
+                                     started_at=datetime.now(UTC), status="finished"),
+                   command=Command(argv=("python", "t.py"), cwd="."), artifacts=OUTPUTS)
 
 
-def record() -> RunRecord:
-    return RunRecord(identity=Identity(id=new_run_id(), name="t", user="u", host="h",
-                                       started_at=datetime.now(UTC), status="finished"),
-                     command=Command(argv=("python", "t.py"), cwd="."), artifacts=OUTPUTS)
+def verdict(policy: Policy) -> Verdict:
+    return Verdict(level="reproduced-bitwise", outputs=coverage(RECORD, RECORD, policy),
+                   loosenings=loosenings(policy))
 
 
-def kinds(policy: Policy) -> list[str]:
-    return [lo.kind for lo in loosenings(policy, list(OUTPUTS))]
+def names(policy: Policy) -> list[str]:
+    return [s.name for s in subjects_of(RECORD, verdict(policy))]
 
 
-def test_the_default_policy_loosens_nothing() -> None:
-    assert loosenings(Policy(), list(OUTPUTS)) == []
-    assert kinds(Policy(bitwise=True)) == []
+def test_ignored_outputs_are_never_subjects() -> None:
+    rid = RECORD.identity.id
+    assert names(Policy(ignore_outputs=("outputs/*",))) == [f"record:{rid}"]
+    assert "outputs/noise.bin" not in names(Policy(ignore_outputs=("*/noise.bin",)))
+    assert "outputs/model.bin" in names(Policy(ignore_outputs=("*/noise.bin",)))
+    left_out = uncertified_outputs(list(OUTPUTS), verdict(Policy(ignore_outputs=("*/noise*",))))
+    assert "outputs/noise.bin" in [a.name for a in left_out]
 
 
-def test_every_kind_is_found() -> None:
-    policy = Policy(ignore_outputs=("outputs/noise*",), compare_logs=False,
+def test_a_verdict_without_coverage_certifies_no_output() -> None:  # fail safe
+    assert [s.name for s in subjects_of(RECORD, Verdict(level="reproduced-bitwise"))] == [
+        f"record:{RECORD.identity.id}"]
+
+
+def test_every_loosening_is_carried_with_its_kind() -> None:
+    policy = Policy(ignore_outputs=("*/noise*",), compare_logs="off",
                     metric_tolerance=Tolerance(rtol=1e-2, atol=0.0),
                     metrics={"val_*": Tolerance(rtol=0.5, atol=0.0)},
-                    tensors={"fc.*": Tolerance(rtol=1e-3, atol=1e-3)},
                     log_masks=(*DEFAULT_LOG_MASKS, r"loss=\S+"), allow_gpu_mismatch=True)
-    found = loosenings(policy, list(OUTPUTS))
-    assert [lo.kind for lo in found] == ["ignore_outputs", "tolerance", "tolerance", "tolerance",
-                                         "compare_logs", "log_masks", "gpu_mismatch"]
-    assert set(KINDS) == {lo.kind for lo in found}
-    assert "outputs/noise.bin" in found[0].detail and "outputs/model.bin" not in found[0].detail
-    assert "metric_tolerance: rtol 0.01" in found[1].detail
+    carried = from_verdict(verdict(policy))
+    assert [lo.detail for lo in carried] == loosenings(policy)
+    assert {lo.kind for lo in carried} >= {"ignore_outputs", "tolerance", "compare_logs",
+                                           "log_masks", "gpu_mismatch"}
+    assert "other" not in {lo.kind for lo in carried}
+    assert from_verdict(verdict(Policy())) == []
 
 
-def test_tighter_tolerances_are_not_loosenings() -> None:
-    assert kinds(Policy(metric_tolerance=Tolerance(rtol=1e-9, atol=0.0),
-                        metrics={"loss": Tolerance(rtol=0.0, atol=0.0)})) == []
-
-
-def test_ignored_outputs_are_not_subjects() -> None:
-    rec = record()
-    names = [s.name for s in subjects_of(rec, Policy(ignore_outputs=("outputs/*",)))]
-    assert names == [f"record:{rec.identity.id}"]
-    names = [s.name for s in subjects_of(rec, Policy(ignore_outputs=("outputs/noise.bin",)))]
-    assert names == ["outputs/model.bin", f"record:{rec.identity.id}"]
+def test_kinds_of_lines() -> None:
+    assert kind_of("dtype_tolerances.float32: rtol 1") == "tolerance"
+    assert kind_of("something new") == "other"
