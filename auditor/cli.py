@@ -339,12 +339,21 @@ def list_(c: Ctx, limit: int, where: tuple[str, ...], sort: str | None) -> None:
         runs: list[Any] = query_runs(store, where, sort, size=limit or 10**9).rows
     else:
         runs = store.list_runs(limit=limit or None)
+    from auditor.store.signatures import KEY_ENV, signed_run_ids
+
+    signed = signed_run_ids(store)
     if c.as_json:
-        click.echo(json.dumps([_summary_json(r) for r in runs], indent=1))
+        click.echo(json.dumps([{**_summary_json(r), "signed": r.id in signed} for r in runs],
+                              indent=1))
     else:
         from auditor.render import print_runs
 
         print_runs(runs)
+        unsigned = [r.id for r in runs if r.id not in signed]
+        if unsigned:
+            shown = ", ".join(i[:10] for i in unsigned[:5]) + (" …" if len(unsigned) > 5 else "")
+            click.echo(f"{len(unsigned)} of {len(runs)} records unsigned ({shown}): set "
+                       f"{KEY_ENV} to sign records when they are written")
 
 
 def _summary_json(r: Any) -> dict[str, Any]:
@@ -382,6 +391,9 @@ def show(c: Ctx, run: str) -> None:
         from auditor.render import print_record
 
         print_record(record_)
+        from auditor.store.signatures import signature_of, state
+
+        click.echo(f"record signature: {state(record_, signature_of(store, record_.identity.id))}")
         compiled = cached_lock_ref(store, record_)
         if compiled is not None:  # the lock rebuilds of this derived run really install
             click.echo(f"compiled lock            {compiled.packages} packages, sha256 "

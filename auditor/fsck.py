@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from auditor.errors import AuditorError
-from auditor.store import SqlStore
+from auditor.store import SqlStore, signatures
 from auditor.store.sql import _parse_record
 from auditor.tamper import (
     evidence_problems,
@@ -49,6 +49,8 @@ def check_store(store: SqlStore, *, repair: bool = False,
     runs = _check_records(store, report)
     objects = _check_objects(store, report)
     certs = _check_certificates(store, report, list(keys) or None)
+    for problem in signatures.problems(store, list(keys)):
+        report.bad(problem)
     strays = store.blobs.stray_temp_files()
     for path in strays:
         if repair:

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 from auditor.errors import StoreError
+from auditor.store import signatures
 from auditor.store.base import CertificateRow, MetricPoint, RunStore, RunSummary
 from auditor.store.blobs import BlobStore, sha256_file
 from auditor.store.location import cache_dir_for, is_local_blobs, local_blob_dir, read_config
@@ -100,7 +101,16 @@ def open_store(
     location: str | None = None, *, blobs: str | None = None, create: bool = True
 ) -> SqlStore:
     """Open (and by default create) the store at ``location`` with artifacts at ``blobs``
-    (see ``store/location.py`` for where each comes from when not given)."""
+    (see ``store/location.py`` for where each comes from when not given). With
+    ``AUDITOR_SIGN_KEY`` set, every record the store writes is signed (``signatures``)."""
+    store = _open_store(location, blobs=blobs, create=create)
+    key = signatures.configured_key()
+    if key is not None:
+        store.on_record = signatures.signer(key)
+    return store
+
+
+def _open_store(location: str | None, *, blobs: str | None, create: bool) -> SqlStore:
     location = location or os.environ.get("AUDITOR_STORE")
     blobs = blobs or os.environ.get("AUDITOR_BLOBS")
     if not location or (not blobs and "://" in location and not location.startswith("sqlite")):

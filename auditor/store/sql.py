@@ -16,7 +16,7 @@ import os
 import socket
 import struct
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -197,6 +197,8 @@ class SqlStore:
         self.url = shown_url(url)
         self.blobs = blobs
         self.is_sqlite = url.startswith("sqlite")
+        # called inside each put_record transaction (store/signatures.py signs records)
+        self.on_record: Callable[[sa.Connection, RunRecord], None] | None = None
         try:
             _ = sa.engine.make_url(url).port  # a malformed port raises here, not later
         except (sa.exc.ArgumentError, ValueError):
@@ -267,6 +269,8 @@ class SqlStore:
                         for a in record.artifacts
                     ],
                 )
+            if self.on_record is not None:
+                self.on_record(conn, record)
 
     def get_record(self, run_id: str) -> RunRecord:
         """The verified record of one exact run id."""
