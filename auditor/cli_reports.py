@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
-from pydantic import ValidationError
 
 from auditor.errors import InputError, NotReproduced
-from auditor.outcome import VerifyResult
-from auditor.store import SqlStore, open_store
+
+if TYPE_CHECKING:  # imported where used: `audit build` and `lock` need no comparers
+    from auditor.outcome import VerifyResult
+    from auditor.store import SqlStore
 
 PathType = click.Path(path_type=Path, dir_okay=False)
 RESULT_LIMIT = 256 * 1024 * 1024
@@ -32,6 +33,8 @@ class _StoreOwner(Protocol):
 
 def store_of(ctx: click.Context) -> SqlStore:
     """The store named by the root command's options (existing stores only)."""
+    from auditor.store import open_store
+
     owner: _StoreOwner | None = ctx.find_root().obj
     return owner.store(create=False) if owner is not None else open_store(None, create=False)
 
@@ -44,7 +47,10 @@ def wants_json(ctx: click.Context) -> bool:
 # -- audit report --------------------------------------------------------------------------
 def load_result_json(path: Path) -> VerifyResult:
     """A ``VerifyResult`` saved as JSON; ``InputError`` with one line otherwise."""
+    from pydantic import ValidationError
+
     from auditor.capped import read_capped
+    from auditor.outcome import VerifyResult
 
     try:
         return VerifyResult.model_validate_json(

@@ -155,11 +155,15 @@ def lock(
 def build_cmd(ctx: click.Context, /, run: str, print_only: bool, quiet: bool, **kw: Any) -> None:
     """Build the pinned environment (image or venv) of a recorded run."""
     from auditor.build import render_dockerfile
-    from auditor.verify import build_for, inputs_for
+    from auditor.build_inputs import BuildSettings, build_for, inputs_for  # not verify
 
     store = store_of(ctx)
     rec = store.get_record(store.resolve(run))
-    opts = _verify_options(kw)
+    opts = BuildSettings(
+        backend=kw.get("backend"), base_image=kw.get("base_image"),
+        wheelhouse=kw.get("wheelhouse"), ca_bundle=kw.get("ca_bundle"),
+        no_cache=kw.get("no_cache", False), strict=kw.get("strict", False),
+        allow_unhashed=kw.get("allow_unhashed", False))
     if print_only:
         click.echo(render_dockerfile(inputs_for(store, rec, opts)), nl=False)
         return

@@ -17,12 +17,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from auditor import __version__
-from auditor.build import BuildInputs, BuildResult, build, default_base_image
-from auditor.build_venv import venv_root_for
+from auditor.build import BuildResult
+from auditor.build_inputs import (  # the build stage
+    _derived_lock_note,
+    build_for,
+)
 from auditor.compare import compare_runs, evidence_from_store
-from auditor.errors import CouldNotVerify, InputError
-from auditor.lock import Lock, parse_conda_lock, parse_requirements_lock
+from auditor.errors import InputError
 from auditor.outcome import VerifyResult
 from auditor.policy import Policy
 from auditor.rerun import (
@@ -138,96 +139,6 @@ def _check_verifiable(store: SqlStore, record: RunRecord) -> None:
     from auditor.tamper import raise_first, series_problems
 
     raise_first(series_problems(store, record), "cannot verify")  # edited metric points
-
-
-def load_lock(store: SqlStore, record: RunRecord, *, allow_unhashed: bool = False) -> Lock:
-    """The run's lockfile; a derived (unhashed) one is hashed with pip-tools first, once
-    (``auditor.lock_cache``: the compiled lock is kept in the store and reused)."""
-    py = record.environment.python
-    if py is None or py.lock is None:
-        raise CouldNotVerify(f"run {record.identity.id} has no recorded Python environment")
-    text = store.blobs.read_bytes(py.lock.sha256, py.lock.artifact).decode("utf-8")
-    name = Path(py.lock.artifact).name
-    if py.lock.kind == "conda":
-        tmp = store_dir_of(store) / "tmp" / name
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        return parse_conda_lock(tmp)
-    if py.lock.origin == "derived":  # compiled once with pip-tools, then reused
-        from auditor.lock_cache import compiled_lock
-
-        links = [p for p in [_env_path("AUDITOR_WHEELHOUSE")] if p]
-        return compiled_lock(store, record, text, links)
-    return parse_requirements_lock(text, name=name, allow_unhashed=allow_unhashed)
-
-
-def _derived_lock_note(store: SqlStore, record: RunRecord) -> list[str]:
-    """The certificate names the lock a derived run was really rebuilt from."""
-    from auditor.lock_cache import cached_lock_ref
-
-    ref = cached_lock_ref(store, record)
-    return [] if ref is None else [
-        f"no project lockfile: rebuilt from the lock compiled from the recorded installed "
-        f"set (pip-compile --generate-hashes, {ref.packages} packages, sha256 {ref.sha256})"]
-
-
-def inputs_for(store: SqlStore, record: RunRecord, opts: VerifyOptions) -> BuildInputs:
-    """The build inputs of a run: its lock, recorded Python, base image and build inputs."""
-    py = record.environment.python
-    lock = load_lock(store, record, allow_unhashed=opts.allow_unhashed)
-    acc = record.environment.accelerators
-    cuda = acc.torch_cuda if acc and acc.gpus else None
-    cudnn = acc.cudnn if acc and acc.gpus else None
-    base = opts.base_image or default_base_image(py.version if py else "3", cuda, cudnn)
-    return BuildInputs(
-        run_id=record.identity.id,
-        lock=lock,
-        python_version=py.version if py else "3",
-        base_image=base,
-        base_image_id=_base_id(opts.backend, base),
-        wheelhouse=opts.wheelhouse,
-        ca_bundle=opts.ca_bundle,
-        cuda=cuda,
-        cudnn=cudnn,
-        auditor_version=__version__,
-        strict=opts.strict,
-    )
-
-
-def build_for(
-    store: SqlStore, record: RunRecord, opts: VerifyOptions, say: Progress
-) -> BuildResult:
-    """Build (or reuse) a run's environment and remember the build in the store."""
-    inputs = inputs_for(store, record, opts)
-    say(
-        f"building the environment ({len(inputs.lock.packages)} locked packages, base "
-        f"{inputs.base_image})"
-    )
-    result = build(
-        inputs,
-        backend=opts.backend,
-        no_cache=opts.no_cache,
-        progress=say,
-        venv_root=venv_root_for(store_dir_of(store)),
-    )
-    log_sha, _ = store.blobs.put_bytes(result.log.encode())
-    store.put_build(
-        result.inputs_digest,
-        record.identity.id,
-        result.model_copy(update={"log": f"sha256:{log_sha}"}).model_dump_json(),
-    )
-    return result
-
-
-def _base_id(backend: str | None, base: str) -> str | None:
-    from auditor.build import resolve_base_image_id
-
-    if backend == "venv":
-        return None
-    try:
-        return resolve_base_image_id(base)
-    except Exception:  # noqa: BLE001 - the build itself reports a missing engine or image
-        return None
 
 
 def rerun_only(store: SqlStore, original: RunRecord, policy: Policy, opts: VerifyOptions,
