@@ -86,7 +86,9 @@ def _engine_answers() -> bool:
 
 def _environment() -> dict[str, str]:
     """The store, and the build inputs this machine needs (wheelhouse, CA bundle)."""
-    env = {**os.environ, "AUDITOR_STORE": str(OUT / "store"), "OMP_NUM_THREADS": "2"}
+    # make's own variables would be recorded and then differ in the rerun (make demo)
+    outer = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    env = {**outer, "AUDITOR_STORE": str(OUT / "store"), "OMP_NUM_THREADS": "2"}
     if os.environ.get("PIP_FIND_LINKS"):
         env.setdefault("AUDITOR_WHEELHOUSE", os.environ["PIP_FIND_LINKS"].split()[0])
     if os.environ.get("PIP_CERT"):
