@@ -30,7 +30,7 @@ from auditor.errors import IntegrityError, StoreError
 from auditor.store.blobs import _HEX64, CHUNK, BlobStore, sha256_file
 
 PART_SIZE = 8 << 20  # multipart part; at most MAX_CONCURRENCY parts in memory at once
-MAX_CONCURRENCY = 4
+MAX_CONCURRENCY = 2
 
 
 def split_blob_url(url: str) -> tuple[str, str]:
