@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from auditor import __version__, certlog
-from auditor.build import ISOLATION_VENV
 from auditor.certificate import (
     ReproductionPredicate,
     Subject,
@@ -82,7 +81,8 @@ def issue_certificate(
         causes=[f"{c.what}: {c.explanation}" for c in result.verdict.causes[:5]],
         notes=list(result.verdict.notes),
         isolation=ISOLATION.get(result.backend or ""),  # type: ignore[arg-type]
-        isolation_notes=[n for n in result.verdict.notes if n == ISOLATION_VENV],
+        isolation_notes=[n for n in result.verdict.notes
+                         if n.startswith(("venv backend:", "docker backend:"))],
         loosenings=from_verdict(result.verdict),
         not_compared=[Subject(name=a.name, digest={"sha256": a.sha256})
                       for a in uncertified_outputs(original.outputs(), result.verdict)],

@@ -146,9 +146,9 @@ def assert_nothing_leaked(store_dir: Path, secret: bytes, rerun: dict[str, Any],
             assert secret not in path.read_bytes(), path
 
 
-def certificate_notes(cert: Path) -> list[str]:
+def certificate_notes(cert: Path, field: str = "notes") -> list[str]:
     statement = json.loads(base64.b64decode(json.loads(cert.read_text())["payload"]))
-    return list(statement["predicate"]["notes"])
+    return list(statement["predicate"][field])
 
 
 @pytest.mark.docker
@@ -175,6 +175,7 @@ def test_hostile_rerun_in_a_container_gets_no_host_file(
     # the sandbox it had is stored with the rerun and signed into the certificate
     assert "network_mode none" in rerun["not_captured"]["sandbox"]
     assert any("network_mode none" in n for n in certificate_notes(cert))
+    assert any("network_mode none" in n for n in certificate_notes(cert, "isolation_notes"))
 
 
 @pytest.fixture
@@ -223,6 +224,8 @@ def test_hostile_venv_rerun_cannot_read_the_store_or_the_repository(
     notes = certificate_notes(cert)
     assert any("unshare --net" in n for n in notes), notes
     assert any("hidden and not readable" in n for n in notes), notes
+    isolation = certificate_notes(cert, "isolation_notes")
+    assert any("unshare --net" in n for n in isolation), isolation
 
 
 def test_venv_rerun_that_cannot_import_its_framework_is_could_not_verify(
