@@ -200,12 +200,19 @@ class SqlStore:
         # called inside each put_record transaction (store/signatures.py signs records)
         self.on_record: Callable[[sa.Connection, RunRecord], None] | None = None
         try:
-            _ = sa.engine.make_url(url).port  # a malformed port raises here, not later
+            parsed = sa.engine.make_url(url)
+            _ = parsed.port  # a malformed port raises here, not later
         except (sa.exc.ArgumentError, ValueError):
             raise StoreError(
                 f"not a store URL: {self.url}",
                 hint="use a directory, sqlite:////abs/path.db or postgresql+psycopg://host/db",
             ) from None
+        if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+            raise StoreError(
+                f"unsupported store URL {parsed.get_backend_name()}://…: auditor stores runs in "
+                "SQLite or PostgreSQL",
+                hint="use a directory, sqlite:////abs/path.db or postgresql+psycopg://host/db",
+            )
         try:
             self.engine = _sqlite_engine(url) if self.is_sqlite else _server_engine(url)
             try:

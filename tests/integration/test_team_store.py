@@ -74,7 +74,7 @@ def test_server_store_without_artifact_location_is_one_line(
     [
         ("postgresql+psycopg://alice:s3cr3t-pw@127.0.0.1:1/team", "cannot open store"),
         ("postgresql+psycopg://alice:s3cr3t-pw@127.0.0.1:notaport/team", "not a store URL"),
-        ("nosuchdb+driver://alice:s3cr3t-pw@host/db", "not a store URL"),
+        ("nosuchdb+driver://alice:s3cr3t-pw@host/db", "unsupported store URL"),
         ("postgresql+nosuchdriver://alice:s3cr3t-pw@host/db", "not a store URL"),
     ],
 )
