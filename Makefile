@@ -12,6 +12,8 @@ $(BIN)/activate: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned: the CPU wheel comes from $$PIP_FIND_LINKS where set
+	# torch first and alone: resolved with everything else, pip has taken PyPI's CUDA build
+	$(BIN)/pip install -q 'torch==2.13.0'
 	$(BIN)/pip install -q -e '.[dev,torch]'
 	touch $(BIN)/activate
 

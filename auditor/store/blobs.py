@@ -50,7 +50,8 @@ def _private_dir(path: Path, *, create: bool = True) -> None:
     with contextlib.suppress(OSError):  # not ours (a shared store): leave its mode alone
         st = path.stat()
         if st.st_uid == os.geteuid() and st.st_mode & 0o077:
-            os.chmod(path, 0o700)
+            # drop group/other bits only: an owner bit the user removed stays removed
+            os.chmod(path, st.st_mode & 0o700)
 
 
 class BlobStore:
