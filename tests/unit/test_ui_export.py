@@ -19,7 +19,8 @@ def test_export_is_self_contained_and_escaped(tmp_path: Path, store: SqlStore) -
     hostile = put_run(store, name="</script><script>alert(1)</script>",
                       params={"lr": 0.5, "dummy": "{{ 7*7 }}"}, final={"accuracy": 0.2},
                       minute=50)
-    ids = [r.identity.id for r in runs[:5]] + [hostile.identity.id]
+    # the whole sweep: with a handful of runs the hostile outlier alone decides the ranking
+    ids = [r.identity.id for r in runs] + [hostile.identity.id]
     out = tmp_path / "cmp.html"
     done = audit("--store", str(tmp_path / "store"), "compare", *ids, "--html", str(out),
                  cwd=tmp_path)
