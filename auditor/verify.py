@@ -158,43 +158,32 @@ def _rerun(
     say: Progress,
 ) -> RunRecord:
     with interrupt_on_sigterm():
-        return _rerun_in_scratch(store, original, built, opts, policy, say)
-
-
-def _rerun_in_scratch(
-    store: SqlStore,
-    original: RunRecord,
-    built: BuildResult,
-    opts: VerifyOptions,
-    policy: Policy,
-    say: Progress,
-) -> RunRecord:
-    tmp = scratch_dir()
-    workdir = Path(tmp.name)
-    try:
-        acc = original.environment.accelerators
-        limits = replace(opts.limits, gpus=len(acc.gpus) if acc else 0)
-        prep = prepare(
-            store, original, workdir, skip_replay=opts.skip_replay, pass_env=policy.pass_env
-        )
-        say(f"rerunning `{' '.join(prep.argv)}` ({built.backend}, no network)")
-        return record_rerun(
-            store,
-            original,
-            prep,
-            built,
-            lambda sink: (
-                execute_docker(prep, built.image_id, limits, sink)
-                if built.backend == "docker"
-                else execute_venv(
-                    prep, Path(built.tag), limits, sink, hidden=(store_dir_of(store),),
-                    also_hidden=_repository(original),
-                )
-            ),
-        )
-    finally:
-        cleanup(workdir)
-        tmp.cleanup()
+        tmp = scratch_dir()
+        workdir = Path(tmp.name)
+        try:
+            acc = original.environment.accelerators
+            limits = replace(opts.limits, gpus=len(acc.gpus) if acc else 0)
+            prep = prepare(
+                store, original, workdir, skip_replay=opts.skip_replay, pass_env=policy.pass_env
+            )
+            say(f"rerunning `{' '.join(prep.argv)}` ({built.backend}, no network)")
+            return record_rerun(
+                store,
+                original,
+                prep,
+                built,
+                lambda sink: (
+                    execute_docker(prep, built.image_id, limits, sink)
+                    if built.backend == "docker"
+                    else execute_venv(
+                        prep, Path(built.tag), limits, sink, hidden=(store_dir_of(store),),
+                        also_hidden=_repository(original),
+                    )
+                ),
+            )
+        finally:
+            cleanup(workdir)
+            tmp.cleanup()
 
 
 def _repository(original: RunRecord) -> tuple[Path, ...]:
