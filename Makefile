@@ -20,7 +20,7 @@ $(BIN)/activate: pyproject.toml
 venv: $(BIN)/activate
 
 demo: venv
-	$(BIN)/python -m auditor.demo
+	$(BIN)/python -m auditor.cli.demo
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

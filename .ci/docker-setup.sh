@@ -5,7 +5,7 @@
 # 2. starts `dockerd --bridge=none --iptables=false` in the background (log:
 #    ${DOCKERD_LOG:-/tmp/dockerd.log}) when no engine answers, and waits up to 60 s;
 # 3. builds the base image auditor-base:bookworm once (reused when present) with
-#    `python -m auditor.baseimage` (the package must be installed: .ci/run does that first).
+#    `python -m auditor.env.baseimage` (the package must be installed: .ci/run does that first).
 # Runs as root (apt, dockerd, debootstrap). No registry is needed at any step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,4 +38,4 @@ if ! engine_answers; then
   fi
 fi
 
-"$PY" -m auditor.baseimage --tag "$BASE_TAG" --quiet
+"$PY" -m auditor.env.baseimage --tag "$BASE_TAG" --quiet

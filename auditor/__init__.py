@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from auditor.core.version import __version__
+
 __all__ = ["Run", "__version__", "seed_everything", "start_run"]
 
 if TYPE_CHECKING:

@@ -17,16 +17,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from auditor.build import BuildResult
-from auditor.build_inputs import (  # the build stage
+from auditor.certify.decide import decide, environment_digest
+from auditor.certify.verdict import VerifyResult
+from auditor.compare import compare_runs, evidence_from_store
+from auditor.core.errors import InputError
+from auditor.core.policy import Policy
+from auditor.core.schema import RunRecord
+from auditor.env.build import BuildResult
+from auditor.env.inputs import (  # the build stage
     _derived_lock_note,
     build_for,
 )
-from auditor.compare import compare_runs, evidence_from_store
-from auditor.errors import InputError
-from auditor.outcome import VerifyResult
-from auditor.policy import Policy
-from auditor.rerun import (
+from auditor.rerun.record import check_gpus, record_rerun
+from auditor.rerun.sandbox import (
     Limits,
     cleanup,
     execute_docker,
@@ -35,10 +38,7 @@ from auditor.rerun import (
     prepare,
     scratch_dir,
 )
-from auditor.rerun_record import check_gpus, record_rerun
-from auditor.schema import RunRecord
 from auditor.store import SqlStore, store_dir_of
-from auditor.verdict import decide, environment_digest
 
 Progress = Callable[[str], None]
 
@@ -114,7 +114,7 @@ def verify(
         seconds=timings,
         metric_series=_series(store, original, rerun),
     )
-    from auditor.issue import issue_certificate
+    from auditor.certify.issue import issue_certificate
 
     return issue_certificate(store, result, original, rerun, opts.sign_key, opts.certificate)
 
@@ -136,7 +136,7 @@ def _check_verifiable(store: SqlStore, record: RunRecord) -> None:
         )
     for art in record.artifacts:
         store.blobs.verified_path(art.sha256, art.name)  # IntegrityError (exit 3) when altered
-    from auditor.tamper import raise_first, series_problems
+    from auditor.release.tamper import raise_first, series_problems
 
     raise_first(series_problems(store, record), "cannot verify")  # edited metric points
 
@@ -219,11 +219,11 @@ def _looks_like_file(ref: str) -> bool:
 def load_verify_result(store: SqlStore, ref: str) -> VerifyResult:
     """The stored result of the latest verification of a run (original or rerun id), or of
     the verification a certificate file names."""
-    from auditor.issue import stored_result
+    from auditor.certify.issue import stored_result
     from auditor.store import validate_run_ref
 
     if _looks_like_file(ref):
-        from auditor.certificate import open_envelope, read_certificate
+        from auditor.certify.certificate import open_envelope, read_certificate
 
         statement = open_envelope(read_certificate(Path(ref)), None, require_signature=False)
         ref = statement.predicate.rerun_run or statement.predicate.original_run

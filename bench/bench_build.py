@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from auditor.baseimage import build_base_image
-from auditor.build import BuildInputs, build, docker_client
-from auditor.lock import parse_requirements_lock
+from auditor.core.lockfile import parse_requirements_lock
+from auditor.env.baseimage import build_base_image
+from auditor.env.build import BuildInputs, build, docker_client
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "build.json"

@@ -53,8 +53,8 @@ def series(n: int, *, rerun: bool, descending: bool = False) -> Iterator[tuple[i
 def child(case: str, n: int) -> dict[str, object]:
     """Run one case here and report its figures."""
     from auditor.compare import Evidence, metrics
-    from auditor.policy import Policy
-    from auditor.schema import Command, Identity, RunRecord
+    from auditor.core.policy import Policy
+    from auditor.core.schema import Command, Identity, RunRecord
 
     keys = tuple(f"metric{k}" for k in range(CASES[case]))
     descending = case == "out-of-order"

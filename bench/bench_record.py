@@ -26,8 +26,8 @@ RESULTS = HERE / "results"
 
 
 def bench_log_metric(n: int = 200_000) -> dict[str, float]:
+    from auditor.core.schema import Command, Identity, RunRecord
     from auditor.record.tracker import Run
-    from auditor.schema import Command, Identity, RunRecord
     from auditor.store import open_store
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +78,7 @@ def bench_mlflow(n: int = 5_000) -> dict[str, float] | None:
 
 
 def build_store(root: Path, runs: int = 10_000) -> None:
-    from auditor.schema import Code, Command, Identity, MetricsSummary, RunRecord, new_run_id
+    from auditor.core.schema import Code, Command, Identity, MetricsSummary, RunRecord, new_run_id
     from auditor.store import open_store
 
     store = open_store(str(root))

@@ -3,8 +3,8 @@
 Every command pays the import of what it needs before it does anything; issue 10 sets
 `audit --help` under 0.15 s and `audit list` over 10,000 runs under 0.25 s. A store of
 10,000 runs is built once (as in bench_record.py), then each command is run `--repeat`
-times (default 7) and the median wall clock is kept. `import auditor.cli` alone is
-measured too (`python -c "import auditor.cli"`). Results: bench/results/startup.json.
+times (default 7) and the median wall clock is kept. `import auditor.cli.main` alone is
+measured too (`python -c "import auditor.cli.main"`). Results: bench/results/startup.json.
 
 Usage: ``python bench/bench_startup.py [--repeat 7] [--label before]`` (run it with another
 checkout's venv Python for before/after figures: each venv's own `audit` is timed).
@@ -51,7 +51,7 @@ def main() -> None:
         env = {**os.environ, "AUDITOR_STORE": tmp}
         cases = {
             "python_pass_s": [sys.executable, "-c", "pass"],
-            "import_auditor_cli_s": [sys.executable, "-c", "import auditor.cli"],
+            "import_auditor_cli_s": [sys.executable, "-c", "import auditor.cli.main"],
             "audit_help_s": [audit, "--help"],
             "audit_version_s": [audit, "--version"],
             "audit_verify_help_s": [audit, "verify", "--help"],

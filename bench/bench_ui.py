@@ -30,7 +30,7 @@ from typing import Any
 warnings.simplefilter("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from auditor.schema import Command, Identity, MetricsSummary, RunRecord, new_run_id  # noqa: E402
+from auditor.core.schema import Command, Identity, MetricsSummary, RunRecord, new_run_id  # noqa: E402
 from auditor.store import open_store  # noqa: E402
 from auditor.store.query import all_rows  # noqa: E402
 from auditor.store.sql import SqlStore, _record_row, t_runs  # noqa: E402

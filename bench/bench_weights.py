@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from auditor.compare.weights import compare_weight_files  # noqa: E402
-from auditor.policy import Policy  # noqa: E402
+from auditor.core.policy import Policy  # noqa: E402
 
 TARGETS = {"identical_gbps": 5.0, "different_gbps": 1.5, "anon_growth_mb": 300.0}
 Measured = dict[str, float]

@@ -7,7 +7,7 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from auditor.schema import Command, Identity, MetricsSummary, RunRecord, Seeds, new_run_id
+from auditor.core.schema import Command, Identity, MetricsSummary, RunRecord, Seeds, new_run_id
 from auditor.store import SqlStore
 
 START = datetime(2026, 1, 1, tzinfo=UTC)

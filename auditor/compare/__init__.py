@@ -18,32 +18,16 @@ an id in a name), TensorBoard event files read by ``events``, logs informational
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 from auditor.compare import environment, files, metrics, params, process
 from auditor.compare.difference import Difference
-from auditor.errors import InputError
-from auditor.policy import Policy
-from auditor.schema import RunRecord
-from auditor.store.base import RunStore
+from auditor.compare.evidence import Evidence, evidence_from_store
+from auditor.core.errors import InputError
+from auditor.core.policy import Policy
 
 __all__ = ["COMPARATORS", "Comparer", "Difference", "Evidence", "compare_runs",
            "evidence_from_store"]
-
-COMPARED_KINDS = ("output", "log")  # artifact kinds whose files a comparison reads
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """One side of a comparison (left = original run, right = rerun)."""
-
-    record: RunRecord
-    files: Mapping[str, Path]  # output/log artifact name -> local, already-verified file
-    metric_keys: tuple[str, ...]
-    series: Callable[[str], Iterator[tuple[int, float]]]  # (step, value), in logging order
-
 
 Comparer = Callable[[Evidence, Evidence, Policy], list[Difference]]
 
@@ -74,16 +58,3 @@ def _chosen(only: Sequence[str] | None) -> set[str]:
     if unknown:
         raise InputError(f"unknown comparer {unknown[0]!r}; available: {', '.join(names)}")
     return set(only)
-
-
-def evidence_from_store(store: RunStore, record: RunRecord) -> Evidence:
-    """One side read from the store; every output and log blob is re-hashed first."""
-    verified = {a.name: store.blobs.verified_path(a.sha256, a.name)
-                for a in record.artifacts if a.kind in COMPARED_KINDS}
-    run_id = record.identity.id
-
-    def series(key: str) -> Iterator[tuple[int, float]]:
-        return ((p.step, p.value) for p in store.iter_metrics(run_id, key))
-
-    return Evidence(record=record, files=verified,
-                    metric_keys=tuple(sorted(record.metrics.final)), series=series)

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from auditor.compare.difference import Difference
 from auditor.compare.params import deep_changes, short
-from auditor.policy import Policy
-from auditor.schema import RunRecord
+from auditor.core.policy import Policy
+from auditor.core.schema import RunRecord
 
 if TYPE_CHECKING:
-    from auditor.compare import Evidence
+    from auditor.compare.evidence import Evidence
 
 REDACTED = "[REDACTED]"  # the marker record/capture/secrets.py writes for hidden values
 

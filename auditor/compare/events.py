@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.compare.difference import Difference
-from auditor.policy import Policy
+from auditor.core.policy import Policy
 
 HINT = "pip install 'auditor[tensorboard]'"
 

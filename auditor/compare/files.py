@@ -54,12 +54,12 @@ from auditor.compare.difference import Difference, Stat
 from auditor.compare.events import compare_event_files, is_event_file
 from auditor.compare.pairing import OutputCoverage, Pair, pair_outputs
 from auditor.compare.weights import compare_weight_files, is_weights_file, reads_as_weights
-from auditor.errors import InputError
-from auditor.policy import Policy
-from auditor.schema import ArtifactKind, ArtifactRef, RunRecord
+from auditor.core.errors import InputError
+from auditor.core.policy import Policy
+from auditor.core.schema import ArtifactKind, ArtifactRef, RunRecord
 
 if TYPE_CHECKING:
-    from auditor.compare import Evidence
+    from auditor.compare.evidence import Evidence
 
 TEXT_LIMIT = 8 << 20  # larger files are compared as bytes: a line diff would be slow
 MAX_DETAILS = 5  # differing lines shown per file

@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from auditor.compare.difference import Difference, Stat
-from auditor.policy import Policy, Tolerance
+from auditor.core.policy import Policy, Tolerance
 
 if TYPE_CHECKING:
-    from auditor.compare import Evidence
+    from auditor.compare.evidence import Evidence
 
 PAIR = np.dtype([("step", np.int64), ("value", np.float64)])
 CHUNK = 1 << 16  # points per side per read: 1 MiB, small next to the 300 MB budget

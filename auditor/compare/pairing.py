@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from auditor.schema import ArtifactRef
+from auditor.core.schema import ArtifactRef
 
 _DIGITS = re.compile(r"\d{4,}")
 _ID = re.compile(r"(?<![0-9A-Za-z])(?=[0-9A-Za-z]*\d)[0-9A-Za-z]{8,}(?![0-9A-Za-z])")

@@ -20,10 +20,10 @@ from deepdiff import DeepDiff
 from deepdiff.helper import NotPresent
 
 from auditor.compare.difference import Difference
-from auditor.policy import Policy
+from auditor.core.policy import Policy
 
 if TYPE_CHECKING:
-    from auditor.compare import Evidence
+    from auditor.compare.evidence import Evidence
 
 SHORT = 200  # characters of a value shown in a difference
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from auditor.compare.difference import Difference
-from auditor.policy import Policy
+from auditor.core.policy import Policy
 
 STDERR = "logs/stderr.txt"
 TAIL_LINES = 3

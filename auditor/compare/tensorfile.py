@@ -1,11 +1,12 @@
 """Safe, bounded-memory readers of weight files: tensor name -> flat storage view.
 
-Contract: ``read_tensors(path)`` returns the file's tensors in file order as ``Tensor``
-values whose ``array()`` is the flat 1-D element storage, memory-mapped wherever the format
-allows (safetensors, .npy, uncompressed .npz members, torch zip checkpoints): reading a
-checkpoint costs address space and shared page cache, not private memory. Dtypes numpy
-lacks keep their bits (bfloat16 as uint16, float8 as uint8); ``Tensor.dtype`` names the
-real dtype ("float32", "bfloat16", "int64", "float8_e4m3fn", ...).
+Contract: ``auditor.compare.tensors.read_tensors(path)`` (the entry, by suffix) returns
+the file's tensors in file order as ``Tensor`` values whose ``array()`` is the flat 1-D
+element storage, memory-mapped wherever the format allows (safetensors, .npy, uncompressed
+.npz members, torch zip checkpoints): reading a checkpoint costs address space and shared
+page cache, not private memory. Dtypes numpy lacks keep their bits (bfloat16 as uint16,
+float8 as uint8); ``Tensor.dtype`` names the real dtype ("float32", "bfloat16", "int64",
+"float8_e4m3fn", ...).
 
 Nothing in a file is executed. safetensors headers are parsed and validated here, so no
 view ever reaches outside the file; numpy files are read with ``allow_pickle=False``;
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor.errors import InputError
+from auditor.core.errors import InputError
 
 MAX_HEADER = 100_000_000  # bytes: the safetensors reference implementation's limit
 MAX_PICKLE = 1 << 30  # bytes of a torch checkpoint's data.pkl (tensor data lives elsewhere)
@@ -62,22 +63,7 @@ class Tensor:
         return data.reshape(-1)
 
 
-def read_tensors(path: Path, *, allow_unsafe_pickle: bool = False) -> dict[str, Tensor]:
-    """The tensors of a weight file, by name in file order; ``InputError`` when unreadable."""
-    size = _file_size(path)
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        return read_safetensors(path, size)
-    if suffix == ".npy":
-        return {"": _npy(path, size)}
-    if suffix == ".npz":
-        return _npz(path)
-    from auditor.compare.torchfile import read_torch  # torch part: its own module
-
-    return read_torch(path, allow_unsafe_pickle=allow_unsafe_pickle)
-
-
-def _file_size(path: Path) -> int:
+def file_size(path: Path) -> int:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -207,7 +193,7 @@ def _check_layout(path: Path, entries: list[Entry], data_size: int) -> None:
 # --- numpy -------------------------------------------------------------------------------
 
 
-def _npy(path: Path, size: int) -> Tensor:
+def read_npy(path: Path, size: int) -> Tensor:
     try:
         with path.open("rb") as handle:
             shape, fortran, dtype = _npy_header(handle)
@@ -243,7 +229,7 @@ def _name(dtype: np.dtype[Any]) -> str:
     return "bool" if dtype == np.bool_ else dtype.name
 
 
-def _npz(path: Path) -> dict[str, Tensor]:
+def read_npz(path: Path) -> dict[str, Tensor]:
     mapped, tensors = map_file(path), {}
     with open_zip(path) as archive:
         for info in archive.infolist():

@@ -34,7 +34,7 @@ from auditor.compare.tensorfile import (
     member_bytes,
     open_zip,
 )
-from auditor.errors import InputError
+from auditor.core.errors import InputError
 
 # --- torch checkpoints -------------------------------------------------------------------
 

@@ -48,9 +48,10 @@ from pathlib import Path
 import numpy as np
 
 from auditor.compare.difference import Difference, Stat
-from auditor.compare.tensorfile import Tensor, read_tensors
+from auditor.compare.tensorfile import Tensor
+from auditor.compare.tensors import read_tensors
 from auditor.compare.torchfile import Leaf
-from auditor.policy import EXACT, Policy, Tolerance
+from auditor.core.policy import EXACT, Policy, Tolerance
 
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".npy", ".npz")
 CHUNK = 1 << 17  # elements per statistics chunk: a thread's buffers stay cache-sized

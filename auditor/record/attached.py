@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from auditor.errors import InputError  # imports nothing: safe inside a rerun image
+from auditor.core.errors import InputError  # imports nothing: safe inside a rerun image
 
 FLUSH_POINTS = 1000
 SEED_STATE: dict[str, Any] = {}

@@ -15,10 +15,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from auditor.errors import InputError, StoreError
+from auditor.core.errors import InputError, StoreError
+from auditor.core.schema import ArtifactKind, ArtifactRef
 from auditor.record.capture.data import SKIP_DIRS, special_kind, walk_files
 from auditor.record.capture.streams import OwnLogs
-from auditor.schema import ArtifactKind, ArtifactRef
 from auditor.store.blobs import BlobStore
 
 DEFAULT_MAX_OUTPUT_BYTES = 1 << 30

@@ -17,20 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from auditor.errors import InputError
-from auditor.record.capture import data as data_capture
-from auditor.record.capture import git as git_capture
-from auditor.record.capture import python_env
-from auditor.record.capture.gpu import capture_gpus
-from auditor.record.capture.secrets import (
-    redact_argv,
-    redact_env,
-    redacted_env_value,
-    scrub_strings,
-)
-from auditor.record.capture.streams import OwnLogs
-from auditor.record.capture.system import capture_system
-from auditor.schema import (
+from auditor.core.errors import InputError
+from auditor.core.schema import (
     Accelerators,
     ArtifactRef,
     Command,
@@ -45,6 +33,18 @@ from auditor.schema import (
     System,
     new_run_id,
 )
+from auditor.record.capture import data as data_capture
+from auditor.record.capture import git as git_capture
+from auditor.record.capture import python_env
+from auditor.record.capture.gpu import capture_gpus
+from auditor.record.capture.secrets import (
+    redact_argv,
+    redact_env,
+    redacted_env_value,
+    scrub_strings,
+)
+from auditor.record.capture.streams import OwnLogs
+from auditor.record.capture.system import capture_system
 from auditor.store import SqlStore, repo_root
 from auditor.store.base import series_digest
 
@@ -245,7 +245,7 @@ def _python(
 def _lockfile(
     py: PythonEnv, store: SqlStore, lock_dirs: list[Path], notes: dict[str, str]
 ) -> tuple[LockRef | None, list[ArtifactRef]]:
-    from auditor import lock as lockmod
+    from auditor.core import lockfile as lockmod
     from auditor.record.capture.secrets import redact_text
 
     path = next((p for d in lock_dirs if (p := lockmod.find_project_lockfile(d))), None)

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from auditor.core.schema import ArtifactRef, MetricsSummary, RunRecord, Seeds
 from auditor.record import session
 from auditor.record.attached import (
     SEED_STATE,
@@ -32,7 +33,6 @@ from auditor.record.attached import (
 from auditor.record.capture import determinism as det
 from auditor.record.capture.secrets import redact_params, redacted_env_value
 from auditor.record.outputs import store_artifact
-from auditor.schema import ArtifactRef, MetricsSummary, RunRecord, Seeds
 from auditor.store import SqlStore, open_store, store_dir_of
 
 FLUSH_POINTS = 1000

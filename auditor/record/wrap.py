@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from auditor.errors import InputError, StoreError
+from auditor.core.errors import InputError, StoreError
+from auditor.core.schema import ArtifactRef, MetricsSummary, RunRecord, Seeds
 from auditor.record import outputs, session
 from auditor.record.capture import determinism as det
 from auditor.record.capture import git as git_capture
 from auditor.record.capture.secrets import redact_bytes, redact_params, redacted_env_value
 from auditor.record.capture.streams import OwnLogs, find_own_logs
 from auditor.record.outputs import DEFAULT_MAX_OUTPUT_BYTES
-from auditor.schema import ArtifactRef, MetricsSummary, RunRecord, Seeds
 from auditor.store import MetricPoint, SqlStore, store_dir_of
 from auditor.store.sql import bits_to_float
 

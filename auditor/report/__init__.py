@@ -1,7 +1,7 @@
 """Reports of a verification: terminal (rich), HTML (jinja2 + inline SVG plots), JUnit XML
 and Markdown (job summaries, PR comments).
 
-Each renderer reads only ``VerifyResult`` values (``auditor.outcome``) and returns text
+Each renderer reads only ``VerifyResult`` values (``auditor.certify.verdict``) and returns text
 (or prints it); none touches the store. Import the submodule you need:
 ``report.html.render_html``, ``report.markdown.render_markdown``,
 ``report.junit.render_junit``, ``report.terminal.print_result``. The HTML renderer pulls

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from auditor.certify.verdict import Cause
 from auditor.compare.difference import Difference
-from auditor.outcome import Cause
 
 MAX_ROWS = 3
 MAX_DETAILS = 25

@@ -33,9 +33,9 @@ from urllib.parse import urlsplit
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from auditor import __version__
+from auditor.certify.verdict import Cause, VerifyResult
 from auditor.compare.difference import Difference
-from auditor.outcome import Cause, VerifyResult
+from auditor.core.version import __version__
 from auditor.report import plots
 from auditor.report.grouping import grouped
 

@@ -24,8 +24,8 @@ import re
 from collections.abc import Iterator, Sequence
 from xml.etree import ElementTree as ET
 
+from auditor.certify.verdict import VerifyResult
 from auditor.compare.difference import Difference
-from auditor.outcome import VerifyResult
 from auditor.report.grouping import grouped
 
 _XML_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from auditor.outcome import LEVEL_RANK, Cause, VerifyResult
+from auditor.certify.verdict import LEVEL_RANK, Cause, VerifyResult
 from auditor.report.grouping import cause_line
 
 DEFAULT_LIMIT = 900 * 1024

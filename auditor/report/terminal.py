@@ -8,7 +8,7 @@ Contract:
   compared counts, the first divergence, the top three likely causes,
   the certificate and the time per stage. ``print_summary(results)`` prints one row per
   verification (``audit verify --all``).
-- Output goes through ``auditor.render.console``: no ANSI escapes when stdout is not a
+- Output goes through ``auditor.report.records.console``: no ANSI escapes when stdout is not a
   terminal (CI logs, pipes), no colour when ``NO_COLOR`` is set.
 - User strings (names, causes, paths) are passed as ``rich.text.Text``, never parsed as
   rich markup, so ``[red]`` or ``[/]`` in a run name prints literally and cannot raise.
@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from auditor.outcome import Cause, VerifyResult
-from auditor.render import console
+from auditor.certify.verdict import Cause, VerifyResult
 from auditor.report.grouping import cause_line
+from auditor.report.records import console
 
 LEVEL_STYLE = {"reproduced-bitwise": "bold green", "reproduced-within-tolerance": "bold cyan",
                "not-reproduced": "bold red", "could-not-verify": "bold yellow"}

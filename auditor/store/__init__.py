@@ -15,7 +15,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from auditor.errors import StoreError
+from auditor.core.errors import StoreError
 from auditor.store import signatures
 from auditor.store.base import CertificateRow, MetricPoint, RunStore, RunSummary
 from auditor.store.blobs import BlobStore, sha256_file

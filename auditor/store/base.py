@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
-from auditor.schema import RunRecord
+from auditor.core.schema import RunRecord
 from auditor.store.blobs import BlobStore
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from auditor.errors import IntegrityError, StoreError
+from auditor.core.errors import IntegrityError, StoreError
 
 CHUNK = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auditor.errors import StoreError
+from auditor.core.errors import StoreError
 
 CONFIG_NAME = "auditor.toml"
 

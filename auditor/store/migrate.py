@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from auditor.errors import StoreError
+from auditor.core.errors import StoreError
 
 if TYPE_CHECKING:
     from alembic.config import Config

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from auditor.errors import InputError
+from auditor.core.errors import InputError
 from auditor.store.base import RunStore, RunSummary
 
 Op = Literal["=", "!=", "<", "<=", ">", ">=", "~"]

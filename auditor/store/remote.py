@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from auditor.errors import IntegrityError, StoreError
+from auditor.core.errors import IntegrityError, StoreError
 from auditor.store.blobs import _HEX64, CHUNK, BlobStore, sha256_file
 
 PART_SIZE = 8 << 20  # multipart part; at most MAX_CONCURRENCY parts in memory at once

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from auditor.schema import RunRecord, record_sha256
+from auditor.core.schema import RunRecord, record_sha256
 from auditor.store.sql import SqlStore, t_meta, t_runs
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (fast start-up)
@@ -56,7 +56,7 @@ def _pae(digest: str) -> bytes:
 
 def configured_key() -> Ed25519PrivateKey | None:
     """The signing key named by ``AUDITOR_SIGN_KEY`` (``InputError`` when unusable)."""
-    from auditor.keys import load_private_key
+    from auditor.core.keys import load_private_key
 
     path = os.environ.get(KEY_ENV)
     return load_private_key(Path(path)) if path else None
@@ -64,7 +64,7 @@ def configured_key() -> Ed25519PrivateKey | None:
 
 def signer(key: Ed25519PrivateKey) -> Callable[[sa.Connection, RunRecord], None]:
     """A ``SqlStore.on_record`` hook that signs each record in its write transaction."""
-    from auditor.keys import keyid
+    from auditor.core.keys import keyid
 
     ident = keyid(key.public_key())
 

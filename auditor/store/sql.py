@@ -26,8 +26,8 @@ from pydantic import ValidationError
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from auditor.errors import AmbiguousRunId, CorruptRecord, RunNotFound, StoreError
-from auditor.schema import (
+from auditor.core.errors import AmbiguousRunId, CorruptRecord, RunNotFound, StoreError
+from auditor.core.schema import (
     MIN_PREFIX,
     SCHEMA_VERSION,
     RunRecord,
@@ -516,7 +516,7 @@ class SqlStore:
 
 def validate_run_ref(text: str) -> None:
     """Refuse anything that is not a run id or prefix of our alphabet (paths, NUL, …)."""
-    from auditor.errors import InvalidRunId
+    from auditor.core.errors import InvalidRunId
 
     if not is_run_id_prefix(text):
         shown = repr(text[:40]) + ("…" if len(text) > 40 else "")

@@ -29,7 +29,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from auditor.errors import AuditorError, InputError, IntegrityError, RunNotFound
+from auditor.core.errors import AuditorError, InputError, IntegrityError, RunNotFound
 from auditor.store.base import RunStore
 from auditor.store.query import Row, RowCache, latest_verdicts, parse_query, select
 from auditor.ui import pages

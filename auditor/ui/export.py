@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from auditor.errors import InputError
+from auditor.core.errors import InputError
 from auditor.store.base import RunStore
 from auditor.store.query import latest_verdicts
 from auditor.ui.pages import compare_page

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from auditor.schema import RunRecord
+from auditor.core.schema import RunRecord
 from auditor.store.base import CertificateRow
 from auditor.store.query import Page, Row
 from auditor.ui.importance import best_run

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor.schema import RunRecord
+from auditor.core.schema import RunRecord
 from auditor.store.base import RunStore
 from auditor.store.query import BADGES, Row
 from auditor.ui.importance import importance, is_seed_key, varying_params

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from auditor.lock import parse_requirements_lock
+from auditor.core.lockfile import parse_requirements_lock
 from tests.conftest import audit
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from auditor.schema import RunRecord, record_bytes, record_sha256
+from auditor.core.schema import RunRecord, record_bytes, record_sha256
 from auditor.store import BlobStore
 from tests.conftest import FIXTURES, audit, git
 

@@ -60,7 +60,7 @@ def _audit(venv: Path, *args: str, cwd: Path, env: dict[str, str] | None = None
 def test_the_installed_wheel_finds_its_templates(installed: Path, make_repo, tmp_path: Path
                                                  ) -> None:  # type: ignore[no-untyped-def]
     where = subprocess.run([str(installed / "bin" / "python"), "-c",
-                            "import auditor.build as b; print(b.TEMPLATE_PATH)"],
+                            "import auditor.env.build as b; print(b.TEMPLATE_PATH)"],
                            capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert where.startswith(str(installed)), where  # the wheel's copy, not the checkout's
     repo = make_repo({"requirements.lock":

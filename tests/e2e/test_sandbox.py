@@ -30,11 +30,12 @@ from typing import Any
 
 import pytest
 
-from auditor.build_venv import host_python
-from auditor.errors import CouldNotVerify
+from auditor.core.errors import CouldNotVerify
+from auditor.core.schema import Command, Environment, Identity, RunRecord, new_run_id
+from auditor.env.venv import host_python
 from auditor.record.outputs import Snapshot
 from auditor.record.wrap import _logs
-from auditor.rerun import (
+from auditor.rerun.sandbox import (
     Executed,
     Limits,
     Prepared,
@@ -45,7 +46,6 @@ from auditor.rerun import (
     replay_env,
     scratch_dir,
 )
-from auditor.schema import Command, Environment, Identity, RunRecord, new_run_id
 from auditor.store import SqlStore, open_store
 
 pytestmark = [pytest.mark.docker]
@@ -450,7 +450,7 @@ def test_start_failure_is_could_not_verify_and_leaves_no_container(
 
 RUNNER = """
 import pickle, sys
-from auditor.rerun import Limits, execute_docker
+from auditor.rerun.sandbox import Limits, execute_docker
 
 prep = pickle.loads(open(sys.argv[1], "rb").read())
 

@@ -16,7 +16,9 @@ from typing import Any
 import docker.errors
 import pytest
 
-from auditor.build import (
+from auditor.core.errors import BuildFailed, EngineUnavailable, LockfileError
+from auditor.core.lockfile import Lock, parse_requirements_lock
+from auditor.env.build import (
     BuildInputs,
     BuildResult,
     ImageBuildFailed,
@@ -26,8 +28,6 @@ from auditor.build import (
     image_tag,
     without_tooling,
 )
-from auditor.errors import BuildFailed, EngineUnavailable, LockfileError
-from auditor.lock import Lock, parse_requirements_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCKS = ROOT / "fixtures" / "locks" / "pip"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor.lock_cache import cached_lock_ref
+from auditor.env.lock_cache import cached_lock_ref
 from auditor.store import open_store
 from tests.conftest import audit
 from tests.unit.test_lock import _wheel

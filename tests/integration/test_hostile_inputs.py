@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor.keys import generate_keypair
+from auditor.core.keys import generate_keypair
 from auditor.store import open_store
 from tests.conftest import FIXTURES, audit
 

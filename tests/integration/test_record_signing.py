@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from auditor.keys import generate_keypair
-from auditor.schema import RunRecord, record_bytes, record_sha256
+from auditor.core.keys import generate_keypair
+from auditor.core.schema import RunRecord, record_bytes, record_sha256
 from tests.conftest import audit
 
 SCRIPT = "import json\nprint(json.dumps({'step': 0, 'loss': 0.5}))\n"

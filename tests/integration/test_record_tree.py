@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from auditor.core.schema import RunRecord
 from auditor.record.capture.git import rebuild_tree
-from auditor.schema import RunRecord
 from auditor.store import open_store
 from tests.conftest import AUDIT, GIT_ENV, audit
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from auditor.outcome import VerifyResult
+from auditor.certify.verdict import VerifyResult
 from auditor.report.html import render_html
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import s3fs
 
-from auditor.errors import IntegrityError, StoreError
-from auditor.fsck import check_store
+from auditor.core.errors import IntegrityError, StoreError
+from auditor.release.fsck import check_store
 from auditor.store import RemoteBlobStore, open_store
 from auditor.store import remote as remote_mod
 from tests.conftest import audit

@@ -15,8 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from auditor.fsck import check_store
-from auditor.schema import ArtifactRef, Command, Identity, MetricsSummary, RunRecord, new_run_id
+from auditor.core.schema import (
+    ArtifactRef,
+    Command,
+    Identity,
+    MetricsSummary,
+    RunRecord,
+    new_run_id,
+)
+from auditor.release.fsck import check_store
 from auditor.store import MetricPoint, SqlStore, open_store, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,9 +14,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from auditor.errors import StoreError
-from auditor.fsck import check_store
-from auditor.schema import record_sha256
+from auditor.core.errors import StoreError
+from auditor.core.schema import record_sha256
+from auditor.release.fsck import check_store
 from auditor.store import SqlStore, open_store
 from auditor.store import migrate as migrate_mod
 from auditor.store.sql import meta

@@ -32,7 +32,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
     model = root / "model.bin"
     model.write_bytes(b"weights" * 100)
     sha, size = store.blobs.put_file(model)
-    from auditor.schema import ArtifactRef
+    from auditor.core.schema import ArtifactRef
 
     bad = put_run(store, name=HOSTILE, tags=(TEMPLATE, QUOTES),
                   params={HOSTILE: QUOTES, "note": TEMPLATE, "lr": 0.5},

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from auditor import build
-from auditor.baseimage import CUDA_RUNTIME, PYTHON_SLIM
-from auditor.build import (
+from auditor.core.errors import BuildFailed, InputError
+from auditor.core.lockfile import Lock, parse_conda_lock, parse_requirements_lock
+from auditor.env import build
+from auditor.env.baseimage import CUDA_RUNTIME, PYTHON_SLIM
+from auditor.env.build import (
     BuildInputs,
     ImageBuildFailed,
     build_inputs_digest,
@@ -23,8 +25,6 @@ from auditor.build import (
     render_dockerfile,
     select_backend,
 )
-from auditor.errors import BuildFailed, InputError
-from auditor.lock import Lock, parse_conda_lock, parse_requirements_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "fixtures" / "golden"

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditor.certificate import (
+from auditor.certify.certificate import (
     PAYLOAD_TYPE,
     PREDICATE_TYPE,
     STATEMENT_TYPE,
@@ -36,8 +36,8 @@ from auditor.certificate import (
     subject_matches,
     write_certificate,
 )
-from auditor.errors import AuditorError, InputError, IntegrityError
-from auditor.keys import keyid
+from auditor.core.errors import AuditorError, InputError, IntegrityError
+from auditor.core.keys import keyid
 
 WEIGHTS_SHA = "ab" * 32
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from auditor.certlog import (
+from auditor.certify.log import (
     GENESIS,
     HEAD_NAME,
     LOG_NAME,
@@ -23,8 +23,8 @@ from auditor.certlog import (
     read_entries,
     verify_log,
 )
-from auditor.errors import InputError, IntegrityError
-from auditor.keys import generate_keypair, load_private_key
+from auditor.core.errors import InputError, IntegrityError
+from auditor.core.keys import generate_keypair, load_private_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -284,8 +284,8 @@ _WORKER = textwrap.dedent(
     """
     import hashlib, sys
     from pathlib import Path
-    from auditor.certlog import append
-    from auditor.keys import load_private_key
+    from auditor.certify.log import append
+    from auditor.core.keys import load_private_key
 
     log_dir, key_path, worker = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     key = load_private_key(key_path)

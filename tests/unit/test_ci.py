@@ -9,7 +9,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from auditor.ci import (
+from auditor.cli.main import AuditGroup, main
+from auditor.cli.release import COMMANDS, ci_init
+from auditor.core.errors import InputError
+from auditor.release.ci import (
     DEFAULT_SCHEDULE,
     JUNIT,
     REPORT_DIR,
@@ -21,9 +24,6 @@ from auditor.ci import (
     validate_cron,
     write_workflow,
 )
-from auditor.cli import AuditGroup, main
-from auditor.cli_reports import COMMANDS, ci_init
-from auditor.errors import InputError
 
 
 def audit_tree(*extra: click.Command) -> click.Group:

@@ -11,17 +11,17 @@ import sys
 import click
 import pytest
 
-from auditor.cli import LAZY_COMMANDS, LAZY_HELP, lazy_short_help
+from auditor.cli.main import LAZY_COMMANDS, LAZY_HELP, lazy_short_help
 
 PROBE = """
 import sys
-from auditor.cli import main
+from auditor.cli.main import main
 try:
     main({argv!r})
 except SystemExit:
     pass
 print(" ".join(m for m in ("sqlalchemy", "pydantic", "rich", "numpy", "auditor.store",
-                           "auditor.cli_verify", "auditor.cli_reports") if m in sys.modules))
+                           "auditor.cli.verify", "auditor.cli.release") if m in sys.modules))
 """
 
 

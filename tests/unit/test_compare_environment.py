@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from auditor.compare import Evidence, environment
-from auditor.policy import Policy
-from auditor.schema import (
+from auditor.core.policy import Policy
+from auditor.core.schema import (
     Accelerators,
     Command,
     Determinism,

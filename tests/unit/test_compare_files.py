@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from auditor.compare import Evidence, evidence_from_store, files
-from auditor.errors import InputError, IntegrityError
-from auditor.policy import Policy
-from auditor.schema import (
+from auditor.core.errors import InputError, IntegrityError
+from auditor.core.policy import Policy
+from auditor.core.schema import (
     ArtifactKind,
     ArtifactRef,
     Command,

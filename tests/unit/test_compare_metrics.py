@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auditor.compare import Evidence, metrics
-from auditor.policy import Policy, Tolerance
-from auditor.schema import Command, Identity, MetricsSummary, RunRecord
+from auditor.core.policy import Policy, Tolerance
+from auditor.core.schema import Command, Identity, MetricsSummary, RunRecord
 
 Series = dict[str, Sequence[tuple[object, object]]]
 

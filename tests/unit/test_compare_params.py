@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from auditor.compare import Evidence, params
-from auditor.policy import Policy
-from auditor.schema import Command, Identity, RunRecord
+from auditor.core.policy import Policy
+from auditor.core.schema import Command, Identity, RunRecord
 
 PARAMS = {"lr": 0.1, "epochs": 3, "optim": {"name": "sgd", "betas": [0.9, 0.99]},
           "clip": math.nan}

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from auditor.certify.decide import decide
 from auditor.compare import Evidence, compare_runs, files
 from auditor.compare.difference import Difference
 from auditor.compare.pairing import pair_outputs, pattern
-from auditor.policy import Policy, Tolerance, load_policy, loosenings
-from auditor.schema import ArtifactRef
-from auditor.verdict import decide
+from auditor.core.policy import Policy, Tolerance, load_policy, loosenings
+from auditor.core.schema import ArtifactRef
 from tests.unit.test_compare_files import side
 
 Make = Callable[..., tuple[Evidence, Evidence]]
@@ -110,7 +110,7 @@ def test_compare_logs_off_leaves_logs_out_and_says_so(pair: Make) -> None:
 
 
 def test_an_unknown_log_mode_is_refused(tmp_path: Path) -> None:
-    from auditor.errors import InputError
+    from auditor.core.errors import InputError
 
     with pytest.raises(InputError, match="compare_logs"):
         load_policy_text('[verify]\ncompare_logs = "sometimes"\n', tmp_path)

@@ -20,8 +20,8 @@ from safetensors.numpy import save_file
 from auditor.compare import weights
 from auditor.compare.difference import Difference
 from auditor.compare.weights import WEIGHT_SUFFIXES, compare_weight_files, is_weights_file
-from auditor.errors import InputError
-from auditor.policy import Policy, Tolerance
+from auditor.core.errors import InputError
+from auditor.core.policy import Policy, Tolerance
 
 STATS = {"elements", "differing", "max_abs", "max_rel", "max_ulp", "cosine", "dtype", "shape"}
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auditor import certlog
-from auditor.certificate import (
+from auditor.certify import log as certlog
+from auditor.certify.certificate import (
     ReproductionPredicate,
     Subject,
     canonical_json,
@@ -29,12 +29,11 @@ from auditor.certificate import (
     open_envelope,
     seal,
 )
-from auditor.errors import AuditorError, InvalidRunId
-from auditor.gate import load_gate_policy
-from auditor.keys import generate_keypair, load_private_key, load_public_key
-from auditor.lock import parse_requirements_lock
-from auditor.policy import load_policy
-from auditor.schema import (
+from auditor.core.errors import AuditorError, InvalidRunId
+from auditor.core.keys import generate_keypair, load_private_key, load_public_key
+from auditor.core.lockfile import parse_requirements_lock
+from auditor.core.policy import load_policy
+from auditor.core.schema import (
     Command,
     Identity,
     RunRecord,
@@ -43,6 +42,7 @@ from auditor.schema import (
     record_bytes,
     record_sha256,
 )
+from auditor.release.gate import load_gate_policy
 from auditor.store import validate_run_ref
 from auditor.store.sql import _parse_record
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from auditor import certlog
-from auditor.certificate import (
+from auditor.certify import log as certlog
+from auditor.certify.certificate import (
     ReproductionPredicate,
     Subject,
     envelope_bytes,
@@ -21,17 +21,10 @@ from auditor.certificate import (
     seal,
     write_certificate,
 )
-from auditor.errors import InputError, IntegrityError
-from auditor.fsck import check_store
-from auditor.gate import (
-    GatePolicy,
-    check_artifacts,
-    load_gate_policy,
-    verify_certificate_file,
-)
-from auditor.keys import generate_keypair, load_private_key
-from auditor.loosen import Loosening
-from auditor.schema import (
+from auditor.certify.loosen import Loosening
+from auditor.core.errors import InputError, IntegrityError
+from auditor.core.keys import generate_keypair, load_private_key
+from auditor.core.schema import (
     ArtifactRef,
     Command,
     Identity,
@@ -39,6 +32,13 @@ from auditor.schema import (
     new_run_id,
     record_bytes,
     record_sha256,
+)
+from auditor.release.fsck import check_store
+from auditor.release.gate import (
+    GatePolicy,
+    check_artifacts,
+    load_gate_policy,
+    verify_certificate_file,
 )
 from auditor.store import CertificateRow, SqlStore, open_store
 
@@ -354,7 +354,7 @@ def test_certificate_file_failures(world: World) -> None:
 def test_written_certificate_round_trip(world: World) -> None:
     model, sha = world.artifact("model.bin", b"w")
     envelope = json.loads(world.envelope([sha]))
-    from auditor.certificate import Envelope
+    from auditor.certify.certificate import Envelope
 
     path = world.tmp / "certs" / "c.json"
     write_certificate(Envelope.model_validate(envelope), path)

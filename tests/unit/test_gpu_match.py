@@ -9,10 +9,8 @@ from typing import Any
 
 import pytest
 
-from auditor.errors import CouldNotVerify
-from auditor.record.capture.gpu import NOT_FOUND, parse_nvidia_smi_xml
-from auditor.rerun_record import check_gpus
-from auditor.schema import (
+from auditor.core.errors import CouldNotVerify
+from auditor.core.schema import (
     Accelerators,
     Command,
     Environment,
@@ -21,6 +19,8 @@ from auditor.schema import (
     RunRecord,
     new_run_id,
 )
+from auditor.record.capture.gpu import NOT_FOUND, parse_nvidia_smi_xml
+from auditor.rerun.record import check_gpus
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "nvidia-smi"
 A100 = "a100-sxm4-80gb-535.54.03.xml"

@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from auditor.errors import InputError
-from auditor.keys import generate_keypair, keyid, load_private_key, load_public_key
+from auditor.core.errors import InputError
+from auditor.core.keys import generate_keypair, keyid, load_private_key, load_public_key
 
 
 def test_generate_and_load_round_trip(tmp_path: Path) -> None:

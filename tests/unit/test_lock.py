@@ -10,19 +10,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from auditor.errors import LockfileError
-from auditor.lock import (
+from auditor.core.errors import LockfileError
+from auditor.core.lockfile import (
     LOCK_SCHEMA_VERSION,
     Lock,
     check_python_compat,
-    compile_lock,
     drift,
     find_project_lockfile,
-    lock_from_packages,
     parse_conda_lock,
     parse_requirements_lock,
     sha256_text,
 )
+from auditor.env.lock import compile_lock, lock_from_packages
 
 ROOT = Path(__file__).resolve().parents[2]
 PIP = ROOT / "fixtures" / "locks" / "pip"

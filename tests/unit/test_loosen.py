@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from auditor.certify.issue import subjects_of
+from auditor.certify.loosen import from_verdict, kind_of, uncertified_outputs
+from auditor.certify.verdict import Verdict
 from auditor.compare.files import coverage
-from auditor.issue import subjects_of
-from auditor.loosen import from_verdict, kind_of, uncertified_outputs
-from auditor.outcome import Verdict
-from auditor.policy import DEFAULT_LOG_MASKS, Policy, Tolerance, loosenings
-from auditor.schema import ArtifactRef, Command, Identity, RunRecord, new_run_id
+from auditor.core.policy import DEFAULT_LOG_MASKS, Policy, Tolerance, loosenings
+from auditor.core.schema import ArtifactRef, Command, Identity, RunRecord, new_run_id
 
 OUTPUTS = (ArtifactRef(name="outputs/model.bin", sha256="a" * 64, size=1, kind="output"),
            ArtifactRef(name="outputs/noise.bin", sha256="b" * 64, size=1, kind="output"),

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from auditor.errors import CouldNotVerify
-from auditor.rerun import _argv, replay_env
-from auditor.schema import Command, Determinism, Environment, Identity, RunRecord, Seeds
+from auditor.core.errors import CouldNotVerify
+from auditor.core.schema import Command, Determinism, Environment, Identity, RunRecord, Seeds
+from auditor.rerun.sandbox import _argv, replay_env
 
 
 def rec(env_vars: dict[str, str], threads: int | None, argv: tuple[str, ...] = ("python", "t.py"),

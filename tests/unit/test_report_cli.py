@@ -12,13 +12,19 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from auditor import certlog
-from auditor.certificate import ReproductionPredicate, Subject, envelope_bytes, make_statement, seal
-from auditor.cli import AuditGroup, main
-from auditor.cli_reports import COMMANDS, render_report_command
-from auditor.keys import generate_keypair, load_private_key
-from auditor.outcome import VerifyResult
-from auditor.schema import ArtifactRef, Command, Identity, RunRecord, new_run_id, record_sha256
+from auditor.certify import log as certlog
+from auditor.certify.certificate import (
+    ReproductionPredicate,
+    Subject,
+    envelope_bytes,
+    make_statement,
+    seal,
+)
+from auditor.certify.verdict import VerifyResult
+from auditor.cli.main import AuditGroup, main
+from auditor.cli.release import COMMANDS, render_report_command
+from auditor.core.keys import generate_keypair, load_private_key
+from auditor.core.schema import ArtifactRef, Command, Identity, RunRecord, new_run_id, record_sha256
 from auditor.store import CertificateRow, open_store
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "verify"

@@ -11,16 +11,16 @@ from datetime import UTC, datetime
 import pytest
 from rich.console import Console
 
+from auditor.certify.decide import decide
+from auditor.certify.verdict import VerifyResult
 from auditor.compare import environment
-from auditor.outcome import VerifyResult
-from auditor.policy import Policy
+from auditor.core.policy import Policy
+from auditor.core.schema import Environment, LockRef
 from auditor.report.grouping import cause_line, grouped
 from auditor.report.html import render_html
 from auditor.report.junit import render_junit
 from auditor.report.markdown import render_markdown
 from auditor.report.terminal import print_result
-from auditor.schema import Environment, LockRef
-from auditor.verdict import decide
 from tests.unit.test_verdict import PY, metric, record
 
 LOOSE = Policy(ignore_outputs=("outputs/noise*",))

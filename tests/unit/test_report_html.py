@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from auditor.certify.verdict import Verdict, VerifyResult
 from auditor.compare.difference import Difference
-from auditor.outcome import Verdict, VerifyResult
 from auditor.report import plots
 from auditor.report.html import common_folder, divergence_steps, render_html, safe_url
 

@@ -9,8 +9,8 @@ import pytest
 import xmlschema
 from junitparser import Error, Failure, JUnitXml
 
+from auditor.certify.verdict import Verdict, VerifyResult
 from auditor.compare.difference import Difference
-from auditor.outcome import Verdict, VerifyResult
 from auditor.report.junit import render_junit, xml_text
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "verify"

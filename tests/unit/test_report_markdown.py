@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from auditor.outcome import Cause, Verdict, VerifyResult
+from auditor.certify.verdict import Cause, Verdict, VerifyResult
 from auditor.report.markdown import DEFAULT_LIMIT, escape_cell, render_markdown, table_row
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "verify"

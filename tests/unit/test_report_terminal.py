@@ -12,11 +12,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from auditor.outcome import Verdict, VerifyResult
+from auditor.certify.verdict import Verdict, VerifyResult
 from auditor.report.terminal import print_result, print_summary, result_rows
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "verify"
-SCRIPT = ("import sys; from pathlib import Path; from auditor.outcome import VerifyResult; "
+SCRIPT = ("import sys; from pathlib import Path; from auditor.certify.verdict import VerifyResult; "
           "from auditor.report.terminal import print_result; "
           "print_result(VerifyResult.model_validate_json(Path(sys.argv[1]).read_text()))")
 ANSI = re.compile(r"\x1b\[")

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from auditor.errors import CouldNotVerify
-from auditor.rerun import Executed, check_hidden_from_rerun_user, hand_over
-from auditor.rerun_ingest import (
+from auditor.core.errors import CouldNotVerify
+from auditor.core.schema import ArtifactRef, Command, Identity, RunRecord
+from auditor.env.access import blocked_for
+from auditor.rerun.ingest import (
     Refused,
     collect_api_artifacts,
     collect_changed,
@@ -24,9 +25,8 @@ from auditor.rerun_ingest import (
     stage_probe,
     tree_relative,
 )
-from auditor.rerun_record import failed_at_start
-from auditor.rerun_user import blocked_for
-from auditor.schema import ArtifactRef, Command, Identity, RunRecord
+from auditor.rerun.record import failed_at_start
+from auditor.rerun.sandbox import Executed, check_hidden_from_rerun_user, hand_over
 from auditor.store import SqlStore
 
 

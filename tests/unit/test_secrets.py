@@ -530,7 +530,7 @@ def test_the_stdlib_fallback_finds_the_same(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_a_rerun_output_holding_a_secret_is_withheld_and_named(tmp_path: Path) -> None:
     """What a rerun writes is scanned like the original's outputs (rerun_ingest)."""
-    from auditor.rerun_ingest import collect_changed
+    from auditor.rerun.ingest import collect_changed
     from auditor.store.blobs import BlobStore
 
     tree = tmp_path / "tree"

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from auditor import store as store_pkg
-from auditor.errors import (
+from auditor.core.errors import (
     AmbiguousRunId,
     CorruptRecord,
     IntegrityError,
@@ -23,7 +23,7 @@ from auditor.errors import (
     RunNotFound,
     StoreError,
 )
-from auditor.schema import (
+from auditor.core.schema import (
     SCHEMA_VERSION,
     Command,
     Identity,

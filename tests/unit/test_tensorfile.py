@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
 from auditor.compare import tensorfile
-from auditor.compare.tensorfile import PickleRefused, read_tensors
-from auditor.errors import InputError
+from auditor.compare.tensorfile import PickleRefused
+from auditor.compare.tensors import read_tensors
+from auditor.core.errors import InputError
 
 PACKAGE = Path(tensorfile.__file__).resolve().parent.parent
 

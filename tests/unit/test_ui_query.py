@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditor.errors import InputError
+from auditor.core.errors import InputError
 from auditor.store import SqlStore
 from auditor.store.base import CertificateRow
 from auditor.store.query import parse_query, query_runs

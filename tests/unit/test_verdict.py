@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from auditor.certify.decide import UNEXPLAINED, decide, environment_digest, rank_causes
 from auditor.compare import Evidence, compare_runs
 from auditor.compare.difference import Difference
-from auditor.policy import Policy
-from auditor.schema import (
+from auditor.core.policy import Policy
+from auditor.core.schema import (
     ArtifactRef,
     Command,
     Determinism,
@@ -21,7 +22,6 @@ from auditor.schema import (
     RunRecord,
     Seeds,
 )
-from auditor.verdict import UNEXPLAINED, decide, environment_digest, rank_causes
 
 PY = PythonEnv(executable="/usr/bin/python3", version="3.11.7", implementation="CPython",
                build="main", packages={"numpy": "1.26.4", "torch": "2.13.0", "rich": "13.7.0"})

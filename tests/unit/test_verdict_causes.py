@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from auditor.certify.decide import decide
 from auditor.compare import environment
 from auditor.compare.difference import Difference
-from auditor.policy import Policy
-from auditor.schema import Environment, LockRef
-from auditor.verdict import decide
+from auditor.core.policy import Policy
+from auditor.core.schema import Environment, LockRef
 from tests.unit.test_verdict import PY, metric, record
 
 

@@ -14,8 +14,8 @@ import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from auditor.errors import InputError
-from auditor.schema import DataInput
+from auditor.core.errors import InputError
+from auditor.core.schema import DataInput
 from auditor.store.blobs import sha256_file
 
 # Folders that are never part of a run's code snapshot or its outputs: VCS data, caches,

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from auditor.core.schema import Determinism
 from auditor.record.capture.secrets import redacted_env_value
 from auditor.record.probe.sitecustomize import observe
-from auditor.schema import Determinism
 
 FIELDS = tuple(
     f

@@ -18,7 +18,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from auditor.errors import CouldNotVerify, IntegrityError
+from auditor.core.errors import CouldNotVerify, IntegrityError
+from auditor.core.schema import ArtifactRef, Code, DataInput
 from auditor.record.capture import data as data_capture
 from auditor.record.capture.data import (
     SKIP_DIRS,
@@ -30,7 +31,6 @@ from auditor.record.capture.data import (
 )
 from auditor.record.capture.secrets import strip_url_credentials
 from auditor.record.capture.streams import OwnLogs
-from auditor.schema import ArtifactRef, Code, DataInput
 from auditor.store.blobs import BlobStore
 
 # Untracked files that are large and binary are data (weights, datasets), not source: they

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from auditor.core.schema import ArtifactRef, PythonEnv
 from auditor.record.capture.secrets import redact_text, strip_url_credentials
-from auditor.schema import ArtifactRef, PythonEnv
 
 _PY_NAME = re.compile(r"^(?:python|pypy)[0-9.]*(?:\.exe)?$")
 _INFO = (

@@ -1,0 +1,64 @@
+"""What a certificate may certify, and the policy loosenings it must carry.
+
+The verdict says which outputs the comparison read (``Verdict.outputs``: compared,
+ignored, informational) and every way the policy accepted more than the default one
+(``Verdict.loosenings``, from ``policy.loosenings``, one line each). A certificate:
+
+- names as subjects only outputs whose differences *counted* (compared and not merely
+  informational): an ignored output, or a log whose differences were reported but not
+  counted, is never a subject, so it can never pass a gate (``certified_outputs``); the
+  others go to the predicate's ``not_compared`` (``uncertified_outputs``);
+- carries every loosening line with its kind (``from_verdict``), so the release gate can
+  refuse kinds of them (``GatePolicy.allowed_loosenings``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from auditor.certify.verdict import Verdict
+from auditor.core.schema import ArtifactRef
+
+LooseningKind = Literal["ignore_outputs", "tolerance", "compare_logs", "log_outputs",
+                        "log_masks", "gpu_mismatch", "other"]
+# line prefix (the policy key it names) -> kind; the first match wins
+_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("ignore_outputs", "ignore_outputs"), ("metric_tolerance", "tolerance"),
+    ("dtype_tolerances", "tolerance"), ("tensors", "tolerance"), ("metrics", "tolerance"),
+    ("compare_logs", "compare_logs"), ("log_outputs", "log_outputs"),
+    ("log_masks", "log_masks"), ("allow_gpu_mismatch", "gpu_mismatch"),
+)
+KINDS: tuple[str, ...] = ("ignore_outputs", "tolerance", "compare_logs", "log_outputs",
+                          "log_masks", "gpu_mismatch", "other")
+
+
+class Loosening(BaseModel):
+    """One way the policy accepted more than the defaults would, as the verdict said it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    kind: str  # one of KINDS (a string: readers of newer certificates may meet new kinds)
+    detail: str
+
+
+def kind_of(line: str) -> str:
+    """The kind of one ``Verdict.loosenings`` line (by the policy key it starts with)."""
+    return next((kind for prefix, kind in _PREFIXES if line.startswith(prefix)), "other")
+
+
+def from_verdict(verdict: Verdict) -> list[Loosening]:
+    """Every loosening of the verdict, in its order, with its kind."""
+    return [Loosening(kind=kind_of(line), detail=line) for line in verdict.loosenings]
+
+
+def certified_outputs(outputs: list[ArtifactRef], verdict: Verdict) -> list[ArtifactRef]:
+    """The outputs whose differences counted in the verdict: the only output subjects."""
+    counted = set(verdict.outputs.compared) - set(verdict.outputs.informational)
+    return [a for a in outputs if a.name in counted]
+
+
+def uncertified_outputs(outputs: list[ArtifactRef], verdict: Verdict) -> list[ArtifactRef]:
+    """The outputs the verdict did not count (ignored, informational, or not covered)."""
+    certified = {a.name for a in certified_outputs(outputs, verdict)}
+    return [a for a in outputs if a.name not in certified]

@@ -1,0 +1,286 @@
+"""Commands for reports, certificates, keys, release gates and CI: ``audit report``,
+``audit gate``, ``audit keys generate``, ``audit certificate verify``, ``audit ci init``.
+
+Each command parses, calls one function of ``report``, ``gate``, ``keys`` or ``ci``,
+prints, and leaves failures to the ``AuditorError`` tree (one line, exit code per class):
+a failed gate raises ``NotReproduced`` (exit 1), bad input ``InputError`` (2), a
+tampered certificate ``IntegrityError`` (3). ``cli.py`` adds these commands to ``main``;
+the store comes from the root context's ``Ctx`` (``--store``), so this module does not
+import ``cli.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import click
+
+from auditor.core.errors import InputError, NotReproduced
+
+if TYPE_CHECKING:  # imported where used: `audit build` and `lock` need no comparers
+    from auditor.certify.verdict import VerifyResult
+    from auditor.store import SqlStore
+
+PathType = click.Path(path_type=Path, dir_okay=False)
+RESULT_LIMIT = 256 * 1024 * 1024
+
+
+class _StoreOwner(Protocol):
+    def store(self, *, create: bool = True) -> SqlStore: ...
+
+
+def store_of(ctx: click.Context) -> SqlStore:
+    """The store named by the root command's options (existing stores only)."""
+    from auditor.store import open_store
+
+    owner: _StoreOwner | None = ctx.find_root().obj
+    return owner.store(create=False) if owner is not None else open_store(None, create=False)
+
+
+def wants_json(ctx: click.Context) -> bool:
+    """True when the root command was given --json (or a subcommand's --json)."""
+    return bool(getattr(ctx.find_root().obj, "as_json", False))
+
+
+# -- audit report --------------------------------------------------------------------------
+def load_result_json(path: Path) -> VerifyResult:
+    """A ``VerifyResult`` saved as JSON; ``InputError`` with one line otherwise."""
+    from pydantic import ValidationError
+
+    from auditor.certify.verdict import VerifyResult
+    from auditor.core.capped import read_capped
+
+    try:
+        return VerifyResult.model_validate_json(
+            read_capped(path, RESULT_LIMIT, "verification result"))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "top level"
+        raise InputError(f"{path}: not a verification result: {where}: {first['msg']}") from None
+
+
+def render_report_command(result: VerifyResult, *, html: Path | None = None,
+                          markdown: Path | None = None, junit: Path | None = None,
+                          original_url: str | None = None,
+                          rerun_url: str | None = None) -> list[Path]:
+    """Write the requested reports of one verification atomically; return their paths."""
+    from auditor.certify.certificate import check_target, write_target
+    from auditor.report.junit import render_junit
+    from auditor.report.markdown import render_markdown
+
+    for target in (html, markdown, junit):
+        if target is not None:
+            check_target(target)  # before any rendering: nothing half-written
+    outputs: list[tuple[Path, str]] = []
+    if html is not None:
+        from auditor.report.html import render_html
+
+        outputs.append((html, render_html(result, original_url=original_url,
+                                          rerun_url=rerun_url)))
+    if markdown is not None:
+        outputs.append((markdown, render_markdown([result])))
+    if junit is not None:
+        outputs.append((junit, render_junit([result])))
+    for path, text in outputs:
+        write_target(path, text.encode("utf-8"))
+    return [path for path, _ in outputs]
+
+
+def _stored_result(ctx: click.Context, run_or_cert: str, keys: tuple[Path, ...]) -> VerifyResult:
+    from auditor.verify import _looks_like_file, load_verify_result  # lazily: heavy import
+
+    if not _looks_like_file(run_or_cert):
+        return load_verify_result(store_of(ctx), run_or_cert)
+    path = Path(run_or_cert)
+    _check_certificate_file(path, keys)
+    result = load_verify_result(store_of(ctx), run_or_cert)
+    _check_same_certificate(path, result)
+    return result
+
+
+def _check_certificate_file(path: Path, keys: tuple[Path, ...]) -> None:
+    """Never render a certificate's claims as if they were checked: verify or warn."""
+    from auditor.certify.certificate import read_certificate
+    from auditor.release.gate import verify_certificate_file
+
+    if keys:
+        verify_certificate_file(path, keys)  # IntegrityError (exit 3) when it does not verify
+        return
+    read_certificate(path)  # a missing file is one error line, before any warning
+    click.echo(f"warning: {path}: signature NOT checked (no --key): this report shows what "
+               "the certificate claims, not that a trusted key signed it", err=True)
+
+
+def _check_same_certificate(path: Path, result: VerifyResult) -> None:
+    from auditor.certify.certificate import file_sha256
+
+    if result.certificate_sha256 and result.certificate_sha256 != file_sha256(path):
+        click.echo(f"warning: {path} is not the certificate of the stored verification shown "
+                   f"(that one is sha256:{result.certificate_sha256[:12]}…)", err=True)
+
+
+@click.command("report")
+@click.argument("run_or_cert", metavar="RUN|CERT", required=False)
+@click.option("--from-json", "from_json", type=PathType,
+              help="Render a saved VerifyResult JSON file instead of a stored verification.")
+@click.option("--html", "html_path", type=PathType, help="Write the HTML report here (-: stdout).")
+@click.option("--markdown", "markdown_path", type=PathType,
+              help="Write the Markdown summary here (-: stdout).")
+@click.option("--junit", "junit_path", type=PathType, help="Write JUnit XML here (-: stdout).")
+@click.option("--original-url", help="Link the original run's id to this URL in the HTML.")
+@click.option("--rerun-url", help="Link the rerun's id to this URL in the HTML.")
+@click.option("--key", "keys", multiple=True, type=PathType,
+              help="Trusted public key to check a CERT's signature with; repeatable.")
+@click.pass_context
+def report(ctx: click.Context, run_or_cert: str | None, from_json: Path | None,
+           html_path: Path | None, markdown_path: Path | None, junit_path: Path | None,
+           original_url: str | None, rerun_url: str | None, keys: tuple[Path, ...]) -> None:
+    """Write the reports of a past verification (RUN id or CERT file): HTML, Markdown, JUnit."""
+    if (run_or_cert is None) == (from_json is None):
+        raise InputError("give either a RUN id / certificate or --from-json FILE")
+    if not (html_path or markdown_path or junit_path):
+        raise InputError("nothing to write", hint="pass --html, --markdown or --junit")
+    result = (load_result_json(from_json) if from_json
+              else _stored_result(ctx, str(run_or_cert), keys))
+    written = render_report_command(result, html=html_path, markdown=markdown_path,
+                                    junit=junit_path, original_url=original_url,
+                                    rerun_url=rerun_url)
+    for path in written:
+        if path != Path("-"):
+            click.echo(f"wrote {path}", err=Path("-") in written)
+
+
+# -- audit gate ----------------------------------------------------------------------------
+@click.command("gate")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--policy", "policy_path", type=PathType,
+              help="Gate policy TOML (see templates/gate.toml); default: built-in defaults.")
+@click.option("--key", "keys", multiple=True, type=PathType,
+              help="Trusted public key (.pub); repeatable, added to the policy's keys.")
+@click.pass_context
+def gate(ctx: click.Context, artifacts: tuple[Path, ...], policy_path: Path | None,
+         keys: tuple[Path, ...]) -> None:
+    """Pass (exit 0) only when every ARTIFACT has a trusted, recent, good-enough certificate."""
+    from auditor.release.gate import GatePolicy, check_artifacts, load_gate_policy
+
+    policy = load_gate_policy(policy_path) if policy_path else GatePolicy()
+    result = check_artifacts(store_of(ctx), artifacts, policy, extra_keys=keys)
+    if wants_json(ctx):
+        click.echo(json.dumps([f.as_json() for f in result.findings], indent=1))
+    else:
+        for finding in result.findings:
+            click.echo(finding.line())
+    failed = result.first_failure()
+    if failed is not None:
+        count = sum(not f.passed for f in result.findings)
+        raise NotReproduced(f"gate failed for {count} of {len(result.findings)} artifacts; "
+                            f"first: {failed.artifact}: {failed.requirement}: {failed.message}")
+
+
+# -- audit keys ----------------------------------------------------------------------------
+@click.group("keys")
+def keys() -> None:
+    """Ed25519 signing keys for certificates."""
+
+
+@keys.command("generate")
+@click.option("--dir", "directory", default=Path("keys"), show_default=True,
+              type=click.Path(path_type=Path, file_okay=False), help="Folder for the key pair.")
+@click.option("--name", default="auditor", show_default=True, help="File name of the pair.")
+def generate(directory: Path, name: str) -> None:
+    """Create NAME.key (private, 0600) and NAME.pub; never overwrites."""
+    from auditor.core.keys import generate_keypair
+
+    private, public = generate_keypair(directory, name)
+    click.echo(f"private key: {private}  (keep it secret: audit verify RUN --sign-key {private})")
+    click.echo(f"public key:  {public}  (share it: audit gate --key {public}, or trusted_keys "
+               "in gate.toml)")
+
+
+# -- audit certificate ---------------------------------------------------------------------
+@click.group("certificate")
+def certificate() -> None:
+    """Inspect and check certificates."""
+
+
+@certificate.command("verify")
+@click.argument("cert", type=PathType)
+@click.option("--key", "keys", multiple=True, type=PathType,
+              help="Trusted public key (.pub); repeatable.")
+@click.option("--artifact", "artifacts", multiple=True, type=PathType,
+              help="A file that must be one of the certificate's subjects; repeatable.")
+@click.pass_context
+def verify_certificate(ctx: click.Context, cert: Path, keys: tuple[Path, ...],
+                       artifacts: tuple[Path, ...]) -> None:
+    """Check CERT's signature, statement and subjects (exit 0 valid, 3 tampered, 2 bad input)."""
+    from auditor.release.gate import verify_certificate_file
+
+    check = verify_certificate_file(cert, keys, artifacts)
+    if wants_json(ctx):
+        click.echo(json.dumps(_check_json(check), indent=1))
+        return
+    for label, value in _check_lines(check):
+        click.echo(f"{label:<16} {value}")
+
+
+def _check_json(check: Any) -> dict[str, object]:
+    pred = check.statement.predicate
+    return {"valid": True, "certificate": str(check.path), "verdict": pred.verdict,
+            "original_run": pred.original_run, "rerun_run": pred.rerun_run,
+            "issued_at": pred.issued_at.isoformat(), "trusted_keys": list(check.signers),
+            "isolation": pred.isolation, "isolation_notes": pred.isolation_notes,
+            "loosenings": [lo.model_dump() for lo in pred.loosenings],
+            "not_compared": [{"name": s.name, "digest": s.digest} for s in pred.not_compared],
+            "subjects": [{"name": s.name, "digest": s.digest} for s in check.statement.subject],
+            "artifacts": [{"path": str(p), "sha256": d} for p, d in check.artifacts]}
+
+
+def _check_lines(check: Any) -> list[tuple[str, str]]:
+    pred = check.statement.predicate
+    lines = [("valid", str(check.path)), ("verdict", pred.verdict),
+             ("original run", pred.original_run), ("rerun run", pred.rerun_run or "-"),
+             ("issued", pred.issued_at.isoformat()),
+             ("trusted key", ", ".join(k[:16] + "…" for k in check.signers)),
+             ("isolation", pred.isolation or "not stated")]
+    lines += [("loosened", f"{lo.kind}: {lo.detail}") for lo in pred.loosenings]
+    lines += [("not compared", f"{s.name} sha256:{s.digest.get('sha256', '?')}")
+              for s in pred.not_compared]
+    lines += [("subject", f"{s.name} sha256:{s.digest.get('sha256', '?')}")
+              for s in check.statement.subject]
+    lines += [("matches", f"{p} sha256:{d}") for p, d in check.artifacts]
+    return lines
+
+
+# -- audit ci ------------------------------------------------------------------------------
+@click.group("ci")
+def ci() -> None:
+    """Scheduled reproducibility checks in CI."""
+
+
+@ci.command("init")
+@click.argument("provider", type=click.Choice(["github", "gitlab"]), default="github")
+@click.option("--output", type=PathType,
+              help="Where to write (default .github/workflows/audit.yml or .gitlab-ci.yml).")
+@click.option("--schedule", default=None, metavar="CRON",
+              help='Cron schedule in UTC (default "17 3 * * *": nightly).')
+@click.option("--install", default=None, metavar="CMD",
+              help='How the job installs the project (default "python -m pip install .").')
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def ci_init(provider: str, output: Path | None, schedule: str | None, install: str | None,
+            force: bool) -> None:
+    """Write a scheduled workflow that re-verifies recent runs and publishes the reports."""
+    from auditor.release import ci as ci_module
+
+    path = ci_module.write_workflow(provider, output=output, force=force,
+                                    schedule=schedule or ci_module.DEFAULT_SCHEDULE,
+                                    install=install or ci_module.DEFAULT_INSTALL)
+    click.echo(f"wrote {path}")
+    if provider == "gitlab":
+        click.echo("next: create a pipeline schedule (Build > Pipeline schedules) with cron "
+                   f"{schedule or ci_module.DEFAULT_SCHEDULE!r}")
+
+
+COMMANDS: tuple[click.Command, ...] = (report, gate, keys, certificate, ci)
+"""What ``cli.py`` adds to ``main`` (``for c in COMMANDS: main.add_command(c)``)."""

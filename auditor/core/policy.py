@@ -1,0 +1,189 @@
+"""Verification policy: what counts as "reproduced".
+
+Loaded from ``auditor.toml`` (table ``[verify]``) or ``--policy FILE``. Tolerances are
+dtype-aware (fp32 rtol 1.3e-6 / atol 1e-5 as in ``torch.testing``; fp16 and bf16 looser),
+with per-tensor and per-metric overrides matched by glob. ``bitwise = true`` demands bit
+identity everywhere. Unknown keys are refused (``extra="forbid"``) so a typo never
+silently loosens a policy.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+
+from auditor.core.capped import POLICY_LIMIT, read_capped
+from auditor.core.errors import InputError
+
+
+class Tolerance(BaseModel):
+    """Relative and absolute tolerance: ``|a - b| <= atol + rtol * |a|``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    rtol: float = Field(ge=0, strict=True)  # strict: a number, never the string "1e-3"
+    atol: float = Field(ge=0, strict=True)
+
+    def allows(self, left: float, right: float) -> bool:
+        """True when ``right`` lies within tolerance of ``left`` (NaN == NaN handled by callers)."""
+        return abs(left - right) <= self.atol + self.rtol * abs(left)
+
+
+# torch.testing.assert_close defaults, per dtype.
+DTYPE_TOLERANCES: dict[str, Tolerance] = {
+    "float64": Tolerance(rtol=1e-7, atol=1e-7),
+    "float32": Tolerance(rtol=1.3e-6, atol=1e-5),
+    "float16": Tolerance(rtol=1e-3, atol=1e-5),
+    "bfloat16": Tolerance(rtol=1.6e-2, atol=1e-5),
+}
+EXACT = Tolerance(rtol=0.0, atol=0.0)
+
+DEFAULT_LOG_MASKS: tuple[str, ...] = (  # applied in order
+    # "ms/batch 12.3": a rate whose number follows its unit
+    r"\b(?:ms|s|sec|us|µs)/(?:batch|step|it|iter|epoch|sample)\s*[:=]?\s*\d+(?:\.\d+)?",
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?",  # ISO times
+    r"\b\d{2}:\d{2}:\d{2}(?:\.\d+)?\b",  # clock times
+    r"\b\d+(?:\.\d+)?\s?(?:ms|s|sec|secs|seconds|it/s|s/it)\b",  # durations and rates
+    r"0x[0-9a-fA-F]{6,}",  # addresses
+    r"\b\d+:\d{2}(?::\d{2})?(?:<\d+:\d{2}(?::\d{2})?)?",  # elapsed<remaining (progress bars)
+    r"(?i)\bpid\s*[:=]?\s*\d+",  # process ids
+)
+# Output files that are logs: differences in them are evidence, not a verdict, unless
+# ``compare_logs = "strict"`` (fnmatch globs on the artifact name; ``*`` crosses folders).
+DEFAULT_LOG_OUTPUTS: tuple[str, ...] = (
+    "*.log", "*.log.[0-9]*", "*.out", "*.err", "*.stdout", "*.stderr", "logs/*.txt",
+    "*/logs/*.txt", "log/*.txt", "*/log/*.txt",
+)
+LogMode = Literal["informational", "strict", "off"]
+
+
+class Policy(BaseModel):
+    """Tolerances and switches for one verification."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bitwise: StrictBool = False  # strict: "yes" or 1 is a mistake, not a yes
+    nan_equal: StrictBool = True
+    metric_tolerance: Tolerance = Tolerance(rtol=1e-5, atol=1e-8)
+    dtype_tolerances: dict[str, Tolerance] = Field(default_factory=lambda: dict(DTYPE_TOLERANCES))
+    tensors: dict[str, Tolerance] = Field(default_factory=dict)  # glob on tensor name
+    metrics: dict[str, Tolerance] = Field(default_factory=dict)  # glob on metric name
+    log_masks: tuple[str, ...] = DEFAULT_LOG_MASKS
+    # Logs (captured stdout/stderr and outputs matching ``log_outputs``): "informational"
+    # reports their differences after masks without counting them; "strict" counts them
+    # (a difference left after the masks fails); "off" does not compare them at all.
+    compare_logs: LogMode = "informational"
+    log_outputs: tuple[str, ...] = DEFAULT_LOG_OUTPUTS
+    ignore_outputs: tuple[str, ...] = ()  # globs of output names not compared
+    allow_gpu_mismatch: StrictBool = False
+    pass_env: tuple[str, ...] = ()  # redacted variables the rerun may receive from the host
+
+    @field_validator("compare_logs", mode="before")
+    @classmethod
+    def _log_mode(cls, value: object) -> object:
+        # The switch was a bool: true compared logs (as information), false left them out.
+        if value is True:
+            return "informational"
+        if value is False:
+            return "off"
+        return value
+
+    def is_log_output(self, name: str) -> bool:
+        """True when the output file ``name`` is a log (matches ``log_outputs``)."""
+        return any(fnmatch.fnmatchcase(name, glob) for glob in self.log_outputs)
+
+    def is_ignored(self, name: str) -> bool:
+        """True when the output ``name`` matches an ``ignore_outputs`` glob (not compared)."""
+        return any(fnmatch.fnmatchcase(name, glob) for glob in self.ignore_outputs)
+
+    def tensor_tolerance(self, name: str, dtype: str) -> Tolerance:
+        """The tolerance for one tensor: exact under ``bitwise``, else override, else dtype."""
+        if self.bitwise:
+            return EXACT
+        for pattern, tol in self.tensors.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return tol
+        return self.dtype_tolerances.get(dtype, self.dtype_tolerances.get("float32", EXACT))
+
+    def metric_tolerance_for(self, name: str) -> Tolerance:
+        """The tolerance for one metric series."""
+        if self.bitwise:
+            return EXACT
+        for pattern, tol in self.metrics.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return tol
+        return self.metric_tolerance
+
+
+def load_policy(path: Path | None = None, *, bitwise: bool = False) -> Policy:
+    """Read a policy file (``[verify]`` table of auditor.toml, or a whole policy file)."""
+    data: dict[str, object] = {}
+    if path is not None:
+        if not path.exists():
+            raise InputError(f"{path}: policy file not found")
+        try:
+            raw = tomllib.loads(read_capped(path, POLICY_LIMIT, "policy").decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: invalid TOML: {exc}") from None
+        table = raw.get("verify", raw)
+        if not isinstance(table, dict):
+            raise InputError(f"{path}: 'verify' must be a table ([verify]), not "
+                             f"{type(table).__name__} {table!r:.40}")
+        data = dict(table)
+    if bitwise:
+        data["bitwise"] = True
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"{path}: policy key {where!r}: {first['msg']}") from None
+
+
+DEFAULT_POLICY = Policy()
+
+
+def loosenings(policy: Policy) -> list[str]:
+    """Each way ``policy`` accepts more than the default policy does, one line each, in a
+    fixed order: outputs left out, wider tolerances, logs or masks that hide differences,
+    a GPU mismatch allowed. Reports and certificates show these first."""
+    lines: list[str] = []
+    if policy.ignore_outputs:
+        lines.append("ignore_outputs: outputs matching " + ", ".join(policy.ignore_outputs)
+                     + " are not compared and cannot be certified")
+    if not policy.bitwise:  # under bitwise no tolerance applies
+        lines += _tolerances(policy)
+    if policy.compare_logs == "off":
+        lines.append("compare_logs = \"off\": logs are not compared at all")
+    extra_logs = [g for g in policy.log_outputs if g not in DEFAULT_LOG_OUTPUTS]
+    if extra_logs and policy.compare_logs != "strict":
+        lines.append("log_outputs: outputs matching " + ", ".join(extra_logs)
+                     + " are treated as logs, whose differences do not count")
+    extra_masks = [m for m in policy.log_masks if m not in DEFAULT_LOG_MASKS]
+    if extra_masks:
+        lines.append(f"log_masks: {len(extra_masks)} custom mask(s) hide matching text in logs "
+                     "and text outputs: " + ", ".join(extra_masks))
+    if policy.allow_gpu_mismatch:
+        lines.append("allow_gpu_mismatch: the rerun may run on another GPU model")
+    return lines
+
+
+def _tolerances(policy: Policy) -> list[str]:
+    lines = _wider("metric_tolerance", policy.metric_tolerance, DEFAULT_POLICY.metric_tolerance)
+    for dtype, tol in sorted(policy.dtype_tolerances.items()):
+        lines += _wider(f"dtype_tolerances.{dtype}", tol, DTYPE_TOLERANCES.get(dtype, EXACT))
+    for glob, tol in sorted(policy.tensors.items()):
+        lines += _wider(f"tensors.{glob!r}", tol, DTYPE_TOLERANCES["float32"], "float32 default")
+    for glob, tol in sorted(policy.metrics.items()):
+        lines += _wider(f"metrics.{glob!r}", tol, DEFAULT_POLICY.metric_tolerance)
+    return lines
+
+
+def _wider(key: str, tol: Tolerance, default: Tolerance, label: str = "default") -> list[str]:
+    if tol.rtol <= default.rtol and tol.atol <= default.atol:
+        return []
+    return [f"{key}: rtol {tol.rtol:g}, atol {tol.atol:g} is wider than the {label} "
+            f"(rtol {default.rtol:g}, atol {default.atol:g})"]

@@ -1,0 +1,3 @@
+"""The package version, importable without anything else of auditor."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,61 @@
+"""Compiling lockfiles: ``pip-compile --generate-hashes`` as a subprocess of this
+interpreter (the lockfile format itself is ``auditor.core.lockfile``).
+
+- ``compile_lock`` locks a requirements.in or pyproject.toml into a hashed lock.
+- ``lock_from_packages`` pins what the training interpreter had installed, except ``pip``
+  itself (the environment's installer, which every virtualenv brings in its own version);
+  setuptools and wheel are kept because code imports them at run time.
+
+Every failure is a ``LockfileError`` (exit 2) naming the source and pip-compile's last lines.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+
+from auditor.core.errors import LockfileError
+from auditor.core.lockfile import NOT_LOCKED_FROM_ENV, Lock, parse_requirements_lock
+
+COMPILE_TIMEOUT_S = 900
+
+
+def compile_lock(source: Path, output: Path, *, find_links: Sequence[Path] = ()) -> Lock:
+    """Run pip-compile on ``source`` (requirements.in or pyproject.toml) into ``output``."""
+    output = output.resolve()
+    argv = [sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes",
+            "--allow-unsafe", "--strip-extras", "--no-emit-index-url", "--no-emit-find-links",
+            f"--output-file={output.name}",
+            *(f"--find-links={p}" for p in find_links),
+            os.path.relpath(source.resolve(), output.parent)]
+    _run_compile(argv, output.parent, source)
+    return parse_requirements_lock(output.read_text(), name=output.name)
+
+
+def _run_compile(argv: Sequence[str], cwd: Path, source: Path) -> None:
+    try:
+        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
+                              timeout=COMPILE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise LockfileError(f"pip-compile of {source} took over {COMPILE_TIMEOUT_S} s",
+                            hint="check the package index is reachable") from exc
+    if done.returncode != 0:
+        tail = [line for line in done.stderr.splitlines() if line.strip()][-6:]
+        raise LockfileError(f"pip-compile could not lock {source.name}",
+                            hint=" | ".join(tail) or f"exit {done.returncode}")
+
+
+def lock_from_packages(packages: Mapping[str, str], *, find_links: Sequence[Path] = ()) -> Lock:
+    """Pin an installed set (``{name: version}``, minus pip) and compile it with hashes."""
+    pins = sorted(f"{canonicalize_name(n)}=={v}" for n, v in packages.items()
+                  if canonicalize_name(n) not in NOT_LOCKED_FROM_ENV)
+    with tempfile.TemporaryDirectory(prefix="auditor-lock-") as tmp:
+        source = Path(tmp) / "requirements.in"
+        source.write_text("".join(f"{pin}\n" for pin in pins))
+        return compile_lock(source, Path(tmp) / "requirements.lock", find_links=find_links)

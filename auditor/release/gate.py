@@ -1,0 +1,334 @@
+"""Release gating: an artifact ships only with a trusted, recent, good-enough certificate.
+
+Contract of ``check_artifacts(store, paths, policy)``: every path must be a file
+(``InputError``, exit 2, before anything is checked) and trusted keys must be given when
+signatures are required (``InputError``). The certificate log must then be intact (chain
+and, when signatures are required, the signed head) and the certificates table must hold
+exactly what it logged (``tamper.index_problems``; else ``IntegrityError``, exit 3).
+Each artifact then gets one ``GateFinding``, checked in this order, the first failed
+requirement named (a certificate whose signature verifies must also match the store: its
+run's record and every subject re-hash to the signed digests, else ``IntegrityError``):
+
+1. ``registered``: its sha256 is an artifact of a recorded run (``require_registered``).
+2. ``certificate``: a certificate in the store names that sha256 as a subject
+   (``no certificate for sha256:<hex>``; when the verification's policy ignored that
+   output, the message says so: an ignored output is never a subject).
+3. ``signature``: the envelope (read from the blob store by the certificate's sha256,
+   so a flipped byte there raises ``IntegrityError``, exit 3) verifies under a trusted
+   key, or is at least well formed when ``require_signature`` is off.
+4. ``subject``: the *signed* statement names the artifact's sha256 (the index alone is
+   not trusted; a certificate for v1 presented for v2 fails here).
+5. ``level``: the signed verdict ranks at least ``min_level`` (``LEVEL_RANK``).
+   ``isolation``: the rerun was isolated at least as ``min_isolation`` says (default
+   ``container``; a venv-level or unstated certificate fails with what to do).
+   ``loosening``: with ``allowed_loosenings`` set, every loosening the verification
+   policy made (``auditor.certify.loosen``) is of an allowed kind.
+6. ``age``: issued no more than ``max_age_days`` ago (0: no limit) and not in the future.
+7. ``latest``: with ``latest_only``, no newer certificate of the same original run has a
+   verdict below ``min_level`` (the run was re-certified as failing later).
+
+Certificates are tried newest first; the first that meets every requirement passes the
+artifact, otherwise the newest one's failure is reported. ``GateReport.passed`` is true
+when every artifact passed. ``verify_certificate_file`` is the check behind
+``audit certificate verify``: signature, statement fields, and the given files as subjects.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+
+from auditor.certify.certificate import (
+    Statement,
+    file_sha256,
+    open_envelope,
+    read_certificate,
+)
+from auditor.certify.loosen import LooseningKind
+from auditor.certify.verdict import LEVEL_RANK
+from auditor.core.capped import POLICY_LIMIT, read_capped
+from auditor.core.errors import InputError, IntegrityError
+from auditor.core.keys import keyid, load_public_key
+from auditor.release.tamper import evidence_problems, index_problems, raise_first
+from auditor.store.base import CertificateRow
+from auditor.store.sql import SqlStore
+
+CLOCK_SKEW = timedelta(minutes=5)
+REQUIREMENTS = ("registered", "certificate", "signature", "subject", "level", "isolation",
+                "loosening", "age", "latest")
+
+
+class GatePolicy(BaseModel):
+    """What a certificate must show for an artifact to pass the gate."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    min_level: Literal["reproduced-within-tolerance", "reproduced-bitwise"] = \
+        "reproduced-within-tolerance"
+    max_age_days: Annotated[float, Field(ge=0, strict=True)] = 90  # 0: no limit
+    require_signature: StrictBool = True
+    trusted_keys: tuple[Path, ...] = ()
+    latest_only: StrictBool = True
+    require_registered: StrictBool = True
+    # "container": only reruns isolated in a container count; "venv" also accepts reruns
+    # in a venv on the verifying host (weaker: the script could read that host's files)
+    min_isolation: Literal["container", "venv"] = "container"
+    # kinds of policy loosening a certificate may carry (auditor.certify.loosen.KINDS); None: any
+    allowed_loosenings: tuple[LooseningKind, ...] | None = None
+
+
+def load_gate_policy(path: Path) -> GatePolicy:
+    """The policy in a TOML file; key paths are relative to the file's folder."""
+    if not path.exists():
+        raise InputError(f"{path}: gate policy not found",
+                         hint="copy templates/gate.toml or leave out --policy")
+    try:
+        data = tomllib.loads(read_capped(path, POLICY_LIMIT, "gate policy").decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: cannot read gate policy: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        policy = GatePolicy.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"{path}: {_policy_error(exc)}") from None
+    keys = tuple(k if k.is_absolute() else path.parent / k for k in policy.trusted_keys)
+    return policy.model_copy(update={"trusted_keys": keys})
+
+
+def _policy_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "top level"
+    if first["type"] == "extra_forbidden":
+        known = ", ".join(GatePolicy.model_fields)
+        return f"unknown key {where!r} (known keys: {known})"
+    return f"{where}: {first['msg']}"
+
+
+@dataclass(frozen=True)
+class GateFinding:
+    """The gate's conclusion for one artifact."""
+
+    artifact: Path
+    sha256: str
+    passed: bool
+    requirement: str = ""  # the first requirement that failed ("" when passed)
+    message: str = ""
+    certificate: str | None = None  # sha256 of the certificate that passed or failed
+    level: str | None = None
+    run_id: str | None = None
+
+    def line(self) -> str:
+        """One line for the terminal."""
+        if self.passed:
+            return (f"PASS {self.artifact}: {self.message}")
+        return f"FAIL {self.artifact}: {self.requirement}: {self.message}"
+
+    def as_json(self) -> dict[str, object]:
+        """The finding as plain JSON values."""
+        return {"artifact": str(self.artifact), "sha256": self.sha256, "passed": self.passed,
+                "requirement": self.requirement or None, "message": self.message,
+                "certificate": self.certificate, "level": self.level, "run_id": self.run_id}
+
+
+@dataclass(frozen=True)
+class GateReport:
+    """Findings for every artifact given to the gate."""
+
+    findings: tuple[GateFinding, ...] = field(default_factory=tuple)
+
+    @property
+    def passed(self) -> bool:
+        """True when every artifact passed."""
+        return all(f.passed for f in self.findings)
+
+    def first_failure(self) -> GateFinding | None:
+        """The first artifact that failed, if any."""
+        return next((f for f in self.findings if not f.passed), None)
+
+
+def trusted_keys(policy: GatePolicy, extra: Sequence[Path] = ()) -> list[Ed25519PublicKey]:
+    """The policy's keys and the extra ones, loaded; ``InputError`` when one is unusable."""
+    keys = [load_public_key(Path(p)) for p in (*policy.trusted_keys, *extra)]
+    if policy.require_signature and not keys:
+        raise InputError("no trusted public key: the gate requires signed certificates",
+                         hint="list trusted_keys in the gate policy or pass --key KEY.pub")
+    return keys
+
+
+def check_artifacts(store: SqlStore, paths: Sequence[Path], policy: GatePolicy, *,
+                    extra_keys: Sequence[Path] = (), now: datetime | None = None) -> GateReport:
+    """Check every artifact against the store's certificates (see the module contract)."""
+    if not paths:
+        raise InputError("no artifact given", hint="audit gate FILE...")
+    for path in paths:
+        if not Path(path).is_file():
+            raise InputError(f"{path}: artifact not found", hint="give the file to be released")
+    keys = trusted_keys(policy, extra_keys)
+    raise_first(index_problems(store, keys if policy.require_signature else None),
+                "certificate log")
+    when = _aware(now or datetime.now(UTC))
+    return GateReport(tuple(_check_one(store, Path(p), policy, keys, when) for p in paths))
+
+
+def _check_one(store: SqlStore, path: Path, policy: GatePolicy,
+               keys: list[Ed25519PublicKey], now: datetime) -> GateFinding:
+    sha = file_sha256(path)
+    if policy.require_registered and not store.runs_with_artifact(sha):
+        return GateFinding(path, sha, False, "registered", f"sha256:{sha} belongs to no "
+                           "recorded run: every result must be recorded before it is shared")
+    rows = [r for r in store.certificates(subject=sha) if sha in r.subjects]
+    if not rows:
+        return GateFinding(path, sha, False, "certificate", f"no certificate for sha256:{sha}"
+                           + _not_compared(store, sha))
+    findings = [_check_certificate(store, row, path, sha, policy, keys, now) for row in rows]
+    return next((f for f in findings if f.passed), findings[0])
+
+
+def _not_compared(store: SqlStore, sha: str) -> str:
+    """Why an output of a certified run is not a subject: its policy did not compare it."""
+    for run_id, name in store.runs_with_artifact(sha):
+        for row in store.certificates(run_id=run_id):
+            data = store.blobs.read_bytes(row.sha256, f"certificate {row.sha256[:12]}")
+            pred = open_envelope(data, None, require_signature=False).predicate
+            if any(s.digest.get("sha256") == sha for s in pred.not_compared):
+                return (f": it is {name} of run {run_id}, which the verification did not "
+                        "compare as evidence (ignored by its policy, or a log whose "
+                        f"differences did not count; certificate {row.sha256[:12]}…): an "
+                        "ignored output is never certified")
+    return ""
+
+
+def _check_certificate(store: SqlStore, row: CertificateRow, path: Path, sha: str,
+                       policy: GatePolicy, keys: list[Ed25519PublicKey],
+                       now: datetime) -> GateFinding:
+    data = store.blobs.read_bytes(row.sha256, f"certificate {row.sha256[:12]}")
+    source = f"certificate sha256:{row.sha256[:12]}…"
+    try:
+        statement = open_envelope(data, keys or None, require_signature=policy.require_signature,
+                                  source=source)
+    except (IntegrityError, InputError) as exc:
+        return GateFinding(path, sha, False, "signature", str(exc), row.sha256, None, row.run_id)
+    raise_first(evidence_problems(store, statement, source), "gate")
+    failed = _statement_failure(store, statement, sha, policy, now)
+    pred = statement.predicate
+    if failed:
+        return GateFinding(path, sha, False, failed[0], f"{source}: {failed[1]}", row.sha256,
+                           pred.verdict, pred.original_run)
+    message = (f"{pred.verdict} (run {pred.original_run}, certificate {row.sha256[:12]}…, "
+               f"issued {pred.issued_at:%Y-%m-%d})")
+    return GateFinding(path, sha, True, "", message, row.sha256, pred.verdict, pred.original_run)
+
+
+def _statement_failure(store: SqlStore, statement: Statement, sha: str, policy: GatePolicy,
+                       now: datetime) -> tuple[str, str] | None:
+    pred = statement.predicate
+    if not any(s.digest.get("sha256", "").lower() == sha for s in statement.subject):
+        names = ", ".join(f"{s.name} (sha256:{s.digest.get('sha256', '?')[:12]}…)"
+                          for s in statement.subject)
+        return "subject", (f"the signed statement does not certify sha256:{sha}; it certifies "
+                           f"{names} (a certificate of another file: replay?)")
+    if LEVEL_RANK[pred.verdict] < LEVEL_RANK[policy.min_level]:
+        return "level", f"verdict {pred.verdict} is below the policy's {policy.min_level}"
+    return _isolation_failure(statement, policy) or _loosening_failure(statement, policy) or \
+        _age_failure(pred.issued_at, policy, now) or _latest_failure(store, statement,
+                                                                        policy)
+
+
+def _isolation_failure(statement: Statement, policy: GatePolicy) -> tuple[str, str] | None:
+    level = statement.predicate.isolation
+    if policy.min_isolation == "venv" and level in ("venv", "container"):
+        return None
+    if level == "container":
+        return None
+    said = {"venv": "in a venv on the verifying host (weaker isolation: the training script "
+                    "ran as a host process and could read that host's files)",
+            None: "without stating its isolation level (issued by an older auditor?)"}[level]
+    return "isolation", (f"the rerun was {said}; the gate requires container isolation "
+                         "(re-verify with a docker engine, or set min_isolation = \"venv\" in "
+                         "the gate policy to accept it)")
+
+
+def _loosening_failure(statement: Statement, policy: GatePolicy) -> tuple[str, str] | None:
+    if policy.allowed_loosenings is None:
+        return None
+    refused = [lo for lo in statement.predicate.loosenings
+               if lo.kind not in policy.allowed_loosenings]
+    if not refused:
+        return None
+    allowed = ", ".join(policy.allowed_loosenings) or "none"
+    return "loosening", (f"the verification policy loosened {refused[0].kind}: "
+                         f"{refused[0].detail}; the gate allows {allowed}")
+
+
+def _age_failure(issued: datetime, policy: GatePolicy, now: datetime) -> tuple[str, str] | None:
+    if issued > now + CLOCK_SKEW:
+        return "age", f"issued in the future ({issued.isoformat()}); check the signer's clock"
+    if policy.max_age_days and now - issued > timedelta(days=policy.max_age_days):
+        days = (now - issued).days
+        return "age", (f"issued {issued:%Y-%m-%d}, {days} days ago; the policy allows "
+                       f"{policy.max_age_days:g} days (re-verify the run: audit verify)")
+    return None
+
+
+def _latest_failure(store: SqlStore, statement: Statement,
+                    policy: GatePolicy) -> tuple[str, str] | None:
+    if not policy.latest_only:
+        return None
+    pred = statement.predicate
+    floor = LEVEL_RANK[policy.min_level]
+    for row in store.certificates(run_id=pred.original_run):  # newest first
+        if _aware(row.issued_at) > pred.issued_at and LEVEL_RANK.get(row.verdict, 0) < floor:
+            return "latest", (f"run {pred.original_run} was re-certified {row.verdict} on "
+                              f"{row.issued_at:%Y-%m-%d} (certificate {row.sha256[:12]}…); "
+                              "this certificate is superseded")
+    return None
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# -- audit certificate verify -----------------------------------------------------------
+@dataclass(frozen=True)
+class CertificateCheck:
+    """A certificate file that verified: its statement, signers and matched files."""
+
+    path: Path
+    statement: Statement
+    signers: tuple[str, ...]  # keyids of the trusted keys given
+    artifacts: tuple[tuple[Path, str], ...]  # (file, sha256) found among the subjects
+
+
+def verify_certificate_file(path: Path, keys: Sequence[Path], artifacts: Sequence[Path] = (),
+                            *, now: datetime | None = None) -> CertificateCheck:
+    """Check a certificate's signature, statement fields and subjects (see module doc).
+
+    ``InputError`` (exit 2) for a file that is not a certificate or no key;
+    ``IntegrityError`` (exit 3) for a bad signature, a changed payload type, a statement
+    issued in the future, or a given file that is not one of its subjects.
+    """
+    public = [load_public_key(Path(k)) for k in keys]
+    statement = open_envelope(read_certificate(path), public or None, require_signature=True,
+                              source=str(path))
+    issued = statement.predicate.issued_at
+    if issued > _aware(now or datetime.now(UTC)) + CLOCK_SKEW:
+        raise IntegrityError(f"{path}: issued in the future ({issued.isoformat()})",
+                             hint="do not trust it")
+    return CertificateCheck(path, statement, tuple(keyid(k) for k in public),
+                            tuple(_matched_subject(path, statement, Path(a)) for a in artifacts))
+
+
+def _matched_subject(cert: Path, statement: Statement, artifact: Path) -> tuple[Path, str]:
+    digest = file_sha256(artifact)
+    if not any(s.digest.get("sha256", "").lower() == digest for s in statement.subject):
+        raise IntegrityError(f"{artifact}: sha256:{digest} is not a subject of {cert}",
+                             hint="this certificate is for other files; do not ship this one "
+                                  "on its strength")
+    return artifact, digest

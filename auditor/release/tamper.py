@@ -1,0 +1,212 @@
+"""Tamper evidence: the certificate log against the index, and stored evidence against the
+certificates that signed it. Used by ``audit gate`` (any problem: ``IntegrityError``,
+exit 3) and ``audit fsck`` (every problem listed).
+
+Contract:
+
+- ``index_problems(store, trusted)``: the append-only log (``log/certs.jsonl``) must pass
+  ``certlog.verify_log`` (chain, head; the *signed* head when ``trusted`` keys are given),
+  every logged certificate must be in the blob store and parse, and the ``certificates``
+  table must hold exactly the logged certificates with the fields their statements say.
+  A row deleted (``delete from certificates where verdict='not-reproduced'``), inserted
+  or edited behind the log's back is named by its sha256, its run and its log line.
+- ``evidence_problems(store, statement, source)``: the certified run's record must still
+  hash to the digest the certificate signed (so a record rewritten together with its
+  ``record_sha256`` column is caught), the rerun's too (ignoring the verification result
+  attached after signing), and every subject must be an artifact of that record with the
+  same sha256 whose object still exists and re-hashes to its name (T7 flipped, T8
+  swapped, deleted objects), and the metric points must still hash to the record's
+  ``metrics.series_sha256`` (``series_problems``).
+
+Tampering by someone who can write the store files is detected, not prevented: a
+rollback of the log and its signed head together to an older signed state is only
+visible against a copy of the head kept elsewhere (see docs/SECURITY.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from auditor.certify import log as certlog
+from auditor.certify.certificate import Statement, open_envelope
+from auditor.certify.issue import RESULT_ARTIFACT
+from auditor.core.errors import AuditorError, IntegrityError, RunNotFound
+from auditor.core.schema import ArtifactRef, RunRecord, record_sha256
+from auditor.store import CertificateRow, SqlStore, store_dir_of
+from auditor.store.base import series_digest
+
+
+@dataclass(frozen=True)
+class Logged:
+    """One certificate of the log, with its (not signature-checked) statement."""
+
+    line: int
+    sha256: str
+    statement: Statement
+
+
+def log_dir_of(store: SqlStore) -> Path:
+    """Where the store keeps its certificate log."""
+    return store_dir_of(store) / "log"
+
+
+def logged_certificates(
+    store: SqlStore, trusted: list[Ed25519PublicKey] | None
+) -> tuple[list[Logged], list[str]]:
+    """The log's certificates and the problems found reading them."""
+    log_dir = log_dir_of(store)
+    if not (log_dir / certlog.LOG_NAME).exists() and not (log_dir / certlog.HEAD_NAME).exists():
+        return [], []
+    signed = (log_dir / certlog.SIGNED_HEAD_NAME).exists()
+    try:
+        certlog.verify_log(log_dir, trusted if (trusted and signed) else None)
+        if trusted and not signed and certlog.read_entries(log_dir):
+            return [], [f"{log_dir / certlog.SIGNED_HEAD_NAME}: missing: the certificate "
+                        "log head is not signed, so deleted entries cannot be ruled out"]
+        entries = certlog.read_entries(log_dir)
+    except AuditorError as exc:
+        return [], [str(exc)]
+    found: list[Logged] = []
+    problems: list[str] = []
+    for entry in entries:
+        try:
+            data = store.blobs.read_bytes(entry.cert_sha256, f"certificate log line {entry.seq}")
+            statement = open_envelope(data, None, require_signature=False,
+                                      source=f"certificate sha256:{entry.cert_sha256[:12]}…")
+        except AuditorError as exc:
+            problems.append(f"certificate log line {entry.seq}: {exc}")
+            continue
+        if statement.predicate.original_run != entry.run_id:
+            problems.append(f"certificate log line {entry.seq}: names run {entry.run_id} but "
+                            f"its certificate certifies run {statement.predicate.original_run}")
+        found.append(Logged(entry.seq, entry.cert_sha256, statement))
+    return found, problems
+
+
+def index_problems(store: SqlStore, trusted: list[Ed25519PublicKey] | None) -> list[str]:
+    """What is wrong with the log, or with the certificates table measured against it."""
+    logged, problems = logged_certificates(store, trusted)
+    if problems and not logged:
+        return problems
+    rows = {row.sha256: row for row in store.certificates()}
+    by_sha = {item.sha256: item for item in logged}
+    for item in logged:
+        row = rows.get(item.sha256)
+        if row is None:
+            pred = item.statement.predicate
+            problems.append(
+                f"certificate sha256:{item.sha256} (log line {item.line}, run "
+                f"{pred.original_run}, {pred.verdict}, issued {pred.issued_at:%Y-%m-%d}) is "
+                "missing from the certificates table: it was deleted behind the log's back")
+        else:
+            problems += _row_problems(row, item)
+    for sha, row in rows.items():
+        if sha not in by_sha:
+            problems.append(
+                f"certificates table: sha256:{sha} (run {row.run_id}, {row.verdict}) is not in "
+                "the certificate log: it was added behind the log's back")
+    return problems
+
+
+def _row_problems(row: CertificateRow, item: Logged) -> list[str]:
+    pred = item.statement.predicate
+    signed = {
+        "run_id": pred.original_run,
+        "rerun_id": pred.rerun_run,
+        "verdict": pred.verdict,
+        "issued_at": pred.issued_at.astimezone(UTC).isoformat(),
+        "subjects": tuple(s.digest.get("sha256", "") for s in item.statement.subject),
+    }
+    issued = row.issued_at if row.issued_at.tzinfo else row.issued_at.replace(tzinfo=UTC)
+    stored = {"run_id": row.run_id, "rerun_id": row.rerun_id, "verdict": row.verdict,
+              "issued_at": issued.astimezone(UTC).isoformat(),
+              "subjects": row.subjects}
+    return [f"certificates table: sha256:{row.sha256} (log line {item.line}): {name} is "
+            f"{stored[name]!r} but the certificate says {signed[name]!r}: the row was edited"
+            for name in signed if stored[name] != signed[name]]
+
+
+def evidence_problems(store: SqlStore, statement: Statement, source: str) -> list[str]:
+    """What no longer matches between the store and a certificate's signed digests."""
+    pred = statement.predicate
+    record, problem = _record(store, pred.original_run, source)
+    if record is None:
+        return [problem]
+    now = record_sha256(record)
+    if now != pred.original_record_sha256:
+        return [f"{source}: the record of run {pred.original_run} was rewritten after it was "
+                f"certified (signed sha256:{pred.original_record_sha256[:16]}…, now "
+                f"sha256:{now[:16]}…)"]
+    problems = _rerun_problems(store, statement, source) + series_problems(store, record)
+    artifacts = {a.name: a for a in record.artifacts}
+    for subject in statement.subject:
+        sha = subject.digest.get("sha256", "")
+        if subject.name.startswith("record:"):
+            if sha != now:
+                problems.append(f"{source}: subject {subject.name} sha256:{sha[:16]}… is not "
+                                f"the record's digest sha256:{now[:16]}…")
+            continue
+        problems += _subject_problems(store, subject.name, sha, artifacts, source)
+    return problems
+
+
+def series_problems(store: SqlStore, record: RunRecord) -> list[str]:
+    """The stored metric points against the series digest the record holds."""
+    signed = record.metrics.series_sha256
+    if signed is None:
+        return []
+    now = series_digest(store.iter_metrics(record.identity.id))
+    if now == signed:
+        return []
+    return [f"run {record.identity.id}: the stored metric series does not match the record's "
+            f"series_sha256 ({signed[:16]}…, now {now[:16]}…): metric points were changed, "
+            "added or deleted behind auditor's back"]
+
+
+def _subject_problems(store: SqlStore, name: str, sha: str, artifacts: dict[str, ArtifactRef],
+                      source: str) -> list[str]:
+    art = artifacts.get(name)
+    if art is None or art.sha256 != sha:
+        return [f"{source}: subject {name} (sha256:{sha[:16]}…) is not that artifact of the "
+                "certified run's record"]
+    try:
+        store.blobs.verified_path(sha, name)
+    except IntegrityError as exc:
+        return [f"{source}: {exc}"]
+    return []
+
+
+def _rerun_problems(store: SqlStore, statement: Statement, source: str) -> list[str]:
+    pred = statement.predicate
+    if not pred.rerun_run or not pred.rerun_record_sha256:
+        return []
+    rerun, problem = _record(store, pred.rerun_run, source)
+    if rerun is None:
+        return [problem]
+    signed_part = rerun.model_copy(update={
+        "artifacts": tuple(a for a in rerun.artifacts if a.name != RESULT_ARTIFACT)})
+    if record_sha256(signed_part) != pred.rerun_record_sha256:
+        return [f"{source}: the record of rerun {pred.rerun_run} was rewritten after it was "
+                "certified"]
+    return []
+
+
+def _record(store: SqlStore, run_id: str, source: str) -> tuple[RunRecord | None, str]:
+    try:
+        return store.get_record(run_id), ""
+    except RunNotFound:
+        return None, f"{source}: run {run_id} is no longer in the store (deleted behind our back)"
+    except AuditorError as exc:
+        return None, f"{source}: {exc}"
+
+
+def raise_first(problems: list[str], what: str) -> None:
+    """``IntegrityError`` naming the first problem (and how many more) when there are any."""
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise IntegrityError(f"{what}: {problems[0]}{more}",
+                             hint="the store was changed behind auditor's back; run `audit fsck`")

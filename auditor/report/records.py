@@ -1,0 +1,199 @@
+"""Terminal rendering with rich: run tables and readable records.
+
+Tables go to stdout, progress and notices to stderr. Colour is off when stdout is not a
+terminal or ``NO_COLOR`` is set (rich honours both), so CI logs carry no escapes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from auditor.core.schema import RunRecord
+from auditor.store.base import RunSummary
+
+
+def console(*, err: bool = False) -> Console:
+    """A console for stdout or stderr that respects NO_COLOR and non-TTY output."""
+    stream = sys.stderr if err else sys.stdout
+    wide = None if stream.isatty() else 240  # never cut columns in pipes and CI logs
+    return Console(
+        stderr=err,
+        no_color=bool(os.environ.get("NO_COLOR")) or None,
+        highlight=False,
+        soft_wrap=True,
+        width=wide,
+        height=None if wide is None else 50,
+    )
+
+
+def fmt_float(value: float) -> str:
+    """Short, exact-enough display of a metric value (nan/inf spelled out)."""
+    return f"{value:.6g}"
+
+
+def print_runs(runs: Sequence[RunSummary]) -> None:
+    """The ``audit list`` table."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("id", "started (UTC)", "status", "name", "commit", "metrics"):
+        table.add_column(col, no_wrap=col != "metrics")
+    for r in runs:
+        commit = (r.commit or "-")[:10] + ("*" if r.dirty else "")
+        metrics = "  ".join(f"{k}={fmt_float(v)}" for k, v in list(r.final_metrics.items())[:3])
+        table.add_row(
+            r.id, r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.status, r.name, commit, metrics
+        )
+    out = console()
+    out.print(table)
+    if not runs:
+        out.print("no runs recorded yet: try `audit record -- python train.py`")
+
+
+def _section(out: Console, title: str, rows: Sequence[tuple[str, object]]) -> None:
+    out.print(f"[bold]{title}[/]")
+    for key, value in rows:
+        if value not in (None, "", (), [], {}):
+            out.print(f"  {key:<22} {value}")
+
+
+def _untracked_rows(rec: RunRecord) -> list[tuple[str, object]]:
+    """Each untracked file captured as source, with its size."""
+    assert rec.code is not None
+    rows: list[tuple[str, object]] = []
+    for name in rec.code.untracked_artifacts:
+        ref = rec.artifact(name)
+        rows.append((name.removeprefix("code/untracked/"), f"{ref.size} B" if ref else "?"))
+    return rows
+
+
+def print_record(rec: RunRecord) -> None:
+    """The ``audit show`` view: each section a few lines, full detail in ``--json``."""
+    out = console()
+    ident, env = rec.identity, rec.environment
+    _section(
+        out,
+        f"run {ident.id}",
+        [
+            ("name", ident.name),
+            ("status", f"{ident.status} (exit {ident.exit_code})"),
+            ("user@host", f"{ident.user}@{ident.host}"),
+            ("started", ident.started_at.isoformat()),
+            ("duration", f"{ident.duration_s:.2f} s" if ident.duration_s is not None else None),
+            ("reproduces", ident.reproduces),
+            ("tags", ", ".join(ident.tags)),
+        ],
+    )
+    _section(
+        out,
+        "command",
+        [
+            ("argv", " ".join(rec.command.argv)),
+            ("cwd", rec.command.cwd),
+            ("outside the tree", "; ".join(rec.command.outside_tree)),
+        ],
+    )
+    if rec.code:
+        c = rec.code
+        _section(
+            out,
+            "code",
+            [
+                ("vcs", c.vcs),
+                ("commit", c.commit),
+                ("branch", c.branch),
+                ("remote", c.remote),
+                ("dirty", c.dirty),
+                ("untracked files", len(c.untracked_artifacts)),
+                ("tree sha256", c.tree_sha256),
+                ("left out", ", ".join(c.excluded)),
+            ],
+        )
+        _section(out, "untracked files (stored as code)", _untracked_rows(rec))
+    _section(out, "params", sorted(rec.params.items()))
+    s = rec.seeds
+    _section(
+        out,
+        "seeds",
+        [
+            ("seed", s.seed),
+            ("seeded", ", ".join(s.seeded)),
+            ("PYTHONHASHSEED", s.pythonhashseed),
+            ("torch initial seed", s.torch_initial_seed),
+        ],
+    )
+    if rec.determinism:
+        _section(
+            out,
+            f"determinism ({rec.determinism.source})",
+            [(k, v) for k, v in rec.determinism.model_dump().items() if k != "source"],
+        )
+    py = env.python
+    if py:
+        lock = py.lock
+        _section(
+            out,
+            "python",
+            [
+                ("version", f"{py.version} ({py.implementation})"),
+                ("executable", py.executable),
+                ("packages", len(py.packages)),
+                (
+                    "lockfile",
+                    f"{lock.artifact} ({lock.origin}, sha256 {lock.sha256[:12]}…)"
+                    if lock
+                    else None,
+                ),
+                ("lock drift", "; ".join(lock.drift) if lock else None),
+            ],
+        )
+    if env.system:
+        sy = env.system
+        _section(
+            out,
+            "system",
+            [
+                ("os", sy.os),
+                ("kernel", sy.kernel),
+                ("glibc", sy.glibc),
+                ("cpu", f"{sy.cpu_model} x{sy.cpu_count}"),
+                ("ram", f"{(sy.ram_bytes or 0) / 2**30:.1f} GiB"),
+            ],
+        )
+    if env.accelerators:
+        acc = env.accelerators
+        gpus = ", ".join(f"{g.name} (cc {g.compute_capability})" for g in acc.gpus)
+        _section(
+            out,
+            "gpus",
+            [
+                ("gpus", gpus or "none"),
+                ("driver", acc.driver_version),
+                ("cuda", acc.torch_cuda),
+                ("cudnn", acc.cudnn),
+            ],
+        )
+    _section(
+        out,
+        "data",
+        [
+            (d.path, f"{d.kind} {d.size} B sha256 {d.sha256[:16]}…"
+             + (" (untracked in the repository: fingerprinted as data)"
+                if d.origin == "untracked" else ""))
+            for d in rec.data
+        ],
+    )
+    _section(out, "metrics (final)", [(k, fmt_float(v)) for k, v in rec.metrics.final.items()])
+    _section(
+        out,
+        "artifacts",
+        [
+            (a.name, f"{a.kind} {a.size} B {a.sha256[:12]}…")
+            for a in rec.artifacts
+            if a.kind in ("output", "log")
+        ],
+    )
+    _section(out, "not captured", sorted(rec.not_captured.items()))
