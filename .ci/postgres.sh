@@ -39,7 +39,12 @@ if ! _pg "'$pg_bin/pg_ctl' -D '$pg_data' status" >/dev/null 2>&1; then
 fi
 _pg "'$pg_bin/psql' -qAt -h '$pg_sock' -p $pg_port -c 'select 1'" >/dev/null \
   || _pg_fail "the server does not answer on $pg_sock"
-pg_password="$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
+# one password per cluster, kept beside it (root only): sourcing again must not cut off
+# a test run that is already using the URL
+if [ ! -s "$pg_root/password" ]; then
+  (umask 077; head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$pg_root/password")
+fi
+pg_password="$(cat "$pg_root/password")"
 _pg "'$pg_bin/psql' -q -v ON_ERROR_STOP=1 -h '$pg_sock' -p $pg_port" <<SQL >/dev/null
 DO \$\$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'auditor_ci') THEN
