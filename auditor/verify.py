@@ -38,7 +38,7 @@ from auditor.rerun.sandbox import (
     prepare,
     scratch_dir,
 )
-from auditor.store import SqlStore, store_dir_of
+from auditor.store import RunStore, store_dir_of
 
 Progress = Callable[[str], None]
 
@@ -66,7 +66,7 @@ def _env_path(name: str) -> Path | None:
 
 
 def verify(
-    store: SqlStore,
+    store: RunStore,
     run_ref: str,
     policy: Policy,
     opts: VerifyOptions,
@@ -127,7 +127,7 @@ def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
         timings[name] = (datetime.now(UTC) - start).total_seconds()
 
 
-def _check_verifiable(store: SqlStore, record: RunRecord) -> None:
+def _check_verifiable(store: RunStore, record: RunRecord) -> None:
     """A finished run whose every stored artifact still hashes to its name."""
     if record.identity.status != "finished":
         raise InputError(
@@ -141,7 +141,7 @@ def _check_verifiable(store: SqlStore, record: RunRecord) -> None:
     raise_first(series_problems(store, record), "cannot verify")  # edited metric points
 
 
-def rerun_only(store: SqlStore, original: RunRecord, policy: Policy, opts: VerifyOptions,
+def rerun_only(store: RunStore, original: RunRecord, policy: Policy, opts: VerifyOptions,
                say: Progress) -> RunRecord:
     """``audit rerun``: build and rerun without comparing."""
     _check_verifiable(store, original)
@@ -150,7 +150,7 @@ def rerun_only(store: SqlStore, original: RunRecord, policy: Policy, opts: Verif
 
 
 def _rerun(
-    store: SqlStore,
+    store: RunStore,
     original: RunRecord,
     built: BuildResult,
     opts: VerifyOptions,
@@ -192,7 +192,7 @@ def _repository(original: RunRecord) -> tuple[Path, ...]:
 
 
 def _series(
-    store: SqlStore, original: RunRecord, rerun: RunRecord, max_points: int = 400
+    store: RunStore, original: RunRecord, rerun: RunRecord, max_points: int = 400
 ) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """Metric curves of both runs, downsampled for plots."""
     out: dict[str, dict[str, list[tuple[int, float]]]] = {}
@@ -216,7 +216,7 @@ def _looks_like_file(ref: str) -> bool:
     return "/" in ref or "." in ref
 
 
-def load_verify_result(store: SqlStore, ref: str) -> VerifyResult:
+def load_verify_result(store: RunStore, ref: str) -> VerifyResult:
     """The stored result of the latest verification of a run (original or rerun id), or of
     the verification a certificate file names."""
     from auditor.certify.issue import stored_result

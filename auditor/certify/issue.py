@@ -31,7 +31,7 @@ from auditor.core.errors import CorruptRecord, CouldNotVerify
 from auditor.core.keys import load_private_key
 from auditor.core.schema import ArtifactRef, RunRecord, record_sha256
 from auditor.core.version import __version__
-from auditor.store import CertificateRow, SqlStore, store_dir_of
+from auditor.store import CertificateRow, RunStore, store_dir_of
 
 RESULT_ARTIFACT = "verify/result.json"
 
@@ -55,7 +55,7 @@ def subjects_of(original: RunRecord, verdict: Verdict) -> list[Subject]:
 
 
 def issue_certificate(
-    store: SqlStore,
+    store: RunStore,
     result: VerifyResult,
     original: RunRecord,
     rerun: RunRecord,
@@ -114,7 +114,7 @@ def issue_certificate(
     return final
 
 
-def _store_result(store: SqlStore, rerun: RunRecord, result: VerifyResult) -> None:
+def _store_result(store: RunStore, rerun: RunRecord, result: VerifyResult) -> None:
     sha, size = store.blobs.put_bytes(result.model_dump_json(indent=1).encode())
     ref = ArtifactRef(name=RESULT_ARTIFACT, sha256=sha, size=size, kind="report")
     current = store.get_record(rerun.identity.id)
@@ -122,7 +122,7 @@ def _store_result(store: SqlStore, rerun: RunRecord, result: VerifyResult) -> No
     store.put_record(current.model_copy(update={"artifacts": (*kept, ref)}))
 
 
-def stored_result(store: SqlStore, rerun: RunRecord) -> VerifyResult:
+def stored_result(store: RunStore, rerun: RunRecord) -> VerifyResult:
     """The VerifyResult stored with a rerun."""
     ref = rerun.artifact(RESULT_ARTIFACT)
     if ref is None:

@@ -22,7 +22,7 @@ from auditor.core.errors import AuditorError, IntegrityError
 from auditor.core.version import __version__
 
 if TYPE_CHECKING:  # imported when a command needs them: `audit --help` starts fast
-    from auditor.store import SqlStore
+    from auditor.store import RunStore
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Ctx:
     debug: bool
     blobs_location: str | None = None
 
-    def store(self, *, create: bool = True) -> SqlStore:
+    def store(self, *, create: bool = True) -> RunStore:
         """Open the selected store."""
         from auditor.store import open_store
 

@@ -21,17 +21,17 @@ from auditor.core.errors import InputError, NotReproduced
 
 if TYPE_CHECKING:  # imported where used: `audit build` and `lock` need no comparers
     from auditor.certify.verdict import VerifyResult
-    from auditor.store import SqlStore
+    from auditor.store import RunStore
 
 PathType = click.Path(path_type=Path, dir_okay=False)
 RESULT_LIMIT = 256 * 1024 * 1024
 
 
 class _StoreOwner(Protocol):
-    def store(self, *, create: bool = True) -> SqlStore: ...
+    def store(self, *, create: bool = True) -> RunStore: ...
 
 
-def store_of(ctx: click.Context) -> SqlStore:
+def store_of(ctx: click.Context) -> RunStore:
     """The store named by the root command's options (existing stores only)."""
     from auditor.store import open_store
 

@@ -19,7 +19,7 @@ import click
 
 from auditor.cli.release import store_of, wants_json
 from auditor.core.errors import AuditorError, InputError
-from auditor.store import SqlStore
+from auditor.store import RunStore
 
 PathArg = click.Path(path_type=Path)
 
@@ -358,7 +358,7 @@ def _check_targets(kw: dict[str, Any]) -> None:
 
 
 def _verify_many(
-    store: SqlStore, ids: list[str], policy: Any, opts: Any, quiet: bool
+    store: RunStore, ids: list[str], policy: Any, opts: Any, quiet: bool
 ) -> tuple[list[Any], list[tuple[str, int, str]]]:
     from auditor.verify import verify
 
@@ -373,7 +373,7 @@ def _verify_many(
     return results, failures
 
 
-def _select(store: SqlStore, kw: dict[str, Any]) -> list[str]:
+def _select(store: RunStore, kw: dict[str, Any]) -> list[str]:
     since = _age(kw["since"]) if kw.get("since") else None
     chosen = []
     for r in store.list_runs():

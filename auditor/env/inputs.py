@@ -19,7 +19,7 @@ from auditor.core.schema import RunRecord
 from auditor.core.version import __version__
 from auditor.env.build import BuildInputs, BuildResult, build, default_base_image
 from auditor.env.venv import venv_root_for
-from auditor.store import SqlStore, store_dir_of
+from auditor.store import RunStore, store_dir_of
 
 Progress = Callable[[str], None]
 
@@ -61,7 +61,7 @@ def _env_path(name: str) -> Path | None:
     return Path(value) if value else None
 
 
-def load_lock(store: SqlStore, record: RunRecord, *, allow_unhashed: bool = False) -> Lock:
+def load_lock(store: RunStore, record: RunRecord, *, allow_unhashed: bool = False) -> Lock:
     """The run's lockfile; a derived (unhashed) one is hashed with pip-tools first, once
     (``auditor.env.lock_cache``: the compiled lock is kept in the store and reused)."""
     py = record.environment.python
@@ -82,7 +82,7 @@ def load_lock(store: SqlStore, record: RunRecord, *, allow_unhashed: bool = Fals
     return parse_requirements_lock(text, name=name, allow_unhashed=allow_unhashed)
 
 
-def _derived_lock_note(store: SqlStore, record: RunRecord) -> list[str]:
+def _derived_lock_note(store: RunStore, record: RunRecord) -> list[str]:
     """The certificate names the lock a derived run was really rebuilt from."""
     from auditor.env.lock_cache import cached_lock_ref
 
@@ -92,7 +92,7 @@ def _derived_lock_note(store: SqlStore, record: RunRecord) -> list[str]:
         f"set (pip-compile --generate-hashes, {ref.packages} packages, sha256 {ref.sha256})"]
 
 
-def inputs_for(store: SqlStore, record: RunRecord, opts: BuildOptions) -> BuildInputs:
+def inputs_for(store: RunStore, record: RunRecord, opts: BuildOptions) -> BuildInputs:
     """The build inputs of a run: its lock, recorded Python, base image and build inputs."""
     py = record.environment.python
     lock = load_lock(store, record, allow_unhashed=opts.allow_unhashed)
@@ -116,7 +116,7 @@ def inputs_for(store: SqlStore, record: RunRecord, opts: BuildOptions) -> BuildI
 
 
 def build_for(
-    store: SqlStore, record: RunRecord, opts: BuildOptions, say: Progress
+    store: RunStore, record: RunRecord, opts: BuildOptions, say: Progress
 ) -> BuildResult:
     """Build (or reuse) a run's environment and remember the build in the store."""
     inputs = inputs_for(store, record, opts)

@@ -29,7 +29,7 @@ from auditor.core.errors import AuditorError
 from auditor.core.lockfile import Lock, parse_requirements_lock, sha256_text
 from auditor.core.schema import RunRecord
 from auditor.env.lock import lock_from_packages
-from auditor.store import SqlStore, store_dir_of
+from auditor.store import RunStore, store_dir_of
 
 INDEX_SCHEMA = 1
 COMPILED_NAME = "requirements.compiled.lock"
@@ -53,7 +53,7 @@ def derived_lock_key(derived_sha256: str, python: str) -> str:
     return sha256_text(json.dumps(material, sort_keys=True))
 
 
-def _index_path(store: SqlStore, key: str) -> Path:
+def _index_path(store: RunStore, key: str) -> Path:
     return store_dir_of(store) / "locks" / "derived" / f"{key}.json"
 
 
@@ -64,7 +64,7 @@ def _key_of(record: RunRecord) -> str | None:
     return derived_lock_key(py.lock.sha256, py.version)
 
 
-def cached_lock_ref(store: SqlStore, record: RunRecord) -> CompiledLockRef | None:
+def cached_lock_ref(store: RunStore, record: RunRecord) -> CompiledLockRef | None:
     """The compiled lock of a derived run, when one was compiled (else None)."""
     key = _key_of(record)
     if key is None:
@@ -78,7 +78,7 @@ def cached_lock_ref(store: SqlStore, record: RunRecord) -> CompiledLockRef | Non
         return None
 
 
-def compiled_lock(store: SqlStore, record: RunRecord, derived_text: str,
+def compiled_lock(store: RunStore, record: RunRecord, derived_text: str,
                   find_links: list[Path]) -> Lock:
     """The hashed lock of a derived run: reused from the store, else compiled once."""
     key = _key_of(record)

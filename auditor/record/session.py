@@ -45,7 +45,7 @@ from auditor.record.capture.secrets import (
 )
 from auditor.record.capture.streams import OwnLogs
 from auditor.record.capture.system import capture_system
-from auditor.store import SqlStore, repo_root
+from auditor.store import RunStore, repo_root
 from auditor.store.base import series_digest
 
 
@@ -96,13 +96,13 @@ def outside_tree(plan: Plan) -> tuple[str, ...]:
     return tuple(found)
 
 
-def begin(store: SqlStore, plan: Plan, store_dir: Path) -> RunRecord:
+def begin(store: RunStore, plan: Plan, store_dir: Path) -> RunRecord:
     """Capture the pre-training state and store the run as ``running``."""
     return begin_capture(store, plan, store_dir)[0]
 
 
 def begin_capture(
-    store: SqlStore, plan: Plan, store_dir: Path
+    store: RunStore, plan: Plan, store_dir: Path
 ) -> tuple[RunRecord, git_capture.CodeCapture]:
     """``begin``, also returning the code capture (``wrap`` drops, after the run, the
     untracked files the run changed: see ``git.without_changed``)."""
@@ -176,7 +176,7 @@ def _without_own(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def _code(
-    root: Path | None, plan: Plan, store: SqlStore, store_dir: Path, notes: dict[str, str]
+    root: Path | None, plan: Plan, store: RunStore, store_dir: Path, notes: dict[str, str]
 ) -> git_capture.CodeCapture:
     if root is not None and plan.code_dir is None:
         cap = git_capture.capture_git(root, store.blobs, store_dir, plan.own_logs)
@@ -226,7 +226,7 @@ def _lock_dirs(cwd: Path, root: Path | None) -> list[Path]:
 
 
 def _python(
-    plan: Plan, store: SqlStore, lock_dirs: list[Path], notes: dict[str, str]
+    plan: Plan, store: RunStore, lock_dirs: list[Path], notes: dict[str, str]
 ) -> tuple[PythonEnv | None, list[ArtifactRef]]:
     """The training interpreter, with its lockfile (project or derived) attached."""
     interpreter = plan.python
@@ -243,7 +243,7 @@ def _python(
 
 
 def _lockfile(
-    py: PythonEnv, store: SqlStore, lock_dirs: list[Path], notes: dict[str, str]
+    py: PythonEnv, store: RunStore, lock_dirs: list[Path], notes: dict[str, str]
 ) -> tuple[LockRef | None, list[ArtifactRef]]:
     from auditor.core import lockfile as lockmod
     from auditor.record.capture.secrets import redact_text
@@ -366,7 +366,7 @@ def _default_name(argv: Sequence[str]) -> str:
 
 
 def finish(
-    store: SqlStore,
+    store: RunStore,
     record: RunRecord,
     *,
     status: str,

@@ -33,7 +33,7 @@ from auditor.record.attached import (
 from auditor.record.capture import determinism as det
 from auditor.record.capture.secrets import redact_params, redacted_env_value
 from auditor.record.outputs import store_artifact
-from auditor.store import SqlStore, open_store, store_dir_of
+from auditor.store import RunStore, open_store, store_dir_of
 
 FLUSH_POINTS = 1000
 __all__ = ["AttachedRun", "Run", "seed_everything", "start_run"]
@@ -42,7 +42,7 @@ __all__ = ["AttachedRun", "Run", "seed_everything", "start_run"]
 class Run(MetricLogger):
     """A run being recorded. Use as a context manager; see ``start_run``."""
 
-    def __init__(self, record: RunRecord, *, store: SqlStore, seed: int | None = None) -> None:
+    def __init__(self, record: RunRecord, *, store: RunStore, seed: int | None = None) -> None:
         super().__init__(record.params)
         self.record = record
         self.id = record.identity.id

@@ -34,7 +34,7 @@ from auditor.record.capture import git as git_capture
 from auditor.record.capture.secrets import redact_bytes, redact_params, redacted_env_value
 from auditor.record.capture.streams import OwnLogs, find_own_logs
 from auditor.record.outputs import DEFAULT_MAX_OUTPUT_BYTES
-from auditor.store import MetricPoint, SqlStore, store_dir_of
+from auditor.store import MetricPoint, RunStore, store_dir_of
 from auditor.store.sql import bits_to_float
 
 PROBE_PATH = Path(__file__).parent / "probe"
@@ -74,7 +74,7 @@ class WrapResult:
 class MetricSink:
     """Parses stdout lines into metric points and flushes them to the store in batches."""
 
-    def __init__(self, store: SqlStore, run_id: str, regex: re.Pattern[str] | None) -> None:
+    def __init__(self, store: RunStore, run_id: str, regex: re.Pattern[str] | None) -> None:
         self.store, self.run_id, self.regex = store, run_id, regex
         self.buffer: list[MetricPoint] = []
         self.final: dict[str, float] = {}
@@ -240,7 +240,7 @@ def child_env(
     return env
 
 
-def record_command(store: SqlStore, opts: WrapOptions) -> WrapResult:
+def record_command(store: RunStore, opts: WrapOptions) -> WrapResult:
     """Run ``opts.argv`` under recording and return the stored record and exit code."""
     if not opts.argv:
         raise InputError("no command given", hint="usage: audit record [OPTIONS] -- CMD ...")
@@ -251,7 +251,7 @@ def record_command(store: SqlStore, opts: WrapOptions) -> WrapResult:
         raise SystemExit(128 + stop.signum) from None
 
 
-def _record(store: SqlStore, opts: WrapOptions, signals: _Signals) -> WrapResult:
+def _record(store: RunStore, opts: WrapOptions, signals: _Signals) -> WrapResult:
     regex = compile_regex(opts.metrics_regex)
     env = dict(opts.env if opts.env is not None else os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")  # live streaming; recorded and replayed alike
@@ -306,7 +306,7 @@ def _record(store: SqlStore, opts: WrapOptions, signals: _Signals) -> WrapResult
 class _Child:
     """What a recording carries from start to finish."""
 
-    store: SqlStore
+    store: RunStore
     opts: WrapOptions
     record: RunRecord
     env: dict[str, str]
@@ -490,7 +490,7 @@ def _finish(
     )
 
 
-def _logs(store: SqlStore, out: str, err: str) -> list[ArtifactRef]:
+def _logs(store: RunStore, out: str, err: str) -> list[ArtifactRef]:
     """The scrubbed logs as artifacts (StoreError when the store cannot take them)."""
     failures: list[str] = []
     refs, rescued = _store_logs(store, "rerun", out, err, failures)
@@ -500,7 +500,7 @@ def _logs(store: SqlStore, out: str, err: str) -> list[ArtifactRef]:
 
 
 def _store_logs(
-    store: SqlStore, run_id: str, out: str, err: str, failures: list[str]
+    store: RunStore, run_id: str, out: str, err: str, failures: list[str]
 ) -> tuple[list[ArtifactRef], Path | None]:
     """The scrubbed logs as artifacts; when the store cannot take them they are written to
     a private folder instead (returned) and the failure is named in ``failures``."""
@@ -520,7 +520,7 @@ def _store_logs(
 
 
 def _ingest_api(
-    store: SqlStore,
+    store: RunStore,
     run_id: str,
     probe: Path,
     sink: MetricSink,

@@ -22,7 +22,7 @@ from auditor.release.tamper import (
     logged_certificates,
     series_problems,
 )
-from auditor.store import SqlStore, signatures
+from auditor.store import RunStore, signatures
 from auditor.store.sql import _parse_record
 
 
@@ -39,7 +39,7 @@ class FsckReport:
         self.lines.append(f"BAD  {message}")
 
 
-def check_store(store: SqlStore, *, repair: bool = False,
+def check_store(store: RunStore, *, repair: bool = False,
                 keys: Sequence[Ed25519PublicKey] = ()) -> FsckReport:
     """Check everything; with ``repair`` remove stray temp files."""
     report = FsckReport()
@@ -64,7 +64,7 @@ def check_store(store: SqlStore, *, repair: bool = False,
     return report
 
 
-def _check_records(store: SqlStore, report: FsckReport) -> int:
+def _check_records(store: RunStore, report: FsckReport) -> int:
     count = 0
     for run_id, text, sha in list(store.all_records()):  # no nested read transactions
         count += 1
@@ -81,7 +81,7 @@ def _check_records(store: SqlStore, report: FsckReport) -> int:
     return count
 
 
-def _check_objects(store: SqlStore, report: FsckReport) -> int:
+def _check_objects(store: RunStore, report: FsckReport) -> int:
     count = 0
     for claimed, actual in store.blobs.object_digests():
         count += 1
@@ -92,7 +92,7 @@ def _check_objects(store: SqlStore, report: FsckReport) -> int:
 
 
 
-def _check_certificates(store: SqlStore, report: FsckReport,
+def _check_certificates(store: RunStore, report: FsckReport,
                         keys: list[Ed25519PublicKey] | None) -> int:
     for problem in index_problems(store, keys):
         report.bad(problem)

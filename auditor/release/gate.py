@@ -57,8 +57,7 @@ from auditor.core.capped import POLICY_LIMIT, read_capped
 from auditor.core.errors import InputError, IntegrityError
 from auditor.core.keys import keyid, load_public_key
 from auditor.release.tamper import evidence_problems, index_problems, raise_first
-from auditor.store.base import CertificateRow
-from auditor.store.sql import SqlStore
+from auditor.store.base import CertificateRow, RunStore
 
 CLOCK_SKEW = timedelta(minutes=5)
 REQUIREMENTS = ("registered", "certificate", "signature", "subject", "level", "isolation",
@@ -162,7 +161,7 @@ def trusted_keys(policy: GatePolicy, extra: Sequence[Path] = ()) -> list[Ed25519
     return keys
 
 
-def check_artifacts(store: SqlStore, paths: Sequence[Path], policy: GatePolicy, *,
+def check_artifacts(store: RunStore, paths: Sequence[Path], policy: GatePolicy, *,
                     extra_keys: Sequence[Path] = (), now: datetime | None = None) -> GateReport:
     """Check every artifact against the store's certificates (see the module contract)."""
     if not paths:
@@ -177,7 +176,7 @@ def check_artifacts(store: SqlStore, paths: Sequence[Path], policy: GatePolicy, 
     return GateReport(tuple(_check_one(store, Path(p), policy, keys, when) for p in paths))
 
 
-def _check_one(store: SqlStore, path: Path, policy: GatePolicy,
+def _check_one(store: RunStore, path: Path, policy: GatePolicy,
                keys: list[Ed25519PublicKey], now: datetime) -> GateFinding:
     sha = file_sha256(path)
     if policy.require_registered and not store.runs_with_artifact(sha):
@@ -191,7 +190,7 @@ def _check_one(store: SqlStore, path: Path, policy: GatePolicy,
     return next((f for f in findings if f.passed), findings[0])
 
 
-def _not_compared(store: SqlStore, sha: str) -> str:
+def _not_compared(store: RunStore, sha: str) -> str:
     """Why an output of a certified run is not a subject: its policy did not compare it."""
     for run_id, name in store.runs_with_artifact(sha):
         for row in store.certificates(run_id=run_id):
@@ -205,7 +204,7 @@ def _not_compared(store: SqlStore, sha: str) -> str:
     return ""
 
 
-def _check_certificate(store: SqlStore, row: CertificateRow, path: Path, sha: str,
+def _check_certificate(store: RunStore, row: CertificateRow, path: Path, sha: str,
                        policy: GatePolicy, keys: list[Ed25519PublicKey],
                        now: datetime) -> GateFinding:
     data = store.blobs.read_bytes(row.sha256, f"certificate {row.sha256[:12]}")
@@ -226,7 +225,7 @@ def _check_certificate(store: SqlStore, row: CertificateRow, path: Path, sha: st
     return GateFinding(path, sha, True, "", message, row.sha256, pred.verdict, pred.original_run)
 
 
-def _statement_failure(store: SqlStore, statement: Statement, sha: str, policy: GatePolicy,
+def _statement_failure(store: RunStore, statement: Statement, sha: str, policy: GatePolicy,
                        now: datetime) -> tuple[str, str] | None:
     pred = statement.predicate
     if not any(s.digest.get("sha256", "").lower() == sha for s in statement.subject):
@@ -277,7 +276,7 @@ def _age_failure(issued: datetime, policy: GatePolicy, now: datetime) -> tuple[s
     return None
 
 
-def _latest_failure(store: SqlStore, statement: Statement,
+def _latest_failure(store: RunStore, statement: Statement,
                     policy: GatePolicy) -> tuple[str, str] | None:
     if not policy.latest_only:
         return None

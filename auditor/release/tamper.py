@@ -36,7 +36,7 @@ from auditor.certify.certificate import Statement, open_envelope
 from auditor.certify.issue import RESULT_ARTIFACT
 from auditor.core.errors import AuditorError, IntegrityError, RunNotFound
 from auditor.core.schema import ArtifactRef, RunRecord, record_sha256
-from auditor.store import CertificateRow, SqlStore, store_dir_of
+from auditor.store import CertificateRow, RunStore, store_dir_of
 from auditor.store.base import series_digest
 
 
@@ -49,13 +49,13 @@ class Logged:
     statement: Statement
 
 
-def log_dir_of(store: SqlStore) -> Path:
+def log_dir_of(store: RunStore) -> Path:
     """Where the store keeps its certificate log."""
     return store_dir_of(store) / "log"
 
 
 def logged_certificates(
-    store: SqlStore, trusted: list[Ed25519PublicKey] | None
+    store: RunStore, trusted: list[Ed25519PublicKey] | None
 ) -> tuple[list[Logged], list[str]]:
     """The log's certificates and the problems found reading them."""
     log_dir = log_dir_of(store)
@@ -87,7 +87,7 @@ def logged_certificates(
     return found, problems
 
 
-def index_problems(store: SqlStore, trusted: list[Ed25519PublicKey] | None) -> list[str]:
+def index_problems(store: RunStore, trusted: list[Ed25519PublicKey] | None) -> list[str]:
     """What is wrong with the log, or with the certificates table measured against it."""
     logged, problems = logged_certificates(store, trusted)
     if problems and not logged:
@@ -130,7 +130,7 @@ def _row_problems(row: CertificateRow, item: Logged) -> list[str]:
             for name in signed if stored[name] != signed[name]]
 
 
-def evidence_problems(store: SqlStore, statement: Statement, source: str) -> list[str]:
+def evidence_problems(store: RunStore, statement: Statement, source: str) -> list[str]:
     """What no longer matches between the store and a certificate's signed digests."""
     pred = statement.predicate
     record, problem = _record(store, pred.original_run, source)
@@ -154,7 +154,7 @@ def evidence_problems(store: SqlStore, statement: Statement, source: str) -> lis
     return problems
 
 
-def series_problems(store: SqlStore, record: RunRecord) -> list[str]:
+def series_problems(store: RunStore, record: RunRecord) -> list[str]:
     """The stored metric points against the series digest the record holds."""
     signed = record.metrics.series_sha256
     if signed is None:
@@ -167,7 +167,7 @@ def series_problems(store: SqlStore, record: RunRecord) -> list[str]:
             "added or deleted behind auditor's back"]
 
 
-def _subject_problems(store: SqlStore, name: str, sha: str, artifacts: dict[str, ArtifactRef],
+def _subject_problems(store: RunStore, name: str, sha: str, artifacts: dict[str, ArtifactRef],
                       source: str) -> list[str]:
     art = artifacts.get(name)
     if art is None or art.sha256 != sha:
@@ -180,7 +180,7 @@ def _subject_problems(store: SqlStore, name: str, sha: str, artifacts: dict[str,
     return []
 
 
-def _rerun_problems(store: SqlStore, statement: Statement, source: str) -> list[str]:
+def _rerun_problems(store: RunStore, statement: Statement, source: str) -> list[str]:
     pred = statement.predicate
     if not pred.rerun_run or not pred.rerun_record_sha256:
         return []
@@ -195,7 +195,7 @@ def _rerun_problems(store: SqlStore, statement: Statement, source: str) -> list[
     return []
 
 
-def _record(store: SqlStore, run_id: str, source: str) -> tuple[RunRecord | None, str]:
+def _record(store: RunStore, run_id: str, source: str) -> tuple[RunRecord | None, str]:
     try:
         return store.get_record(run_id), ""
     except RunNotFound:

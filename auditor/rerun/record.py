@@ -42,13 +42,13 @@ from auditor.record.capture.secrets import redact_env, redact_text
 from auditor.record.wrap import MetricSink, _ingest_api, _logs, compile_regex
 from auditor.rerun.ingest import collect_api_artifacts, collect_changed, stage_probe
 from auditor.rerun.sandbox import Executed, Prepared
-from auditor.store import SqlStore
+from auditor.store import RunStore
 
 Executor = Callable[[Callable[[int, str], None]], Executed]
 
 
 def record_rerun(
-    store: SqlStore, original: RunRecord, prep: Prepared, built: BuildResult, execute: Executor
+    store: RunStore, original: RunRecord, prep: Prepared, built: BuildResult, execute: Executor
 ) -> RunRecord:
     """Execute the rerun and store it as a run that reproduces ``original``."""
     rerun = _initial(original, prep, built)
@@ -133,7 +133,7 @@ def _initial(original: RunRecord, prep: Prepared, built: BuildResult) -> RunReco
 
 
 def _complete(
-    store: SqlStore, rerun: RunRecord, prep: Prepared, done: Executed, sink: MetricSink
+    store: RunStore, rerun: RunRecord, prep: Prepared, done: Executed, sink: MetricSink
 ) -> RunRecord:
     """Complete the rerun's record from what it left behind, all of it untrusted: only
     regular files inside its own tree and probe folder are read (``rerun_ingest``)."""

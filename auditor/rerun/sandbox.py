@@ -47,7 +47,7 @@ from auditor.record.capture.git import rebuild_tree
 from auditor.record.capture.secrets import REDACTED
 from auditor.record.outputs import Snapshot
 from auditor.record.wrap import PROBE_PATH
-from auditor.store import SqlStore
+from auditor.store import RunStore
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the auditor package
 SKIPPABLE = frozenset({"pythonhashseed", "threads", "env"})
@@ -119,7 +119,7 @@ class Executed:
 
 
 def prepare(
-    store: SqlStore,
+    store: RunStore,
     record: RunRecord,
     workdir: Path,
     *,

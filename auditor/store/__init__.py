@@ -92,14 +92,14 @@ def _guard_local(directory: Path) -> None:
         )
 
 
-def store_dir_of(store: SqlStore) -> Path:
+def store_dir_of(store: RunStore) -> Path:
     """The directory that holds the store's blobs (and, for SQLite, its database)."""
     return store.blobs.root
 
 
 def open_store(
     location: str | None = None, *, blobs: str | None = None, create: bool = True
-) -> SqlStore:
+) -> RunStore:
     """Open (and by default create) the store at ``location`` with artifacts at ``blobs``
     (see ``store/location.py`` for where each comes from when not given). With
     ``AUDITOR_SIGN_KEY`` set, every record the store writes is signed (``signatures``)."""

@@ -13,10 +13,15 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from auditor.core.schema import RunRecord
 from auditor.store.blobs import BlobStore
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from auditor.store.migrate import Upgrade
 
 
 class MetricPoint(NamedTuple):
@@ -75,10 +80,25 @@ class CertificateRow:
 
 
 class RunStore(Protocol):
-    """Where runs, metrics, artifacts and certificates live."""
+    """Where runs, metrics, artifacts and certificates live.
+
+    Every caller outside ``store/`` is typed against this protocol; only ``open_store``
+    names the implementation (``SqlStore``). Failures of the database surface as
+    ``StoreError``, never as the driver's or SQLAlchemy's own exceptions.
+    """
 
     blobs: BlobStore
-    url: str
+    url: str  # shown form: any password replaced by ***
+    upgrade: Upgrade  # what opening the store found and migrated
+
+    def get_meta(self, key: str) -> str | None:
+        """A value of the store's key/value ``meta`` table."""
+
+    def meta_items(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, value) of every ``meta`` row whose key starts with ``prefix``."""
+
+    def remember_meta(self, key: str, value: str) -> str:
+        """Set ``key`` unless it is set already; returns the value it has now."""
 
     def put_record(self, record: RunRecord, *, pid: int | None = None) -> None:
         """Insert or replace a run's record atomically (with its artifact index)."""
@@ -96,14 +116,41 @@ class RunStore(Protocol):
     def run_versions(self) -> dict[str, str]:
         """id -> record sha256 of every run (what changed since a cache last looked)."""
 
-    def add_metrics(self, run_id: str, points: Iterable[MetricPoint]) -> int:
+    def run_ids_reproducing(self, run_id: str) -> list[str]:
+        """Reruns that point at ``run_id``, newest first."""
+
+    def all_records(self) -> Iterator[tuple[str, str, str]]:
+        """(id, record JSON, stored digest) of every run, unparsed (for fsck)."""
+
+    def add_metrics(self, run_id: str,
+                    points: Iterable[MetricPoint | tuple[str, int, float, float]]) -> int:
         """Append metric points in one transaction; returns how many were stored."""
 
     def iter_metrics(self, run_id: str, key: str | None = None) -> Iterator[MetricPoint]:
         """A run's points in logging order (optionally one key)."""
 
+    def metric_arrays(self, run_id: str, key: str | None = None
+                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """key -> (steps, values) numpy arrays in logging order, exact values."""
+
     def runs_with_artifact(self, sha256: str) -> list[tuple[str, str]]:
         """(run id, artifact name) pairs that reference an object."""
+
+    def put_certificate(self, row: CertificateRow) -> None:
+        """Index a certificate whose envelope is already in the blob store."""
+
+    def certificates(self, *, run_id: str | None = None,
+                     subject: str | None = None) -> list[CertificateRow]:
+        """Certificates, newest first, optionally for a run or a subject digest."""
+
+    def put_build(self, inputs_digest: str, run_id: str, result_json: str) -> None:
+        """Remember a build result (JSON) by its inputs digest."""
+
+    def get_build(self, inputs_digest: str) -> str | None:
+        """A remembered build result (JSON) or None."""
+
+    def integrity_check(self) -> str:
+        """The database's own consistency check ("ok" when sound)."""
 
     def mark_stale_runs(self) -> list[str]:
         """Mark runs whose recorder died on this host as crashed; returns their ids."""

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from auditor.core.schema import RunRecord, record_sha256
-from auditor.store.sql import SqlStore, t_meta, t_runs
+from auditor.store.base import RunStore
+from auditor.store.sql import t_meta
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (fast start-up)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -88,33 +89,26 @@ def _parse(key: str, value: str) -> RecordSignature | None:
         return None  # an unreadable signature row counts as no signature
 
 
-def signature_of(store: SqlStore, run_id: str) -> RecordSignature | None:
+def signature_of(store: RunStore, run_id: str) -> RecordSignature | None:
     """The stored signature of a run's record, if any."""
-    with store.engine.connect() as conn:
-        value = conn.execute(sa.select(t_meta.c.value).where(
-            t_meta.c.key == PREFIX + run_id)).scalar_one_or_none()
+    value = store.get_meta(PREFIX + run_id)
     return None if value is None else _parse(PREFIX + run_id, value)
 
 
-def all_signatures(store: SqlStore) -> Iterator[RecordSignature]:
+def all_signatures(store: RunStore) -> Iterator[RecordSignature]:
     """Every stored record signature."""
-    with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(t_meta.c.key, t_meta.c.value).where(
-            t_meta.c.key.startswith(PREFIX, autoescape=True))).all()
-    for key, value in rows:
+    for key, value in store.meta_items(PREFIX):
         sig = _parse(key, value)
         if sig is not None:
             yield sig
 
 
-def signed_run_ids(store: SqlStore) -> set[str]:
+def signed_run_ids(store: RunStore) -> set[str]:
     """Runs whose current record digest is the one that was signed."""
     sigs = {s.run_id: s.record_sha256 for s in all_signatures(store)}
     if not sigs:
         return set()
-    with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(t_runs.c.id, t_runs.c.record_sha256)).all()
-    return {r.id for r in rows if sigs.get(r.id) == r.record_sha256}
+    return {run_id for run_id, sha in store.run_versions().items() if sigs.get(run_id) == sha}
 
 
 def state(record: RunRecord, sig: RecordSignature | None) -> str:
@@ -128,7 +122,7 @@ def state(record: RunRecord, sig: RecordSignature | None) -> str:
     return f"Ed25519, key {sig.keyid[:16]}… (check it with `audit fsck --key KEY.pub`)"
 
 
-def problems(store: SqlStore, trusted: list[Ed25519PublicKey]) -> list[str]:
+def problems(store: RunStore, trusted: list[Ed25519PublicKey]) -> list[str]:
     """Signatures that do not match their record, or (with keys) do not verify."""
     found = []
     for sig in all_signatures(store):

@@ -244,6 +244,13 @@ class SqlStore:
                 sa.select(t_meta.c.value).where(t_meta.c.key == key)
             ).scalar_one_or_none()
 
+    def meta_items(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, value) of the ``meta`` rows whose key starts with ``prefix``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t_meta.c.key, t_meta.c.value).where(
+                t_meta.c.key.startswith(prefix, autoescape=True))).all()
+        return [(str(k), str(v)) for k, v in rows]
+
     def remember_meta(self, key: str, value: str) -> str:
         """Set ``key`` unless it is set already; returns the value it has now."""
         with self._write(f"meta:{key}") as conn:
