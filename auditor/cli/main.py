@@ -55,6 +55,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "certificate": "auditor.cli.release:certificate",
     "ci": "auditor.cli.release:ci",
     "ui": "auditor.cli.ui:ui_cmd",
+    "push": "auditor.cli.sync:push", "pull": "auditor.cli.sync:pull",
 }
 
 
@@ -77,6 +78,9 @@ LAZY_HELP: dict[str, str] = {
     "certificate": "Inspect and check certificates.",
     "ci": "Scheduled reproducibility checks in CI.",
     "ui": "Serve the dashboard: runs table, comparison, importance, run pages (read-only).",
+    "push": "Copy runs (record, metrics, artifacts, certificates) to another store, verified.",
+    "pull": "Copy runs (record, metrics, artifacts, certificates) from another store, "
+    "verified.",
 }
 
 

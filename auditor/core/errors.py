@@ -10,6 +10,7 @@
     │   ├── CorruptRecord             2  a stored record fails to parse or to hash
     │   └── LockfileError             2  a malformed, unhashed or loose lockfile
     ├── StoreError                    2  the store is missing, old, unsafe or busy
+    │   └── RunConflict               2  push/pull: the other store has another record
     ├── IntegrityError                3  a stored object does not hash to its name
     ├── NotReproduced                 1  raised only by gates: a requirement failed
     └── CouldNotVerify                3  the environment could not be rebuilt or rerun
@@ -75,6 +76,10 @@ class LockfileError(InputError):
 
 class StoreError(AuditorError):
     """The store cannot be opened or used safely."""
+
+
+class RunConflict(StoreError):
+    """Push/pull: the other store holds a run of this id with a different record digest."""
 
 
 class IntegrityError(AuditorError):

@@ -157,6 +157,11 @@ class BlobStore:
         """The object's bytes, verified."""
         return self.verified_path(sha256, name).read_bytes()
 
+    def rehash(self, sha256: str) -> str | None:
+        """What the stored object's bytes hash to now (None when it is missing)."""
+        path = self.path_for(sha256)
+        return sha256_file(path) if path.is_file() else None
+
     def iter_objects(self) -> Iterator[tuple[str, Path]]:
         """Every stored object as (claimed sha256, path)."""
         if not self.objects.is_dir():

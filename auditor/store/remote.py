@@ -71,7 +71,12 @@ class RemoteBlobStore(BlobStore):
         """Fail now, in one line, when the bucket is missing or the credentials wrong."""
         bucket = self._base.split("/", 1)[0]
         with self._errors("open"):
-            if not self.fs.exists(bucket):
+            if hasattr(self.fs, "call_s3"):  # s3fs: HEAD the bucket, so 403 is not "missing"
+                try:
+                    self.fs.call_s3("head_bucket", Bucket=bucket)
+                except FileNotFoundError:
+                    raise FileNotFoundError(f"bucket {bucket!r} does not exist") from None
+            elif not self.fs.exists(bucket):
                 raise FileNotFoundError(f"bucket {bucket!r} does not exist")
 
     def has(self, sha256: str) -> bool:
@@ -177,6 +182,15 @@ class RemoteBlobStore(BlobStore):
     def read_bytes(self, sha256: str, name: str = "") -> bytes:
         """The object's bytes, verified."""
         return self.verified_path(sha256, name).read_bytes()
+
+    def rehash(self, sha256: str) -> str | None:
+        """What the remote object's bytes hash to now, streamed (None when missing)."""
+        with self._errors(f"read sha256:{sha256}"):
+            try:
+                remote = self._open(self.key_for(sha256))
+            except FileNotFoundError:
+                return None
+            return _copy_hashing(remote, None)
 
     # -- listing (fsck, push) -----------------------------------------------------------
     def digests(self) -> Iterator[str]:

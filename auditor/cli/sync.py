@@ -1,0 +1,140 @@
+"""``audit push`` and ``audit pull``: move runs between this store and another one.
+
+Exit codes: 0 every run named is at the other side (copied now or already there; runs
+still recording are listed and left out); 2 bad input (an unknown run, a malformed URL,
+an unreachable database or artifact store, wrong credentials, a missing bucket) or a
+conflict (the other store holds the run id with another record: ``RunConflict`` names
+it, and every other run is still moved); 3 an object or a record failed its digest on
+either side (nothing is written under a wrong digest).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from auditor.cli.main import Ctx, pass_ctx
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from auditor.store import SqlStore
+    from auditor.store.sync import SyncReport
+
+
+class _TargetLog:
+    """The certificate log of the receiving store (``log/`` beside its artifacts)."""
+
+    def __init__(self, store: SqlStore, key: Ed25519PrivateKey | None) -> None:
+        from auditor.release.tamper import log_dir_of
+
+        self.dir = log_dir_of(store)
+        self.key = key
+        self.url = store.url
+
+    def has(self, cert_sha256: str) -> bool:
+        from auditor.certify import log as certlog
+
+        if not (self.dir / certlog.LOG_NAME).exists():
+            return False
+        return any(e.cert_sha256 == cert_sha256 for e in certlog.read_entries(self.dir))
+
+    def append(self, cert_sha256: str, run_id: str) -> None:
+        from auditor.certify import log as certlog
+        from auditor.core.errors import InputError
+
+        if self.key is None and (self.dir / certlog.SIGNED_HEAD_NAME).exists():
+            raise InputError(
+                f"the certificate log of {self.url} has a signed head: certificates not copied",
+                hint="pass --key PRIVATE_KEY to sign the new head",
+            )
+        certlog.append(self.dir, cert_sha256, run_id, self.key)
+
+
+def _run_ids(store: SqlStore, runs: tuple[str, ...], every: bool) -> list[str]:
+    from auditor.core.errors import InputError
+
+    if every and runs:
+        raise InputError("give run ids or --all, not both")
+    if every:
+        return sorted(store.run_versions())
+    if not runs:
+        raise InputError("name the runs to move (see `audit list`) or pass --all")
+    return [store.resolve(ref) for ref in runs]
+
+
+def _move(c: Ctx, source: SqlStore, target: SqlStore, ids: list[str], key: Path | None,
+          verb: str) -> None:
+    from auditor.core.keys import load_private_key
+    from auditor.store.sync import sync
+
+    log = _TargetLog(target, load_private_key(key) if key else None)
+    say = (lambda _line: None) if c.quiet or c.as_json else click.echo
+    try:
+        report = sync(source, target, ids, log=log, progress=say)
+    finally:
+        source.close()
+        target.close()
+    _summary(c, report, verb, target.url)
+
+
+def _summary(c: Ctx, report: SyncReport, verb: str, where: str) -> None:
+    if c.as_json:
+        click.echo(json.dumps({
+            "copied": report.copied, "present": report.present,
+            "skipped": [{"run": r, "why": w} for r, w in report.skipped],
+            "objects": report.objects, "bytes": report.object_bytes,
+            "certificates": report.certificates,
+        }, indent=1))
+        return
+    left = f", {len(report.skipped)} still recording (left out)" if report.skipped else ""
+    click.echo(f"{verb} {len(report.copied)} run(s) to {where} ({report.objects} object(s), "
+               f"{report.object_bytes} bytes, {report.certificates} certificate(s)); "
+               f"{len(report.present)} already there{left}")
+
+
+@click.command("push")
+@click.argument("runs", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Push every run of this store.")
+@click.option("--to", "to", required=True, metavar="PATH|URL",
+              help="The team store's metadata: a directory or a SQLAlchemy URL.")
+@click.option("--to-blobs", metavar="PATH|URL",
+              help="Its artifacts (only the first time: a database store remembers them).")
+@click.option("--key", type=click.Path(path_type=Path, dir_okay=False),
+              help="Private key to sign the team store's certificate log head.")
+@pass_ctx
+def push(c: Ctx, runs: tuple[str, ...], every: bool, to: str, to_blobs: str | None,
+         key: Path | None) -> None:
+    """Copy runs (record, metrics, artifacts, certificates) to another store, verified."""
+    from auditor.store import open_store_at
+
+    source = c.store(create=False)
+    ids = _run_ids(source, runs, every)
+    _move(c, source, open_store_at(to, blobs=to_blobs), ids, key, "pushed")
+
+
+@click.command("pull")
+@click.argument("runs", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Pull every run of the other store.")
+@click.option("--from", "from_", required=True, metavar="PATH|URL",
+              help="The team store's metadata: a directory or a SQLAlchemy URL.")
+@click.option("--from-blobs", metavar="PATH|URL",
+              help="Its artifacts, when its database does not remember them.")
+@click.option("--key", type=click.Path(path_type=Path, dir_okay=False),
+              help="Private key to sign this store's certificate log head.")
+@pass_ctx
+def pull(c: Ctx, runs: tuple[str, ...], every: bool, from_: str, from_blobs: str | None,
+         key: Path | None) -> None:
+    """Copy runs (record, metrics, artifacts, certificates) from another store, verified."""
+    from auditor.store import open_store_at
+
+    source = open_store_at(from_, blobs=from_blobs, create=False)
+    try:
+        ids = _run_ids(source, runs, every)
+    except BaseException:
+        source.close()
+        raise
+    _move(c, source, c.store(), ids, key, "pulled")
