@@ -21,14 +21,14 @@ from auditor.cli.main import Ctx, pass_ctx
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from auditor.store import SqlStore
+    from auditor.store import RunStore
     from auditor.store.sync import SyncReport
 
 
 class _TargetLog:
     """The certificate log of the receiving store (``log/`` beside its artifacts)."""
 
-    def __init__(self, store: SqlStore, key: Ed25519PrivateKey | None) -> None:
+    def __init__(self, store: RunStore, key: Ed25519PrivateKey | None) -> None:
         from auditor.release.tamper import log_dir_of
 
         self.dir = log_dir_of(store)
@@ -54,7 +54,7 @@ class _TargetLog:
         certlog.append(self.dir, cert_sha256, run_id, self.key)
 
 
-def _run_ids(store: SqlStore, runs: tuple[str, ...], every: bool) -> list[str]:
+def _run_ids(store: RunStore, runs: tuple[str, ...], every: bool) -> list[str]:
     from auditor.core.errors import InputError
 
     if every and runs:
@@ -66,7 +66,7 @@ def _run_ids(store: SqlStore, runs: tuple[str, ...], every: bool) -> list[str]:
     return [store.resolve(ref) for ref in runs]
 
 
-def _move(c: Ctx, source: SqlStore, target: SqlStore, ids: list[str], key: Path | None,
+def _move(c: Ctx, source: RunStore, target: RunStore, ids: list[str], key: Path | None,
           verb: str) -> None:
     from auditor.core.keys import load_private_key
     from auditor.store.sync import sync

@@ -118,12 +118,16 @@ def _open_store(location: str | None, *, blobs: str | None, create: bool) -> Sql
         config = read_config(repo_root(Path.cwd()) or Path.cwd())  # one git call: only if needed
         location = location or config.url or str(default_store_dir())
         blobs = blobs or config.blobs
-    return open_store_at(location, blobs=blobs, create=create)
+    return _open_at(location, blobs=blobs, create=create)
 
 
-def open_store_at(location: str, *, blobs: str | None = None, create: bool = True) -> SqlStore:
+def open_store_at(location: str, *, blobs: str | None = None, create: bool = True) -> RunStore:
     """The store at exactly ``location`` (and ``blobs``): no ``AUDITOR_STORE``,
     ``AUDITOR_BLOBS`` or ``auditor.toml`` fallback and no signer (push/pull's other side)."""
+    return _open_at(location, blobs=blobs, create=create)
+
+
+def _open_at(location: str, *, blobs: str | None, create: bool) -> SqlStore:
     if "://" in location:
         return _open_url(location, blobs)
     directory = Path(location).expanduser().resolve()

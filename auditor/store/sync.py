@@ -32,9 +32,9 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from auditor.core.errors import IntegrityError, RunConflict
+from auditor.core.errors import IntegrityError, RunConflict, StoreError
 from auditor.core.schema import RunRecord, record_sha256
-from auditor.store.base import CertificateRow, MetricPoint, series_digest
+from auditor.store.base import CertificateRow, MetricPoint, RunStore, series_digest
 from auditor.store.signatures import PREFIX as SIG_PREFIX
 from auditor.store.sql import (
     SqlStore,
@@ -74,8 +74,8 @@ class SyncReport:
 
 
 def sync(
-    source: SqlStore,
-    target: SqlStore,
+    source: RunStore,
+    target: RunStore,
     run_ids: Sequence[str],
     *,
     log: CertificateLog | None = None,
@@ -83,6 +83,8 @@ def sync(
 ) -> SyncReport:
     """Move ``run_ids`` (full ids in ``source``), their certificates and the reruns those
     name, from ``source`` to ``target``. ``RunConflict`` at the end when any run conflicted."""
+    if not isinstance(source, SqlStore) or not isinstance(target, SqlStore):
+        raise StoreError("push and pull move runs between SQL stores only")
     report = SyncReport()
     wanted = list(dict.fromkeys(run_ids))
     certificates: dict[str, CertificateRow] = {}
