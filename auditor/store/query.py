@@ -314,14 +314,19 @@ class RowCache:
         self.store = store
         self.rows: dict[str, Row] = {}
         self.versions: dict[str, str] = {}
+        self.verdicts: dict[str, str] = {}
         self.ordered: list[Row] = []
+        self.keys: tuple[list[str], list[str]] = ([], [])
 
     def refresh(self) -> list[Row]:
         """All rows, newest first, current as of this call."""
         versions = self.store.run_versions()
+        verdicts = latest_verdicts(self.store)
+        if versions == self.versions and verdicts == self.verdicts:
+            return self.ordered  # nothing changed: two dict comparisons, no row touched
+        self.verdicts = verdicts
         changed = [i for i, sha in versions.items() if self.versions.get(i) != sha]
         gone = [i for i in self.rows if i not in versions]
-        verdicts = latest_verdicts(self.store)
         for i in gone:
             del self.rows[i]
         if changed:
@@ -336,27 +341,28 @@ class RowCache:
         self.versions = {i: versions[i] for i in self.rows}
         if dirty or len(self.ordered) != len(self.rows):
             self.ordered = sorted(self.rows.values(), key=lambda r: r.id, reverse=True)
+            self.keys = (_keys(self.ordered, "params"), _keys(self.ordered, "metrics"))
         return self.ordered
 
 
-def select(rows: Sequence[Row], query: Query, *, page: int = 1, size: int = 50) -> Page:
-    """Filter, sort and cut one page (1-based) out of ``rows``."""
+def select(rows: Sequence[Row], query: Query, *, page: int = 1, size: int = 50,
+           keys: tuple[list[str], list[str]] | None = None) -> Page:
+    """Filter, sort and cut one page (1-based) out of ``rows``; ``keys`` are the param and
+    metric names of all ``rows`` where the caller already knows them (used when no clause
+    narrows the rows)."""
     size = max(1, size)
     matched = [r for r in rows if query.matches(r)] if query.clauses else list(rows)
     ordered = sort_rows(matched, query.sort) if query.sort else matched
     pages = max(1, math.ceil(len(ordered) / size))
     page = max(1, min(page, pages))
     cut = ordered[(page - 1) * size: page * size]
-    return Page(cut, len(rows), len(ordered), page, size, _keys(matched, "params"),
-                _keys(matched, "metrics"), matched)
+    if keys is None or query.clauses:
+        keys = (_keys(matched, "params"), _keys(matched, "metrics"))
+    return Page(cut, len(rows), len(ordered), page, size, keys[0], keys[1], matched)
 
 
 def _keys(rows: Sequence[Row], attr: str) -> list[str]:
-    seen: dict[str, None] = {}
-    for r in rows:
-        for k in getattr(r, attr):
-            seen.setdefault(k, None)
-    return sorted(seen)
+    return sorted(set().union(*(getattr(r, attr).keys() for r in rows)))
 
 
 def query_runs(store: RunStore, where: Sequence[str] = (), sort: str | None = None,

@@ -317,9 +317,13 @@ class SqlStore:
 
     def run_versions(self) -> dict[str, str]:
         """id -> record sha256 of every run: tells a cache which runs changed."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t_runs.c.id, t_runs.c.record_sha256)).all()
-        return {r[0]: r[1] for r in rows}
+        with self.engine.connect() as conn:  # the driver's tuples: no row objects
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute("SELECT id, record_sha256 FROM runs")
+                return dict(cursor.fetchall())
+            finally:
+                cursor.close()
 
     def list_runs(self, *, limit: int | None = None,
                   ids: Sequence[str] | None = None) -> list[RunSummary]:
@@ -416,23 +420,43 @@ class SqlStore:
     def metric_arrays(self, run_id: str, key: str | None = None
                       ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """key -> (steps, values) as numpy arrays in logging order: the bulk read behind
-        the dashboard's curves (exact values from the stored bits)."""
-        keys_query = sa.select(t_metrics.c.key).where(t_metrics.c.run_id == run_id).distinct()
+        the dashboard's curves (exact values from the stored bits). One query per key,
+        read through the driver's own cursor straight into numpy (no row objects: a
+        100,000-point series is 100,000 driver tuples, not 100,000 SQLAlchemy rows)."""
+        import itertools
+
         import numpy as np  # only here: `audit list` does not pay for numpy
 
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         with self.engine.connect() as conn:
-            keys = [key] if key is not None else sorted(conn.execute(keys_query).scalars())
-            for k in keys:
-                rows = conn.execute(
-                    sa.select(t_metrics.c.step, t_metrics.c.bits)
-                    .where(t_metrics.c.run_id == run_id, t_metrics.c.key == k)
-                    .order_by(t_metrics.c.seq)
-                ).all()
-                if rows:
-                    pairs = np.array(rows, dtype=np.int64).reshape(-1, 2)
-                    out[k] = (pairs[:, 0].copy(), pairs[:, 1].copy().view(np.float64))
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                if key is None:
+                    cursor.execute(f"SELECT DISTINCT key FROM metrics WHERE run_id = {mark}",
+                                   (run_id,))
+                    keys = sorted(str(r[0]) for r in cursor.fetchall())
+                else:
+                    keys = [key]
+                for k in keys:
+                    cursor.execute(f"SELECT step, bits FROM metrics WHERE run_id = {mark} "
+                                   f"AND key = {mark} ORDER BY seq", (run_id, k))
+                    flat = np.fromiter(itertools.chain.from_iterable(cursor),  # type: ignore[arg-type]
+                                       dtype=np.int64)
+                    if len(flat):
+                        pairs = flat.reshape(-1, 2)
+                        out[k] = (pairs[:, 0].copy(), pairs[:, 1].copy().view(np.float64))
+            finally:
+                cursor.close()
         return out
+
+    def metrics_mark(self, run_id: str) -> int:
+        """How many metric points the run has had appended (points are append-only, so
+        an unchanged mark means unchanged series): a primary-key lookup, for caches."""
+        with self.engine.connect() as conn:
+            top = conn.execute(sa.select(sa.func.max(t_metrics.c.seq))
+                               .where(t_metrics.c.run_id == run_id)).scalar_one()
+        return -1 if top is None else int(top)
 
     # -- artifacts and certificates -----------------------------------------------------
     def runs_with_artifact(self, sha256: str) -> list[tuple[str, str]]:

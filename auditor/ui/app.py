@@ -113,6 +113,11 @@ def _rows(cache: RowCache) -> list[Row]:
         return cache.refresh()
 
 
+def _rows_and_keys(cache: RowCache) -> tuple[list[Row], tuple[list[str], list[str]]]:
+    with _LOCK:  # the rows and their column names from the same refresh
+        return cache.refresh(), cache.keys
+
+
 def _run_ids(store: RunStore, runs: str | None, run: list[str] | None) -> list[str]:
     wanted = [r for r in (runs or "").split(",") if r.strip()] + list(run or [])
     if not wanted:
@@ -144,15 +149,17 @@ def _routes(app: FastAPI, store: RunStore) -> None:
     def runs_page(where: Where = None, sort: Sort = None, page: PageNo = 1, size: Size = 50,
                   col: Cols = None, metric: Metric = None) -> str:
         query = parse_query([where] if where else [], sort)
-        result = select(_rows(cache), query, page=page, size=size)
+        rows, keys = _rows_and_keys(cache)
+        result = select(rows, query, page=page, size=size, keys=keys)
         return pages.runs_page(result, where or "", sort or "", col, metric,
                                result.matched_rows)
 
     @app.get("/api/runs")
     def api_runs(where: Where = None, sort: Sort = None, page: PageNo = 1,
                  size: Size = 50) -> dict[str, Any]:
-        result = select(_rows(cache), parse_query([where] if where else [], sort),
-                        page=page, size=size)
+        rows, keys = _rows_and_keys(cache)
+        result = select(rows, parse_query([where] if where else [], sort),
+                        page=page, size=size, keys=keys)
         return {"total": result.total, "matched": result.matched, "page": result.page,
                 "pages": result.pages, "size": result.size,
                 "runs": [pages.row_json(r) for r in result.rows]}

@@ -7,6 +7,7 @@ styles, each allowed by its sha256 in a CSP meta tag, so one file opens offline.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -30,7 +31,9 @@ DEFAULT_COLUMNS = ("name", "status", "verified", "started", "tags")
 PLAIN_COLUMNS = ("id", "name", "status", "verified", "started", "tags", "commit")
 
 
+@functools.cache
 def _env() -> Environment:
+    """One environment per process: jinja compiles each template once and keeps it."""
     env = Environment(loader=FileSystemLoader(TEMPLATE_DIR), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num

@@ -3,13 +3,16 @@
 * ``comparison``: what N runs differ in, section by section (params, seeds, determinism
   and threads, packages, lockfile, code, data, GPU), each row marked ``differs``;
 * ``curves``: metric series downsampled on the server with LTTB (tsdownsample) so a
-  100,000-point series is sent as at most ``points`` points;
+  100,000-point series is sent as at most ``points`` points; a run's downsampled curves
+  are kept (``CurveCache``) until its metrics mark moves;
 * ``run_view``: one run's whole record, artifacts, certificates and curves.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,6 +102,9 @@ def lttb(steps: np.ndarray, values: np.ndarray, points: int = MAX_POINTS
     infinities are dropped before downsampling (they cannot be drawn)."""
     finite = np.isfinite(values)
     steps, values = steps[finite], values[finite]
+    if len(steps) > 1 and bool(np.any(np.diff(steps) < 0)):  # LTTB needs x in order
+        order = np.argsort(steps, kind="stable")
+        steps, values = steps[order], values[order]
     if len(values) > points:
         from tsdownsample import LTTBDownsampler
 
@@ -123,15 +129,52 @@ def series(store: RunStore, run_id: str, key: str | None = None
             for k, (s, v) in grouped.items()}
 
 
+class CurveCache:
+    """Downsampled curves kept between requests, keyed by run, metric key, point count and
+    the run's metrics mark (points are append-only, so an unchanged mark means unchanged
+    series; a running run's new points change its mark). Reading a 100,000-point series
+    out of the store costs far more than the page, so a run's curves are read once."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self.entries: OrderedDict[tuple[Any, ...], dict[str, dict[str, Any]]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, store: RunStore, run_id: str, key: str | None, points: int
+            ) -> dict[str, dict[str, Any]]:
+        """metric -> {steps, values, total} of one run, downsampled."""
+        marker = getattr(store, "metrics_mark", None)
+        cache_key = None
+        if marker is not None:
+            where = str(getattr(getattr(store, "engine", None), "url", id(store)))
+            cache_key = (where, run_id, key, points, marker(run_id))
+            with self.lock:
+                hit = self.entries.get(cache_key)
+                if hit is not None:
+                    self.entries.move_to_end(cache_key)
+                    return hit
+        out: dict[str, dict[str, Any]] = {}
+        for name, (steps, values) in series(store, run_id, key).items():
+            xs, ys = lttb(steps, values, points)
+            out[name] = {"steps": xs, "values": ys, "total": len(values)}
+        if cache_key is not None:
+            with self.lock:
+                self.entries[cache_key] = out
+                while len(self.entries) > self.size:
+                    self.entries.popitem(last=False)
+        return out
+
+
+CURVES = CurveCache()
+
+
 def curves(store: RunStore, run_ids: Sequence[str], key: str | None = None,
            points: int = MAX_POINTS) -> dict[str, list[dict[str, Any]]]:
     """metric -> [{run, steps, values, total}], each series LTTB-downsampled."""
     out: dict[str, list[dict[str, Any]]] = {}
     for run_id in run_ids:
-        for name, (steps, values) in series(store, run_id, key).items():
-            xs, ys = lttb(steps, values, points)
-            out.setdefault(name, []).append(
-                {"run": run_id, "steps": xs, "values": ys, "total": len(values)})
+        for name, curve in CURVES.get(store, run_id, key, points).items():
+            out.setdefault(name, []).append({"run": run_id, **curve})
     return dict(sorted(out.items()))
 
 
