@@ -10,35 +10,25 @@ engine, a failed build, a GPU mismatch, a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from auditor.certify.decide import decide, environment_digest
 from auditor.certify.verdict import VerifyResult
-from auditor.compare import compare_runs, evidence_from_store
+from auditor.compare import compare_runs, evidence_from_store, plot_series
 from auditor.core.errors import InputError
 from auditor.core.policy import Policy
 from auditor.core.schema import RunRecord
-from auditor.env.build import BuildResult
-from auditor.env.inputs import (  # the build stage
-    _derived_lock_note,
-    build_for,
-)
-from auditor.rerun.record import check_gpus, record_rerun
-from auditor.rerun.sandbox import (
-    Limits,
-    cleanup,
-    execute_docker,
-    execute_venv,
-    interrupt_on_sigterm,
-    prepare,
-    scratch_dir,
-)
-from auditor.store import RunStore, store_dir_of
+from auditor.env.inputs import build_for, build_notes
+from auditor.rerun.backends import choose
+from auditor.rerun.record import check_gpus, sandbox_notes
+from auditor.rerun.run import rerun as rerun_in
+from auditor.rerun.sandbox import Limits
+from auditor.store import RunStore
 
 Progress = Callable[[str], None]
 
@@ -67,68 +57,52 @@ def _env_path(name: str) -> Path | None:
 
 def verify(
     store: RunStore,
-    run_ref: str,
+    original: RunRecord,
     policy: Policy,
     opts: VerifyOptions,
     progress: Progress = lambda _line: None,
 ) -> VerifyResult:
-    """Rebuild, rerun, compare and certify one recorded run."""
+    """Rebuild, rerun, compare and certify one recorded run (resolved once, by the caller)."""
     started = datetime.now(UTC)
     timings: dict[str, float] = {}
-    original = store.get_record(store.resolve(run_ref))
-    _check_verifiable(store, original)
-    notes = check_gpus(original, allow_mismatch=policy.allow_gpu_mismatch)
+    notes = _check_verifiable(store, original, policy)
     progress(f"verifying run {original.identity.id} ({original.identity.name})")
-    built = _timed(timings, "build", lambda: build_for(store, original, opts, progress))
-    notes += built.differences + ([built.isolation_note] if built.isolation_note else [])
-    notes += _derived_lock_note(store, original)
-    rerun = _timed(timings, "rerun", lambda: _rerun(store, original, built, opts, policy, progress))
-    notes += [n for n in rerun.not_captured.get("sandbox", "").split("; ") if n]
-    notes += [f"setting not replayed (test switch): {s}" for s in opts.skip_replay]
+    backend = choose(opts.backend, progress)
+    with _timed(timings, "build"):
+        built = build_for(store, original, opts, backend, progress)
+    with _timed(timings, "rerun"):
+        rerun = rerun_in(store, original, built, backend, limits=opts.limits,
+                         skip_replay=opts.skip_replay, pass_env=policy.pass_env, say=progress)
+    notes += [*build_notes(store, original, built), *sandbox_notes(rerun),
+              *(f"setting not replayed (test switch): {s}" for s in opts.skip_replay)]
     progress("comparing metrics, weights, files and environment")
-    verdict = _timed(
-        timings,
-        "compare",
-        lambda: decide(
-            compare_runs(
-                evidence_from_store(store, original), evidence_from_store(store, rerun), policy
-            ),
-            original,
-            rerun,
-            policy,
-            notes,
-        ),
-    )
+    with _timed(timings, "compare"):
+        left, right = evidence_from_store(store, original), evidence_from_store(store, rerun)
+        verdict = decide(compare_runs(left, right, policy), original, rerun, policy, notes)
     timings["total"] = (datetime.now(UTC) - started).total_seconds()
     result = VerifyResult(
-        original_run=original.identity.id,
-        original_name=original.identity.name,
-        rerun_run=rerun.identity.id,
-        rerun_name=rerun.identity.name,
-        verdict=verdict,
-        policy=policy.model_dump(mode="json"),
-        image=built.image_id,
-        backend=built.backend,
-        environment_sha256=environment_digest(rerun),
-        started_at=started,
-        seconds=timings,
-        metric_series=_series(store, original, rerun),
-    )
+        original_run=original.identity.id, original_name=original.identity.name,
+        rerun_run=rerun.identity.id, rerun_name=rerun.identity.name, verdict=verdict,
+        policy=policy.model_dump(mode="json"), image=built.image_id, backend=built.backend,
+        environment_sha256=environment_digest(rerun), started_at=started, seconds=timings,
+        metric_series=plot_series(left, right))
     from auditor.certify.issue import issue_certificate
 
     return issue_certificate(store, result, original, rerun, opts.sign_key, opts.certificate)
 
 
-def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
     start = datetime.now(UTC)
     try:
-        return fn()
+        yield
     finally:
         timings[name] = (datetime.now(UTC) - start).total_seconds()
 
 
-def _check_verifiable(store: RunStore, record: RunRecord) -> None:
-    """A finished run whose every stored artifact still hashes to its name."""
+def _check_verifiable(store: RunStore, record: RunRecord, policy: Policy) -> list[str]:
+    """A finished run whose every stored artifact still hashes to its name, on a host with
+    its GPUs (or a policy that allows a mismatch: then the notes say so)."""
     if record.identity.status != "finished":
         raise InputError(
             f"run {record.identity.id} is {record.identity.status}; only finished "
@@ -139,71 +113,17 @@ def _check_verifiable(store: RunStore, record: RunRecord) -> None:
     from auditor.release.tamper import raise_first, series_problems
 
     raise_first(series_problems(store, record), "cannot verify")  # edited metric points
+    return check_gpus(record, allow_mismatch=policy.allow_gpu_mismatch)
 
 
 def rerun_only(store: RunStore, original: RunRecord, policy: Policy, opts: VerifyOptions,
                say: Progress) -> RunRecord:
     """``audit rerun``: build and rerun without comparing."""
-    _check_verifiable(store, original)
-    check_gpus(original, allow_mismatch=policy.allow_gpu_mismatch)
-    return _rerun(store, original, build_for(store, original, opts, say), opts, policy, say)
-
-
-def _rerun(
-    store: RunStore,
-    original: RunRecord,
-    built: BuildResult,
-    opts: VerifyOptions,
-    policy: Policy,
-    say: Progress,
-) -> RunRecord:
-    with interrupt_on_sigterm():
-        tmp = scratch_dir()
-        workdir = Path(tmp.name)
-        try:
-            acc = original.environment.accelerators
-            limits = replace(opts.limits, gpus=len(acc.gpus) if acc else 0)
-            prep = prepare(
-                store, original, workdir, skip_replay=opts.skip_replay, pass_env=policy.pass_env
-            )
-            say(f"rerunning `{' '.join(prep.argv)}` ({built.backend}, no network)")
-            return record_rerun(
-                store,
-                original,
-                prep,
-                built,
-                lambda sink: (
-                    execute_docker(prep, built.image_id, limits, sink)
-                    if built.backend == "docker"
-                    else execute_venv(
-                        prep, Path(built.tag), limits, sink, hidden=(store_dir_of(store),),
-                        also_hidden=_repository(original),
-                    )
-                ),
-            )
-        finally:
-            cleanup(workdir)
-            tmp.cleanup()
-
-
-def _repository(original: RunRecord) -> tuple[Path, ...]:
-    """The original run's repository on this host: hidden from a venv rerun."""
-    return (Path(original.code.root),) if original.code and original.code.root else ()
-
-
-def _series(
-    store: RunStore, original: RunRecord, rerun: RunRecord, max_points: int = 400
-) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Metric curves of both runs, downsampled for plots."""
-    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for side, rec in (("original", original), ("rerun", rerun)):
-        series: dict[str, list[tuple[int, float]]] = {}
-        for key in sorted(rec.metrics.final):
-            points = [(p.step, p.value) for p in store.iter_metrics(rec.identity.id, key)]
-            stride = max(1, len(points) // max_points)
-            series[key] = points[::stride]
-        out[side] = series
-    return out
+    _check_verifiable(store, original, policy)
+    backend = choose(opts.backend, say)
+    built = build_for(store, original, opts, backend, say)
+    return rerun_in(store, original, built, backend, limits=opts.limits,
+                    skip_replay=opts.skip_replay, pass_env=policy.pass_env, say=say)
 
 
 def _looks_like_file(ref: str) -> bool:

@@ -1,6 +1,6 @@
 """Benchmark of image builds: the cache hit of an unchanged image, and the torch image.
 
-* ``cache-hit``: ``build()`` of inputs whose image already exists (target: under 3 s),
+* ``cache-hit``: ``build_docker()`` of inputs whose image already exists (target: under 3 s),
   measured five times after one warm-up build; reports min/median/max seconds.
 * ``torch-cold``: the torch fixture lock (``fixtures/locks/pip/torch-cpu.requirements.lock``,
   the CPU wheel from the wheelhouse) built with ``no_cache=True`` on the debootstrap base,
@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +26,9 @@ from typing import Any
 
 from auditor.core.lockfile import parse_requirements_lock
 from auditor.env.baseimage import build_base_image
-from auditor.env.build import BuildInputs, build, docker_client
+from auditor.env.build import build_docker
+from auditor.env.engine import docker_client
+from auditor.env.spec import BuildInputs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "build.json"
@@ -44,13 +45,13 @@ def inputs(lock_name: str, base: tuple[str, str], wheelhouse: Path | None) -> Bu
                        ca_bundle=ca, auditor_version="bench")
 
 
-def cache_hit(case: BuildInputs, venv_root: Path) -> dict[str, Any]:
+def cache_hit(case: BuildInputs) -> dict[str, Any]:
     """Seconds of a rebuild of an image that exists."""
-    build(case, backend="docker", venv_root=venv_root)
+    build_docker(case)
     times = []
     for _ in range(HITS):
         started = time.monotonic()
-        result = build(case, backend="docker", venv_root=venv_root)
+        result = build_docker(case)
         times.append(time.monotonic() - started)
         assert result.cached
     return {"runs": HITS, "min_s": round(min(times), 3),
@@ -58,10 +59,10 @@ def cache_hit(case: BuildInputs, venv_root: Path) -> dict[str, Any]:
             "target_s": 3.0, "ok": max(times) < 3.0}
 
 
-def torch_cold(case: BuildInputs, venv_root: Path) -> dict[str, Any]:
+def torch_cold(case: BuildInputs) -> dict[str, Any]:
     """Seconds and size of the torch image built with no layer cache."""
     started = time.monotonic()
-    result = build(case, backend="docker", no_cache=True, venv_root=venv_root)
+    result = build_docker(case, no_cache=True)
     seconds = time.monotonic() - started
     client = docker_client()
     try:
@@ -80,11 +81,10 @@ def main() -> int:
     base = build_base_image()
     report: dict[str, Any] = {"benchmark": "build", "when": datetime.now(UTC).isoformat(),
                               "host": {"cpus": os.cpu_count(), "python": platform.python_version()}}
-    with tempfile.TemporaryDirectory() as tmp:
-        torch = inputs("torch-cpu.requirements.lock", base, wheelhouse)
-        report["cache_hit"] = cache_hit(torch, Path(tmp))
-        if not args.skip_cold:
-            report["torch_cold"] = torch_cold(torch, Path(tmp))
+    torch = inputs("torch-cpu.requirements.lock", base, wheelhouse)
+    report["cache_hit"] = cache_hit(torch)
+    if not args.skip_cold:
+        report["torch_cold"] = torch_cold(torch)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

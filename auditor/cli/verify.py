@@ -37,8 +37,9 @@ def build_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         [
             click.option(
                 "--backend",
-                type=click.Choice(["docker", "venv"]),
-                help="Build backend (default: docker when an engine answers, else venv).",
+                metavar="NAME",
+                help="Build/run backend: docker or venv (default: docker when an engine "
+                "answers, else venv; auditor.rerun.backends lists them).",
             ),
             click.option(
                 "--base-image",
@@ -157,6 +158,7 @@ def build_cmd(ctx: click.Context, /, run: str, print_only: bool, quiet: bool, **
     """Build the pinned environment (image or venv) of a recorded run."""
     from auditor.env.build import render_dockerfile
     from auditor.env.inputs import BuildSettings, build_for, inputs_for  # not verify
+    from auditor.rerun.backends import choose  # the sandbox only when a rerun executes
 
     store = store_of(ctx)
     rec = store.get_record(store.resolve(run))
@@ -166,9 +168,10 @@ def build_cmd(ctx: click.Context, /, run: str, print_only: bool, quiet: bool, **
         no_cache=kw.get("no_cache", False), strict=kw.get("strict", False),
         allow_unhashed=kw.get("allow_unhashed", False))
     if print_only:
-        click.echo(render_dockerfile(inputs_for(store, rec, opts)), nl=False)
+        named = choose(opts.backend) if opts.backend else None  # --print detects nothing
+        click.echo(render_dockerfile(inputs_for(store, rec, opts, named)), nl=False)
         return
-    result = build_for(store, rec, opts, _say(quiet))
+    result = build_for(store, rec, opts, choose(opts.backend, _say(quiet)), _say(quiet))
     if wants_json(ctx):
         click.echo(result.model_dump_json(indent=1, exclude={"log"}))
         return
@@ -365,7 +368,7 @@ def _verify_many(
     results, failures = [], []
     for run_id in ids:
         try:
-            results.append(verify(store, run_id, policy, opts, _say(quiet)))
+            results.append(verify(store, store.get_record(run_id), policy, opts, _say(quiet)))
         except AuditorError as exc:
             if len(ids) == 1:
                 raise

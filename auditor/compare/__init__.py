@@ -22,12 +22,12 @@ from collections.abc import Callable, Sequence
 
 from auditor.compare import environment, files, metrics, params, process
 from auditor.compare.difference import Difference
-from auditor.compare.evidence import Evidence, evidence_from_store
+from auditor.compare.evidence import Evidence, evidence_from_store, plot_series
 from auditor.core.errors import InputError
 from auditor.core.policy import Policy
 
 __all__ = ["COMPARATORS", "Comparer", "Difference", "Evidence", "compare_runs",
-           "evidence_from_store"]
+           "evidence_from_store", "plot_series"]
 
 Comparer = Callable[[Evidence, Evidence, Policy], list[Difference]]
 

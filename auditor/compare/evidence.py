@@ -38,3 +38,16 @@ def evidence_from_store(store: RunStore, record: RunRecord) -> Evidence:
 
     return Evidence(record=record, files=verified,
                     metric_keys=tuple(sorted(record.metrics.final)), series=series)
+
+
+def plot_series(original: Evidence, rerun: Evidence, max_points: int = 400
+                ) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Both sides' metric curves, each downsampled to about ``max_points`` for plots."""
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for side, evidence in (("original", original), ("rerun", rerun)):
+        curves: dict[str, list[tuple[int, float]]] = {}
+        for key in evidence.metric_keys:
+            points = list(evidence.series(key))
+            curves[key] = points[::max(1, len(points) // max_points)]
+        out[side] = curves
+    return out

@@ -178,7 +178,7 @@ def build_base_image(
     progress: Progress | None = None,
 ) -> tuple[str, str]:
     """Create (or reuse) the debootstrap base image; return ``(tag, image_id)``."""
-    from auditor.env.build import docker_client
+    from auditor.env.engine import docker_client
 
     check_release(release)
     tag = tag or default_tag(release)

@@ -1,4 +1,4 @@
-"""Rebuild a run's environment from its lockfile: an image (docker SDK) or a virtualenv.
+"""The docker build: a run's environment rebuilt from its lockfile as an image (docker SDK).
 
 Contract:
 
@@ -15,14 +15,13 @@ Contract:
   CA bundle sha256, the system Python to install); the tag is ``auditor-env:<digest[:16]>``.
   Run id and auditor version are labels only: runs with equal inputs share one image, whose
   run-id label names the run it was first built for.
-- ``build(...)``: an image (or venv) that exists for the digest is a cache hit. Otherwise
+- ``build_docker(...)``: an image that exists for the digest is a cache hit. Otherwise
   the image is built untagged and tagged only once the build, the probe and the T20 check
   succeeded; a failure tags nothing and raises ``ImageBuildFailed`` (``BuildFailed``, exit
   3) carrying the full log in ``log`` and the log's tail in its one-line message.
-- ``BACKENDS`` are tried in order by ``detect_backend()``: ``docker`` when an engine
-  answers within ``PING_TIMEOUT_S``, else ``venv`` with a loud notice. The venv backend
-  builds ``<venv_root>/<digest[:16]>`` with the same pip flags (pip locks only), writes its
-  marker file last, and notes its weaker isolation in ``BuildResult.isolation_note``.
+- The venv build is ``auditor.env.venv``; both share ``auditor.env.spec`` (inputs, result,
+  probe) and neither imports the other. Which one builds is chosen once, by
+  ``auditor.rerun.backends`` (docker when an engine answers, else venv, loudly).
 """
 
 from __future__ import annotations
@@ -31,151 +30,35 @@ import functools
 import hashlib
 import io
 import json
-import logging
 import os
 import re
 import shutil
-import socket
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from packaging.utils import canonicalize_name
-from pydantic import BaseModel, ConfigDict
-
-from auditor.core.errors import BuildFailed, EngineUnavailable, InputError
-from auditor.core.lockfile import INSTALLER_TOOLS, Lock, check_python_compat, drift
+from auditor.core.errors import BuildFailed, InputError
+from auditor.core.lockfile import Lock, check_python_compat
 from auditor.env import baseimage
+from auditor.env.engine import docker_client
+from auditor.env.spec import (
+    PROBE,
+    BuildInputs,
+    BuildResult,
+    Progress,
+    install_failure,
+    result_of,
+)
 
-log = logging.getLogger(__name__)
-
-BACKENDS = ("docker", "venv")
-DEFAULT_BACKEND = "docker"
-PING_TIMEOUT_S = 3
-BUILD_TIMEOUT_S = 3600
 IMAGE_REPOSITORY = "auditor-env"
 # auditor/templates links to the top-level templates/ folder; the wheel ships its files
 TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "templates" / "Dockerfile.j2"
 DIGEST_SCHEMA = 1
-LOG_TAIL_LINES = 15
-MARKER = "auditor-env.json"
 ENVIRONMENT_JSON = "/opt/auditor/environment.json"
-ISOLATION_VENV = ("venv backend: the rerun shares this host's OS, libraries, network and "
-                  "files; only the Python packages are rebuilt from the lock")
-PROBE = """\
-import json, platform, subprocess, sys
-out = subprocess.run([sys.executable, "-m", "pip", "inspect", "--local"],
-                     capture_output=True, text=True, check=True).stdout
-packages = {d["metadata"]["name"]: d["metadata"]["version"] for d in json.loads(out)["installed"]}
-build = " ".join(platform.python_build()) + " " + platform.python_compiler()
-print(json.dumps({"python": platform.python_version(), "packages": packages, "build": build},
-                 sort_keys=True))
-"""
-_HASH_MISMATCH = re.compile(r"^\s+([A-Za-z0-9_.\-]+==\S+) from ", re.MULTILINE)
-_NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-Progress = Callable[[str], None]
-
-
-class BuildInputs(BaseModel):
-    """Everything a build depends on; equal inputs give the same Dockerfile and tag."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    run_id: str
-    lock: Lock
-    python_version: str
-    base_image: str
-    base_image_id: str | None = None
-    wheelhouse: Path | None = None
-    ca_bundle: Path | None = None
-    cuda: str | None = None
-    cudnn: str | None = None
-    auditor_version: str
-    strict: bool = False
-
-
-class BuildResult(BaseModel):
-    """What a build produced, and how it differs from the recorded environment."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    backend: Literal["docker", "venv"]
-    tag: str
-    image_id: str
-    cached: bool
-    log: str
-    python_version: str
-    python_build: str = ""  # as record/capture/python_env.py spells it, from the probe
-    packages: dict[str, str]
-    differences: list[str]
-    isolation_note: str | None = None
-    inputs_digest: str
-    seconds: float
-
-
-class ImageBuildFailed(BuildFailed):
-    """A failed build; ``log`` holds the full build log for storage."""
-
-    def __init__(self, message: str, *, log_text: str, hint: str | None = None) -> None:
-        self.log = log_text
-        super().__init__(message, hint=hint)
-
-
-# ---- backends ------------------------------------------------------------------------
-
-
-def docker_client(timeout: int = BUILD_TIMEOUT_S) -> Any:
-    """A connected ``docker.DockerClient``; ``EngineUnavailable`` when none answers."""
-    import docker
-    import docker.errors
-
-    url = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    message = f"no docker engine answers at {url}: start it (dockerd) or use --backend venv"
-    if url.startswith("unix://") and not _unix_socket_answers(url.removeprefix("unix://")):
-        raise EngineUnavailable(message)  # checked here: the SDK leaks a failed socket
-    client = None
-    try:
-        client = docker.from_env(timeout=PING_TIMEOUT_S)
-        client.ping()
-    except (docker.errors.DockerException, OSError) as exc:
-        if client is not None:
-            client.close()
-        raise EngineUnavailable(message) from exc
-    client.api.timeout = timeout
-    return client
-
-
-def _unix_socket_answers(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(PING_TIMEOUT_S)
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-    return True
-
-
-def detect_backend() -> str:
-    """``docker`` when an engine answers, else ``venv`` with a loud notice."""
-    try:
-        docker_client().close()
-    except EngineUnavailable as exc:
-        log.warning("NOTICE: %s; using the venv backend (weaker isolation)", exc)
-        return "venv"
-    return "docker"
-
-
-def select_backend(name: str | None) -> str:
-    """``name`` when it is a known backend; detected when None."""
-    if name is None:
-        return detect_backend()
-    if name not in BACKENDS:
-        raise InputError(f"unknown build backend {name!r}: available: {', '.join(BACKENDS)}",
-                         hint=f"the default is {DEFAULT_BACKEND}")
-    return name
 
 
 # ---- rendering -----------------------------------------------------------------------
@@ -307,78 +190,20 @@ def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-# ---- results -------------------------------------------------------------------------
-
-
-def differences(inputs: BuildInputs, python_version: str, packages: dict[str, str]
-                ) -> list[str]:
-    """Known differences between the record and what was built."""
-    out: list[str] = []
-    if python_version != inputs.python_version:
-        out.append(f"python {inputs.python_version} recorded, {python_version} in image")
-    if not baseimage.is_pinned(inputs.base_image, inputs.base_image_id):
-        out.append(f"base image {inputs.base_image} is not pinned by digest")
-    out.extend(drift(inputs.lock, without_tooling(inputs.lock, packages)))
-    return out
-
-
-def without_tooling(lock: Lock, packages: dict[str, str]) -> dict[str, str]:
-    """pip/setuptools/wheel come with every venv: compare them only when locked."""
-    locked = lock.versions()
-    return {n: v for n, v in packages.items()
-            if canonicalize_name(n) not in INSTALLER_TOOLS or canonicalize_name(n) in locked}
-
-
-def _result(inputs: BuildInputs, digest: str, probe: dict[str, Any], **fields: Any
-            ) -> BuildResult:
-    packages = {str(canonicalize_name(n)): str(v) for n, v in sorted(probe["packages"].items())}
-    return BuildResult(inputs_digest=digest, python_version=probe["python"], packages=packages,
-                       python_build=str(probe.get("build", "")),
-                       differences=differences(inputs, probe["python"], probe["packages"]),
-                       **fields)
-
-
-def _failure(lines: list[str], what: str) -> ImageBuildFailed:
-    """The most specific one-line error for a failed install log."""
-    text = "\n".join(lines)
-    tail = " | ".join(line.strip() for line in lines[-LOG_TAIL_LINES:] if line.strip())
-    if "DO NOT MATCH THE HASHES" in text:
-        match = _HASH_MISMATCH.search(text.split("DO NOT MATCH THE HASHES", 1)[1])
-        package = match.group(1) if match else "a package"
-        return ImageBuildFailed(
-            f"{what} failed: hash mismatch for {package}: the downloaded file does not match "
-            "the lock's --hash", log_text=text,
-            hint=f"re-lock with `audit lock` if the lock is wrong | {tail}")
-    missing = _NO_MATCH.search(text)
-    if missing:
-        return ImageBuildFailed(
-            f"{what} failed: no wheel for {missing.group(1)} in the index or the wheelhouse",
-            log_text=text, hint=f"put the wheel in a folder and pass --wheelhouse DIR | {tail}")
-    return ImageBuildFailed(f"{what} failed", log_text=text, hint=tail or "see the build log")
-
-
 # ---- building ------------------------------------------------------------------------
 
 
-def build(inputs: BuildInputs, *, backend: str | None = None, no_cache: bool = False,
-          progress: Callable[[str], None] | None = None, venv_root: Path) -> BuildResult:
-    """Build (or reuse) the environment for ``inputs`` with the chosen backend."""
+def build_docker(inputs: BuildInputs, *, no_cache: bool = False,
+                 progress: Progress | None = None) -> BuildResult:
+    """Build (or reuse) the image for ``inputs``; ``EngineUnavailable`` without an engine."""
     started = time.monotonic()
-    chosen = select_backend(backend)
     say = progress or (lambda line: None)
-    if chosen == "venv" and backend is None:
-        say("NOTICE: no docker engine answers: building a virtualenv instead "
-            "(weaker isolation)")
     digest = build_inputs_digest(inputs)
-    if chosen == "docker":
-        client = docker_client()
-        try:
-            return _build_docker(client, inputs, digest, no_cache, say, started)
-        finally:
-            client.close()
-    from auditor.env.venv import build_venv  # the fallback backend: its own module
-
-    return build_venv(inputs, digest, venv_root, no_cache, say, started)
+    client = docker_client()
+    try:
+        return _build_docker(client, inputs, digest, no_cache, say, started)
+    finally:
+        client.close()
 
 
 def _build_docker(client: Any, inputs: BuildInputs, digest: str, no_cache: bool,
@@ -387,7 +212,7 @@ def _build_docker(client: Any, inputs: BuildInputs, digest: str, no_cache: bool,
     existing = None if no_cache else _get_image(client, tag)
     if existing is not None:
         say(f"cache hit: {tag} ({existing.id})")
-        return _result(inputs, digest, _read_environment(client, existing.id),
+        return result_of(inputs, digest, _read_environment(client, existing.id),
                        backend="docker", tag=tag, image_id=existing.id, cached=True, log="",
                        seconds=time.monotonic() - started)
     _check_base(client, inputs)
@@ -399,7 +224,7 @@ def _build_docker(client: Any, inputs: BuildInputs, digest: str, no_cache: bool,
         _remove_untagged(client, image_id)
         raise
     client.api.tag(image_id, IMAGE_REPOSITORY, digest[:16])
-    return _result(inputs, digest, probe, backend="docker", tag=tag, image_id=image_id,
+    return result_of(inputs, digest, probe, backend="docker", tag=tag, image_id=image_id,
                    cached=False, log="\n".join(lines), seconds=time.monotonic() - started)
 
 
@@ -413,6 +238,15 @@ def resolve_base_image_id(ref: str) -> str | None:
     finally:
         client.close()
     return str(image.id) if image is not None else None
+
+
+def pinned_base_id(ref: str) -> str | None:
+    """``resolve_base_image_id``, or None when no engine or no such image answers (the
+    build itself then says why)."""
+    try:
+        return resolve_base_image_id(ref)
+    except Exception:  # noqa: BLE001 - the build itself reports a missing engine or image
+        return None
 
 
 def _get_image(client: Any, ref: str) -> Any:
@@ -474,7 +308,7 @@ def _docker_build(client: Any, inputs: BuildInputs, say: Progress, no_cache: boo
                                   network_mode="host", decode=True, pull=False)
         image_id = _follow(stream, lines, say)
     if image_id is None:
-        raise _failure(lines, "image build")
+        raise install_failure(lines, "image build")
     return str(client.images.get(image_id).id), lines
 
 

@@ -17,7 +17,8 @@ from auditor.core.errors import CouldNotVerify
 from auditor.core.lockfile import Lock, parse_conda_lock, parse_requirements_lock
 from auditor.core.schema import RunRecord
 from auditor.core.version import __version__
-from auditor.env.build import BuildInputs, BuildResult, build, default_base_image
+from auditor.env.build import default_base_image, pinned_base_id
+from auditor.env.spec import BuildInputs, BuildResult
 from auditor.env.venv import venv_root_for
 from auditor.store import RunStore, store_dir_of
 
@@ -41,6 +42,14 @@ class BuildOptions(Protocol):
     def strict(self) -> bool: ...
     @property
     def allow_unhashed(self) -> bool: ...
+
+
+class Builder(Protocol):
+    """The build half of a backend (the backends themselves: ``auditor.rerun.backends``)."""
+
+    def base_image_id(self, ref: str) -> str | None: ...
+    def build(self, inputs: BuildInputs, *, no_cache: bool, progress: Progress,
+              venv_root: Path) -> BuildResult: ...
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,13 @@ def load_lock(store: RunStore, record: RunRecord, *, allow_unhashed: bool = Fals
     return parse_requirements_lock(text, name=name, allow_unhashed=allow_unhashed)
 
 
+def build_notes(store: RunStore, record: RunRecord, built: BuildResult) -> list[str]:
+    """What the certificate says about the build: known environment differences, the
+    backend's weaker isolation, and the derived lock it was rebuilt from."""
+    return [*built.differences, *([built.isolation_note] if built.isolation_note else []),
+            *_derived_lock_note(store, record)]
+
+
 def _derived_lock_note(store: RunStore, record: RunRecord) -> list[str]:
     """The certificate names the lock a derived run was really rebuilt from."""
     from auditor.env.lock_cache import cached_lock_ref
@@ -92,8 +108,11 @@ def _derived_lock_note(store: RunStore, record: RunRecord) -> list[str]:
         f"set (pip-compile --generate-hashes, {ref.packages} packages, sha256 {ref.sha256})"]
 
 
-def inputs_for(store: RunStore, record: RunRecord, opts: BuildOptions) -> BuildInputs:
-    """The build inputs of a run: its lock, recorded Python, base image and build inputs."""
+def inputs_for(store: RunStore, record: RunRecord, opts: BuildOptions,
+               builder: Builder | None = None) -> BuildInputs:
+    """The build inputs of a run: its lock, recorded Python, base image and build inputs.
+    The base image is pinned by ``builder`` (none for a venv), or by the engine if one
+    answers when no backend is chosen yet (``audit build --print``)."""
     py = record.environment.python
     lock = load_lock(store, record, allow_unhashed=opts.allow_unhashed)
     acc = record.environment.accelerators
@@ -105,7 +124,7 @@ def inputs_for(store: RunStore, record: RunRecord, opts: BuildOptions) -> BuildI
         lock=lock,
         python_version=py.version if py else "3",
         base_image=base,
-        base_image_id=_base_id(opts.backend, base),
+        base_image_id=builder.base_image_id(base) if builder else pinned_base_id(base),
         wheelhouse=opts.wheelhouse,
         ca_bundle=opts.ca_bundle,
         cuda=cuda,
@@ -116,17 +135,17 @@ def inputs_for(store: RunStore, record: RunRecord, opts: BuildOptions) -> BuildI
 
 
 def build_for(
-    store: RunStore, record: RunRecord, opts: BuildOptions, say: Progress
+    store: RunStore, record: RunRecord, opts: BuildOptions, builder: Builder, say: Progress
 ) -> BuildResult:
-    """Build (or reuse) a run's environment and remember the build in the store."""
-    inputs = inputs_for(store, record, opts)
+    """Build (or reuse) a run's environment with ``builder`` and remember the build in the
+    store."""
+    inputs = inputs_for(store, record, opts, builder)
     say(
         f"building the environment ({len(inputs.lock.packages)} locked packages, base "
         f"{inputs.base_image})"
     )
-    result = build(
+    result = builder.build(
         inputs,
-        backend=opts.backend,
         no_cache=opts.no_cache,
         progress=say,
         venv_root=venv_root_for(store_dir_of(store)),
@@ -139,13 +158,3 @@ def build_for(
     )
     return result
 
-
-def _base_id(backend: str | None, base: str) -> str | None:
-    from auditor.env.build import resolve_base_image_id
-
-    if backend == "venv":
-        return None
-    try:
-        return resolve_base_image_id(base)
-    except Exception:  # noqa: BLE001 - the build itself reports a missing engine or image
-        return None

@@ -5,7 +5,8 @@ major.minor, installs the lock with the same pip flags as the image (``--require
 --no-deps --only-binary :all:``, find-links and CA bundle passed explicitly, the host's own
 pip settings ignored), and writes its marker file last, so a folder without a marker is
 half-built and rebuilt. The result says, in ``isolation_note``, that isolation is weaker:
-same OS, libraries and files as this host. Split from ``build.py``.
+same OS, libraries and files as this host. Shares ``auditor.env.spec`` with the docker
+build (``auditor.env.build``), which does not import it.
 
 Where venvs live (``venv_root_for``): a venv rerun as root runs as uid 1000, which must be
 able to read the venv but not the store (private, 0700), so root builds into a root-owned
@@ -30,19 +31,21 @@ from typing import Any
 from auditor.core.errors import BuildFailed
 from auditor.core.lockfile import check_python_compat
 from auditor.env.access import blocked_for
-from auditor.env.build import (
-    BUILD_TIMEOUT_S,
-    ISOLATION_VENV,
-    MARKER,
+from auditor.env.build import build_inputs_digest  # a venv is named by the image's digest
+from auditor.env.engine import BUILD_TIMEOUT_S
+from auditor.env.spec import (
     PROBE,
     BuildInputs,
     BuildResult,
     Progress,
-    _failure,
-    _result,
+    install_failure,
+    result_of,
 )
 
 SHARED_VENV_ROOT = Path("/var/cache/auditor/envs")
+MARKER = "auditor-env.json"
+ISOLATION_VENV = ("venv backend: the rerun shares this host's OS, libraries, network and "
+                  "files; only the Python packages are rebuilt from the lock")
 
 
 def venv_root_for(store_dir: Path) -> Path:
@@ -61,8 +64,12 @@ def _open_root(venv_root: Path) -> None:
         os.chmod(path, 0o755)
 
 
-def build_venv(inputs: BuildInputs, digest: str, venv_root: Path, no_cache: bool,
-               say: Progress, started: float) -> BuildResult:
+def build_venv(inputs: BuildInputs, *, venv_root: Path, no_cache: bool = False,
+               progress: Progress | None = None) -> BuildResult:
+    """Build (or reuse) ``<venv_root>/<digest[:16]>`` for ``inputs``."""
+    started = time.monotonic()
+    say = progress or (lambda line: None)
+    digest = build_inputs_digest(inputs)
     _open_root(venv_root)
     with open(venv_root / f".{digest[:16]}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per digest; others then hit the cache
@@ -84,7 +91,7 @@ def _build_venv(inputs: BuildInputs, digest: str, venv_root: Path, no_cache: boo
     else:
         probe, lines = _create_venv(inputs, env, say)
         marker.write_text(json.dumps({"inputs_digest": digest, "probe": probe}, indent=2))
-    return _result(inputs, digest, probe, backend="venv", tag=str(env),
+    return result_of(inputs, digest, probe, backend="venv", tag=str(env),
                    image_id=f"venv:{digest[:16]}", cached=cached, log="\n".join(lines),
                    isolation_note=ISOLATION_VENV, seconds=time.monotonic() - started)
 
@@ -154,5 +161,5 @@ def _run(argv: list[str], lines: list[str], say: Progress | None, what: str) -> 
     for line in output if say else ():
         say(line)  # type: ignore[misc]
     if done.returncode != 0:
-        raise _failure(lines, what)
+        raise install_failure(lines, what)
     return done.stdout

@@ -34,7 +34,7 @@ from auditor.core.schema import (
     Seeds,
     new_run_id,
 )
-from auditor.env.build import BuildResult
+from auditor.env.spec import BuildResult
 from auditor.record import outputs, session
 from auditor.record.capture import determinism as det
 from auditor.record.capture.gpu import capture_gpus, gpu_signature
@@ -66,6 +66,11 @@ def record_rerun(
         raise CouldNotVerify(reason, hint="the rerun is stored as failed: "
                              f"audit show {final.identity.id[:12]}")
     return final
+
+
+def sandbox_notes(rerun: RunRecord) -> list[str]:
+    """The sandbox the rerun ran in, as stored with its record (for the certificate)."""
+    return [n for n in rerun.not_captured.get("sandbox", "").split("; ") if n]
 
 
 _ENVIRONMENT_FAILURE = re.compile(

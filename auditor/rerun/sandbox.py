@@ -305,7 +305,7 @@ def execute_docker(
     import docker.errors
     from docker.types import DeviceRequest
 
-    from auditor.env.build import docker_client
+    from auditor.env.engine import docker_client
 
     # the client's read timeout also bounds silences in the log stream: keep it longer
     client = docker_client(timeout=limits.timeout_s + 120)

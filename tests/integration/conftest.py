@@ -20,7 +20,7 @@ import pytest
 
 from auditor.core.errors import AuditorError, EngineUnavailable
 from auditor.env.baseimage import build_base_image
-from auditor.env.build import docker_client as connect
+from auditor.env.engine import docker_client as connect
 
 BASE_TAG = "auditor-base:bookworm"
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")

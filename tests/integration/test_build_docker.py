@@ -18,16 +18,10 @@ import pytest
 
 from auditor.core.errors import BuildFailed, EngineUnavailable, LockfileError
 from auditor.core.lockfile import Lock, parse_requirements_lock
-from auditor.env.build import (
-    BuildInputs,
-    BuildResult,
-    ImageBuildFailed,
-    build,
-    build_inputs_digest,
-    detect_backend,
-    image_tag,
-    without_tooling,
-)
+from auditor.env.build import build_docker, build_inputs_digest, image_tag
+from auditor.env.spec import BuildInputs, BuildResult, ImageBuildFailed, without_tooling
+from auditor.env.venv import build_venv
+from auditor.rerun.backends import detect
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCKS = ROOT / "fixtures" / "locks" / "pip"
@@ -92,8 +86,7 @@ def small_build(docker_client: Any, small_inputs: BuildInputs,
                 tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     _untag(docker_client, small_inputs)
     lines: list[str] = []
-    result = build(small_inputs, backend="docker", progress=lines.append,
-                   venv_root=tmp_path_factory.mktemp("envs"))
+    result = build_docker(small_inputs, progress=lines.append)
     assert any("Step" in line for line in lines), "progress lines are streamed"
     return result
 
@@ -128,7 +121,7 @@ def test_rebuild_is_a_cache_hit_under_three_seconds(small_build: BuildResult,
                                                     small_inputs: BuildInputs,
                                                     tmp_path: Path) -> None:
     started = time.monotonic()
-    again = build(small_inputs, backend="docker", venv_root=tmp_path)
+    again = build_docker(small_inputs)
     elapsed = time.monotonic() - started
     assert again.cached and again.image_id == small_build.image_id
     assert again.packages == small_build.packages
@@ -147,7 +140,7 @@ def test_final_image_has_no_ca_bundle_and_no_wheelhouse(
 def test_no_cache_rebuild_has_an_equal_package_closure(small_build: BuildResult,
                                                        small_inputs: BuildInputs,
                                                        tmp_path: Path) -> None:
-    again = build(small_inputs, backend="docker", no_cache=True, venv_root=tmp_path)
+    again = build_docker(small_inputs, no_cache=True)
     assert not again.cached
     assert again.packages == small_build.packages  # T21b; image ids may differ
 
@@ -161,7 +154,7 @@ def test_wrong_hash_fails_naming_the_package_and_tags_nothing(
 ) -> None:
     inputs = _inputs(_lock("wrong-hash.requirements.lock"), base_image, ca_bundle=ca_bundle)
     with pytest.raises(ImageBuildFailed) as info:
-        build(inputs, backend="docker", venv_root=tmp_path)
+        build_docker(inputs)
     message = str(info.value)
     assert "hash mismatch for six==1.17.0" in message and "\n" not in message
     assert info.value.exit_code == 3
@@ -176,7 +169,7 @@ def test_missing_base_image_names_the_way_out(docker_client: Any, ca_bundle: Pat
     inputs = _inputs(_lock("small.requirements.lock"), ("auditor-no-such-base:none", ""),
                      base_image_id=None, ca_bundle=ca_bundle)
     with pytest.raises(BuildFailed) as info:
-        build(inputs, backend="docker", venv_root=tmp_path)
+        build_docker(inputs)
     assert "audit base-image build" in str(info.value) and "--base-image" in str(info.value)
 
 
@@ -186,7 +179,7 @@ def test_lock_for_another_python_is_refused_before_building(
 ) -> None:
     inputs = _inputs(_lock("py312.requirements.lock"), base_image)
     with pytest.raises(LockfileError) as info:
-        build(inputs, backend="docker", venv_root=tmp_path)
+        build_docker(inputs)
     assert info.value.exit_code == 2 and "Python 3.12" in str(info.value)
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(image_tag(build_inputs_digest(inputs)))
@@ -198,10 +191,10 @@ def test_engine_down_is_engine_unavailable(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/dead.sock")
     inputs = _inputs(_lock("small.requirements.lock"), ("auditor-base:bookworm", ""))
     with pytest.raises(EngineUnavailable) as info:
-        build(inputs, backend="docker", venv_root=tmp_path)
+        build_docker(inputs)
     assert info.value.exit_code == 3
     assert "start it (dockerd) or use --backend venv" in str(info.value)
-    assert detect_backend() == "venv"
+    assert detect().name == "venv"
 
 
 # ---- torch from the wheelhouse -------------------------------------------------------
@@ -215,7 +208,7 @@ def test_torch_lock_builds_from_the_wheelhouse(
 ) -> None:
     lock = _lock("torch-cpu.requirements.lock")
     inputs = _inputs(lock, base_image, ca_bundle=ca_bundle, wheelhouse=torch_wheelhouse)
-    result = build(inputs, backend="docker", venv_root=tmp_path)
+    result = build_docker(inputs)
     size_mb = docker_client.images.get(result.image_id).attrs["Size"] / 1e6
     print(f"torch image: {result.seconds:.1f} s (cached={result.cached}), {size_mb:.0f} MB")
     assert _run(docker_client, result.tag, "python", "-c",
@@ -235,9 +228,9 @@ def test_venv_backend_builds_and_reuses_the_environment(ca_bundle: Path, tmp_pat
     inputs = BuildInputs(run_id="it-venv", lock=_lock("small.requirements.lock"),
                          python_version="3.11.7", base_image="auditor-base:bookworm",
                          ca_bundle=ca_bundle, auditor_version="0.1.0")
-    first = build(inputs, backend="venv", venv_root=tmp_path)
+    first = build_venv(inputs, venv_root=tmp_path)
     assert (first.backend, first.cached) == ("venv", False)
     assert first.packages["six"] == "1.17.0" and first.isolation_note
     assert (tmp_path / first.inputs_digest[:16] / "auditor-env.json").is_file()
-    again = build(inputs, backend="venv", venv_root=tmp_path)
+    again = build_venv(inputs, venv_root=tmp_path)
     assert again.cached and again.packages == first.packages

@@ -1,4 +1,4 @@
-"""Dockerfile rendering, inputs digest, base image defaults and backend choice (no engine).
+"""Dockerfile rendering, inputs digest, base image defaults and failure logs (no engine).
 
 Golden files live in fixtures/golden/; regenerate them with AUDITOR_UPDATE_GOLDEN=1.
 """
@@ -16,15 +16,12 @@ from auditor.core.lockfile import Lock, parse_conda_lock, parse_requirements_loc
 from auditor.env import build
 from auditor.env.baseimage import CUDA_RUNTIME, PYTHON_SLIM
 from auditor.env.build import (
-    BuildInputs,
-    ImageBuildFailed,
     build_inputs_digest,
     default_base_image,
-    differences,
     image_tag,
     render_dockerfile,
-    select_backend,
 )
+from auditor.env.spec import BuildInputs, ImageBuildFailed, differences, install_failure
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "fixtures" / "golden"
@@ -222,36 +219,13 @@ def test_hash_mismatch_log_maps_to_a_build_failure_naming_the_package() -> None:
            "    six==1.17.0 from https://files.example/six-1.17.0-py2.py3-none-any.whl (from -r"
            " /opt/auditor/requirements.lock (line 7)):",
            "        Expected sha256 4721f391ed90541e", "             Got        4721f391ed90541f"]
-    error = build._failure(log, "image build")
+    error = install_failure(log, "image build")
     assert isinstance(error, ImageBuildFailed) and isinstance(error, BuildFailed)
     assert "hash mismatch for six==1.17.0" in str(error) and "\n" not in str(error)
     assert error.exit_code == 3 and "Got" in error.log
 
 
 def test_missing_package_log_maps_to_a_wheelhouse_hint() -> None:
-    error = build._failure(["ERROR: No matching distribution found for torch==2.13.0+cpu"],
+    error = install_failure(["ERROR: No matching distribution found for torch==2.13.0+cpu"],
                            "image build")
     assert "no wheel for torch==2.13.0+cpu" in str(error) and "--wheelhouse" in str(error)
-
-
-# ---- backends ------------------------------------------------------------------------
-
-
-def test_unknown_backend_lists_the_available_ones() -> None:
-    with pytest.raises(InputError) as info:
-        select_backend("podman")
-    assert "unknown build backend 'podman': available: docker, venv" in str(info.value)
-    assert info.value.exit_code == 2
-
-
-def test_known_backends_are_taken_as_given() -> None:
-    assert [select_backend(name) for name in build.BACKENDS] == ["docker", "venv"]
-    assert build.BACKENDS[0] == build.DEFAULT_BACKEND
-
-
-def test_detect_falls_back_to_venv_when_no_engine_answers(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
-    assert build.detect_backend() == "venv"
-    assert select_backend(None) == "venv"
