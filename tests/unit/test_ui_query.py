@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auditor.core.errors import InputError
-from auditor.store import SqlStore
+from auditor.store import SqlStore, open_store
 from auditor.store.base import CertificateRow
 from auditor.store.query import parse_query, query_runs
 from tests.conftest import audit
 from tests.uifactory import START, put_run, sweep
+
+
+@pytest.fixture
+def store(any_store: SqlStore) -> SqlStore:
+    """The dashboard's queries run against SQLite and PostgreSQL alike."""
+    return any_store
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> Iterator[SqlStore]:
+    """A SQLite store at tmp_path/store, for the CLI (which opens it by path)."""
+    opened = open_store(str(tmp_path / "store"))
+    yield opened
+    opened.close()
 
 
 def names(store: SqlStore, *where: str, sort: str | None = None) -> list[str]:
@@ -81,8 +96,8 @@ def test_parser_fuzz_raises_only_input_error(where: str, sort: str) -> None:
         parse_query([where], sort)
 
 
-def test_audit_list_where_and_sort(tmp_path: Path, store: SqlStore) -> None:
-    sweep(store, lrs=(0.001, 0.1), seeds=2)
+def test_audit_list_where_and_sort(tmp_path: Path, local_store: SqlStore) -> None:
+    sweep(local_store, lrs=(0.001, 0.1), seeds=2)
     loc = str(tmp_path / "store")
     out = audit("--store", loc, "list", "--where", "params.lr < 0.05",
                 "--sort", "-metrics.accuracy,name", cwd=tmp_path)
