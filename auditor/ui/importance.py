@@ -2,8 +2,9 @@
 
 * importance: scikit-learn's random forest (impurity importance) and its permutation
   importance with the spread over repeats (impurity importance favours params with many
-  distinct values; permutation importance does not), plus scipy's Spearman rank
-  correlation of each numeric param with the metric;
+  distinct values; permutation importance does not; past 500 runs each repeat scores a
+  random 500-run subsample, which the spread over repeats then includes), plus scipy's
+  Spearman rank correlation of each numeric param with the metric;
 * seed noise: runs whose params are equal except for their seed (or reruns of one run)
   form groups; the pooled standard deviation within those groups is the metric's
   seed-to-seed spread. A param's effect is the gap between its best and worst value's mean
@@ -35,6 +36,7 @@ MIN_RUNS = 6
 SEED_KEY = re.compile(r"(^|[_.-])(seed|random_seed|rng_seed)$", re.IGNORECASE)
 ALPHA = 0.05
 TREES = 50
+PERMUTATION_ROWS = 500  # each permutation repeat scores a random subsample of this many
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,8 @@ def _number(v: Any) -> float | None:
 def _forest(x: np.ndarray, y: np.ndarray, repeats: int) -> tuple[Any, Any, Any]:
     model = RandomForestRegressor(n_estimators=TREES, random_state=0, n_jobs=1).fit(x, y)
     perm = permutation_importance(_TreeMean(model), x, y, scoring="r2", n_repeats=repeats,
-                                  random_state=0, n_jobs=1)
+                                  random_state=0, n_jobs=1,
+                                  max_samples=min(len(y), PERMUTATION_ROWS))
     return model.feature_importances_, perm.importances_mean, perm.importances_std
 
 
