@@ -4,7 +4,9 @@ whole ASGI stack (FastAPI's TestClient), median of several requests after one wa
 * ``runs-table``: the first page of the runs table (HTML and JSON) over 10,000 runs;
   also a filtered, sorted page (``params.lr < 0.01``, ``-metrics.accuracy``);
 * ``compare``: 20 runs with a 100,000-point curve each: server time and payload of
-  ``/api/compare`` and of the ``/compare`` page (curves LTTB-downsampled on the server);
+  ``/api/compare`` and of the ``/compare`` page (curves LTTB-downsampled on the server),
+  cold (every series read from the store: the first view of these runs) and warm (the
+  downsampled curves kept by ``CurveCache``: any later view while the runs are unchanged);
 * ``importance``: random forest + permutation importance + seed noise over 1,000 runs x
   20 params.
 
@@ -35,6 +37,7 @@ from auditor.store import open_store  # noqa: E402
 from auditor.store.query import all_rows  # noqa: E402
 from auditor.store.sql import SqlStore, _record_row, t_runs  # noqa: E402
 from auditor.ui.importance import importance  # noqa: E402
+from auditor.ui.views import CURVES  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ui.json"
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -54,17 +57,24 @@ def bulk(store: SqlStore, records: list[RunRecord]) -> None:
         conn.execute(t_runs.insert(), [_record_row(r, None) for r in records])
 
 
-def timed(client: Any, url: str, repeat: int = 5) -> dict[str, float]:
-    client.get(url)
-    times, size = [], 0
-    for _ in range(repeat):
+def timed(client: Any, url: str, repeat: int = 5, *, cold: bool = False) -> dict[str, float]:
+    """Median of ``repeat`` requests after the first (whose time is ``first_ms``: the
+    server's caches filling); ``cold`` empties the curve cache before every request."""
+    times, size, first = [], 0, 0.0
+    for i in range(repeat + 1):
+        if cold:
+            CURVES.entries.clear()
         t = time.perf_counter()
         r = client.get(url)
-        times.append((time.perf_counter() - t) * 1000)
+        elapsed = (time.perf_counter() - t) * 1000
         assert r.status_code == 200, (url, r.status_code, r.text[:300])
+        if i == 0:
+            first = elapsed
+        else:
+            times.append(elapsed)
         size = len(r.content)
     return {"median_ms": round(statistics.median(times), 1), "min_ms": round(min(times), 1),
-            "bytes": size}
+            "first_ms": round(first, 1), "bytes": size}
 
 
 def main() -> None:
@@ -102,6 +112,8 @@ def main() -> None:
                                         float(s)) for s in range(args.points)])
         joined = ",".join(ids)
         out["compare"] = {"runs": args.compare, "points per curve": args.points,
+                          "api cold (curves read from the store)":
+                              timed(client, f"/api/compare?runs={joined}", 3, cold=True),
                           "api": timed(client, f"/api/compare?runs={joined}", 3),
                           "page": timed(client, f"/compare?runs={joined}", 3)}
         print(json.dumps(out["compare"]), flush=True)

@@ -49,6 +49,7 @@ _TOKEN = re.compile(
     r"""|(?P<word>[^\s=<>!~"']+))"""
 )
 MAX_FILTER = 4000
+_PLAIN_ATTRS = frozenset({"id", "name", "status", "verified", "commit"})
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,9 @@ class Row:
             return self.params.get(key[7:])
         if key.startswith("metrics."):
             return self.metrics.get(key[8:])
-        return {
-            "id": self.id, "name": self.name, "status": self.status, "verified": self.verified,
-            "started": self.started_at.isoformat(), "commit": self.commit,
-        }.get(key)
+        if key == "started":
+            return self.started_at.isoformat()
+        return getattr(self, key) if key in _PLAIN_ATTRS else None
 
 
 @dataclass(frozen=True)
@@ -271,10 +271,11 @@ def sort_rows(rows: list[Row], keys: Sequence[tuple[str, bool]]) -> list[Row]:
     """Stable multi-key sort; missing values last in either direction."""
     out = sorted(rows, key=lambda r: r.id, reverse=True)
     for key, descending in reversed(keys):
-        present = [r for r in out if r.value(key) is not None]
-        missing = [r for r in out if r.value(key) is None]
-        present.sort(key=lambda r: _sort_value(r.value(key)), reverse=descending)
-        out = present + missing
+        values = [(r.value(key), r) for r in out]  # each run's value read once
+        present = [(_sort_value(v), r) for v, r in values if v is not None]
+        missing = [r for v, r in values if v is None]
+        present.sort(key=lambda vr: vr[0], reverse=descending)
+        out = [r for _, r in present] + missing
     return out
 
 

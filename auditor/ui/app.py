@@ -170,11 +170,13 @@ def _routes(app: FastAPI, store: RunStore) -> None:
         ids = _run_ids(store, runs, run)
         return pages.compare_page(compare_view(store, ids, metric, latest_verdicts(store)))
 
-    @app.get("/api/compare")
+    @app.get("/api/compare", response_class=JSONResponse,
+             responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}})
     def api_compare(runs: RunsParam = None, run: RunList = None,
-                    metric: Metric = None) -> dict[str, Any]:
+                    metric: Metric = None) -> Response:
         ids = _run_ids(store, runs, run)
-        return dict(pages.jsonable(compare_view(store, ids, metric, latest_verdicts(store))))
+        # already plain JSON values: sent as they are, not walked again by FastAPI's encoder
+        return _json(pages.jsonable(compare_view(store, ids, metric, latest_verdicts(store))))
 
     @app.get("/api/importance")
     def api_importance(where: Where = None, metric: Metric = None) -> dict[str, Any]:
@@ -197,12 +199,13 @@ def _routes(app: FastAPI, store: RunStore) -> None:
                 "record": json.loads(rec.model_dump_json()),
                 "curves": pages.jsonable(curves(store, [rec.identity.id]))}
 
-    @app.get("/api/runs/{run_id}/curves")
-    def api_curves(run_id: str) -> dict[str, Any]:
+    @app.get("/api/runs/{run_id}/curves", response_class=JSONResponse,
+             responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}})
+    def api_curves(run_id: str) -> Response:
         full = store.resolve(run_id)
         rec = store.get_record(full)
-        return {"id": full, "status": rec.identity.status,
-                "curves": pages.jsonable(curves(store, [full]))}
+        return _json({"id": full, "status": rec.identity.status,
+                      "curves": pages.jsonable(curves(store, [full]))})
 
     @app.get("/api/runs/{run_id}/artifacts/{sha256}")
     def artifact(run_id: str, sha256: str) -> Response:
@@ -216,6 +219,11 @@ def _routes(app: FastAPI, store: RunStore) -> None:
     def static(name: str) -> Response:
         media = "text/css" if name.endswith(".css") else "text/javascript"
         return Response(static_bytes(name), media_type=media)
+
+
+def _json(data: Any) -> Response:
+    return Response(json.dumps(data, allow_nan=False, separators=(",", ":")),
+                    media_type="application/json")
 
 
 def _download(store: RunStore, sha256: str, name: str, size: int) -> Response:
