@@ -133,6 +133,10 @@ class RunStore(Protocol):
                       ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """key -> (steps, values) numpy arrays in logging order, exact values."""
 
+    def metrics_mark(self, run_id: str) -> int:
+        """The run's last metric sequence number (-1 for none): unchanged means the
+        run's series are unchanged (points are append-only)."""
+
     def runs_with_artifact(self, sha256: str) -> list[tuple[str, str]]:
         """(run id, artifact name) pairs that reference an object."""
 

@@ -117,16 +117,7 @@ def lttb(steps: np.ndarray, values: np.ndarray, points: int = MAX_POINTS
 def series(store: RunStore, run_id: str, key: str | None = None
            ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """A run's metric series as numpy arrays, per key."""
-    reader = getattr(store, "metric_arrays", None)
-    if reader is not None:
-        return reader(run_id, key)  # type: ignore[no-any-return]
-    grouped: dict[str, tuple[list[int], list[float]]] = {}
-    for p in store.iter_metrics(run_id, key):
-        s, v = grouped.setdefault(p.key, ([], []))
-        s.append(p.step)
-        v.append(p.value)
-    return {k: (np.array(s, dtype=np.int64), np.array(v, dtype=np.float64))
-            for k, (s, v) in grouped.items()}
+    return store.metric_arrays(run_id, key)
 
 
 class CurveCache:
@@ -143,25 +134,20 @@ class CurveCache:
     def get(self, store: RunStore, run_id: str, key: str | None, points: int
             ) -> dict[str, dict[str, Any]]:
         """metric -> {steps, values, total} of one run, downsampled."""
-        marker = getattr(store, "metrics_mark", None)
-        cache_key = None
-        if marker is not None:
-            where = str(getattr(getattr(store, "engine", None), "url", id(store)))
-            cache_key = (where, run_id, key, points, marker(run_id))
-            with self.lock:
-                hit = self.entries.get(cache_key)
-                if hit is not None:
-                    self.entries.move_to_end(cache_key)
-                    return hit
+        cache_key = (id(store), run_id, key, points, store.metrics_mark(run_id))
+        with self.lock:
+            hit = self.entries.get(cache_key)
+            if hit is not None:
+                self.entries.move_to_end(cache_key)
+                return hit
         out: dict[str, dict[str, Any]] = {}
         for name, (steps, values) in series(store, run_id, key).items():
             xs, ys = lttb(steps, values, points)
             out[name] = {"steps": xs, "values": ys, "total": len(values)}
-        if cache_key is not None:
-            with self.lock:
-                self.entries[cache_key] = out
-                while len(self.entries) > self.size:
-                    self.entries.popitem(last=False)
+        with self.lock:
+            self.entries[cache_key] = out
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
         return out
 
 
