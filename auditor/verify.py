@@ -21,7 +21,7 @@ from auditor.certify.decide import decide, environment_digest
 from auditor.certify.verdict import VerifyResult
 from auditor.compare import compare_runs, evidence_from_store, plot_series
 from auditor.core.errors import InputError
-from auditor.core.policy import Policy
+from auditor.core.policy import Policy, RerunPolicy
 from auditor.core.schema import RunRecord
 from auditor.env.inputs import build_for, build_notes
 from auditor.rerun.backends import choose
@@ -65,25 +65,25 @@ def verify(
     """Rebuild, rerun, compare and certify one recorded run (resolved once, by the caller)."""
     started = datetime.now(UTC)
     timings: dict[str, float] = {}
-    notes = _check_verifiable(store, original, policy)
+    notes = _check_verifiable(store, original, policy.rerun)
     progress(f"verifying run {original.identity.id} ({original.identity.name})")
     backend = choose(opts.backend, progress)
     with _timed(timings, "build"):
         built = build_for(store, original, opts, backend, progress)
     with _timed(timings, "rerun"):
         rerun = rerun_in(store, original, built, backend, limits=opts.limits,
-                         skip_replay=opts.skip_replay, pass_env=policy.pass_env, say=progress)
+                         skip_replay=opts.skip_replay, pass_env=policy.rerun.pass_env, say=progress)
     notes += [*build_notes(store, original, built), *sandbox_notes(rerun),
               *(f"setting not replayed (test switch): {s}" for s in opts.skip_replay)]
     progress("comparing metrics, weights, files and environment")
     with _timed(timings, "compare"):
         left, right = evidence_from_store(store, original), evidence_from_store(store, rerun)
-        verdict = decide(compare_runs(left, right, policy), original, rerun, policy, notes)
+        verdict = decide(compare_runs(left, right, policy.compare), original, rerun, policy, notes)
     timings["total"] = (datetime.now(UTC) - started).total_seconds()
     result = VerifyResult(
         original_run=original.identity.id, original_name=original.identity.name,
         rerun_run=rerun.identity.id, rerun_name=rerun.identity.name, verdict=verdict,
-        policy=policy.model_dump(mode="json"), image=built.image_id, backend=built.backend,
+        policy=policy.table(), image=built.image_id, backend=built.backend,
         environment_sha256=environment_digest(rerun), started_at=started, seconds=timings,
         metric_series=plot_series(left, right))
     from auditor.certify.issue import issue_certificate
@@ -100,7 +100,7 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
         timings[name] = (datetime.now(UTC) - start).total_seconds()
 
 
-def _check_verifiable(store: RunStore, record: RunRecord, policy: Policy) -> list[str]:
+def _check_verifiable(store: RunStore, record: RunRecord, policy: RerunPolicy) -> list[str]:
     """A finished run whose every stored artifact still hashes to its name, on a host with
     its GPUs (or a policy that allows a mismatch: then the notes say so)."""
     if record.identity.status != "finished":
@@ -116,9 +116,9 @@ def _check_verifiable(store: RunStore, record: RunRecord, policy: Policy) -> lis
     return check_gpus(record, allow_mismatch=policy.allow_gpu_mismatch)
 
 
-def rerun_only(store: RunStore, original: RunRecord, policy: Policy, opts: VerifyOptions,
+def rerun_only(store: RunStore, original: RunRecord, policy: RerunPolicy, opts: VerifyOptions,
                say: Progress) -> RunRecord:
-    """``audit rerun``: build and rerun without comparing."""
+    """``audit rerun``: build and rerun without comparing (the policy's rerun part only)."""
     _check_verifiable(store, original, policy)
     backend = choose(opts.backend, say)
     built = build_for(store, original, opts, backend, say)

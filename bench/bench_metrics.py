@@ -53,7 +53,7 @@ def series(n: int, *, rerun: bool, descending: bool = False) -> Iterator[tuple[i
 def child(case: str, n: int) -> dict[str, object]:
     """Run one case here and report its figures."""
     from auditor.compare import Evidence, metrics
-    from auditor.core.policy import Policy
+    from auditor.core.policy import ComparePolicy
     from auditor.core.schema import Command, Identity, RunRecord
 
     keys = tuple(f"metric{k}" for k in range(CASES[case]))
@@ -75,7 +75,7 @@ def child(case: str, n: int) -> dict[str, object]:
                     pass
         diffs = []
     else:
-        diffs = metrics.compare(sides[0], sides[1], Policy())
+        diffs = metrics.compare(sides[0], sides[1], ComparePolicy())
     seconds = time.perf_counter() - start
     return {"case": case, "keys": len(keys), "points_per_key": n, "seconds": round(seconds, 3),
             "point_pairs_per_s": round(n * len(keys) / seconds),

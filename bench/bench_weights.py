@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from auditor.compare.weights import compare_weight_files  # noqa: E402
-from auditor.core.policy import Policy  # noqa: E402
+from auditor.core.policy import ComparePolicy  # noqa: E402
 
 TARGETS = {"identical_gbps": 5.0, "different_gbps": 1.5, "anon_growth_mb": 300.0}
 Measured = dict[str, float]
@@ -147,7 +147,7 @@ def _child(how: str, left: Path, right: Path, repeat: int) -> Measured:
 
         return best_of(repeat, lambda: naive(left.with_suffix(".pt"), right.with_suffix(".pt")),
                        size)
-    policy = Policy()
+    policy = ComparePolicy()
     return best_of(repeat, lambda: compare_weight_files(left, right, policy), size)
 
 

@@ -48,7 +48,7 @@ from typing import Any
 from auditor.certify.verdict import Cause, Level, Verdict
 from auditor.compare import environment, files
 from auditor.compare.difference import Difference
-from auditor.core.policy import Policy, loosenings
+from auditor.core.policy import ComparePolicy, Policy, loosenings
 from auditor.core.schema import RunRecord, canonical_json
 
 # (group, item glob, category, score, why it can change a result): the first match wins.
@@ -149,7 +149,7 @@ def decide(diffs: dict[str, list[Difference]], left: RunRecord, right: RunRecord
     """The verdict over every comparer's differences."""
     counted = [d for name, found in diffs.items() if name != "environment"
                for d in found if not d.stats.get("informational")]
-    beyond = [d for d in counted if not d.within_tolerance or policy.bitwise]
+    beyond = [d for d in counted if not d.within_tolerance or policy.compare.bitwise]
     unreadable = [d for d in beyond if d.stats.get("cannot_compare")]
     level = _level(counted, beyond)
     if unreadable and len(unreadable) == len(beyond):  # our gap, not the run's fault
@@ -158,12 +158,12 @@ def decide(diffs: dict[str, list[Difference]], left: RunRecord, right: RunRecord
     return Verdict(level=level, differences=diffs, notes=list(notes),
                    causes=_causes(level, diffs, left, right, beyond),
                    first_divergence=first_divergence(diffs, beyond) if beyond else None,
-                   summary=_summary(diffs, counted, beyond, (left, right), policy),
-                   outputs=files.coverage(left, right, policy),
-                   loosenings=loosenings(policy) + _log_note(diffs, policy))
+                   summary=_summary(diffs, counted, beyond, (left, right), policy.compare),
+                   outputs=files.coverage(left, right, policy.compare),
+                   loosenings=loosenings(policy) + _log_note(diffs, policy.compare))
 
 
-def _log_note(diffs: dict[str, list[Difference]], policy: Policy) -> list[str]:
+def _log_note(diffs: dict[str, list[Difference]], policy: ComparePolicy) -> list[str]:
     """The informational log differences, as the loosening they are (reported first)."""
     logs = [d for found in diffs.values() for d in found
             if d.stats.get("informational") and d.kind == "text"]
@@ -225,7 +225,7 @@ def first_divergence(diffs: dict[str, list[Difference]], beyond: list[Difference
 
 def _summary(diffs: dict[str, list[Difference]], counted: list[Difference],
              beyond: list[Difference], runs: tuple[RunRecord, RunRecord],
-             policy: Policy) -> dict[str, int]:
+             policy: ComparePolicy) -> dict[str, int]:
     keys = sorted(set(runs[0].metrics.final) | set(runs[1].metrics.final))
     outputs = files.coverage(*runs, policy).compared
     touched = {d.where for d in counted}

@@ -211,7 +211,8 @@ def rerun_cmd(ctx: click.Context, /, run: str, quiet: bool, **kw: Any) -> None:
 
     store = store_of(ctx)
     rec = store.get_record(store.resolve(run))
-    rerun = rerun_only(store, rec, load_policy(None), _verify_options(kw), _say(quiet))
+    policy = load_policy(_policy_path(None))  # the repo's auditor.toml, as verify reads it
+    rerun = rerun_only(store, rec, policy.rerun, _verify_options(kw), _say(quiet))
     click.echo(
         json.dumps({"rerun": rerun.identity.id, "status": rerun.identity.status})
         if wants_json(ctx)
@@ -255,7 +256,8 @@ def compare_cmd(
     left, right = runs
     a, b = (store.get_record(store.resolve(r)) for r in (left, right))
     policy = load_policy(_policy_path(policy_path), bitwise=bitwise)
-    diffs = compare_runs(evidence_from_store(store, a), evidence_from_store(store, b), policy)
+    diffs = compare_runs(evidence_from_store(store, a), evidence_from_store(store, b),
+                         policy.compare)
     verdict = decide(diffs, a, b, policy)
     if wants_json(ctx):
         click.echo(verdict.model_dump_json(indent=1))
@@ -337,7 +339,7 @@ def verify_cmd(
     _check_targets(kw)
     policy = load_policy(_policy_path(kw["policy_path"]), bitwise=kw["bitwise"])
     if kw["allow_gpu_mismatch"]:
-        policy = policy.model_copy(update={"allow_gpu_mismatch": True})
+        policy = policy.with_gpu_mismatch()
     opts = _verify_options(kw)
     opts = replace(
         opts, limits=replace(opts.limits, timeout_s=kw["timeout"], mem_limit=kw["memory"])

@@ -24,12 +24,12 @@ from auditor.compare import environment, files, metrics, params, process
 from auditor.compare.difference import Difference
 from auditor.compare.evidence import Evidence, evidence_from_store, plot_series
 from auditor.core.errors import InputError
-from auditor.core.policy import Policy
+from auditor.core.policy import ComparePolicy
 
 __all__ = ["COMPARATORS", "Comparer", "Difference", "Evidence", "compare_runs",
            "evidence_from_store", "plot_series"]
 
-Comparer = Callable[[Evidence, Evidence, Policy], list[Difference]]
+Comparer = Callable[[Evidence, Evidence, ComparePolicy], list[Difference]]
 
 COMPARATORS: tuple[tuple[str, Comparer], ...] = (
     ("process", process.compare),
@@ -42,7 +42,7 @@ COMPARATORS: tuple[tuple[str, Comparer], ...] = (
 
 
 def compare_runs(
-    left: Evidence, right: Evidence, policy: Policy, only: Sequence[str] | None = None
+    left: Evidence, right: Evidence, policy: ComparePolicy, only: Sequence[str] | None = None
 ) -> dict[str, list[Difference]]:
     """Every comparer's differences (or those named in ``only``), in table order."""
     chosen = _chosen(only)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from auditor.compare.difference import Difference
 from auditor.compare.params import deep_changes, short
-from auditor.core.policy import Policy
+from auditor.core.policy import ComparePolicy
 from auditor.core.schema import RunRecord
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ GROUPS: tuple[tuple[str, Callable[[RunRecord], Group]], ...] = (
 )
 
 
-def compare(left: Evidence, right: Evidence, policy: Policy) -> list[Difference]:
+def compare(left: Evidence, right: Evidence, policy: ComparePolicy) -> list[Difference]:
     """Differences between the original run's environment (left) and the rerun's."""
     return compare_records(left.record, right.record)
 

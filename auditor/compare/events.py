@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.compare.difference import Difference
-from auditor.core.policy import Policy
+from auditor.core.policy import ComparePolicy
 
 HINT = "pip install 'auditor[tensorboard]'"
 
@@ -46,7 +46,8 @@ class _Events:
     records: int = 0
 
 
-def compare_event_files(left: Path, right: Path, policy: Policy, where: str) -> list[Difference]:
+def compare_event_files(left: Path, right: Path, policy: ComparePolicy,
+                        where: str) -> list[Difference]:
     """Differences between two event files (see the module contract)."""
     try:
         a, b = _read(left), _read(right)
@@ -98,7 +99,7 @@ def _scalar(value: Any, tensor_util: Any) -> float | None:
 
 
 def _scalar_difference(where: str, tag: str, a: _Events, b: _Events,
-                       policy: Policy) -> Difference | None:
+                       policy: ComparePolicy) -> Difference | None:
     left, right = a.scalars.get(tag), b.scalars.get(tag)
     if left is None or right is None:
         side = "original" if right is None else "rerun"

@@ -55,7 +55,7 @@ from auditor.compare.events import compare_event_files, is_event_file
 from auditor.compare.pairing import OutputCoverage, Pair, pair_outputs
 from auditor.compare.weights import compare_weight_files, is_weights_file, reads_as_weights
 from auditor.core.errors import InputError
-from auditor.core.policy import Policy
+from auditor.core.policy import ComparePolicy
 from auditor.core.schema import ArtifactKind, ArtifactRef, RunRecord
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ MAX_DETAILS = 5  # differing lines shown per file
 MASK = "<masked>"
 BLOCK = 1 << 20  # bytes read at a time when looking for the first differing byte
 
-def compare(left: Evidence, right: Evidence, policy: Policy) -> list[Difference]:
+def compare(left: Evidence, right: Evidence, policy: ComparePolicy) -> list[Difference]:
     """Differences between the non-weights outputs (and logs) of the two runs."""
     masks = _masks(policy.log_masks)
     diffs: list[Difference] = []
@@ -78,7 +78,7 @@ def compare(left: Evidence, right: Evidence, policy: Policy) -> list[Difference]
     return diffs
 
 
-def compare_weights(left: Evidence, right: Evidence, policy: Policy) -> list[Difference]:
+def compare_weights(left: Evidence, right: Evidence, policy: ComparePolicy) -> list[Difference]:
     """Differences between the weights checkpoints the two runs wrote."""
     diffs: list[Difference] = []
     with tempfile.TemporaryDirectory(prefix="auditor-weights-") as tmp:
@@ -89,7 +89,7 @@ def compare_weights(left: Evidence, right: Evidence, policy: Policy) -> list[Dif
     return diffs
 
 
-def _compare_weights_pair(pair: Pair, sides: tuple[Evidence, Evidence], policy: Policy,
+def _compare_weights_pair(pair: Pair, sides: tuple[Evidence, Evidence], policy: ComparePolicy,
                           tmp: Path) -> list[Difference]:
     a, b, where = pair.left, pair.right, f"weights/{pair.name}"
     if a is None or b is None:
@@ -124,7 +124,7 @@ class Item:
     counted: bool  # False: its differences are information, never a verdict
 
 
-def plan(left: Evidence, right: Evidence, policy: Policy) -> list[Item]:
+def plan(left: Evidence, right: Evidence, policy: ComparePolicy) -> list[Item]:
     """Every compared artifact pair, paired by name (then by pattern), minus ignored ones."""
     kinds: tuple[ArtifactKind, ...] = ("output",) if policy.compare_logs == "off" else (
         "output", "log")
@@ -138,13 +138,13 @@ def plan(left: Evidence, right: Evidence, policy: Policy) -> list[Item]:
 
 
 def _artifacts(record: RunRecord, kinds: tuple[ArtifactKind, ...],
-               policy: Policy) -> dict[str, ArtifactRef]:
+               policy: ComparePolicy) -> dict[str, ArtifactRef]:
     return {a.name: a for a in record.artifacts if a.kind in kinds and not (
         a.kind == "output" and (policy.is_ignored(a.name) or (
             policy.compare_logs == "off" and policy.is_log_output(a.name))))}
 
 
-def _role(pair: Pair, sides: tuple[Evidence, Evidence], policy: Policy) -> Role:
+def _role(pair: Pair, sides: tuple[Evidence, Evidence], policy: ComparePolicy) -> Role:
     refs = [r for r in (pair.left, pair.right) if r is not None]
     if any(r.kind == "log" or policy.is_log_output(r.name) for r in refs):
         return "log"
@@ -164,7 +164,7 @@ def withheld(*records: RunRecord) -> set[str]:
             if name.startswith("outputs/") and why.startswith("not stored")}
 
 
-def coverage(left: RunRecord, right: RunRecord, policy: Policy) -> OutputCoverage:
+def coverage(left: RunRecord, right: RunRecord, policy: ComparePolicy) -> OutputCoverage:
     """Which outputs of the two runs a comparison under ``policy`` reads (see
     ``OutputCoverage``), from the records alone."""
     held = withheld(left, right)
@@ -232,7 +232,7 @@ def _paths(pair: Pair, left: Evidence, right: Evidence) -> tuple[Path, Path] | D
 
 
 def _compare_item(item: Item, sides: tuple[Evidence, Evidence], masks: list[re.Pattern[str]],
-                  policy: Policy) -> list[Difference]:
+                  policy: ComparePolicy) -> list[Difference]:
     a, b, where = item.pair.left, item.pair.right, f"files/{item.pair.name}"
     if a is None or b is None:
         return [_presence(where, a, b)]

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from auditor.compare.difference import Difference, Stat
-from auditor.core.policy import Policy, Tolerance
+from auditor.core.policy import ComparePolicy, Tolerance
 
 if TYPE_CHECKING:
     from auditor.compare.evidence import Evidence
@@ -64,7 +64,7 @@ class _Rule:
     bitwise: bool
 
 
-def compare(left: Evidence, right: Evidence, policy: Policy) -> list[Difference]:
+def compare(left: Evidence, right: Evidence, policy: ComparePolicy) -> list[Difference]:
     """Differences between the original run's metric series (left) and the rerun's."""
     diffs: list[Difference] = []
     for key in sorted(set(left.metric_keys) | set(right.metric_keys)):
@@ -87,7 +87,8 @@ def _presence(key: str, side: Evidence, kind: Literal["missing", "extra"]) -> Di
                       comments=(f"logged only by the {where_from}",))
 
 
-def compare_series(key: str, left: Evidence, right: Evidence, policy: Policy) -> list[Difference]:
+def compare_series(key: str, left: Evidence, right: Evidence,
+                   policy: ComparePolicy) -> list[Difference]:
     """The difference (at most one) between two runs' series of one metric."""
     rule = _Rule(policy.metric_tolerance_for(key), policy.nan_equal, policy.bitwise)
     try:

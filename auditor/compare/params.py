@@ -20,7 +20,7 @@ from deepdiff import DeepDiff
 from deepdiff.helper import NotPresent
 
 from auditor.compare.difference import Difference
-from auditor.core.policy import Policy
+from auditor.core.policy import ComparePolicy
 
 if TYPE_CHECKING:
     from auditor.compare.evidence import Evidence
@@ -38,7 +38,7 @@ class Change:
     report_type: str  # deepdiff's: values_changed, dictionary_item_added, ...
 
 
-def compare(left: Evidence, right: Evidence, policy: Policy) -> list[Difference]:
+def compare(left: Evidence, right: Evidence, policy: ComparePolicy) -> list[Difference]:
     """Differences between the original run's params (left) and the rerun's."""
     return [Difference(where="params/" + "/".join(c.path), kind="changed",
                        left=short(c.left), right=short(c.right), comments=(_what(c),))

@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from auditor.compare.difference import Difference
-from auditor.core.policy import Policy
+from auditor.core.policy import ComparePolicy
 
 STDERR = "logs/stderr.txt"
 TAIL_LINES = 3
 
 
-def compare(left: Any, right: Any, policy: Policy) -> list[Difference]:
+def compare(left: Any, right: Any, policy: ComparePolicy) -> list[Difference]:
     """A difference when the exit codes differ (the original's is normally 0)."""
     a, b = left.record.identity.exit_code, right.record.identity.exit_code
     if a == b:

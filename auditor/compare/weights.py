@@ -51,7 +51,7 @@ from auditor.compare.difference import Difference, Stat
 from auditor.compare.tensorfile import Tensor
 from auditor.compare.tensors import read_tensors
 from auditor.compare.torchfile import Leaf
-from auditor.core.policy import EXACT, Policy, Tolerance
+from auditor.core.policy import EXACT, ComparePolicy, Tolerance
 
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".npy", ".npz")
 CHUNK = 1 << 17  # elements per statistics chunk: a thread's buffers stay cache-sized
@@ -96,7 +96,7 @@ def reads_as_weights(path: Path, name: str | None = None) -> bool:
 def compare_weight_files(
     left: Path,
     right: Path,
-    policy: Policy,
+    policy: ComparePolicy,
     *,
     where: str = "weights",
     left_sha256: str | None = None,
@@ -117,7 +117,7 @@ def compare_weight_files(
     return diffs
 
 
-def compare_structure(left: Mapping[str, Leaf], right: Mapping[str, Leaf], policy: Policy, *,
+def compare_structure(left: Mapping[str, Leaf], right: Mapping[str, Leaf], policy: ComparePolicy, *,
                       where: str = "weights") -> list[Difference]:
     """Differences between the non-tensor values of two checkpoints: numbers under the
     metric tolerance (exact under ``bitwise``), strings after the log masks (a time in a
@@ -140,7 +140,7 @@ def compare_structure(left: Mapping[str, Leaf], right: Mapping[str, Leaf], polic
     return diffs
 
 
-def _leaf_difference(at: str, name: str, a: Leaf, b: Leaf, policy: Policy,
+def _leaf_difference(at: str, name: str, a: Leaf, b: Leaf, policy: ComparePolicy,
                      masks: list[re.Pattern[str]]) -> Difference | None:
     if type(a) is type(b) and (a == b or (isinstance(a, float) and isinstance(b, float)
                                           and math.isnan(a) and math.isnan(b)
@@ -169,7 +169,8 @@ def _short(value: object, limit: int = 120) -> str:
 
 
 def compare_tensors(
-    left: dict[str, Tensor], right: dict[str, Tensor], policy: Policy, *, where: str = "weights"
+    left: dict[str, Tensor], right: dict[str, Tensor], policy: ComparePolicy, *,
+    where: str = "weights",
 ) -> list[Difference]:
     """Differences between two name -> tensor tables (see the module contract)."""
     diffs: list[Difference] = []
@@ -197,7 +198,7 @@ def _presence(at: str, name: str, tensor: Tensor, *, missing: bool) -> Differenc
 
 
 def _compare_one(engine: _Engine, at: str, name: str, pair: tuple[Tensor, Tensor],
-                 policy: Policy) -> list[Difference]:
+                 policy: ComparePolicy) -> list[Difference]:
     (left, right), label = pair, name or "array"
     diffs = []
     if left.dtype != right.dtype:

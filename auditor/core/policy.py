@@ -1,10 +1,14 @@
-"""Verification policy: what counts as "reproduced".
+"""Verification policy: what counts as "reproduced", and what the rerun is allowed.
 
-Loaded from ``auditor.toml`` (table ``[verify]``) or ``--policy FILE``. Tolerances are
-dtype-aware (fp32 rtol 1.3e-6 / atol 1e-5 as in ``torch.testing``; fp16 and bf16 looser),
-with per-tensor and per-metric overrides matched by glob. ``bitwise = true`` demands bit
-identity everywhere. Unknown keys are refused (``extra="forbid"``) so a typo never
-silently loosens a policy.
+Loaded from ``auditor.toml`` (table ``[verify]``) or ``--policy FILE`` by ``load_policy``,
+the one loader ``audit verify``, ``rerun`` and ``compare`` use. ``Policy`` has two parts
+read from the same flat table: ``compare`` (``ComparePolicy``: what the comparison
+tolerates; the comparers take only this) and ``rerun`` (``RerunPolicy``: what the rerun may
+receive or differ in, ``pass_env`` and ``allow_gpu_mismatch``; the sandbox takes only
+this). Tolerances are dtype-aware (fp32 rtol 1.3e-6 / atol 1e-5 as in ``torch.testing``;
+fp16 and bf16 looser), with per-tensor and per-metric overrides matched by glob.
+``bitwise = true`` demands bit identity everywhere. Unknown keys are refused
+(``extra="forbid"``) so a typo never silently loosens a policy.
 """
 
 from __future__ import annotations
@@ -14,7 +18,15 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from auditor.core.capped import POLICY_LIMIT, read_capped
 from auditor.core.errors import InputError
@@ -60,8 +72,8 @@ DEFAULT_LOG_OUTPUTS: tuple[str, ...] = (
 LogMode = Literal["informational", "strict", "off"]
 
 
-class Policy(BaseModel):
-    """Tolerances and switches for one verification."""
+class ComparePolicy(BaseModel):
+    """What the comparison tolerates: tolerances, log handling, outputs left out."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -78,8 +90,6 @@ class Policy(BaseModel):
     compare_logs: LogMode = "informational"
     log_outputs: tuple[str, ...] = DEFAULT_LOG_OUTPUTS
     ignore_outputs: tuple[str, ...] = ()  # globs of output names not compared
-    allow_gpu_mismatch: StrictBool = False
-    pass_env: tuple[str, ...] = ()  # redacted variables the rerun may receive from the host
 
     @field_validator("compare_logs", mode="before")
     @classmethod
@@ -118,6 +128,67 @@ class Policy(BaseModel):
         return self.metric_tolerance
 
 
+class RerunPolicy(BaseModel):
+    """What the rerun is allowed: host variables it may receive, another GPU model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allow_gpu_mismatch: StrictBool = False
+    pass_env: tuple[str, ...] = ()  # redacted variables the rerun may receive from the host
+
+
+class Policy(BaseModel):
+    """One verification's policy: ``compare`` (what the comparison tolerates) and ``rerun``
+    (what the rerun is allowed). Built from the flat ``[verify]`` table: each key goes to
+    the part that defines it; an unknown key is refused (by the compare part)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    compare: ComparePolicy = ComparePolicy()
+    rerun: RerunPolicy = RerunPolicy()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_table(cls, value: object) -> object:
+        if not isinstance(value, dict) or set(value) <= {"compare", "rerun"}:
+            return value
+        compare, rerun = _split(value)
+        return {"compare": compare, "rerun": rerun}
+
+    @classmethod
+    def from_table(cls, table: dict[str, object]) -> Policy:
+        """The policy of a flat ``[verify]`` table (``ValidationError`` naming the bad key;
+        ``compare``/``rerun`` are no keys of the file: refused like any unknown key)."""
+        compare, rerun = _split(table)
+        return cls(compare=ComparePolicy.model_validate(compare),
+                   rerun=RerunPolicy.model_validate(rerun))
+
+    def table(self) -> dict[str, object]:
+        """The flat ``[verify]`` table of this policy (JSON types), as results store it."""
+        return {**self.compare.model_dump(mode="json"), **self.rerun.model_dump(mode="json")}
+
+    def with_gpu_mismatch(self) -> Policy:
+        """This policy with ``allow_gpu_mismatch`` set (``--allow-gpu-mismatch``)."""
+        return self.model_copy(
+            update={"rerun": self.rerun.model_copy(update={"allow_gpu_mismatch": True})})
+
+
+def _split(table: dict[str, object]) -> tuple[dict[str, object], dict[str, object]]:
+    """A flat table's keys for the compare part and for the rerun part (unknown keys go to
+    the compare part, which refuses them)."""
+    rerun = {k: v for k, v in table.items() if k in RerunPolicy.model_fields}
+    return {k: v for k, v in table.items() if k not in rerun}, rerun
+
+
+def policy_path(given: Path | None, root: Path | None = None) -> Path | None:
+    """The policy file to read: ``given``, else ``auditor.toml`` in ``root`` (default: the
+    current folder) when there is one, else None (the defaults)."""
+    if given is not None:
+        return given
+    default = (root or Path()) / "auditor.toml"
+    return default if default.is_file() else None
+
+
 def load_policy(path: Path | None = None, *, bitwise: bool = False) -> Policy:
     """Read a policy file (``[verify]`` table of auditor.toml, or a whole policy file)."""
     data: dict[str, object] = {}
@@ -136,7 +207,7 @@ def load_policy(path: Path | None = None, *, bitwise: bool = False) -> Policy:
     if bitwise:
         data["bitwise"] = True
     try:
-        return Policy.model_validate(data)
+        return Policy.from_table(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -150,6 +221,13 @@ def loosenings(policy: Policy) -> list[str]:
     """Each way ``policy`` accepts more than the default policy does, one line each, in a
     fixed order: outputs left out, wider tolerances, logs or masks that hide differences,
     a GPU mismatch allowed. Reports and certificates show these first."""
+    lines = _compare_loosenings(policy.compare)
+    if policy.rerun.allow_gpu_mismatch:
+        lines.append("allow_gpu_mismatch: the rerun may run on another GPU model")
+    return lines
+
+
+def _compare_loosenings(policy: ComparePolicy) -> list[str]:
     lines: list[str] = []
     if policy.ignore_outputs:
         lines.append("ignore_outputs: outputs matching " + ", ".join(policy.ignore_outputs)
@@ -166,19 +244,18 @@ def loosenings(policy: Policy) -> list[str]:
     if extra_masks:
         lines.append(f"log_masks: {len(extra_masks)} custom mask(s) hide matching text in logs "
                      "and text outputs: " + ", ".join(extra_masks))
-    if policy.allow_gpu_mismatch:
-        lines.append("allow_gpu_mismatch: the rerun may run on another GPU model")
     return lines
 
 
-def _tolerances(policy: Policy) -> list[str]:
-    lines = _wider("metric_tolerance", policy.metric_tolerance, DEFAULT_POLICY.metric_tolerance)
+def _tolerances(policy: ComparePolicy) -> list[str]:
+    default = DEFAULT_POLICY.compare.metric_tolerance
+    lines = _wider("metric_tolerance", policy.metric_tolerance, default)
     for dtype, tol in sorted(policy.dtype_tolerances.items()):
         lines += _wider(f"dtype_tolerances.{dtype}", tol, DTYPE_TOLERANCES.get(dtype, EXACT))
     for glob, tol in sorted(policy.tensors.items()):
         lines += _wider(f"tensors.{glob!r}", tol, DTYPE_TOLERANCES["float32"], "float32 default")
     for glob, tol in sorted(policy.metrics.items()):
-        lines += _wider(f"metrics.{glob!r}", tol, DEFAULT_POLICY.metric_tolerance)
+        lines += _wider(f"metrics.{glob!r}", tol, default)
     return lines
 
 

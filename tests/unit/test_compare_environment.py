@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from auditor.compare import Evidence, environment
-from auditor.core.policy import Policy
+from auditor.core.policy import ComparePolicy
 from auditor.core.schema import (
     Accelerators,
     Command,
@@ -56,7 +56,7 @@ def compare(left: RunRecord, right: RunRecord) -> list[Any]:
     def side(r: RunRecord) -> Evidence:
         return Evidence(record=r, files={}, metric_keys=(), series=lambda _k: iter(()))
 
-    return environment.compare(side(left), side(right), Policy())
+    return environment.compare(side(left), side(right), ComparePolicy())
 
 
 # -- the four standard tests -------------------------------------------------------------

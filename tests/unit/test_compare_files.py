@@ -14,7 +14,7 @@ import pytest
 
 from auditor.compare import Evidence, evidence_from_store, files
 from auditor.core.errors import InputError, IntegrityError
-from auditor.core.policy import Policy
+from auditor.core.policy import ComparePolicy
 from auditor.core.schema import (
     ArtifactKind,
     ArtifactRef,
@@ -69,20 +69,21 @@ REPORT = b"epoch 1 loss 0.5\nepoch 2 loss 0.4\nepoch 3 loss 0.3\n"
 def test_recognises_outputs_and_leaves_weights_to_the_weights_comparer(pair: Make) -> None:
     left, right = pair({"out/report.txt": REPORT, "out/model.safetensors": b"x"},
                        {"out/report.txt": REPORT + b"more\n", "out/model.safetensors": b"y"})
-    assert [d.where for d in files.compare(left, right, Policy())] == ["files/out/report.txt"]
+    found = files.compare(left, right, ComparePolicy())
+    assert [d.where for d in found] == ["files/out/report.txt"]
 
 
 def test_self_compare_is_empty(pair: Make) -> None:
     left, right = pair({"out/report.txt": REPORT, "out/blob.dat": b"\0\1\2"},
                        {"out/report.txt": REPORT, "out/blob.dat": b"\0\1\2"})
-    assert files.compare(left, right, Policy()) == []
-    assert files.compare_weights(left, right, Policy()) == []
+    assert files.compare(left, right, ComparePolicy()) == []
+    assert files.compare_weights(left, right, ComparePolicy()) == []
 
 
 def test_golden_text_difference(pair: Make) -> None:
     changed = b"epoch 1 loss 0.5\nepoch 2 loss 0.41\nepoch 3 loss 0.3\n"
     left, right = pair({"out/report.txt": REPORT}, {"out/report.txt": changed})
-    (diff,) = files.compare(left, right, Policy())
+    (diff,) = files.compare(left, right, ComparePolicy())
     assert (diff.where, diff.kind, diff.within_tolerance) == ("files/out/report.txt", "text", False)
     assert diff.stats == {"left_lines": 4, "right_lines": 4, "changed_lines": 1, "first_line": 2}
     (line,) = diff.details
@@ -92,14 +93,14 @@ def test_golden_text_difference(pair: Make) -> None:
 
 def test_golden_binary_difference(pair: Make) -> None:
     left, right = pair({"out/blob.dat": b"\0\1\2\3\4"}, {"out/blob.dat": b"\0\1\2\7\4\5"})
-    (diff,) = files.compare(left, right, Policy())
+    (diff,) = files.compare(left, right, ComparePolicy())
     assert diff.kind == "bytes" and not diff.within_tolerance
     assert diff.stats == {"left_size": 5, "right_size": 6, "first_offset": 3}
 
 
 def test_missing_and_extra_outputs(pair: Make) -> None:
     left, right = pair({"out/a.txt": b"a\n"}, {"out/b.txt": b"b\n"})
-    diffs = files.compare(left, right, Policy())
+    diffs = files.compare(left, right, ComparePolicy())
     assert [(d.where, d.kind) for d in diffs] == [("files/out/a.txt", "missing"),
                                                   ("files/out/b.txt", "extra")]
     digest = hashlib.sha256(b"a\n").hexdigest()
@@ -109,7 +110,7 @@ def test_missing_and_extra_outputs(pair: Make) -> None:
 def test_file_not_available_is_an_error_difference(pair: Make) -> None:
     left, right = pair({"out/a.txt": b"a\n"}, {"out/a.txt": b"b\n"})
     right = Evidence(right.record, {}, (), right.series)
-    (diff,) = files.compare(left, right, Policy())
+    (diff,) = files.compare(left, right, ComparePolicy())
     assert diff.kind == "error" and "rerun's file is not available" in diff.comments[0]
 
 
@@ -121,7 +122,7 @@ def test_text_differing_only_in_timestamps_is_equal_after_masks(pair: Make) -> N
     b = b"2025-03-04T11:12:13Z start\nstep 1 took 0.61s\nloss 0.5\n"
     left, right = pair({"out/run.txt": a, "logs/stdout.txt": a},
                        {"out/run.txt": b, "logs/stdout.txt": b}, logs=("logs/stdout.txt",))
-    (diff,) = files.compare(left, right, Policy())  # the log says nothing at all
+    (diff,) = files.compare(left, right, ComparePolicy())  # the log says nothing at all
     assert diff.where == "files/out/run.txt" and diff.within_tolerance
     assert diff.stats == {"masked_only": True}
 
@@ -130,7 +131,7 @@ def test_masked_text_that_still_differs_is_reported(pair: Make) -> None:
     a = b"10:00:00 step 1 loss 0.5\n10:00:01 step 2 loss 0.4\n"
     b = b"11:00:00 step 1 loss 0.5\n11:00:01 step 2 loss 0.9\n"
     left, right = pair({"out/run.txt": a}, {"out/run.txt": b})
-    (diff,) = files.compare(left, right, Policy())
+    (diff,) = files.compare(left, right, ComparePolicy())
     assert diff.stats["first_line"] == 2 and not diff.within_tolerance
     assert diff.details[0].left == "<masked> step 2 loss 0.4"
 
@@ -138,20 +139,20 @@ def test_masked_text_that_still_differs_is_reported(pair: Make) -> None:
 def test_log_differences_are_informational(pair: Make) -> None:
     left, right = pair({"logs/stderr.txt": b"warning A\n"}, {"logs/stderr.txt": b"warning B\n"},
                        logs=("logs/stderr.txt",))
-    (diff,) = files.compare(left, right, Policy())
+    (diff,) = files.compare(left, right, ComparePolicy())
     assert diff.within_tolerance and diff.stats["informational"] is True
-    assert files.compare(left, right, Policy(compare_logs="off")) == []
+    assert files.compare(left, right, ComparePolicy(compare_logs="off")) == []
 
 
 def test_ignored_outputs_are_not_compared(pair: Make) -> None:
     left, right = pair({"out/timing.json": b"1"}, {"out/timing.json": b"2"})
-    assert files.compare(left, right, Policy(ignore_outputs=("out/timing*",))) == []
+    assert files.compare(left, right, ComparePolicy(ignore_outputs=("out/timing*",))) == []
 
 
 def test_a_bad_mask_is_an_input_error(pair: Make) -> None:
     left, right = pair({"out/a.txt": b"a\n"}, {"out/a.txt": b"b\n"})
     with pytest.raises(InputError, match="not a valid regex"):
-        files.compare(left, right, Policy(log_masks=("(",)))
+        files.compare(left, right, ComparePolicy(log_masks=("(",)))
 
 
 def test_first_differing_offset(tmp_path: Path) -> None:
@@ -179,7 +180,7 @@ def test_weights_missing_extra_and_delegated(pair: Make) -> None:
     w = npy(np.arange(4, dtype=np.float32))
     w2 = npy(np.arange(4, dtype=np.float32) + 1)
     left, right = pair({"out/a.npy": w, "out/b.npy": w}, {"out/b.npy": w2, "out/c.npy": w})
-    diffs = files.compare_weights(left, right, Policy())
+    diffs = files.compare_weights(left, right, ComparePolicy())
     assert (diffs[0].where, diffs[0].kind) == ("weights/out/a.npy", "missing")
     assert diffs[-1].where == "weights/out/c.npy" and diffs[-1].kind == "extra"
     assert all(d.where.startswith("weights/out/b.npy") for d in diffs[1:-1]) and diffs[1:-1]
@@ -189,7 +190,7 @@ def test_unreadable_weights_raise_naming_the_artifact(pair: Make) -> None:
     left, right = pair({"out/model.safetensors": b"\x08\0\0\0\0\0\0\0{bad json"},
                        {"out/model.safetensors": b"\x08\0\0\0\0\0\0\0{also bad"})
     with pytest.raises(InputError, match=r"model\.safetensors"):
-        files.compare_weights(left, right, Policy())
+        files.compare_weights(left, right, ComparePolicy())
 
 
 # -- evidence from the store ---------------------------------------------------------------

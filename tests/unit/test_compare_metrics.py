@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auditor.compare import Evidence, metrics
-from auditor.core.policy import Policy, Tolerance
+from auditor.core.policy import ComparePolicy, Tolerance
 from auditor.core.schema import Command, Identity, MetricsSummary, RunRecord
 
 Series = dict[str, Sequence[tuple[object, object]]]
@@ -33,8 +33,8 @@ def evidence(series: Series, run_id: str = "01hzzzzzzzzzzzzzzzzzzzzzzz") -> Evid
     return Evidence(record=record, files={}, metric_keys=tuple(sorted(series)), series=points)
 
 
-def run(left: Series, right: Series, policy: Policy | None = None):  # type: ignore[no-untyped-def]
-    return metrics.compare(evidence(left), evidence(right), policy or Policy())
+def run(left: Series, right: Series, policy: ComparePolicy | None = None):  # type: ignore[no-untyped-def]
+    return metrics.compare(evidence(left), evidence(right), policy or ComparePolicy())
 
 
 LOSS = [(0, 1.0986), (1, 0.9), (2, 0.7), (3, 0.5)]
@@ -89,10 +89,10 @@ def test_small_differences_are_one_within_tolerance_difference() -> None:
 
 def test_per_metric_tolerance_and_bitwise() -> None:
     right = [(0, 1.0986), (1, 0.91), (2, 0.7), (3, 0.5)]
-    loose = Policy(metrics={"lo*": Tolerance(rtol=0.1, atol=0)})
+    loose = ComparePolicy(metrics={"lo*": Tolerance(rtol=0.1, atol=0)})
     assert run({"loss": LOSS}, {"loss": right}, loose)[0].within_tolerance
     tiny = [(s, v * (1 + 1e-12)) for s, v in LOSS]
-    assert not run({"loss": LOSS}, {"loss": tiny}, Policy(bitwise=True))[0].within_tolerance
+    assert not run({"loss": LOSS}, {"loss": tiny}, ComparePolicy(bitwise=True))[0].within_tolerance
 
 
 def test_first_diverging_step_is_reported() -> None:
@@ -108,7 +108,7 @@ def test_first_diverging_step_is_reported() -> None:
 def test_nan_at_the_same_step_is_equal_by_default() -> None:
     series: Series = {"loss": [(0, 1.0), (1, math.nan), (2, 0.5)]}
     assert run(series, series) == []
-    (diff,) = run(series, series, Policy(nan_equal=False))
+    (diff,) = run(series, series, ComparePolicy(nan_equal=False))
     assert diff.stats["beyond"] == 1 and diff.stats["first_step"] == 1
 
 

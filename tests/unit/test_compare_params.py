@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from auditor.compare import Evidence, params
-from auditor.core.policy import Policy
+from auditor.core.policy import ComparePolicy
 from auditor.core.schema import Command, Identity, RunRecord
 
 PARAMS = {"lr": 0.1, "epochs": 3, "optim": {"name": "sgd", "betas": [0.9, 0.99]},
@@ -22,7 +22,7 @@ def side(values: dict[str, Any]) -> Evidence:
 
 
 def compare(left: dict[str, Any], right: dict[str, Any]) -> list[Any]:
-    return params.compare(side(left), side(right), Policy())
+    return params.compare(side(left), side(right), ComparePolicy())
 
 
 def test_recognises_nested_params() -> None:

@@ -35,7 +35,7 @@ def pair(tmp_path: Path) -> Make:
 
 
 def verdict(left: Evidence, right: Evidence, policy: Policy) -> tuple[str, list[Difference]]:
-    diffs = compare_runs(left, right, policy, only=("weights", "files"))
+    diffs = compare_runs(left, right, policy.compare, only=("weights", "files"))
     found = [d for ds in diffs.values() for d in ds]
     return decide(diffs, left.record, right.record, policy).level, found
 
@@ -61,8 +61,8 @@ STDOUT_B = ("started 2026-12-01 07:12:44 pid 17\n"
 def test_timings_dates_pids_and_progress_bars_in_stdout_are_masked(pair: Make) -> None:
     left, right = pair({"logs/stdout.txt": STDOUT_A.encode()},
                        {"logs/stdout.txt": STDOUT_B.encode()}, logs=("logs/stdout.txt",))
-    assert files.compare(left, right, Policy()) == []
-    strict = files.compare(left, right, Policy(compare_logs="strict"))
+    assert files.compare(left, right, Policy().compare) == []
+    strict = files.compare(left, right, Policy(compare_logs="strict").compare)
     assert [(d.kind, d.within_tolerance, d.stats.get("masked_only")) for d in strict] == [
         ("text", True, True)]  # the bytes did change, but only inside masks
 
@@ -80,7 +80,7 @@ def test_a_log_file_output_that_differs_is_informational_by_default(pair: Make) 
     assert diff.stats["first_line"] == 6
     assert (diff.left, diff.right) == ("'lr 0.1'", "'lr 0.3'")
     assert "first differing line (after masks): 'lr 0.1' → 'lr 0.3'" in diff.comments
-    v = decide(compare_runs(left, right, Policy(), only=("files",)), left.record,
+    v = decide(compare_runs(left, right, Policy().compare, only=("files",)), left.record,
                right.record, Policy())
     assert v.loosenings and "files/outputs/train.log line 6: 'lr 0.1' → 'lr 0.3'" in (
         v.loosenings[0])
@@ -102,8 +102,8 @@ def test_compare_logs_off_leaves_logs_out_and_says_so(pair: Make) -> None:
                        {"outputs/train.log": b"b\n", "logs/stdout.txt": b"y\n"},
                        logs=("logs/stdout.txt",))
     policy = Policy.model_validate({"compare_logs": False})  # the old bool still reads
-    assert policy.compare_logs == "off"
-    assert files.compare(left, right, policy) == []
+    assert policy.compare.compare_logs == "off"
+    assert files.compare(left, right, policy.compare) == []
     v = decide({"files": []}, left.record, right.record, policy)
     assert v.outputs.ignored == ["outputs/train.log"] and v.outputs.compared == []
     assert v.loosenings == ['compare_logs = "off": logs are not compared at all']
@@ -281,7 +281,7 @@ def test_ignored_outputs_are_named_and_shown_as_a_loosening(pair: Make) -> None:
     left, right = pair({"outputs/noise.bin": b"1", "outputs/model.safetensors": b"m"},
                        {"outputs/noise.bin": b"2", "outputs/model.safetensors": b"m"})
     policy = Policy(ignore_outputs=("outputs/noise*",))
-    v = decide(compare_runs(left, right, policy, only=("weights", "files")), left.record,
+    v = decide(compare_runs(left, right, policy.compare, only=("weights", "files")), left.record,
                right.record, policy)
     assert v.level == "reproduced-bitwise"
     assert (v.outputs.compared, v.outputs.ignored) == (["outputs/model.safetensors"],

@@ -21,7 +21,7 @@ from auditor.compare import weights
 from auditor.compare.difference import Difference
 from auditor.compare.weights import WEIGHT_SUFFIXES, compare_weight_files, is_weights_file
 from auditor.core.errors import InputError
-from auditor.core.policy import Policy, Tolerance
+from auditor.core.policy import ComparePolicy, Tolerance
 
 STATS = {"elements", "differing", "max_abs", "max_rel", "max_ulp", "cosine", "dtype", "shape"}
 
@@ -32,9 +32,9 @@ def save(path: Path, tensors: dict[str, np.ndarray]) -> Path:
 
 
 def pair(tmp_path: Path, left: dict[str, np.ndarray], right: dict[str, np.ndarray],
-         policy: Policy | None = None) -> list[Difference]:
+         policy: ComparePolicy | None = None) -> list[Difference]:
     a, b = save(tmp_path / "a.safetensors", left), save(tmp_path / "b.safetensors", right)
-    return compare_weight_files(a, b, policy or Policy())
+    return compare_weight_files(a, b, policy or ComparePolicy())
 
 
 def one(diffs: list[Difference]) -> Difference:
@@ -68,8 +68,8 @@ def test_self_compare_is_empty(tmp_path: Path) -> None:
         "d": np.arange(4.0), "i": np.arange(5), "m": np.array([True, False]),
         "nan": np.array([np.nan, 1.0, -np.inf], np.float32), "empty": np.zeros((0, 3), np.float32)}
     path = save(tmp_path / "a.safetensors", tensors)
-    assert compare_weight_files(path, path, Policy()) == []
-    assert compare_weight_files(path, path, Policy(bitwise=True)) == []
+    assert compare_weight_files(path, path, ComparePolicy()) == []
+    assert compare_weight_files(path, path, ComparePolicy(bitwise=True)) == []
     assert pair(tmp_path, tensors, {k: v.copy() for k, v in tensors.items()}) == []
 
 
@@ -90,13 +90,13 @@ def test_golden_difference_with_known_numbers(tmp_path: Path) -> None:
 def test_missing_input_file_names_it(tmp_path: Path) -> None:
     path = save(tmp_path / "a.safetensors", {"w": np.ones(2, np.float32)})
     with pytest.raises(InputError, match=r"model.safetensors: weights file not found") as err:
-        compare_weight_files(path, tmp_path / "model.safetensors", Policy())
+        compare_weight_files(path, tmp_path / "model.safetensors", ComparePolicy())
     assert err.value.exit_code == 2
 
 
 def test_equal_digests_short_cut_without_reading(tmp_path: Path) -> None:
     missing = tmp_path / "never-read.safetensors"
-    assert compare_weight_files(missing, missing, Policy(), left_sha256="ab" * 32,
+    assert compare_weight_files(missing, missing, ComparePolicy(), left_sha256="ab" * 32,
                                 right_sha256="ab" * 32) == []
 
 
@@ -129,7 +129,7 @@ def test_missing_and_extra_tensors_are_listed(tmp_path: Path) -> None:
 def test_nan_at_the_same_place_is_equal_only_under_nan_equal(tmp_path: Path) -> None:
     values = np.array([1.0, np.nan, 3.0], np.float32)
     assert pair(tmp_path, {"w": values}, {"w": values.copy()}) == []
-    diff = one(pair(tmp_path, {"w": values}, {"w": values.copy()}, Policy(nan_equal=False)))
+    diff = one(pair(tmp_path, {"w": values}, {"w": values.copy()}, ComparePolicy(nan_equal=False)))
     assert diff.stats["differing"] == 1 and not diff.within_tolerance
 
 
@@ -146,14 +146,14 @@ def test_one_ulp_fails_bitwise_but_is_within_tolerance(tmp_path: Path) -> None:
     moved = bump(values, 17)
     loose = one(pair(tmp_path, {"w": values}, {"w": moved}))
     assert loose.within_tolerance and loose.stats["max_ulp"] == 1 and loose.stats["differing"] == 1
-    strict = one(pair(tmp_path, {"w": values}, {"w": moved}, Policy(bitwise=True)))
+    strict = one(pair(tmp_path, {"w": values}, {"w": moved}, ComparePolicy(bitwise=True)))
     assert not strict.within_tolerance and "bitwise policy: any difference fails" in strict.comments
 
 
 def test_tolerance_is_per_tensor_and_relative_to_the_original(tmp_path: Path) -> None:
     left = {"fc.weight": np.full(4, 100.0, np.float32), "fc.bias": np.full(4, 100.0, np.float32)}
     right = {k: v + np.float32(0.01) for k, v in left.items()}
-    policy = Policy(tensors={"*.bias": Tolerance(rtol=1e-3, atol=0.0)})
+    policy = ComparePolicy(tensors={"*.bias": Tolerance(rtol=1e-3, atol=0.0)})
     found = {d.where: d for d in pair(tmp_path, left, right, policy)}
     weight, bias = found["weights/fc.weight"], found["weights/fc.bias"]
     assert not weight.within_tolerance and bias.within_tolerance
@@ -161,7 +161,7 @@ def test_tolerance_is_per_tensor_and_relative_to_the_original(tmp_path: Path) ->
 
 
 def test_integer_tensors_are_exact(tmp_path: Path) -> None:
-    loose = Policy(dtype_tolerances={"float32": Tolerance(rtol=1.0, atol=10.0)})
+    loose = ComparePolicy(dtype_tolerances={"float32": Tolerance(rtol=1.0, atol=10.0)})
     diff = one(pair(tmp_path, {"step": np.array([41, 7])}, {"step": np.array([42, 7])}, loose))
     assert diff.stats["max_abs"] == 1.0 and diff.stats["max_ulp"] is None
     assert not diff.within_tolerance
@@ -211,7 +211,7 @@ def test_memory_stays_a_few_chunks_whatever_the_size(tmp_path: Path) -> None:
     del left, right
     tracemalloc.start()
     try:
-        diff = one(compare_weight_files(a, b, Policy()))
+        diff = one(compare_weight_files(a, b, ComparePolicy()))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -264,7 +264,7 @@ def test_bfloat16_one_ulp(tmp_path: Path, torch: Any) -> None:
     save_torch({"b": values}, str(tmp_path / "a.safetensors"))
     save_torch({"b": moved}, str(tmp_path / "b.safetensors"))
     diff = one(compare_weight_files(tmp_path / "a.safetensors", tmp_path / "b.safetensors",
-                                    Policy()))
+                                    ComparePolicy()))
     assert diff.stats["dtype"] == "bfloat16" and diff.stats["max_ulp"] == 1
     assert diff.magnitude == pytest.approx(float(moved[2]) - float(values[2]))
     assert diff.within_tolerance  # bf16 tolerance rtol 1.6e-2
@@ -284,7 +284,7 @@ def test_float16_and_float8_decoding(tmp_path: Path, torch: Any) -> None:
         np.testing.assert_array_equal(decoded, expected)
     save_torch({"q": codes.view(torch.float8_e4m3fn)}, str(tmp_path / "q.safetensors"))
     same = tmp_path / "q.safetensors"
-    assert compare_weight_files(same, same, Policy()) == []
+    assert compare_weight_files(same, same, ComparePolicy()) == []
 
 
 def unaligned(path: Path, b: np.ndarray) -> Path:
@@ -298,8 +298,8 @@ def unaligned(path: Path, b: np.ndarray) -> Path:
 def test_unaligned_tensors(tmp_path: Path) -> None:
     left = unaligned(tmp_path / "a.safetensors", np.arange(4.0))
     right = unaligned(tmp_path / "b.safetensors", np.array([0.0, 1.0, 2.5, 3.0]))
-    assert compare_weight_files(left, left, Policy()) == []
-    diff = one(compare_weight_files(left, right, Policy()))
+    assert compare_weight_files(left, left, ComparePolicy()) == []
+    diff = one(compare_weight_files(left, right, ComparePolicy()))
     assert diff.where == "weights/b" and diff.stats["max_abs"] == 0.5 and diff.stats["max_ulp"]
 
 
@@ -307,7 +307,7 @@ def test_npz_members_compare_by_name(tmp_path: Path) -> None:
     a = {"w": np.arange(6, dtype=np.float32), "b": np.zeros(2, np.float32)}
     np.savez(tmp_path / "a.npz", w=a["w"], b=a["b"])
     np.savez_compressed(tmp_path / "b.npz", w=a["w"], b=np.ones(2, np.float32))
-    diff = one(compare_weight_files(tmp_path / "a.npz", tmp_path / "b.npz", Policy()))
+    diff = one(compare_weight_files(tmp_path / "a.npz", tmp_path / "b.npz", ComparePolicy()))
     assert diff.where == "weights/b" and diff.stats["differing"] == 2
 
 
@@ -332,21 +332,22 @@ def test_nested_state_dict_with_optimizer(tmp_path: Path, torch: Any) -> None:
         paths.append(tmp_path / f"ckpt{step}.pt")
         checkpoint = {"model": model.state_dict(), "optimizer": adam_state(torch, model, step)}
         torch.save(checkpoint, paths[-1])
-    wheres = [d.where for d in compare_weight_files(paths[0], paths[1], Policy())]
+    wheres = [d.where for d in compare_weight_files(paths[0], paths[1], ComparePolicy())]
     assert wheres == ["weights/model.0.weight", "weights/optimizer.state.0.step",
                       "weights/optimizer.state.0.exp_avg", "weights/optimizer.state.0.exp_avg_sq",
                       *(f"weights/optimizer.state.{i}.{k}" for i in (1, 2, 3)
                         for k in ("step", "exp_avg"))]
-    assert compare_weight_files(paths[0], paths[0], Policy()) == []
+    assert compare_weight_files(paths[0], paths[0], ComparePolicy()) == []
 
 
 def test_whole_module_save_compares_through_the_safe_path(tmp_path: Path, torch: Any) -> None:
     model = _model(torch, 0)
     torch.save(model, tmp_path / "module.pt")
     torch.save(model.state_dict(), tmp_path / "state.pt")
-    assert compare_weight_files(tmp_path / "module.pt", tmp_path / "state.pt", Policy()) == []
+    same = compare_weight_files(tmp_path / "module.pt", tmp_path / "state.pt", ComparePolicy())
+    assert same == []
     torch.save(_model(torch, 1), tmp_path / "other.pt")
-    diffs = compare_weight_files(tmp_path / "module.pt", tmp_path / "other.pt", Policy())
+    diffs = compare_weight_files(tmp_path / "module.pt", tmp_path / "other.pt", ComparePolicy())
     assert [d.where for d in diffs] == ["weights/0.weight", "weights/0.bias",
                                         "weights/2.weight", "weights/2.bias"]
 
@@ -365,7 +366,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, torch: Any) 
     torch.save({"w": torch.ones(2)}, tmp_path / "good.pt")
     for left, right in (("evil.pt", "good.pt"), ("good.pt", "evil.pt")):
         with pytest.raises(InputError, match=r"evil.pt: refused") as err:
-            compare_weight_files(tmp_path / left, tmp_path / right, Policy())
+            compare_weight_files(tmp_path / left, tmp_path / right, ComparePolicy())
         assert "\n" not in str(err.value) and err.value.exit_code == 2
     assert not marker.exists()
 
@@ -376,6 +377,6 @@ def test_truncated_and_zero_byte_checkpoints(tmp_path: Path, torch: Any) -> None
     (tmp_path / "model.pt").write_bytes(raw[: len(raw) // 2])
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(InputError, match=r"model.pt: truncated or corrupt"):
-        compare_weight_files(tmp_path / "good.pt", tmp_path / "model.pt", Policy())
+        compare_weight_files(tmp_path / "good.pt", tmp_path / "model.pt", ComparePolicy())
     with pytest.raises(InputError, match=r"empty.pt: empty"):
-        compare_weight_files(tmp_path / "empty.pt", tmp_path / "good.pt", Policy())
+        compare_weight_files(tmp_path / "empty.pt", tmp_path / "good.pt", ComparePolicy())

@@ -149,7 +149,7 @@ def test_decide_over_compare_runs_end_to_end() -> None:
     left = record(seeds=Seeds(seed=None, torch_initial_seed=1), artifacts=())
     right = record(seeds=Seeds(seed=None, torch_initial_seed=2), artifacts=())
     diffs = compare_runs(side(left, [(0, 1.0986), (1, 0.9)]),
-                         side(right, [(0, 1.1021), (1, 0.95)]), Policy())
+                         side(right, [(0, 1.1021), (1, 0.95)]), Policy().compare)
     v = decide(diffs, left, right, Policy())
     assert v.level == "not-reproduced" and v.first_divergence == "metrics/loss@step 0"
     assert v.causes[0].what == "unseeded"
@@ -165,7 +165,7 @@ def test_a_crashed_rerun_is_the_first_cause(tmp_path: Path) -> None:
     ok = Evidence(record=left, files={}, metric_keys=(), series=lambda _k: iter(()))
     bad = Evidence(record=right, files={"logs/stderr.txt": stderr}, metric_keys=(),
                    series=lambda _k: iter(()))
-    v = decide(compare_runs(ok, bad, Policy()), left, right, Policy())
+    v = decide(compare_runs(ok, bad, Policy().compare), left, right, Policy())
     assert v.level == "not-reproduced" and v.first_divergence == "process/exit_code"
     assert v.causes[0].category == "process" and "FileNotFoundError" in v.causes[0].explanation
 
