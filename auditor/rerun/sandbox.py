@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from auditor.core.errors import CouldNotVerify, IntegrityError
@@ -150,7 +151,7 @@ def prepare(
         tree=tree,
         cwd=cwd,
         argv=tuple(_argv(record)),
-        env=env,
+        env=MappingProxyType(env),  # read-only: the plan is immutable, its mapping too
         snapshot=Snapshot.take(cwd, []),
     )
 

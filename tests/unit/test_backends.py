@@ -54,3 +54,19 @@ def test_detect_takes_the_first_backend_that_answers(monkeypatch: pytest.MonkeyP
 
 def test_a_venv_backend_pins_no_base_image() -> None:
     assert VenvBackend().base_image_id("python:3.11-slim") is None
+
+
+def test_the_plans_and_options_are_immutable() -> None:
+    import dataclasses
+
+    from auditor.env.inputs import BuildSettings
+    from auditor.rerun.sandbox import Executed, Limits, Prepared
+    from auditor.verify import VerifyOptions
+
+    for plan in (Prepared, Limits, Executed, VerifyOptions, BuildSettings):
+        assert dataclasses.is_dataclass(plan) and plan.__dataclass_params__.frozen, plan
+    limits = Limits()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        limits.timeout_s = 1  # type: ignore[misc]
+    executed = Executed(0, "", "", 0.0, Path("."), seen_as="/work", notes=("a",))
+    assert isinstance(executed.notes, tuple)  # notes cannot be appended after the fact
