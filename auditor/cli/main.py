@@ -127,8 +127,6 @@ class AuditGroup(click.Group):
         except KeyboardInterrupt:
             _fail("interrupted", 130, debug)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback
-            if _is_sqlalchemy_error(exc):
-                _fail(f"store error: {getattr(exc, 'orig', None) or exc}", 2, debug)
             _fail(
                 f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)",
                 3,
@@ -140,13 +138,6 @@ class AuditGroup(click.Group):
 def lazy_short_help(name: str, limit: int) -> str:
     """The help line of a lazy command, shortened the way click shortens it."""
     return click.Command(name, help=LAZY_HELP[name]).get_short_help_str(limit)
-
-
-def _is_sqlalchemy_error(exc: BaseException) -> bool:
-    """An SQLAlchemy error, checked without importing SQLAlchemy (none can be raised
-    before it is imported)."""
-    errors = sys.modules.get("sqlalchemy.exc")
-    return errors is not None and isinstance(exc, errors.SQLAlchemyError)
 
 
 def _fail(message: str, code: int, debug: bool) -> NoReturn:

@@ -9,8 +9,10 @@
     │   ├── InvalidRunId              2  not a well-formed run id (paths, NUL, ...)
     │   ├── CorruptRecord             2  a stored record fails to parse or to hash
     │   └── LockfileError             2  a malformed, unhashed or loose lockfile
-    ├── StoreError                    2  the store is missing, old, unsafe or busy
-    │   └── RunConflict               2  push/pull: the other store has another record
+    ├── StoreError                    2  the store is missing, old, unsafe, or its URL is malformed
+    │   ├── RunConflict               2  push/pull: the other store has another record
+    │   └── StoreUnavailable          3  the store's database did not answer, refused the
+    │                                    credentials, or failed during an operation
     ├── IntegrityError                3  a stored object does not hash to its name
     ├── NotReproduced                 1  raised only by gates: a requirement failed
     └── CouldNotVerify                3  the environment could not be rebuilt or rerun
@@ -80,6 +82,13 @@ class StoreError(AuditorError):
 
 class RunConflict(StoreError):
     """Push/pull: the other store holds a run of this id with a different record digest."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's database could not be reached or used (server down, wrong password,
+    a driver error mid-operation): nothing could be read or verified."""
+
+    exit_code = 3
 
 
 class IntegrityError(AuditorError):

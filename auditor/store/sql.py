@@ -5,11 +5,14 @@ with ``BEGIN IMMEDIATE`` so concurrent writers queue instead of failing with "da
 is locked" at commit time. The schema is created (or refused when old) inside one such
 transaction, so several processes opening a fresh store at once create it exactly once.
 Rows never leave this module: callers get schema models and the dataclasses of
-``store/base.py``. The DB files are touched only through the driver.
+``store/base.py``. Neither do SQLAlchemy's exceptions: every public method turns them
+into ``StoreUnavailable`` (exit 3) naming the store (password hidden) and the driver's
+first line. The DB files are touched only through the driver.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -19,14 +22,20 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from auditor.core.errors import AmbiguousRunId, CorruptRecord, RunNotFound, StoreError
+from auditor.core.errors import (
+    AmbiguousRunId,
+    CorruptRecord,
+    RunNotFound,
+    StoreError,
+    StoreUnavailable,
+)
 from auditor.core.schema import (
     MIN_PREFIX,
     SCHEMA_VERSION,
@@ -43,6 +52,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 STORE_SCHEMA_VERSION = 2
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
 meta = sa.MetaData()
 
 t_meta = sa.Table(
@@ -147,10 +159,40 @@ def shown_url(url: str) -> str:
         return f"{scheme}{sep}…" if sep else "…"
 
 
-def _reason(exc: sa.exc.DBAPIError) -> str:
-    """The driver's first line, which never holds the password."""
-    text = str(exc.orig).strip().splitlines()
-    return text[0] if text else type(exc.orig).__name__
+def _reason(exc: sa.exc.SQLAlchemyError, password: str | None = None) -> str:
+    """The driver's first line (any password in it replaced by ``***``)."""
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    text = str(cause).strip().splitlines()
+    line = text[0] if text else type(cause).__name__
+    return line.replace(password, "***") if password else line
+
+
+def _db(method: Callable[Concatenate[SqlStore, P], R]) -> Callable[Concatenate[SqlStore, P], R]:
+    """SQLAlchemy errors of a store method become ``StoreUnavailable``."""
+
+    @functools.wraps(method)
+    def call(self: SqlStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except sa.exc.SQLAlchemyError as exc:
+            raise self.unavailable(exc) from None
+
+    return call
+
+
+def _db_iter(
+    method: Callable[Concatenate[SqlStore, P], Iterator[T]],
+) -> Callable[Concatenate[SqlStore, P], Iterator[T]]:
+    """``_db`` for a generator method (errors surface while it is iterated)."""
+
+    @functools.wraps(method)
+    def call(self: SqlStore, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        try:
+            yield from method(self, *args, **kwargs)
+        except sa.exc.SQLAlchemyError as exc:
+            raise self.unavailable(exc) from None
+
+    return call
 
 
 def _server_engine(url: str) -> Engine:
@@ -220,12 +262,14 @@ class SqlStore:
             except BaseException:
                 self.engine.dispose()
                 raise
-        except sa.exc.DBAPIError as exc:
-            raise StoreError(f"cannot open store {self.url}: {_reason(exc)}") from None
         except sa.exc.ArgumentError:
             raise StoreError(
                 f"not a store URL: {self.url}",
                 hint="use a directory, sqlite:////abs/path.db or postgresql+psycopg://host/db",
+            ) from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreUnavailable(
+                f"cannot open store {self.url}: {_reason(exc, parsed.password)}"
             ) from None
         except ImportError as exc:
             raise StoreError(
@@ -233,10 +277,16 @@ class SqlStore:
                 hint="pip install 'auditor[postgres]'",
             ) from None
 
+    def unavailable(self, exc: sa.exc.SQLAlchemyError) -> StoreUnavailable:
+        """The one-line error for a database failure during an operation."""
+        password = sa.engine.make_url(self._url).password
+        return StoreUnavailable(f"store {self.url}: {_reason(exc, str(password or ''))}")
+
     def _write(self, run_id: str) -> AbstractContextManager[Connection]:
         """A write transaction; on PostgreSQL it also serialises writers of one run."""
         return _locked_begin(self.engine, None if self.is_sqlite else run_id)
 
+    @_db
     def get_meta(self, key: str) -> str | None:
         """A value of the store's ``meta`` table."""
         with self.engine.connect() as conn:
@@ -244,6 +294,7 @@ class SqlStore:
                 sa.select(t_meta.c.value).where(t_meta.c.key == key)
             ).scalar_one_or_none()
 
+    @_db
     def meta_items(self, prefix: str) -> list[tuple[str, str]]:
         """(key, value) of the ``meta`` rows whose key starts with ``prefix``."""
         with self.engine.connect() as conn:
@@ -251,6 +302,7 @@ class SqlStore:
                 t_meta.c.key.startswith(prefix, autoescape=True))).all()
         return [(str(k), str(v)) for k, v in rows]
 
+    @_db
     def remember_meta(self, key: str, value: str) -> str:
         """Set ``key`` unless it is set already; returns the value it has now."""
         with self._write(f"meta:{key}") as conn:
@@ -262,6 +314,7 @@ class SqlStore:
         return value if found is None else str(found)
 
     # -- runs ---------------------------------------------------------------------------
+    @_db
     def put_record(self, record: RunRecord, *, pid: int | None = None) -> None:
         """Insert or replace a run's record and its artifact index in one transaction."""
         row = _record_row(record, pid)
@@ -286,6 +339,7 @@ class SqlStore:
             if self.on_record is not None:
                 self.on_record(conn, record)
 
+    @_db
     def get_record(self, run_id: str) -> RunRecord:
         """The verified record of one exact run id."""
         with self.engine.connect() as conn:
@@ -296,6 +350,7 @@ class SqlStore:
             raise RunNotFound(run_id)
         return _parse_record(run_id, row.record, row.record_sha256)
 
+    @_db
     def resolve(self, id_or_prefix: str) -> str:
         """Full id of an exact id or a unique prefix (>= 6 chars)."""
         validate_run_ref(id_or_prefix)
@@ -315,6 +370,7 @@ class SqlStore:
             raise AmbiguousRunId(id_or_prefix, list(ids))
         return id_or_prefix if id_or_prefix in ids else ids[0]
 
+    @_db
     def run_versions(self) -> dict[str, str]:
         """id -> record sha256 of every run: tells a cache which runs changed."""
         with self.engine.connect() as conn:  # the driver's tuples: no row objects
@@ -325,6 +381,7 @@ class SqlStore:
             finally:
                 cursor.close()
 
+    @_db
     def list_runs(self, *, limit: int | None = None,
                   ids: Sequence[str] | None = None) -> list[RunSummary]:
         """Runs newest first (optionally only ``ids``), derived from each record whose text
@@ -348,6 +405,7 @@ class SqlStore:
             rows = conn.execute(query).all()
         return [_summary_of_record(r.id, r.started_at, r.record, r.record_sha256) for r in rows]
 
+    @_db
     def run_ids_reproducing(self, run_id: str) -> list[str]:
         """Reruns that point at ``run_id``, newest first."""
         with self.engine.connect() as conn:
@@ -359,6 +417,7 @@ class SqlStore:
                 ).scalars()
             )
 
+    @_db
     def mark_stale_runs(self) -> list[str]:
         """Runs left 'running' by a recorder process that no longer exists on this host."""
         host = socket.gethostname()
@@ -383,6 +442,7 @@ class SqlStore:
         self.put_record(record.model_copy(update={"identity": ident, "not_captured": notes}))
 
     # -- metrics ------------------------------------------------------------------------
+    @_db
     def add_metrics(self, run_id: str,
                     points: Iterable[MetricPoint | tuple[str, int, float, float]]) -> int:
         """Append points in one transaction, preserving exact float bits."""
@@ -404,6 +464,7 @@ class SqlStore:
                 conn.execute(t_metrics.insert(), [dict(zip(cols, r, strict=True)) for r in rows])
         return len(batch)
 
+    @_db_iter
     def iter_metrics(self, run_id: str, key: str | None = None) -> Iterator[MetricPoint]:
         """Points in logging order."""
         query = (
@@ -417,6 +478,7 @@ class SqlStore:
             for r in conn.execute(query.execution_options(yield_per=10_000)):
                 yield MetricPoint(r.key, int(r.step), bits_to_float(int(r.bits)), float(r.time))
 
+    @_db
     def metric_arrays(self, run_id: str, key: str | None = None
                       ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """key -> (steps, values) as numpy arrays in logging order: the bulk read behind
@@ -459,6 +521,7 @@ class SqlStore:
         return -1 if top is None else int(top)
 
     # -- artifacts and certificates -----------------------------------------------------
+    @_db
     def runs_with_artifact(self, sha256: str) -> list[tuple[str, str]]:
         """(run id, artifact name) referencing an object."""
         with self.engine.connect() as conn:
@@ -469,6 +532,7 @@ class SqlStore:
             ).all()
         return [(r.run_id, r.name) for r in rows]
 
+    @_db
     def put_certificate(self, row: CertificateRow) -> None:
         """Index a certificate whose envelope is already in the blob store."""
         with self.engine.begin() as conn:
@@ -484,6 +548,7 @@ class SqlStore:
                 )
             )
 
+    @_db
     def certificates(
         self, *, run_id: str | None = None, subject: str | None = None
     ) -> list[CertificateRow]:
@@ -507,6 +572,7 @@ class SqlStore:
             for r in rows
         ]
 
+    @_db
     def put_build(self, inputs_digest: str, run_id: str, result_json: str) -> None:
         """Remember a build result by its inputs digest."""
         with self.engine.begin() as conn:
@@ -520,6 +586,7 @@ class SqlStore:
                 )
             )
 
+    @_db
     def get_build(self, inputs_digest: str) -> str | None:
         """A remembered build result (JSON) or None."""
         with self.engine.connect() as conn:
@@ -527,6 +594,7 @@ class SqlStore:
                 sa.select(t_builds.c.result).where(t_builds.c.inputs_digest == inputs_digest)
             ).scalar_one_or_none()
 
+    @_db
     def integrity_check(self) -> str:
         """SQLite's own ``PRAGMA integrity_check`` ("ok" when sound)."""
         if not self.is_sqlite:
@@ -534,12 +602,14 @@ class SqlStore:
         with self.engine.connect() as conn:
             return str(conn.exec_driver_sql("PRAGMA integrity_check").scalar_one())
 
+    @_db_iter
     def all_records(self) -> Iterator[tuple[str, str, str]]:
         """(id, record JSON, stored digest) of every run, for fsck."""
         with self.engine.connect() as conn:
             for r in conn.execute(sa.select(t_runs.c.id, t_runs.c.record, t_runs.c.record_sha256)):
                 yield r.id, r.record, r.record_sha256
 
+    @_db
     def close(self) -> None:
         """Dispose of the engine's connections."""
         self.engine.dispose()

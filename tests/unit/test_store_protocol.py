@@ -9,7 +9,13 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
+
 import auditor
+from auditor.core.errors import StoreUnavailable
+from auditor.store import open_store
+from tests.conftest import audit
 
 PACKAGE = Path(auditor.__file__).parent
 
@@ -45,3 +51,23 @@ def test_no_caller_imports_sqlalchemy() -> None:
             found += [f"{path.relative_to(PACKAGE)}:{node.lineno} {m}"
                       for m in modules if m.split(".")[0] == "sqlalchemy"]
     assert not found, f"SQLAlchemy belongs inside auditor/store: {found}"
+
+
+def test_a_database_error_during_an_operation_is_one_line_exit_3(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "s"))
+    with store.engine.begin() as conn:  # type: ignore[attr-defined]  # the table goes away
+        conn.exec_driver_sql("DROP TABLE metrics")
+    with pytest.raises(StoreUnavailable, match="no such table: metrics") as err:
+        list(store.iter_metrics("0" * 26))  # a generator method: raised while iterated
+    assert err.value.exit_code == 3
+    with pytest.raises(StoreUnavailable):
+        store.add_metrics("0" * 26, [("loss", 0, 1.0, 0.0)])
+    store.close()
+    res = audit("--store", str(tmp_path / "s"), "show", "0" * 26, cwd=tmp_path)
+    assert res.returncode == 2 and "no run matches" in res.stderr  # the runs table is fine
+    with sa.create_engine(f"sqlite:///{tmp_path / 's' / 'store.db'}").begin() as conn:
+        conn.exec_driver_sql("DROP TABLE runs")
+    res = audit("--store", str(tmp_path / "s"), "list", cwd=tmp_path)
+    assert res.returncode == 3, res.stderr
+    assert res.stderr.startswith("error: store sqlite:///") and res.stderr.count("\n") == 1
+    assert "no such table: runs" in res.stderr and "Traceback" not in res.stderr
