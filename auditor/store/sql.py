@@ -159,12 +159,14 @@ def shown_url(url: str) -> str:
         return f"{scheme}{sep}…" if sep else "…"
 
 
-def _reason(exc: sa.exc.SQLAlchemyError, password: str | None = None) -> str:
-    """The driver's first line (any password in it replaced by ``***``)."""
+def _reason(exc: sa.exc.SQLAlchemyError, *passwords: str | None) -> str:
+    """The driver's first line (any of ``passwords`` in it replaced by ``***``)."""
     cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
     text = str(cause).strip().splitlines()
     line = text[0] if text else type(cause).__name__
-    return line.replace(password, "***") if password else line
+    for password in passwords:
+        line = line.replace(password, "***") if password else line
+    return line
 
 
 def _db(method: Callable[Concatenate[SqlStore, P], R]) -> Callable[Concatenate[SqlStore, P], R]:
@@ -277,10 +279,14 @@ class SqlStore:
                 hint="pip install 'auditor[postgres]'",
             ) from None
 
+    def password(self) -> str | None:
+        """The URL's password, only to hide it from messages."""
+        found = sa.engine.make_url(self._url).password
+        return None if found is None else str(found)
+
     def unavailable(self, exc: sa.exc.SQLAlchemyError) -> StoreUnavailable:
         """The one-line error for a database failure during an operation."""
-        password = sa.engine.make_url(self._url).password
-        return StoreUnavailable(f"store {self.url}: {_reason(exc, str(password or ''))}")
+        return StoreUnavailable(f"store {self.url}: {_reason(exc, self.password())}")
 
     def _write(self, run_id: str) -> AbstractContextManager[Connection]:
         """A write transaction; on PostgreSQL it also serialises writers of one run."""
@@ -512,6 +518,7 @@ class SqlStore:
                 cursor.close()
         return out
 
+    @_db
     def metrics_mark(self, run_id: str) -> int:
         """How many metric points the run has had appended (points are append-only, so
         an unchanged mark means unchanged series): a primary-key lookup, for caches."""

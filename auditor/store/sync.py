@@ -32,12 +32,13 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from auditor.core.errors import IntegrityError, RunConflict, StoreError
+from auditor.core.errors import IntegrityError, RunConflict, StoreError, StoreUnavailable
 from auditor.core.schema import RunRecord, record_sha256
 from auditor.store.base import CertificateRow, MetricPoint, RunStore, series_digest
 from auditor.store.signatures import PREFIX as SIG_PREFIX
 from auditor.store.sql import (
     SqlStore,
+    _reason,
     _record_row,
     float_to_bits,
     t_artifacts,
@@ -85,6 +86,15 @@ def sync(
     name, from ``source`` to ``target``. ``RunConflict`` at the end when any run conflicted."""
     if not isinstance(source, SqlStore) or not isinstance(target, SqlStore):
         raise StoreError("push and pull move runs between SQL stores only")
+    try:
+        return _sync(source, target, run_ids, log, progress)
+    except sa.exc.SQLAlchemyError as exc:  # the direct queries below; methods translate
+        reason = _reason(exc, source.password(), target.password())
+        raise StoreUnavailable(f"moving runs from {source.url} to {target.url}: {reason}") from None
+
+
+def _sync(source: SqlStore, target: SqlStore, run_ids: Sequence[str],
+          log: CertificateLog | None, progress: Callable[[str], None]) -> SyncReport:
     report = SyncReport()
     wanted = list(dict.fromkeys(run_ids))
     certificates: dict[str, CertificateRow] = {}
