@@ -1,7 +1,9 @@
 """The build stage of a recorded run, without the rest of verify: the run's lock (a
 derived one compiled once, ``auditor.env.lock_cache``), its build inputs, and the build
-itself, remembered in the store. ``audit build`` and ``--print`` import only this (not
-the comparers and the sandbox), so a rebuild of unchanged inputs starts fast.
+itself by the chosen backend (a ``Builder``: ``auditor.rerun.backends``), remembered in the
+store, with the notes the certificate gets about it. ``audit build`` and ``--print``
+import only this and the backends (not the comparers and the sandbox), so a rebuild of
+unchanged inputs starts fast.
 ``auditor.verify`` composes it with the rerun and the comparison.
 """
 
