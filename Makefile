@@ -14,7 +14,7 @@ $(BIN)/activate: pyproject.toml
 	# torch is pinned: the CPU wheel comes from $$PIP_FIND_LINKS where set
 	# torch first and alone: resolved with everything else, pip has taken PyPI's CUDA build
 	$(BIN)/pip install -q 'torch==2.13.0'
-	$(BIN)/pip install -q -e '.[dev,torch]'
+	$(BIN)/pip install -q -e '.[dev,torch,test]'
 	touch $(BIN)/activate
 
 venv: $(BIN)/activate

@@ -20,7 +20,7 @@ from pathlib import Path
 from auditor.certify.decide import decide, environment_digest
 from auditor.certify.verdict import VerifyResult
 from auditor.compare import compare_runs, evidence_from_store, plot_series
-from auditor.core.errors import InputError
+from auditor.core.errors import CouldNotVerify, InputError
 from auditor.core.policy import Policy, RerunPolicy
 from auditor.core.schema import RunRecord
 from auditor.env.inputs import build_for, build_notes
@@ -102,7 +102,14 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
 
 def _check_verifiable(store: RunStore, record: RunRecord, policy: RerunPolicy) -> list[str]:
     """A finished run whose every stored artifact still hashes to its name, on a host with
-    its GPUs (or a policy that allows a mismatch: then the notes say so)."""
+    its GPUs (or a policy that allows a mismatch: then the notes say so). A run imported
+    from another tracker lacks what a rerun needs: exit 3, one line."""
+    if "verifiable" in record.not_captured:
+        raise CouldNotVerify(
+            f"run {record.identity.id} cannot be verified: "
+            f"{record.not_captured.get('import', 'it was imported')}; it has "
+            f"{record.not_captured['verifiable']}",
+            hint="record the training with `audit record` to verify it")
     if record.identity.status != "finished":
         raise InputError(
             f"run {record.identity.id} is {record.identity.status}; only finished "

@@ -56,6 +56,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "ci": "auditor.cli.release:ci",
     "ui": "auditor.cli.ui:ui_cmd",
     "push": "auditor.cli.sync:push", "pull": "auditor.cli.sync:pull",
+    "import": "auditor.cli.imports:import_group",
 }
 
 
@@ -81,6 +82,7 @@ LAZY_HELP: dict[str, str] = {
     "push": "Copy runs (record, metrics, artifacts, certificates) to another store, verified.",
     "pull": "Copy runs (record, metrics, artifacts, certificates) from another store, "
     "verified.",
+    "import": "Import runs logged elsewhere (MLflow); each says what it lacks to be verified.",
 }
 
 

@@ -65,6 +65,7 @@ class RunSummary:
     final_metrics: dict[str, float]
     tags: tuple[str, ...]
     params: dict[str, object] | None = None  # scalar params; None in rows older than them
+    lacks: str | None = None  # an imported run: what it lacks to be verifiable
 
 
 @dataclass(frozen=True)

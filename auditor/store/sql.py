@@ -694,6 +694,7 @@ def _summary_of(data: dict[str, Any]) -> RunSummary:
         reproduces=ident.get("reproduces"),
         final_metrics={k: float(v) for k, v in final.items()},
         tags=tuple(ident.get("tags", ())), params=_scalar_params(data.get("params") or {}),
+        lacks=(data.get("not_captured") or {}).get("verifiable"),
     )
 
 

@@ -245,3 +245,50 @@ def _sync_certificate(source: SqlStore, target: SqlStore, row: CertificateRow,
         log.append(sha256, row.run_id)
     target.put_certificate(row)
     return True
+
+
+# -- imports from other trackers (``record/from_mlflow.py``) ----------------------------
+def imported_run_id(store: RunStore, source: str, source_run_id: str) -> str | None:
+    """The run an earlier import of ``source_run_id`` made, if any."""
+    sql = _sql(store)
+    with sql.engine.connect() as conn:
+        return conn.execute(sa.select(t_imports.c.run_id).where(
+            t_imports.c.source == source, t_imports.c.source_run_id == source_run_id)
+        ).scalar_one_or_none()
+
+
+def import_run(store: RunStore, record: RunRecord, points: list[MetricPoint], *, source: str,
+               source_run_id: str, origin: str) -> bool:
+    """Add an imported run (its objects already stored): metrics, record row, artifact
+    index and the import key in one transaction. False when the source run was imported
+    meanwhile (nothing written)."""
+    from datetime import UTC, datetime
+
+    sql = _sql(store)
+    run_id = record.identity.id
+    row = _record_row(record, None) | {"origin": origin}
+    with sql._write(f"import:{source}:{source_run_id}") as conn:
+        if conn.execute(sa.select(t_imports.c.run_id).where(
+                t_imports.c.source == source,
+                t_imports.c.source_run_id == source_run_id)).first():
+            return False
+        for start in range(0, len(points), BATCH):
+            conn.execute(t_metrics.insert(), list(_metric_rows(run_id, start,
+                                                               points[start:start + BATCH])))
+        if record.artifacts:
+            conn.execute(t_artifacts.insert(), [
+                {"run_id": run_id, "name": a.name, "sha256": a.sha256, "size": a.size,
+                 "kind": a.kind} for a in record.artifacts])
+        conn.execute(t_imports.insert().values(
+            source=source, source_run_id=source_run_id, run_id=run_id,
+            imported_at=datetime.now(UTC).isoformat()))
+        conn.execute(t_runs.insert().values(**row))
+        if sql.on_record is not None:
+            sql.on_record(conn, record)
+    return True
+
+
+def _sql(store: RunStore) -> SqlStore:
+    if not isinstance(store, SqlStore):
+        raise StoreError("imports go into SQL stores only")
+    return store
