@@ -26,7 +26,8 @@ logged twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -251,7 +252,7 @@ def _sync_certificate(source: SqlStore, target: SqlStore, row: CertificateRow,
 def imported_run_id(store: RunStore, source: str, source_run_id: str) -> str | None:
     """The run an earlier import of ``source_run_id`` made, if any."""
     sql = _sql(store)
-    with sql.engine.connect() as conn:
+    with _translated(sql), sql.engine.connect() as conn:
         return conn.execute(sa.select(t_imports.c.run_id).where(
             t_imports.c.source == source, t_imports.c.source_run_id == source_run_id)
         ).scalar_one_or_none()
@@ -267,7 +268,7 @@ def import_run(store: RunStore, record: RunRecord, points: list[MetricPoint], *,
     sql = _sql(store)
     run_id = record.identity.id
     row = _record_row(record, None) | {"origin": origin}
-    with sql._write(f"import:{source}:{source_run_id}") as conn:
+    with _translated(sql), sql._write(f"import:{source}:{source_run_id}") as conn:
         if conn.execute(sa.select(t_imports.c.run_id).where(
                 t_imports.c.source == source,
                 t_imports.c.source_run_id == source_run_id)).first():
@@ -292,3 +293,11 @@ def _sql(store: RunStore) -> SqlStore:
     if not isinstance(store, SqlStore):
         raise StoreError("imports go into SQL stores only")
     return store
+
+
+@contextmanager
+def _translated(store: SqlStore) -> Iterator[None]:
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as exc:  # direct queries: methods translate their own
+        raise StoreUnavailable(f"store {store.url}: {_reason(exc, store.password())}") from None
