@@ -87,10 +87,12 @@ def _summary(c: Ctx, report: SyncReport, verb: str, where: str) -> None:
             "copied": report.copied, "present": report.present,
             "skipped": [{"run": r, "why": w} for r, w in report.skipped],
             "objects": report.objects, "bytes": report.object_bytes,
-            "certificates": report.certificates,
+            "certificates": report.certificates, "restored": report.restored,
         }, indent=1))
         return
     left = f", {len(report.skipped)} still recording (left out)" if report.skipped else ""
+    if report.restored:
+        left += f"; {report.restored} missing object(s) of runs already there copied again"
     click.echo(f"{verb} {len(report.copied)} run(s) to {where} ({report.objects} object(s), "
                f"{report.object_bytes} bytes, {report.certificates} certificate(s)); "
                f"{len(report.present)} already there{left}")

@@ -15,7 +15,8 @@ One function, ``sync(source, target, run_ids)``, does both directions. For each 
    it. The record is then read back through its digest.
 
 A run already at the target with the same record digest is skipped (pushing twice adds
-nothing); one with another digest is a conflict: the run is not touched, the others are
+nothing), except that an object of it missing there (deleted behind our back) is copied
+again; one with another digest is a conflict: the run is not touched, the others are
 still moved, and ``RunConflict`` names it at the end. Runs still recording are not moved
 (their record is not final). Certificates of the moved runs travel after both of their
 runs (the rerun a certificate names is moved with it): the envelope object first, then
@@ -73,6 +74,7 @@ class SyncReport:
     objects: int = 0  # objects written to the target
     object_bytes: int = 0
     certificates: int = 0  # certificates added to the target
+    restored: int = 0  # objects of runs already there that had gone missing there
 
 
 def sync(
@@ -133,6 +135,12 @@ def _sync_run(source: SqlStore, target: SqlStore, run_id: str, report: SyncRepor
     digest = record_sha256(record)
     if there is not None:
         if there == digest:
+            for art in record.artifacts:  # an object deleted there behind our back: again
+                if not target.blobs.has(art.sha256):
+                    report.object_bytes += _copy_object(
+                        source, target, art.sha256, f"run {run_id}: artifact {art.name!r}",
+                        report)
+                    report.restored += 1
             report.present.append(run_id)
             return "present"
         report.conflicts.append(run_id)

@@ -123,6 +123,19 @@ def test_push_then_pull_round_trip(team: dict[str, str], tmp_path: Path) -> None
     fsck = audit("fsck", cwd=tmp_path, env={**team, "AUDITOR_STORE": team["TEAM"]})
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     assert "3 runs, 7 objects, 1 certificates checked" in fsck.stdout
+    # An object deleted from the bucket behind our back: fsck names it, a push restores it.
+    import s3fs
+
+    team_store = open_store(team["TEAM"])
+    lost = team_store.get_record(runs[1]).artifacts[0]
+    s3fs.S3FileSystem(skip_instance_cache=True).rm(team_store.blobs.key_for(lost.sha256))  # type: ignore[attr-defined]
+    team_store.close()
+    broken = audit("fsck", cwd=tmp_path, env={**team, "AUDITOR_STORE": team["TEAM"]})
+    assert broken.returncode == 3 and lost.sha256 in broken.stdout
+    healed = audit("push", "--all", "--to", team["TEAM"], cwd=tmp_path, env=env)
+    assert healed.returncode == 0 and "1 missing object(s)" in healed.stdout, healed.stderr
+    assert audit("fsck", cwd=tmp_path, env={**team, "AUDITOR_STORE": team["TEAM"]}
+                 ).returncode == 0
     # Pull into a second laptop: bit-exact metrics, same records, fsck clean.
     env2 = {**team, "AUDITOR_STORE": str(tmp_path / "laptop2")}
     pulled = audit("pull", runs[0][:10], runs[1], "--from", team["TEAM"], cwd=tmp_path, env=env2)
