@@ -1,6 +1,6 @@
 """The dashboard in a real browser (Debian's chromium driven by Playwright), over a sweep
 recorded through the real CLI: a tiny torch training where the learning rate matters and
-a dummy param does not, 3 seeds per setting (12 runs).
+a dummy param does not, 3 seeds per setting (24 runs).
 
 Without chromium the tests are skipped locally but FAIL under ``CI`` (``.ci/run`` installs
 it). Screenshots are kept under the test's temp folder; set ``AUDITOR_SCREENSHOT_DIR`` to
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-LRS = ("0.003", "0.3")
+LRS = ("0.003", "0.01", "0.1", "0.3")
 DUMMIES = ("a", "b")
 SEEDS = ("1", "2", "3")
 
@@ -44,7 +44,7 @@ def chromium() -> str:
 
 @pytest.fixture(scope="session")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """12 runs recorded by `audit record`, three at a time, into one store."""
+    """24 runs recorded by `audit record`, three at a time, into one store."""
     root = tmp_path_factory.mktemp("sweep") / "proj"
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
@@ -143,23 +143,25 @@ def visible_keys(page: Any, section: str) -> list[str]:
 
 def test_table_filter_sort_select_compare(page: Any, url: str, shots: Path) -> None:
     page.goto(url + "/")
-    assert page.text_content("#count") == "12 of 12 runs"
+    assert page.text_content("#count") == "24 of 24 runs"
     page.fill("#where", "params.lr >= 0.03")
     page.click("#apply")
-    page.wait_for_selector("text=6 of 12 runs")
+    page.wait_for_selector("text=12 of 24 runs")
     page.click('a.sort[data-col="metrics.loss"]')
     page.wait_for_url("**sort=metrics.loss**")
     losses = [float(t) for t in page.eval_on_selector_all(
         'td[data-col="metrics.loss"]', "cells => cells.map(c => c.textContent)")]
-    assert losses == sorted(losses) and len(losses) == 6
+    assert losses == sorted(losses) and len(losses) == 12
     keep(page, shots, "runs-table")
-    # three runs of dummy = a: sorted by seed then lr, the first three span both lrs
+    # runs of dummy = a sorted by seed then lr (four lrs a seed): rows 0, 1 and 4 are
+    # seed 1 at the two smallest lrs and seed 2 at the smallest, so lr and seed differ
     page.fill("#where", "params.dummy = a")
     page.fill("#sort", "params.seed,params.lr")
     page.click("#apply")
-    page.wait_for_selector("text=6 of 12 runs")
-    for box in page.query_selector_all('input[name="run"]')[:3]:
-        box.check()
+    page.wait_for_selector("text=12 of 24 runs")
+    boxes = page.query_selector_all('input[name="run"]')
+    for i in (0, 1, 4):
+        boxes[i].check()
     assert page.text_content("#compare") == "compare 3"
     page.click("#compare")
     page.wait_for_selector("#diff")
@@ -195,7 +197,7 @@ def test_importance_ranks_lr_first(page: Any, url: str, sweep: dict[str, Any],
     page.goto(url + f"/compare?runs={ids}&metric=loss")
     page.wait_for_selector("#importance canvas")
     check_importance(page)
-    assert page.get_attribute("#curves", "data-series") == "12"
+    assert page.get_attribute("#curves", "data-series") == "24"
     keep(page, shots, "compare")
 
 
