@@ -49,11 +49,12 @@ def print_runs(runs: Sequence[RunSummary]) -> None:
         )
     out = console()
     out.print(table)
-    imported = [r for r in runs if r.lacks]
+    lacks = {r.id: getattr(r, "lacks", None) for r in runs}  # `--where` rows carry none
+    imported = [i for i, why in lacks.items() if why]
     if imported:
-        shown = ", ".join(r.id[:10] for r in imported[:5]) + (" …" if len(imported) > 5 else "")
+        shown = ", ".join(i[:10] for i in imported[:5]) + (" …" if len(imported) > 5 else "")
         out.print(f"{len(imported)} imported run(s) cannot be verified ({shown}): "
-                  f"{imported[0].lacks} (see `audit show`)", highlight=False)
+                  f"{lacks[imported[0]]} (see `audit show`)", highlight=False)
     if not runs:
         out.print("no runs recorded yet: try `audit record -- python train.py`")
 
