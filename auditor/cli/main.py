@@ -328,17 +328,25 @@ def record(c: Ctx, /, command: tuple[str, ...], **opts: Any) -> None:
 @pass_ctx
 def list_(c: Ctx, limit: int, where: tuple[str, ...], sort: str | None) -> None:
     """List runs, newest first (or filtered and sorted: see --where, --sort)."""
-    store = c.store(create=False)
-    store.mark_stale_runs()
-    if where or sort:
-        from auditor.store.query import query_runs
-
-        runs: list[Any] = query_runs(store, where, sort, size=limit or 10**9).rows
-    else:
-        runs = store.list_runs(limit=limit or None)
+    from auditor.store import local_database
+    from auditor.store.fastlist import list_local
     from auditor.store.signatures import KEY_ENV, signed_run_ids
 
-    signed = signed_run_ids(store)
+    db = None if where or sort else local_database(c.store_location, c.blobs_location)
+    fast = list_local(db, limit or None) if db is not None else None
+    if fast is not None:  # a local SQLite store read without SQLAlchemy (start-up speed)
+        runs: list[Any] = fast.runs
+        signed = fast.signed
+    else:
+        store = c.store(create=False)
+        store.mark_stale_runs()
+        if where or sort:
+            from auditor.store.query import query_runs
+
+            runs = query_runs(store, where, sort, size=limit or 10**9).rows
+        else:
+            runs = store.list_runs(limit=limit or None)
+        signed = signed_run_ids(store)
     if c.as_json:
         click.echo(json.dumps([{**_summary_json(r), "signed": r.id in signed} for r in runs],
                               indent=1))

@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from auditor.core.schema import RunRecord
 from auditor.store.base import RunSummary
+
+if TYPE_CHECKING:
+    from auditor.core.schema import RunRecord
 
 
 def console(*, err: bool = False) -> Console:

@@ -14,14 +14,28 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from auditor.core.errors import StoreError
-from auditor.store import signatures
 from auditor.store.base import CertificateRow, MetricPoint, RunStore, RunSummary
 from auditor.store.blobs import BlobStore, sha256_file
 from auditor.store.location import cache_dir_for, is_local_blobs, local_blob_dir, read_config
-from auditor.store.remote import RemoteBlobStore
-from auditor.store.sql import SqlStore, validate_run_ref
+
+if TYPE_CHECKING:  # SQLAlchemy and fsspec load on first use: `audit list` needs neither
+    from auditor.store.remote import RemoteBlobStore
+    from auditor.store.sql import SqlStore, validate_run_ref
+
+_LAZY = {"SqlStore": "auditor.store.sql", "validate_run_ref": "auditor.store.sql",
+         "RemoteBlobStore": "auditor.store.remote"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BlobStore",
@@ -104,6 +118,8 @@ def open_store(
     """Open (and by default create) the store at ``location`` with artifacts at ``blobs``
     (see ``store/location.py`` for where each comes from when not given). With
     ``AUDITOR_SIGN_KEY`` set, every record the store writes is signed (``signatures``)."""
+    from auditor.store import signatures
+
     store = _open_store(location, blobs=blobs, create=create)
     key = signatures.configured_key()
     if key is not None:
@@ -111,14 +127,37 @@ def open_store(
     return store
 
 
-def _open_store(location: str | None, *, blobs: str | None, create: bool) -> SqlStore:
+def _locate(location: str | None, blobs: str | None) -> tuple[str, str | None]:
+    """The store location and artifact location in force (``store/location.py``)."""
     location = location or os.environ.get("AUDITOR_STORE")
     blobs = blobs or os.environ.get("AUDITOR_BLOBS")
     if not location or (not blobs and "://" in location and not location.startswith("sqlite")):
         config = read_config(repo_root(Path.cwd()) or Path.cwd())  # one git call: only if needed
         location = location or config.url or str(default_store_dir())
         blobs = blobs or config.blobs
+    return location, blobs
+
+
+def _open_store(location: str | None, *, blobs: str | None, create: bool) -> SqlStore:
+    location, blobs = _locate(location, blobs)
     return _open_at(location, blobs=blobs, create=create)
+
+
+def local_database(location: str | None, blobs: str | None = None) -> Path | None:
+    """The SQLite file of an existing local store at ``location`` (resolved as
+    ``open_store`` resolves it, network filesystems refused the same way); None for a
+    server store or a store that does not exist yet."""
+    location, _ = _locate(location, blobs)
+    if location.startswith("sqlite:///"):
+        db = Path(location.removeprefix("sqlite:///")).resolve()
+    elif "://" in location:
+        return None
+    else:
+        db = Path(location).expanduser().resolve() / "store.db"
+    if not db.is_file():
+        return None
+    _guard_local(db.parent)
+    return db
 
 
 def open_store_at(location: str, *, blobs: str | None = None, create: bool = True) -> RunStore:
@@ -128,6 +167,8 @@ def open_store_at(location: str, *, blobs: str | None = None, create: bool = Tru
 
 
 def _open_at(location: str, *, blobs: str | None, create: bool) -> SqlStore:
+    from auditor.store.sql import SqlStore
+
     if "://" in location:
         return _open_url(location, blobs)
     directory = Path(location).expanduser().resolve()
@@ -148,6 +189,8 @@ def _open_at(location: str, *, blobs: str | None, create: bool) -> SqlStore:
 
 
 def _open_url(location: str, blobs: str | None) -> SqlStore:
+    from auditor.store.sql import SqlStore
+
     if location.startswith("sqlite:///") and not blobs:
         directory = Path(location.removeprefix("sqlite:///")).resolve().parent
         return SqlStore(location, BlobStore(directory))
@@ -169,6 +212,8 @@ def _attach_blobs(store: SqlStore, blobs: str) -> SqlStore:
         store.blobs = BlobStore(directory)
         canonical = f"file://{directory}"
     else:
+        from auditor.store.remote import RemoteBlobStore
+
         remote = RemoteBlobStore(blobs, cache_dir_for(store.url))
         remote.check_reachable()
         store.blobs = remote

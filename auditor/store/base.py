@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from auditor.core.schema import RunRecord
-from auditor.store.blobs import BlobStore
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pydantic's schema is not imported by `audit list`
     import numpy as np
 
+    from auditor.core.schema import RunRecord
+    from auditor.store.blobs import BlobStore
     from auditor.store.migrate import Upgrade
 
 

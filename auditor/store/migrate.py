@@ -24,14 +24,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from auditor.core.errors import StoreError
+from auditor.store.revision import BASELINE, HEAD
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-BASELINE = "0001"
-HEAD = "0002"  # the newest revision in migrations/versions (a test keeps them equal)
+__all__ = ["BASELINE", "HEAD", "Upgrade", "ensure_schema", "head"]
 # pg_advisory_xact_lock key: "auditor migrate" folded into a signed 64-bit integer.
 PG_LOCK_KEY = 0x6175646974_6D6967 & 0x7FFF_FFFF_FFFF_FFFF
 

@@ -23,17 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-
-from auditor.core.schema import RunRecord, record_sha256
 from auditor.store.base import RunStore
-from auditor.store.sql import t_meta
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (fast start-up)
+    import sqlalchemy as sa
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
         Ed25519PublicKey,
     )
+
+    from auditor.core.schema import RunRecord
 
 PAYLOAD_TYPE = "application/vnd.auditor.record-sha256"
 KEY_ENV = "AUDITOR_SIGN_KEY"
@@ -66,6 +65,8 @@ def configured_key() -> Ed25519PrivateKey | None:
 def signer(key: Ed25519PrivateKey) -> Callable[[sa.Connection, RunRecord], None]:
     """A ``SqlStore.on_record`` hook that signs each record in its write transaction."""
     from auditor.core.keys import keyid
+    from auditor.core.schema import record_sha256
+    from auditor.store.sql import t_meta
 
     ident = keyid(key.public_key())
 
@@ -113,6 +114,8 @@ def signed_run_ids(store: RunStore) -> set[str]:
 
 def state(record: RunRecord, sig: RecordSignature | None) -> str:
     """One line for ``audit show``: signed, unsigned, or signed for another version."""
+    from auditor.core.schema import record_sha256
+
     if sig is None:
         return (f"none: this record is unsigned (set {KEY_ENV} to a key from `audit keys "
                 "generate` to sign records when they are written)")
@@ -124,6 +127,8 @@ def state(record: RunRecord, sig: RecordSignature | None) -> str:
 
 def problems(store: RunStore, trusted: list[Ed25519PublicKey]) -> list[str]:
     """Signatures that do not match their record, or (with keys) do not verify."""
+    from auditor.core.schema import record_sha256
+
     found = []
     for sig in all_signatures(store):
         try:

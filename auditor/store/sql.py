@@ -15,17 +15,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import socket
 import struct
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
-from pydantic import ValidationError
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
@@ -36,20 +34,22 @@ from auditor.core.errors import (
     StoreError,
     StoreUnavailable,
 )
-from auditor.core.schema import (
-    MIN_PREFIX,
-    SCHEMA_VERSION,
-    RunRecord,
-    is_run_id_prefix,
-    record_bytes,
-    record_sha256,
-)
 from auditor.store.base import CertificateRow, MetricPoint, RunSummary
 from auditor.store.blobs import BlobStore
 from auditor.store.migrate import ensure_schema
+from auditor.store.summaries import (
+    _json_float,
+    _scalar_params,
+    _summary_of_record,
+)
+from auditor.store.summaries import (
+    pid_alive as _pid_alive,
+)
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pydantic's schema loads when a record is read or written
     import numpy as np
+
+    from auditor.core.schema import RunRecord
 
 STORE_SCHEMA_VERSION = 2
 P = ParamSpec("P")
@@ -625,6 +625,7 @@ class SqlStore:
 def validate_run_ref(text: str) -> None:
     """Refuse anything that is not a run id or prefix of our alphabet (paths, NUL, …)."""
     from auditor.core.errors import InvalidRunId
+    from auditor.core.schema import MIN_PREFIX, is_run_id_prefix
 
     if not is_run_id_prefix(text):
         shown = repr(text[:40]) + ("…" if len(text) > 40 else "")
@@ -635,6 +636,8 @@ def validate_run_ref(text: str) -> None:
 
 
 def _record_row(record: RunRecord, pid: int | None) -> dict[str, object]:
+    from auditor.core.schema import record_bytes, record_sha256
+
     ident = record.identity
     summary = {
         "final": {k: _json_float(v) for k, v in record.metrics.final.items()},
@@ -657,54 +660,11 @@ def _record_row(record: RunRecord, pid: int | None) -> dict[str, object]:
     }
 
 
-def _scalar_params(params: dict[str, object]) -> dict[str, object]:
-    """The params a query can filter and sort on (scalars, long strings cut), for the
-    small summary column; the record keeps them all."""
-    out: dict[str, object] = {}
-    for key, value in list(params.items())[:500]:
-        if isinstance(value, float):
-            out[key[:200]] = _json_float(value)
-        elif value is None or isinstance(value, bool | int):
-            out[key[:200]] = value
-        elif isinstance(value, str):
-            out[key[:200]] = value[:200]
-    return out
-
-
-def _json_float(v: float) -> float | str:
-    return v if v == v and v not in (float("inf"), float("-inf")) else repr(v)
-
-
-def _summary_of_record(run_id: str, started: str, text: str, sha: str) -> RunSummary:
-    """What ``audit list`` shows, from the digested record text (cheap: no model parse)."""
-    try:
-        data = json.loads(text) if hashlib.sha256(text.encode()).hexdigest() == sha else None
-        return _summary_of(data) if isinstance(data, dict) else _corrupt(run_id, started)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return _corrupt(run_id, started)
-
-
-def _summary_of(data: dict[str, Any]) -> RunSummary:
-    ident, code = data["identity"], data.get("code") or {}
-    final = (data.get("metrics") or {}).get("final", {})
-    return RunSummary(
-        id=ident["id"], name=ident["name"], status=ident["status"],
-        started_at=datetime.fromisoformat(ident["started_at"]),
-        commit=code.get("commit"), dirty=bool(code.get("dirty")),
-        reproduces=ident.get("reproduces"),
-        final_metrics={k: float(v) for k, v in final.items()},
-        tags=tuple(ident.get("tags", ())), params=_scalar_params(data.get("params") or {}),
-        lacks=(data.get("not_captured") or {}).get("verifiable"),
-    )
-
-
-def _corrupt(run_id: str, started: str) -> RunSummary:
-    return RunSummary(id=run_id, name="(record fails its digest: run `audit fsck`)",
-                      status="corrupt", started_at=datetime.fromisoformat(started), commit=None,
-                      dirty=False, reproduces=None, final_metrics={}, tags=(), params=None)
-
-
 def _parse_record(run_id: str, text: str, stored_sha: str) -> RunRecord:
+    from pydantic import ValidationError
+
+    from auditor.core.schema import SCHEMA_VERSION, RunRecord, record_sha256
+
     where = f"runs/{run_id}/record.json"
     try:
         data = json.loads(text)
@@ -728,13 +688,3 @@ def _parse_record(run_id: str, text: str, stored_sha: str) -> RunRecord:
             hint="run `audit fsck`",
         )
     return record
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
