@@ -67,6 +67,7 @@ class Row:
     params: dict[str, Any]
     metrics: dict[str, float]
     verified: str = "never"
+    lacks: str | None = None  # an imported run: what it lacks to be verifiable
 
     @property
     def final_metrics(self) -> dict[str, float]:
@@ -302,7 +303,7 @@ def _row(store: RunStore, s: RunSummary, verified: str) -> Row:
         params = {k: v for k, v in store.get_record(s.id).params.items()
                   if v is None or isinstance(v, str | int | float | bool)}
     return Row(s.id, s.name, s.status, s.started_at, s.commit, s.dirty, s.reproduces, s.tags,
-               dict(params), dict(s.final_metrics), verified)
+               dict(params), dict(s.final_metrics), verified, s.lacks)
 
 
 class RowCache:

@@ -171,7 +171,8 @@ def rows_for(records: Sequence[RunRecord], verdicts: dict[str, str]) -> list[Row
                 r.identity.reproduces, r.identity.tags,
                 {k: v for k, v in r.params.items()
                  if v is None or isinstance(v, str | int | float | bool)},
-                dict(r.metrics.final), verdicts.get(r.identity.id, "never"))
+                dict(r.metrics.final), verdicts.get(r.identity.id, "never"),
+                r.not_captured.get("verifiable"))
             for r in records]
 
 
