@@ -7,8 +7,9 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from auditor.core.schema import Command, Identity, MetricsSummary, RunRecord, Seeds, new_run_id
+from auditor.core.schema import MetricsSummary, RunRecord, Seeds
 from auditor.store import SqlStore
+from tests.factories import make_record, metric_points
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -18,19 +19,12 @@ def put_run(store: SqlStore, *, name: str = "run", params: dict[str, Any] | None
             status: str = "finished", series: dict[str, list[float]] | None = None,
             minute: int = 0, seed: int | None = None) -> RunRecord:
     """Store one run (record + metric points) and return its record."""
-    rec = RunRecord(
-        identity=Identity(id=new_run_id(), name=name, user="u", host="h",
-                          started_at=START + timedelta(minutes=minute), status=status,  # type: ignore[arg-type]
-                          tags=tags),
-        command=Command(argv=("python", "train.py"), cwd="."),
-        params=dict(params or {}),
-        seeds=Seeds(seed=seed),
-        metrics=MetricsSummary(final=dict(final or {})),
-    )
+    rec = make_record(name=name, started_at=START + timedelta(minutes=minute), status=status,
+                      tags=tags, params=dict(params or {}), seeds=Seeds(seed=seed),
+                      metrics=MetricsSummary(final=dict(final or {})))
     store.put_record(rec)
     for key, values in (series or {}).items():
-        store.add_metrics(rec.identity.id,
-                          [(key, i, v, float(i)) for i, v in enumerate(values)])
+        store.add_metrics(rec.identity.id, metric_points(key, values))
     return rec
 
 

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from auditor.compare import Evidence, environment
+from auditor.compare import environment
 from auditor.core.policy import ComparePolicy
 from auditor.core.schema import (
     Accelerators,
-    Command,
     Determinism,
     Environment,
     Gpu,
-    Identity,
     PythonEnv,
     RunRecord,
     Seeds,
     System,
 )
+from tests.factories import make_evidence, make_record
 
 PY = PythonEnv(executable="/usr/bin/python3", version="3.11.7", implementation="CPython",
                build="main", packages={"numpy": "1.26.4", "torch": "2.13.0", "rich": "13.7.0"})
@@ -34,16 +32,12 @@ DET = Determinism(source="observed-in-process", torch_num_threads=2,
 def record(**changes: Any) -> RunRecord:
     """A complete record; keyword arguments replace whole parts."""
     parts: dict[str, Any] = {
-        "identity": Identity(id="01hzzzzzzzzzzzzzzzzzzzzzzz", name="t", user="u", host="h",
-                             started_at=datetime(2025, 1, 1, tzinfo=UTC)),
-        "command": Command(argv=("python", "train.py"), cwd="."),
-        "environment": Environment(python=PY, system=SYSTEM, accelerators=GPUS,
-                                   env_vars={"OMP_NUM_THREADS": "2", "TOKEN": "[REDACTED]"}),
+        "environment": env(),
         "determinism": DET,
         "seeds": Seeds(seed=1, seeded=("random", "torch"), pythonhashseed="0",
                        torch_initial_seed=1),
     }
-    return RunRecord(**{**parts, **changes})
+    return make_record(**{**parts, **changes})
 
 
 def env(**fields: Any) -> Environment:
@@ -53,10 +47,7 @@ def env(**fields: Any) -> Environment:
 
 
 def compare(left: RunRecord, right: RunRecord) -> list[Any]:
-    def side(r: RunRecord) -> Evidence:
-        return Evidence(record=r, files={}, metric_keys=(), series=lambda _k: iter(()))
-
-    return environment.compare(side(left), side(right), ComparePolicy())
+    return environment.compare(make_evidence(left), make_evidence(right), ComparePolicy())
 
 
 # -- the four standard tests -------------------------------------------------------------

@@ -5,8 +5,6 @@ read from a store (artifacts re-hashed first)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,49 +14,11 @@ from auditor.compare import Evidence, evidence_from_store, files
 from auditor.core.errors import InputError, IntegrityError
 from auditor.core.policy import ComparePolicy
 from auditor.core.schema import (
-    ArtifactKind,
     ArtifactRef,
-    Command,
-    Identity,
     MetricsSummary,
-    RunRecord,
-    new_run_id,
 )
 from auditor.store import MetricPoint, SqlStore
-
-
-def side(root: Path, contents: dict[str, bytes], logs: tuple[str, ...] = ()) -> Evidence:
-    """An Evidence whose artifacts are real files under root (logs: names of kind log)."""
-    refs, paths = [], {}
-    for name, data in contents.items():
-        path = root / hashlib.sha256(data).hexdigest()
-        path.write_bytes(data)
-        kind: ArtifactKind = "log" if name in logs else "output"
-        refs.append(ArtifactRef(name=name, sha256=hashlib.sha256(data).hexdigest(),
-                                size=len(data), kind=kind))
-        paths[name] = path
-    record = RunRecord(identity=Identity(id="01hzzzzzzzzzzzzzzzzzzzzzzz", name="t", user="u",
-                                         host="h", started_at=datetime(2025, 1, 1, tzinfo=UTC)),
-                       command=Command(argv=("python", "train.py"), cwd="."),
-                       artifacts=tuple(refs))
-    return Evidence(record=record, files=paths, metric_keys=(), series=lambda _k: iter(()))
-
-
-Make = Callable[..., tuple[Evidence, Evidence]]
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Make:
-    """Factory: (left, right) Evidence from name -> bytes tables."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-
-    def make(left: dict[str, bytes], right: dict[str, bytes],
-             logs: tuple[str, ...] = ()) -> tuple[Evidence, Evidence]:
-        return side(tmp_path / "a", left, logs), side(tmp_path / "b", right, logs)
-
-    return make
-
+from tests.factories import EvidencePair, make_record
 
 REPORT = b"epoch 1 loss 0.5\nepoch 2 loss 0.4\nepoch 3 loss 0.3\n"
 
@@ -66,21 +26,21 @@ REPORT = b"epoch 1 loss 0.5\nepoch 2 loss 0.4\nepoch 3 loss 0.3\n"
 # -- the four standard tests -------------------------------------------------------------
 
 
-def test_recognises_outputs_and_leaves_weights_to_the_weights_comparer(pair: Make) -> None:
+def test_recognises_outputs_and_leaves_weights_to_the_weights_comparer(pair: EvidencePair) -> None:
     left, right = pair({"out/report.txt": REPORT, "out/model.safetensors": b"x"},
                        {"out/report.txt": REPORT + b"more\n", "out/model.safetensors": b"y"})
     found = files.compare(left, right, ComparePolicy())
     assert [d.where for d in found] == ["files/out/report.txt"]
 
 
-def test_self_compare_is_empty(pair: Make) -> None:
+def test_self_compare_is_empty(pair: EvidencePair) -> None:
     left, right = pair({"out/report.txt": REPORT, "out/blob.dat": b"\0\1\2"},
                        {"out/report.txt": REPORT, "out/blob.dat": b"\0\1\2"})
     assert files.compare(left, right, ComparePolicy()) == []
     assert files.compare_weights(left, right, ComparePolicy()) == []
 
 
-def test_golden_text_difference(pair: Make) -> None:
+def test_golden_text_difference(pair: EvidencePair) -> None:
     changed = b"epoch 1 loss 0.5\nepoch 2 loss 0.41\nepoch 3 loss 0.3\n"
     left, right = pair({"out/report.txt": REPORT}, {"out/report.txt": changed})
     (diff,) = files.compare(left, right, ComparePolicy())
@@ -91,14 +51,14 @@ def test_golden_text_difference(pair: Make) -> None:
     assert (line.left, line.right) == ("epoch 2 loss 0.4", "epoch 2 loss 0.41")
 
 
-def test_golden_binary_difference(pair: Make) -> None:
+def test_golden_binary_difference(pair: EvidencePair) -> None:
     left, right = pair({"out/blob.dat": b"\0\1\2\3\4"}, {"out/blob.dat": b"\0\1\2\7\4\5"})
     (diff,) = files.compare(left, right, ComparePolicy())
     assert diff.kind == "bytes" and not diff.within_tolerance
     assert diff.stats == {"left_size": 5, "right_size": 6, "first_offset": 3}
 
 
-def test_missing_and_extra_outputs(pair: Make) -> None:
+def test_missing_and_extra_outputs(pair: EvidencePair) -> None:
     left, right = pair({"out/a.txt": b"a\n"}, {"out/b.txt": b"b\n"})
     diffs = files.compare(left, right, ComparePolicy())
     assert [(d.where, d.kind) for d in diffs] == [("files/out/a.txt", "missing"),
@@ -107,7 +67,7 @@ def test_missing_and_extra_outputs(pair: Make) -> None:
     assert diffs[0].left == f"sha256:{digest[:12]} (2 bytes)"
 
 
-def test_file_not_available_is_an_error_difference(pair: Make) -> None:
+def test_file_not_available_is_an_error_difference(pair: EvidencePair) -> None:
     left, right = pair({"out/a.txt": b"a\n"}, {"out/a.txt": b"b\n"})
     right = Evidence(right.record, {}, (), right.series)
     (diff,) = files.compare(left, right, ComparePolicy())
@@ -117,7 +77,7 @@ def test_file_not_available_is_an_error_difference(pair: Make) -> None:
 # -- masks and logs ----------------------------------------------------------------------
 
 
-def test_text_differing_only_in_timestamps_is_equal_after_masks(pair: Make) -> None:
+def test_text_differing_only_in_timestamps_is_equal_after_masks(pair: EvidencePair) -> None:
     a = b"2025-01-01T10:00:00Z start\nstep 1 took 0.52s\nloss 0.5\n"
     b = b"2025-03-04T11:12:13Z start\nstep 1 took 0.61s\nloss 0.5\n"
     left, right = pair({"out/run.txt": a, "logs/stdout.txt": a},
@@ -127,7 +87,7 @@ def test_text_differing_only_in_timestamps_is_equal_after_masks(pair: Make) -> N
     assert diff.stats == {"masked_only": True}
 
 
-def test_masked_text_that_still_differs_is_reported(pair: Make) -> None:
+def test_masked_text_that_still_differs_is_reported(pair: EvidencePair) -> None:
     a = b"10:00:00 step 1 loss 0.5\n10:00:01 step 2 loss 0.4\n"
     b = b"11:00:00 step 1 loss 0.5\n11:00:01 step 2 loss 0.9\n"
     left, right = pair({"out/run.txt": a}, {"out/run.txt": b})
@@ -136,7 +96,7 @@ def test_masked_text_that_still_differs_is_reported(pair: Make) -> None:
     assert diff.details[0].left == "<masked> step 2 loss 0.4"
 
 
-def test_log_differences_are_informational(pair: Make) -> None:
+def test_log_differences_are_informational(pair: EvidencePair) -> None:
     left, right = pair({"logs/stderr.txt": b"warning A\n"}, {"logs/stderr.txt": b"warning B\n"},
                        logs=("logs/stderr.txt",))
     (diff,) = files.compare(left, right, ComparePolicy())
@@ -144,12 +104,12 @@ def test_log_differences_are_informational(pair: Make) -> None:
     assert files.compare(left, right, ComparePolicy(compare_logs="off")) == []
 
 
-def test_ignored_outputs_are_not_compared(pair: Make) -> None:
+def test_ignored_outputs_are_not_compared(pair: EvidencePair) -> None:
     left, right = pair({"out/timing.json": b"1"}, {"out/timing.json": b"2"})
     assert files.compare(left, right, ComparePolicy(ignore_outputs=("out/timing*",))) == []
 
 
-def test_a_bad_mask_is_an_input_error(pair: Make) -> None:
+def test_a_bad_mask_is_an_input_error(pair: EvidencePair) -> None:
     left, right = pair({"out/a.txt": b"a\n"}, {"out/a.txt": b"b\n"})
     with pytest.raises(InputError, match="not a valid regex"):
         files.compare(left, right, ComparePolicy(log_masks=("(",)))
@@ -176,7 +136,7 @@ def npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def test_weights_missing_extra_and_delegated(pair: Make) -> None:
+def test_weights_missing_extra_and_delegated(pair: EvidencePair) -> None:
     w = npy(np.arange(4, dtype=np.float32))
     w2 = npy(np.arange(4, dtype=np.float32) + 1)
     left, right = pair({"out/a.npy": w, "out/b.npy": w}, {"out/b.npy": w2, "out/c.npy": w})
@@ -186,7 +146,7 @@ def test_weights_missing_extra_and_delegated(pair: Make) -> None:
     assert all(d.where.startswith("weights/out/b.npy") for d in diffs[1:-1]) and diffs[1:-1]
 
 
-def test_unreadable_weights_raise_naming_the_artifact(pair: Make) -> None:
+def test_unreadable_weights_raise_naming_the_artifact(pair: EvidencePair) -> None:
     left, right = pair({"out/model.safetensors": b"\x08\0\0\0\0\0\0\0{bad json"},
                        {"out/model.safetensors": b"\x08\0\0\0\0\0\0\0{also bad"})
     with pytest.raises(InputError, match=r"model\.safetensors"):
@@ -199,10 +159,7 @@ def test_unreadable_weights_raise_naming_the_artifact(pair: Make) -> None:
 def test_evidence_from_store_reads_verified_files_and_series(store: SqlStore) -> None:
     sha, size = store.blobs.put_bytes(b"loss 0.5\n")
     log_sha, log_size = store.blobs.put_bytes(b"hello\n")
-    record = RunRecord(
-        identity=Identity(id=new_run_id(), name="t", user="u", host="h",
-                          started_at=datetime(2025, 1, 1, tzinfo=UTC)),
-        command=Command(argv=("python", "train.py"), cwd="."),
+    record = make_record(
         metrics=MetricsSummary(final={"loss": 0.5}),
         artifacts=(ArtifactRef(name="out/r.txt", sha256=sha, size=size, kind="output"),
                    ArtifactRef(name="logs/stdout.txt", sha256=log_sha, size=log_size, kind="log"),

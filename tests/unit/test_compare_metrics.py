@@ -4,8 +4,7 @@ T27, T29 in small, T30)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -14,23 +13,16 @@ from hypothesis import strategies as st
 
 from auditor.compare import Evidence, metrics
 from auditor.core.policy import ComparePolicy, Tolerance
-from auditor.core.schema import Command, Identity, MetricsSummary, RunRecord
+from auditor.core.schema import MetricsSummary
+from tests.factories import make_evidence, make_record
 
 Series = dict[str, Sequence[tuple[object, object]]]
 
 
 def evidence(series: Series, run_id: str = "01hzzzzzzzzzzzzzzzzzzzzzzz") -> Evidence:
     final = {k: v[-1][1] for k, v in series.items() if v and isinstance(v[-1][1], float)}
-    record = RunRecord(
-        identity=Identity(id=run_id, name="t", user="u", host="h",
-                          started_at=datetime(2025, 1, 1, tzinfo=UTC)),
-        command=Command(argv=("python", "train.py"), cwd="."),
-        metrics=MetricsSummary(final=final))
-
-    def points(key: str) -> Iterator[tuple[int, float]]:
-        return iter(series[key])  # type: ignore[arg-type]
-
-    return Evidence(record=record, files={}, metric_keys=tuple(sorted(series)), series=points)
+    return make_evidence(make_record(id=run_id, metrics=MetricsSummary(final=final)),
+                         series=series)
 
 
 def run(left: Series, right: Series, policy: ComparePolicy | None = None):  # type: ignore[no-untyped-def]

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 from auditor.compare import Evidence, params
 from auditor.core.policy import ComparePolicy
-from auditor.core.schema import Command, Identity, RunRecord
+from tests.factories import make_evidence, make_record
 
 PARAMS = {"lr": 0.1, "epochs": 3, "optim": {"name": "sgd", "betas": [0.9, 0.99]},
           "clip": math.nan}
 
 
 def side(values: dict[str, Any]) -> Evidence:
-    record = RunRecord(identity=Identity(id="01hzzzzzzzzzzzzzzzzzzzzzzz", name="t", user="u",
-                                         host="h", started_at=datetime(2025, 1, 1, tzinfo=UTC)),
-                       command=Command(argv=("python", "train.py"), cwd="."), params=values)
-    return Evidence(record=record, files={}, metric_keys=(), series=lambda _k: iter(()))
+    return make_evidence(make_record(params=values))
 
 
 def compare(left: dict[str, Any], right: dict[str, Any]) -> list[Any]:

@@ -6,7 +6,6 @@ bytes; and the comparison says which outputs it read and which the policy left o
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,21 +16,7 @@ from auditor.compare.difference import Difference
 from auditor.compare.pairing import pair_outputs, pattern
 from auditor.core.policy import Policy, Tolerance, load_policy, loosenings
 from auditor.core.schema import ArtifactRef
-from tests.unit.test_compare_files import side
-
-Make = Callable[..., tuple[Evidence, Evidence]]
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Make:
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-
-    def make(left: dict[str, bytes], right: dict[str, bytes],
-             logs: tuple[str, ...] = ()) -> tuple[Evidence, Evidence]:
-        return side(tmp_path / "a", left, logs), side(tmp_path / "b", right, logs)
-
-    return make
+from tests.factories import EvidencePair
 
 
 def verdict(left: Evidence, right: Evidence, policy: Policy) -> tuple[str, list[Difference]]:
@@ -58,7 +43,7 @@ STDOUT_B = ("started 2026-12-01 07:12:44 pid 17\n"
 # -- logs ------------------------------------------------------------------------------
 
 
-def test_timings_dates_pids_and_progress_bars_in_stdout_are_masked(pair: Make) -> None:
+def test_timings_dates_pids_and_progress_bars_in_stdout_are_masked(pair: EvidencePair) -> None:
     left, right = pair({"logs/stdout.txt": STDOUT_A.encode()},
                        {"logs/stdout.txt": STDOUT_B.encode()}, logs=("logs/stdout.txt",))
     assert files.compare(left, right, Policy().compare) == []
@@ -67,7 +52,7 @@ def test_timings_dates_pids_and_progress_bars_in_stdout_are_masked(pair: Make) -
         ("text", True, True)]  # the bytes did change, but only inside masks
 
 
-def test_a_log_file_output_that_differs_is_informational_by_default(pair: Make) -> None:
+def test_a_log_file_output_that_differs_is_informational_by_default(pair: EvidencePair) -> None:
     a = STDOUT_A.encode() + b"lr 0.1\n"
     b = STDOUT_B.encode() + b"lr 0.3\n"
     left, right = pair({"outputs/train.log": a, "outputs/model.bin": b"same"},
@@ -87,7 +72,7 @@ def test_a_log_file_output_that_differs_is_informational_by_default(pair: Make) 
     assert v.outputs.informational == ["outputs/train.log"]
 
 
-def test_compare_logs_strict_restores_logs_that_count(pair: Make) -> None:
+def test_compare_logs_strict_restores_logs_that_count(pair: EvidencePair) -> None:
     left, right = pair({"outputs/train.log": b"lr 0.1\n"}, {"outputs/train.log": b"lr 0.3\n"})
     policy = load_policy_text('[verify]\ncompare_logs = "strict"\n')
     level, found = verdict(left, right, policy)
@@ -97,7 +82,7 @@ def test_compare_logs_strict_restores_logs_that_count(pair: Make) -> None:
         "files/outputs/train.log")
 
 
-def test_compare_logs_off_leaves_logs_out_and_says_so(pair: Make) -> None:
+def test_compare_logs_off_leaves_logs_out_and_says_so(pair: EvidencePair) -> None:
     left, right = pair({"outputs/train.log": b"a\n", "logs/stdout.txt": b"x\n"},
                        {"outputs/train.log": b"b\n", "logs/stdout.txt": b"y\n"},
                        logs=("logs/stdout.txt",))
@@ -158,7 +143,7 @@ def torch_bytes(tensors: dict[str, object], name: str) -> bytes:
         return path.read_bytes()
 
 
-def test_a_dated_checkpoint_name_is_paired_and_reported_as_renamed(pair: Make) -> None:
+def test_a_dated_checkpoint_name_is_paired_and_reported_as_renamed(pair: EvidencePair) -> None:
     torch = pytest.importorskip("torch")
     weights = {"w": torch.arange(6.0).reshape(2, 3)}
     left, right = pair({"ckpt/ckpt-20261201-0530.pt": torch_bytes(weights, "ckpt-20261201-0530")},
@@ -171,7 +156,7 @@ def test_a_dated_checkpoint_name_is_paired_and_reported_as_renamed(pair: Make) -
     assert "every tensor is bit-identical" in " ".join(diff.comments)
 
 
-def test_a_dated_checkpoint_with_other_weights_diverges_under_its_name(pair: Make) -> None:
+def test_a_dated_checkpoint_with_other_weights_diverges_under_its_name(pair: EvidencePair) -> None:
     torch = pytest.importorskip("torch")
     left, right = pair(
         {"ckpt-20261201-0530.pt": torch_bytes({"w": torch.zeros(3)}, "a")},
@@ -182,7 +167,7 @@ def test_a_dated_checkpoint_with_other_weights_diverges_under_its_name(pair: Mak
     assert any("the rerun wrote it as ckpt-20261201-0612.pt" in c for c in found[0].comments)
 
 
-def test_torch_zip_metadata_alone_is_informational(pair: Make) -> None:
+def test_torch_zip_metadata_alone_is_informational(pair: EvidencePair) -> None:
     torch = pytest.importorskip("torch")
     weights = {"w": torch.arange(4.0)}
     left, right = pair({"model.pt": torch_bytes(weights, "one")},
@@ -193,7 +178,7 @@ def test_torch_zip_metadata_alone_is_informational(pair: Make) -> None:
         ("weights/model.pt", "bytes", True)]
 
 
-def test_checkpoint_structure_is_compared_with_masks_and_tolerance(pair: Make) -> None:
+def test_checkpoint_structure_is_compared_with_masks_and_tolerance(pair: EvidencePair) -> None:
     torch = pytest.importorskip("torch")
 
     def ckpt(epoch: int, saved_at: str, lr: float) -> bytes:
@@ -215,7 +200,7 @@ def test_checkpoint_structure_is_compared_with_masks_and_tolerance(pair: Make) -
 # -- a .bin that is no torch file ---------------------------------------------------------
 
 
-def test_a_bin_output_that_is_not_torch_is_compared_as_bytes(pair: Make) -> None:
+def test_a_bin_output_that_is_not_torch_is_compared_as_bytes(pair: EvidencePair) -> None:
     left, right = pair({"outputs/model.bin": b"\x00\x02\x03raw"},
                        {"outputs/model.bin": b"\x00\x02\x04raw"})
     level, found = verdict(left, right, Policy())  # no InputError (exit 2)
@@ -224,7 +209,7 @@ def test_a_bin_output_that_is_not_torch_is_compared_as_bytes(pair: Make) -> None
         ("files/outputs/model.bin", "bytes", 2)]
 
 
-def test_a_bin_that_is_a_torch_checkpoint_is_still_read_as_tensors(pair: Make) -> None:
+def test_a_bin_that_is_a_torch_checkpoint_is_still_read_as_tensors(pair: EvidencePair) -> None:
     torch = pytest.importorskip("torch")
     left, right = pair({"pytorch_model.bin": torch_bytes({"w": torch.zeros(2)}, "a")},
                        {"pytorch_model.bin": torch_bytes({"w": torch.ones(2)}, "a")})
@@ -249,7 +234,8 @@ def event_file(folder: Path, losses: list[float]) -> bytes:
     return path.read_bytes()
 
 
-def test_event_files_are_compared_by_scalars_not_wall_time(pair: Make, tmp_path: Path) -> None:
+def test_event_files_are_compared_by_scalars_not_wall_time(pair: EvidencePair,
+                                                           tmp_path: Path) -> None:
     a = event_file(tmp_path / "ea", [0.9, 0.5, 0.25])
     b = event_file(tmp_path / "eb", [0.9, 0.5, 0.25])
     assert a != b  # wall_time differs
@@ -261,7 +247,8 @@ def test_event_files_are_compared_by_scalars_not_wall_time(pair: Make, tmp_path:
     assert "differ only in wall_time" in " ".join(found[0].comments)
 
 
-def test_event_files_with_other_scalars_name_the_tag_and_step(pair: Make, tmp_path: Path) -> None:
+def test_event_files_with_other_scalars_name_the_tag_and_step(pair: EvidencePair,
+                                                           tmp_path: Path) -> None:
     a = event_file(tmp_path / "ea", [0.9, 0.5, 0.25])
     b = event_file(tmp_path / "eb", [0.9, 0.5, 0.3])
     left, right = pair({"events.out.tfevents.1.h.1.0": a}, {"events.out.tfevents.1.h.1.0": b})
@@ -277,7 +264,7 @@ def test_event_files_with_other_scalars_name_the_tag_and_step(pair: Make, tmp_pa
 # -- what was compared, what the policy left out --------------------------------------------
 
 
-def test_ignored_outputs_are_named_and_shown_as_a_loosening(pair: Make) -> None:
+def test_ignored_outputs_are_named_and_shown_as_a_loosening(pair: EvidencePair) -> None:
     left, right = pair({"outputs/noise.bin": b"1", "outputs/model.safetensors": b"m"},
                        {"outputs/noise.bin": b"2", "outputs/model.safetensors": b"m"})
     policy = Policy(ignore_outputs=("outputs/noise*",))

@@ -34,17 +34,14 @@ from auditor.core.keys import generate_keypair, load_private_key, load_public_ke
 from auditor.core.lockfile import parse_requirements_lock
 from auditor.core.policy import load_policy
 from auditor.core.schema import (
-    Command,
-    Identity,
-    RunRecord,
     is_run_id_prefix,
-    new_run_id,
     record_bytes,
     record_sha256,
 )
 from auditor.release.gate import load_gate_policy
 from auditor.store import validate_run_ref
 from auditor.store.sql import _parse_record
+from tests.factories import make_record
 
 BUDGET = settings(derandomize=True, max_examples=150, deadline=None, database=None,
                   suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -54,10 +51,8 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
                                                                  max_size=4),
     max_leaves=20)
-RECORD = RunRecord(identity=Identity(id=new_run_id(), name="t", user="u", host="h",
-                                     started_at=datetime(2026, 1, 1, tzinfo=UTC),
-                                     status="finished"),
-                   command=Command(argv=("python", "t.py"), cwd="."))
+RECORD = make_record(started_at=datetime(2026, 1, 1, tzinfo=UTC), status="finished",
+                     argv=("python", "t.py"))
 GOOD_LOCK = ("six==1.17.0 \\\n    --hash=sha256:" + "a" * 64 + "\n"
              "idna==3.10 --hash=sha256:" + "b" * 64 + "\n")
 

@@ -27,8 +27,6 @@ from auditor.core.keys import generate_keypair, load_private_key
 from auditor.core.schema import (
     ArtifactRef,
     Command,
-    Identity,
-    RunRecord,
     new_run_id,
     record_bytes,
     record_sha256,
@@ -41,6 +39,7 @@ from auditor.release.gate import (
     verify_certificate_file,
 )
 from auditor.store import CertificateRow, SqlStore, open_store
+from tests.factories import make_record
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 UNKNOWN_RUN = "01jd0x8k6m2q3r4s5t6v7w8x9y"
@@ -68,10 +67,8 @@ class World:
 
     def record_run(self, name: str, sha: str, size: int) -> str:
         run_id = new_run_id()
-        record = RunRecord(
-            identity=Identity(id=run_id, name="train", user="u", host="h",
-                              started_at=NOW - timedelta(days=30), status="finished"),
-            command=Command(argv=("python", "train.py"), cwd="."),
+        record = make_record(
+            id=run_id, name="train", started_at=NOW - timedelta(days=30), status="finished",
             artifacts=(ArtifactRef(name=f"outputs/{name}", sha256=sha, size=size,
                                    kind="output"),))
         self.store.put_record(record)

@@ -3,7 +3,6 @@ both sides (``fixtures/nvidia-smi``), parsed by the capture code the recorder us
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +11,13 @@ import pytest
 from auditor.core.errors import CouldNotVerify
 from auditor.core.schema import (
     Accelerators,
-    Command,
     Environment,
     Gpu,
-    Identity,
     RunRecord,
-    new_run_id,
 )
 from auditor.record.capture.gpu import NOT_FOUND, parse_nvidia_smi_xml
 from auditor.rerun.record import check_gpus
+from tests.factories import make_record
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "nvidia-smi"
 A100 = "a100-sxm4-80gb-535.54.03.xml"
@@ -61,13 +58,8 @@ def run_on(name: str | None) -> RunRecord:
                 for g in report["gpus"]
             ),
         )
-    return RunRecord(
-        identity=Identity(
-            id=new_run_id(), name="train", user="u", host="gpu-box", started_at=datetime.now(UTC)
-        ),
-        command=Command(argv=("python", "train.py"), cwd="."),
-        environment=Environment(accelerators=accelerators),
-    )
+    return make_record(name="train", host="gpu-box",
+                       environment=Environment(accelerators=accelerators))
 
 
 @pytest.mark.parametrize("name", ALL)

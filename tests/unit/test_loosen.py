@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from auditor.certify.issue import subjects_of
 from auditor.certify.loosen import from_verdict, kind_of, uncertified_outputs
 from auditor.certify.verdict import Verdict
 from auditor.compare.files import coverage
 from auditor.core.policy import DEFAULT_LOG_MASKS, Policy, Tolerance, loosenings
-from auditor.core.schema import ArtifactRef, Command, Identity, RunRecord, new_run_id
+from auditor.core.schema import ArtifactRef
+from tests.factories import make_record
 
 OUTPUTS = (ArtifactRef(name="outputs/model.bin", sha256="a" * 64, size=1, kind="output"),
            ArtifactRef(name="outputs/noise.bin", sha256="b" * 64, size=1, kind="output"),
            ArtifactRef(name="outputs/train.log", sha256="c" * 64, size=1, kind="output"))
-RECORD = RunRecord(identity=Identity(id=new_run_id(), name="t", user="u", host="h",
-                                     started_at=datetime.now(UTC), status="finished"),
-                   command=Command(argv=("python", "t.py"), cwd="."), artifacts=OUTPUTS)
+RECORD = make_record(status="finished", argv=("python", "t.py"), artifacts=OUTPUTS)
 
 
 def verdict(policy: Policy) -> Verdict:

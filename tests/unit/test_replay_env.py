@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 
 import pytest
 
 from auditor.core.errors import CouldNotVerify
-from auditor.core.schema import Command, Determinism, Environment, Identity, RunRecord, Seeds
+from auditor.core.schema import Determinism, Environment, RunRecord, Seeds
 from auditor.rerun.sandbox import _argv, replay_env
+from tests.factories import make_record
 
 
 def rec(env_vars: dict[str, str], threads: int | None, argv: tuple[str, ...] = ("python", "t.py"),
         hashseed: str = "77") -> RunRecord:
-    return RunRecord(
-        identity=Identity(id="0" * 26, name="r", user="u", host="h", started_at=datetime.now(UTC)),
-        command=Command(argv=argv, cwd="."), seeds=Seeds(pythonhashseed=hashseed),
+    return make_record(
+        argv=argv, seeds=Seeds(pythonhashseed=hashseed),
         determinism=Determinism(source="observed-in-process", torch_num_threads=threads),
         environment=Environment(env_vars=env_vars))
 

@@ -24,8 +24,9 @@ from auditor.certify.verdict import VerifyResult
 from auditor.cli.main import AuditGroup, main
 from auditor.cli.release import COMMANDS, render_report_command
 from auditor.core.keys import generate_keypair, load_private_key
-from auditor.core.schema import ArtifactRef, Command, Identity, RunRecord, new_run_id, record_sha256
+from auditor.core.schema import ArtifactRef, new_run_id, record_sha256
 from auditor.store import CertificateRow, open_store
+from tests.factories import make_record
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "verify"
 
@@ -99,10 +100,8 @@ def released(tmp_path: Path) -> dict[str, Path]:
     model.write_bytes(b"weights")
     sha, size = store.blobs.put_bytes(b"weights")
     run_id = new_run_id()
-    store.put_record(RunRecord(
-        identity=Identity(id=run_id, name="t", user="u", host="h",
-                          started_at=datetime.now(UTC), status="finished"),
-        command=Command(argv=("python", "t.py"), cwd="."),
+    store.put_record(make_record(
+        id=run_id, status="finished", argv=("python", "t.py"),
         artifacts=(ArtifactRef(name="outputs/model.safetensors", sha256=sha, size=size,
                                kind="output"),)))
     issued = datetime.now(UTC) - timedelta(days=1)

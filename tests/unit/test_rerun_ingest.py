@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from auditor.core.errors import CouldNotVerify
-from auditor.core.schema import ArtifactRef, Command, Identity, RunRecord
+from auditor.core.schema import ArtifactRef, RunRecord
 from auditor.env.access import blocked_for
 from auditor.rerun.ingest import (
     Refused,
@@ -28,6 +28,7 @@ from auditor.rerun.ingest import (
 from auditor.rerun.record import failed_at_start
 from auditor.rerun.sandbox import Executed, check_hidden_from_rerun_user, hand_over
 from auditor.store import SqlStore
+from tests.factories import make_record
 
 
 @pytest.fixture
@@ -178,12 +179,8 @@ def test_hand_over_gives_the_rerun_its_copy_and_keeps_inputs(tmp_path: Path) -> 
 
 
 def _record(stdout_size: int) -> RunRecord:
-    from datetime import UTC, datetime
-
-    return RunRecord(
-        identity=Identity(id="01abc", name="n", user="u", host="h",
-                          started_at=datetime.now(UTC)),
-        command=Command(argv=("python", "t.py"), cwd="."),
+    return make_record(
+        id="01abc", name="n", argv=("python", "t.py"),
         artifacts=(ArtifactRef(name="logs/stdout.txt", sha256="0" * 64, size=stdout_size,
                                kind="log"),),
     )

@@ -6,7 +6,6 @@ import contextlib
 import json
 import math
 import struct
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,34 +24,19 @@ from auditor.core.errors import (
 )
 from auditor.core.schema import (
     SCHEMA_VERSION,
-    Command,
-    Identity,
     RunRecord,
     is_run_id_prefix,
     new_run_id,
     record_sha256,
 )
 from auditor.store import MetricPoint, SqlStore, open_store, validate_run_ref
+from tests.factories import make_record
 
 
 @pytest.fixture
 def store(any_store: SqlStore) -> SqlStore:
     """Every store test runs against SQLite and PostgreSQL."""
     return any_store
-
-
-def make_record(run_id: str | None = None, **ident: object) -> RunRecord:
-    return RunRecord(
-        identity=Identity(
-            id=run_id or new_run_id(),
-            name="t",
-            user="u",
-            host="h",
-            started_at=datetime.now(UTC),
-            **ident,
-        ),  # type: ignore[arg-type]
-        command=Command(argv=("python", "x.py"), cwd="."),
-    )
 
 
 def test_schema_version_is_pinned() -> None:
@@ -88,7 +72,7 @@ def test_put_get_roundtrip(store: SqlStore) -> None:
 
 
 def test_prefix_resolution(store: SqlStore) -> None:
-    a, b = make_record(new_run_id(10**12)), make_record(new_run_id(10**12))
+    a, b = make_record(id=new_run_id(10**12)), make_record(id=new_run_id(10**12))
     store.put_record(a)
     store.put_record(b)
     assert store.resolve(a.identity.id) == a.identity.id
@@ -260,13 +244,13 @@ def test_missing_store_is_an_error_not_created(tmp_path: Path) -> None:
 def test_list_newest_first(store: SqlStore) -> None:
     ids = [new_run_id(10**12 + i * 10**6) for i in range(3)]
     for i in ids:
-        store.put_record(make_record(i))
+        store.put_record(make_record(id=i))
     assert [r.id for r in store.list_runs()] == list(reversed(ids))
     assert len(store.list_runs(limit=2)) == 2
 
 
 def test_record_digest_is_canonical() -> None:
-    rec = make_record("0" * 26)
+    rec = make_record(id="0" * 26)
     same = RunRecord.model_validate(json.loads(rec.model_dump_json()))
     assert record_sha256(rec) == record_sha256(same)
 

@@ -3,25 +3,23 @@ environment digest."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from auditor.certify.decide import UNEXPLAINED, decide, environment_digest, rank_causes
-from auditor.compare import Evidence, compare_runs
+from auditor.compare import compare_runs
 from auditor.compare.difference import Difference
 from auditor.core.policy import Policy
 from auditor.core.schema import (
     ArtifactRef,
-    Command,
     Determinism,
     Environment,
-    Identity,
     MetricsSummary,
     PythonEnv,
     RunRecord,
     Seeds,
 )
+from tests.factories import make_evidence, make_record
 
 PY = PythonEnv(executable="/usr/bin/python3", version="3.11.7", implementation="CPython",
                build="main", packages={"numpy": "1.26.4", "torch": "2.13.0", "rich": "13.7.0"})
@@ -29,9 +27,6 @@ PY = PythonEnv(executable="/usr/bin/python3", version="3.11.7", implementation="
 
 def record(**changes: Any) -> RunRecord:
     parts: dict[str, Any] = {
-        "identity": Identity(id="01hzzzzzzzzzzzzzzzzzzzzzzz", name="t", user="u", host="h",
-                             started_at=datetime(2025, 1, 1, tzinfo=UTC)),
-        "command": Command(argv=("python", "train.py"), cwd="."),
         "environment": Environment(python=PY),
         "determinism": Determinism(source="observed-in-process", torch_num_threads=2),
         "seeds": Seeds(seed=1, pythonhashseed="0", torch_initial_seed=1),
@@ -39,7 +34,7 @@ def record(**changes: Any) -> RunRecord:
         "artifacts": (ArtifactRef(name="out/model.safetensors", sha256="a" * 64, size=1,
                                   kind="output"),),
     }
-    return RunRecord(**{**parts, **changes})
+    return make_record(**{**parts, **changes})
 
 
 def metric(key: str, step: int | None, within: bool) -> Difference:
@@ -142,14 +137,11 @@ def test_no_environment_difference_gives_the_generic_cause() -> None:
 
 
 def test_decide_over_compare_runs_end_to_end() -> None:
-    def side(r: RunRecord, loss: list[tuple[int, float]]) -> Evidence:
-        return Evidence(record=r, files={}, metric_keys=("loss",),
-                        series=lambda _k: iter(loss))
-
     left = record(seeds=Seeds(seed=None, torch_initial_seed=1), artifacts=())
     right = record(seeds=Seeds(seed=None, torch_initial_seed=2), artifacts=())
-    diffs = compare_runs(side(left, [(0, 1.0986), (1, 0.9)]),
-                         side(right, [(0, 1.1021), (1, 0.95)]), Policy().compare)
+    diffs = compare_runs(make_evidence(left, series={"loss": [(0, 1.0986), (1, 0.9)]}),
+                         make_evidence(right, series={"loss": [(0, 1.1021), (1, 0.95)]}),
+                         Policy().compare)
     v = decide(diffs, left, right, Policy())
     assert v.level == "not-reproduced" and v.first_divergence == "metrics/loss@step 0"
     assert v.causes[0].what == "unseeded"
@@ -162,9 +154,8 @@ def test_a_crashed_rerun_is_the_first_cause(tmp_path: Path) -> None:
     stderr.write_text("Traceback (most recent call last):\nFileNotFoundError: data/blobs.csv\n")
     left = record(artifacts=())
     right = record(artifacts=(), identity=left.identity.model_copy(update={"exit_code": 1}))
-    ok = Evidence(record=left, files={}, metric_keys=(), series=lambda _k: iter(()))
-    bad = Evidence(record=right, files={"logs/stderr.txt": stderr}, metric_keys=(),
-                   series=lambda _k: iter(()))
+    ok = make_evidence(left)
+    bad = make_evidence(right, files={"logs/stderr.txt": stderr})
     v = decide(compare_runs(ok, bad, Policy().compare), left, right, Policy())
     assert v.level == "not-reproduced" and v.first_divergence == "process/exit_code"
     assert v.causes[0].category == "process" and "FileNotFoundError" in v.causes[0].explanation
