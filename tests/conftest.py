@@ -56,14 +56,19 @@ def make_repo(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-@pytest.fixture
-def train_repo(make_repo: Callable[..., Path]) -> Path:
-    """A git repo holding the bundled torch fixture (script, lockfile, data)."""
-    root = make_repo({".gitignore": "outputs/\n.auditor/\n"}, name="train")
+def add_training_files(root: Path) -> None:
+    """Copy the bundled torch fixture (script, lockfile, data/blobs.csv) into root."""
     shutil.copy(FIXTURES / "train" / "train_mlp.py", root)
     shutil.copy(FIXTURES / "train" / "requirements.lock", root)
     (root / "data").mkdir()
     shutil.copy(FIXTURES / "data" / "blobs.csv", root / "data")
+
+
+@pytest.fixture
+def train_repo(make_repo: Callable[..., Path]) -> Path:
+    """A git repo holding the bundled torch fixture (script, lockfile, data)."""
+    root = make_repo({".gitignore": "outputs/\n.auditor/\n"}, name="train")
+    add_training_files(root)
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "fixture")
     return root

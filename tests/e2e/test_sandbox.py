@@ -24,14 +24,13 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from auditor.core.errors import CouldNotVerify
-from auditor.core.schema import Command, Environment, Identity, RunRecord, new_run_id
+from auditor.core.schema import Environment, RunRecord
 from auditor.env.venv import host_python
 from auditor.record.outputs import Snapshot
 from auditor.record.wrap import _logs
@@ -47,6 +46,7 @@ from auditor.rerun.sandbox import (
     scratch_dir,
 )
 from auditor.store import SqlStore, open_store
+from tests.factories import make_record
 
 pytestmark = [pytest.mark.docker]
 
@@ -95,14 +95,9 @@ def scratch() -> Iterator[Path]:
 
 
 def _record(env_vars: dict[str, str] | None = None) -> RunRecord:
-    return RunRecord(
-        identity=Identity(
-            id=new_run_id(), name="sandbox-probe", user="tester", host="here",
-            started_at=datetime.now(UTC),
-        ),
-        command=Command(argv=("python", "probe.py"), cwd="."),
-        environment=Environment(env_vars=env_vars or {}),
-    )
+    return make_record(name="sandbox-probe", user="tester", host="here",
+                       argv=("python", "probe.py"),
+                       environment=Environment(env_vars=env_vars or {}))
 
 
 def make_prep(

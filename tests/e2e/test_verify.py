@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import FIXTURES, audit, git
+from tests.e2e.conftest import training_project
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 PY = sys.executable
@@ -26,29 +27,12 @@ PY = sys.executable
 
 @pytest.fixture(scope="module")
 def project(
-    tmp_path_factory: pytest.TempPathFactory,
-    base_image: tuple[str, str],
-    ca_bundle: Path,
-    torch_wheelhouse: Path,
+    tmp_path_factory: pytest.TempPathFactory, torch_rerun_env: dict[str, str]
 ) -> Iterator[dict[str, Any]]:
     """The fixture training project (data git-ignored, as data usually is) and a store."""
-    root = tmp_path_factory.mktemp("verify") / "proj"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    shutil.copy(FIXTURES / "train" / "train_mlp.py", root)
-    shutil.copy(FIXTURES / "train" / "requirements.lock", root)
-    (root / "data").mkdir()
-    shutil.copy(FIXTURES / "data" / "blobs.csv", root / "data")
-    (root / ".gitignore").write_text("outputs/\n.auditor/\ndata/\n")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "fixture")
-    env = {
-        "AUDITOR_STORE": str(root.parent / "store"),
-        "AUDITOR_BASE_IMAGE": base_image[0],
-        "AUDITOR_WHEELHOUSE": str(torch_wheelhouse),
-        "AUDITOR_CA_BUNDLE": str(ca_bundle),
-    }
-    yield {"root": root, "env": env}
+    root, store = training_project(tmp_path_factory.mktemp("verify"),
+                                   gitignore="outputs/\n.auditor/\ndata/\n")
+    yield {"root": root, "env": {**store, **torch_rerun_env}}
 
 
 def record(project: dict[str, Any], *args: str, env: dict[str, str] | None = None,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import AUDIT, FIXTURES, GIT_ENV, audit, git
+from tests.conftest import AUDIT, GIT_ENV, audit
+from tests.e2e.conftest import training_project
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 PY = sys.executable
@@ -67,27 +67,12 @@ def verdict_of(data: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def repo(
-    tmp_path_factory: pytest.TempPathFactory,
-    base_image: tuple[str, str],
-    ca_bundle: Path,
-    torch_wheelhouse: Path,
+    tmp_path_factory: pytest.TempPathFactory, torch_rerun_env: dict[str, str]
 ) -> Iterator[dict[str, Any]]:
     """One repository, three deterministic trainings and their variants recorded in it."""
-    root = tmp_path_factory.mktemp("tree") / "proj"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    shutil.copy(FIXTURES / "train" / "train_mlp.py", root)
-    shutil.copy(FIXTURES / "train" / "requirements.lock", root)
-    (root / "data").mkdir()
-    shutil.copy(FIXTURES / "data" / "blobs.csv", root / "data")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "fixture")  # no .gitignore: outputs and logs are untracked
-    env = {
-        "AUDITOR_STORE": str(root.parent / "store"),
-        "AUDITOR_BASE_IMAGE": base_image[0],
-        "AUDITOR_WHEELHOUSE": str(torch_wheelhouse),
-        "AUDITOR_CA_BUNDLE": str(ca_bundle),
-    }
+    # no .gitignore: outputs and logs are untracked
+    root, store = training_project(tmp_path_factory.mktemp("tree"), gitignore=None)
+    env = {**store, **torch_rerun_env}
     runs = {
         "seeded": record_in_shell(root, env, " ".join(SEEDED), "> o1.txt 2>&1"),
         "hashed": record_in_shell(root, env, " ".join(HASHED), "2>&1 | tee o2.txt"),

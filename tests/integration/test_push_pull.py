@@ -29,17 +29,15 @@ from auditor.certify.certificate import (
 from auditor.core.keys import generate_keypair, load_private_key
 from auditor.core.schema import (
     ArtifactRef,
-    Command,
-    Identity,
     MetricsSummary,
-    RunRecord,
     new_run_id,
     record_sha256,
 )
-from auditor.store import CertificateRow, MetricPoint, SqlStore, open_store
+from auditor.store import CertificateRow, SqlStore, open_store
 from auditor.store.base import series_digest
 from auditor.store.sql import float_to_bits
 from tests.conftest import AUDIT, audit
+from tests.factories import make_record, metric_points
 
 NAN_PAYLOAD = struct.unpack("<d", struct.pack("<Q", 0xFFF8_0000_0000_ABCD))[0]  # bits kept
 VALUES = [0.5, -0.0, float("inf"), float("-inf"), float("nan"), 5e-324, NAN_PAYLOAD]
@@ -52,13 +50,10 @@ def _make_run(store: SqlStore, rng: random.Random, size: int = 4_000, *,
     for k in range(2):
         sha, n = store.blobs.put_bytes(rng.randbytes(size + k))
         arts.append(ArtifactRef(name=f"outputs/w{k}.bin", sha256=sha, size=n, kind="output"))
-    points = [MetricPoint("loss", s, VALUES[s % len(VALUES)], float(s)) for s in range(50)]
+    points = metric_points("loss", (VALUES[s % len(VALUES)] for s in range(50)))
     store.add_metrics(run_id, points)
-    record = RunRecord(
-        identity=Identity(id=run_id, name=name, user="u", host="h",
-                          started_at=datetime.now(UTC), status=status),  # type: ignore[arg-type]
-        command=Command(argv=("python", "train.py"), cwd="."),
-        artifacts=tuple(arts),
+    record = make_record(
+        id=run_id, name=name, status=status, artifacts=tuple(arts),
         metrics=MetricsSummary(points=len(points), series_sha256=series_digest(points)),
     )
     store.put_record(record)

@@ -10,21 +10,19 @@ import re
 import signal
 import statistics
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from auditor.core.schema import (
     ArtifactRef,
-    Command,
-    Identity,
     MetricsSummary,
     RunRecord,
     new_run_id,
 )
 from auditor.release.fsck import check_store
 from auditor.store import MetricPoint, SqlStore, open_store, sha256_file
+from tests.factories import make_record
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,14 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 def _record(
     run_id: str, artifacts: tuple[ArtifactRef, ...] = (), status: str = "finished", points: int = 0
 ) -> RunRecord:
-    return RunRecord(
-        identity=Identity(
-            id=run_id, name="c", user="u", host="h", started_at=datetime.now(UTC), status=status
-        ),  # type: ignore[arg-type]
-        command=Command(argv=("x",), cwd="."),
-        artifacts=artifacts,
-        metrics=MetricsSummary(points=points),
-    )
+    return make_record(id=run_id, name="c", status=status, argv=("x",), artifacts=artifacts,
+                       metrics=MetricsSummary(points=points))
 
 
 Loc = tuple[str, str | None]  # (metadata location, artifact location)
