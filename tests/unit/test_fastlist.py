@@ -16,7 +16,7 @@ from auditor.core.schema import Code, MetricsSummary
 from auditor.store import local_database, open_store, signatures
 from auditor.store.fastlist import list_local
 from tests.conftest import audit
-from tests.unit.test_store import make_record
+from tests.factories import make_record
 
 
 def _fill(root: Path) -> list[str]:
