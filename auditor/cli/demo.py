@@ -11,7 +11,8 @@ output doubles as a tutorial. It ends by printing where the HTML reports are.
 The example is recorded in the environment its lockfile describes: a virtualenv built from
 ``fixtures/train/requirements.lock`` with the same pip flags a rebuild uses (kept in
 ``.demo-env/<lock sha256>`` and reused), so the rebuilt environment matches the recorded
-one package for package. Run it from a source checkout (or any folder holding
+one package for package; the venv is made from the interpreter a venv rebuild would use,
+so its Python and pip match too. Run it from a source checkout (or any folder holding
 ``fixtures/``): ``python -m auditor.cli.demo`` also works with an installed wheel.
 """
 
@@ -98,15 +99,20 @@ def _environment() -> dict[str, str]:
 
 def training_python(env: dict[str, str]) -> str:
     """The Python of a venv built from the example's lockfile (built once, then reused)."""
+    from auditor.env.venv import host_python
+
     lock = REPO / "fixtures" / "train" / "requirements.lock"
-    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
+    # the interpreter a venv rebuild uses (as root: one uid 1000 can run, so a pyenv Python
+    # under /root is passed over), so the rerun's Python and pip equal the recorded ones
+    base = host_python(f"{sys.version_info.major}.{sys.version_info.minor}")
+    digest = hashlib.sha256(lock.read_bytes() + os.fsencode(base)).hexdigest()[:16]
     venv = ENVS / digest
     python = venv / "bin" / "python"
     if (venv / "complete").is_file():
         return str(python)
     print(f"\nbuilding the example's environment from {lock.name} in {venv} (once)", flush=True)
     shutil.rmtree(venv, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q", "--no-deps", "--only-binary", ":all:",
            "--require-hashes", "--disable-pip-version-check", "--no-input"]
     pip += ["--find-links", env["AUDITOR_WHEELHOUSE"]] if env.get("AUDITOR_WHEELHOUSE") else []
