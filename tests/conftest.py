@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -38,20 +40,24 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout
 
 
+def commit_repo(root: Path, files: dict[str, str]) -> Path:
+    """Make root (new) a git repo on branch main with these files (name -> text) committed."""
+    root.mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main")
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "init")
+    return root
+
+
 @pytest.fixture
 def make_repo(tmp_path: Path) -> Callable[..., Path]:
     """Factory: a git repo with the given files committed (name -> text)."""
 
     def make(files: dict[str, str] | None = None, name: str = "proj") -> Path:
-        root = tmp_path / name
-        root.mkdir()
-        git(root, "init", "-q", "-b", "main")
-        for rel, text in (files or {"README": "x\n"}).items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_text(text)
-        git(root, "add", "-A")
-        git(root, "commit", "-q", "-m", "init")
-        return root
+        return commit_repo(tmp_path / name, files or {"README": "x\n"})
 
     return make
 
@@ -224,3 +230,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"CI must not skip: {report.longrepr}"
+
+
+def audit_compare(runs: dict[str, str], a: str, b: str,
+                  *flags: str) -> tuple[int, dict[str, Any], str]:
+    """`audit --json compare` of runs[a] and runs[b] (runs also names "_repo" and "_store"):
+    exit code, parsed JSON ({} when none) and stderr."""
+    res = audit("--json", "compare", runs[a], runs[b], *flags, cwd=Path(runs["_repo"]),
+                env={"AUDITOR_STORE": runs["_store"]})
+    return res.returncode, (json.loads(res.stdout) if res.stdout.strip() else {}), res.stderr

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import audit, git
+from tests.conftest import audit, audit_compare, commit_repo
 
 PY = sys.executable
 WRITER = '''
@@ -40,13 +39,7 @@ print('{"step": 0, "loss": 1.0}')
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     tmp_path = tmp_path_factory.mktemp("compare")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "w.py").write_text(WRITER)
-    (repo / ".gitignore").write_text("*.safetensors\n")
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "w")
+    repo = commit_repo(tmp_path / "repo", {"w.py": WRITER, ".gitignore": "*.safetensors\n"})
     env = {"AUDITOR_STORE": str(tmp_path / "store")}
     ids = {}
     for variant in ("good", "good2", "extra-key", "shape", "nudged", "truncated", "corrupt"):
@@ -58,10 +51,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return ids
 
 
-def compare(runs: dict[str, str], a: str, b: str, *flags: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
-    res = audit("--json", "compare", runs[a], runs[b], *flags, cwd=Path(runs["_repo"]),
-                env={"AUDITOR_STORE": runs["_store"]})
-    return res.returncode, (json.loads(res.stdout) if res.stdout.strip() else {}), res.stderr
+compare = audit_compare
 
 
 def test_identical_weights_are_bitwise(runs: dict[str, str]) -> None:

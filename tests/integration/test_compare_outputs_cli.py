@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import audit, git
+from tests.conftest import audit, audit_compare, commit_repo
 
 PY = sys.executable
 WRITER = '''
@@ -33,16 +32,11 @@ print('{"step": 0, "loss": 1.0}')
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     tmp_path = tmp_path_factory.mktemp("outputs")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "w.py").write_text(WRITER)
-    (repo / ".gitignore").write_text("out/\n")
-    (repo / "ignore.toml").write_text('[verify]\nignore_outputs = ["outputs/out/noise*"]\n')
-    (repo / "strict.toml").write_text(
-        '[verify]\nignore_outputs = ["outputs/out/noise*"]\ncompare_logs = "strict"\n')
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "w")
+    repo = commit_repo(tmp_path / "repo", {
+        "w.py": WRITER, ".gitignore": "out/\n",
+        "ignore.toml": '[verify]\nignore_outputs = ["outputs/out/noise*"]\n',
+        "strict.toml":
+            '[verify]\nignore_outputs = ["outputs/out/noise*"]\ncompare_logs = "strict"\n'})
     env = {"AUDITOR_STORE": str(tmp_path / "store")}
     ids = {"_repo": str(repo), "_store": str(tmp_path / "store")}
     for variant in ("fixed", "fixed2", "random", "lr"):
@@ -52,10 +46,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return ids
 
 
-def compare(runs: dict[str, str], a: str, b: str, *flags: str) -> tuple[int, Any, str]:
-    res = audit("--json", "compare", runs[a], runs[b], *flags, cwd=Path(runs["_repo"]),
-                env={"AUDITOR_STORE": runs["_store"]})
-    return res.returncode, (json.loads(res.stdout) if res.stdout.strip() else {}), res.stderr
+compare = audit_compare
 
 
 def test_a_random_bin_output_is_compared_as_bytes(runs: dict[str, str]) -> None:
