@@ -1,9 +1,11 @@
 """The ``audit`` command: parse, call one function, render, return an exit code.
 
 Shared options (``--store``, ``--json``, ``-q``, ``--debug``) are defined once on the
-group. The single ``except AuditorError`` lives in ``AuditGroup.main``: it prints
-``error: <one line>`` on stderr and exits with the error's code (0 reproduced,
-1 not reproduced, 2 bad input, 3 could not verify); tracebacks only with ``--debug``.
+group; ``--json`` and ``-q`` may also follow a command name (``cli/options.py`` defines
+them, with the other options several commands share). The single ``except AuditorError``
+lives in ``AuditGroup.main``: it prints ``error: <one line>`` on stderr and exits with the
+error's code (0 reproduced, 1 not reproduced, 2 bad input, 3 could not verify); tracebacks
+only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -12,34 +14,16 @@ import importlib
 import json
 import sys
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import click
 
+from auditor.cli.options import QUIET_HELP, Ctx, json_option, pass_ctx, quiet_option
 from auditor.core.errors import AuditorError, IntegrityError
 from auditor.core.version import __version__
 
-if TYPE_CHECKING:  # imported when a command needs them: `audit --help` starts fast
-    from auditor.store import RunStore
-
-
-@dataclass
-class Ctx:
-    """Options shared by every subcommand."""
-
-    store_location: str | None
-    as_json: bool
-    quiet: bool
-    debug: bool
-    blobs_location: str | None = None
-
-    def store(self, *, create: bool = True) -> RunStore:
-        """Open the selected store."""
-        from auditor.store import open_store
-
-        return open_store(self.store_location, blobs=self.blobs_location, create=create)
+__all__ = ["Ctx", "main", "pass_ctx"]  # Ctx and pass_ctx live in cli.options
 
 
 LAZY_COMMANDS: dict[str, str] = {
@@ -165,7 +149,7 @@ def _fail(message: str, code: int, debug: bool) -> NoReturn:
     help="Artifact folder, file:// or s3:// URL (default: beside the store).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="Less output.")
+@click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.version_option(__version__, prog_name="audit")
 @click.pass_context
@@ -184,24 +168,6 @@ def main(
                 2 bad input, 3 could not verify (environment, integrity).
     """
     ctx.obj = Ctx(store_location, as_json, quiet, debug, blobs_location)
-
-
-pass_ctx = click.make_pass_decorator(Ctx)
-
-
-def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.find_object(Ctx).as_json = True  # type: ignore[union-attr]
-
-
-json_option = click.option(
-    "--json",
-    "as_json_local",
-    is_flag=True,
-    expose_value=False,
-    callback=_set_json,
-    help="Machine-readable output on stdout.",
-)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -257,6 +223,7 @@ json_option = click.option(
     "the record lists them).",
 )
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@quiet_option
 @pass_ctx
 def record(c: Ctx, /, command: tuple[str, ...], **opts: Any) -> None:
     """Run COMMAND and record it completely: audit record [OPTIONS] -- python train.py ..."""
@@ -325,6 +292,7 @@ def record(c: Ctx, /, command: tuple[str, ...], **opts: Any) -> None:
               "'verified = never', 'name ~ mlp'; repeatable (all must hold).")
 @click.option("--sort", metavar="KEYS", help="Sort keys, '-' for descending, e.g. "
               "'-metrics.acc,name' (default: newest first).")
+@quiet_option
 @pass_ctx
 def list_(c: Ctx, limit: int, where: tuple[str, ...], sort: str | None) -> None:
     """List runs, newest first (or filtered and sorted: see --where, --sort)."""
@@ -355,7 +323,7 @@ def list_(c: Ctx, limit: int, where: tuple[str, ...], sort: str | None) -> None:
 
         print_runs(runs)
         unsigned = [r.id for r in runs if r.id not in signed]
-        if unsigned:
+        if unsigned and not c.quiet:  # a hint
             shown = ", ".join(i[:10] for i in unsigned[:5]) + (" …" if len(unsigned) > 5 else "")
             click.echo(f"{len(unsigned)} of {len(runs)} records unsigned ({shown}): set "
                        f"{KEY_ENV} to sign records when they are written")
@@ -383,6 +351,7 @@ def _jsonable_float(v: float) -> float | str:
 @main.command()
 @json_option
 @click.argument("run")
+@quiet_option
 @pass_ctx
 def show(c: Ctx, run: str) -> None:
     """Show one run (any unique id prefix of at least 6 characters)."""
@@ -409,6 +378,7 @@ def show(c: Ctx, run: str) -> None:
 @main.command()
 @click.argument("run")
 @click.argument("dest", type=click.Path(path_type=Path))
+@quiet_option
 @pass_ctx
 def checkout(c: Ctx, run: str, dest: Path) -> None:
     """Re-create a run's exact source tree in DEST (commit + diff + untracked files)."""
@@ -432,6 +402,7 @@ def checkout(c: Ctx, run: str, dest: Path) -> None:
 @click.option("--repair", is_flag=True, help="Remove leftovers of interrupted writes.")
 @click.option("--key", "keys", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Trusted public key: also check the certificate log's signed head.")
+@quiet_option
 @pass_ctx
 def fsck(c: Ctx, repair: bool, keys: tuple[Path, ...]) -> None:
     """Check the store: database, records, objects, the certificate log and what it certifies."""
@@ -452,6 +423,7 @@ def store() -> None:
 
 
 @store.command()
+@quiet_option
 @pass_ctx
 def upgrade(c: Ctx) -> None:
     """Upgrade an old store's schema (once, under the store's migration lock)."""

@@ -4,44 +4,35 @@
 Each command parses, calls one function of ``report``, ``gate``, ``keys`` or ``ci``,
 prints, and leaves failures to the ``AuditorError`` tree (one line, exit code per class):
 a failed gate raises ``NotReproduced`` (exit 1), bad input ``InputError`` (2), a
-tampered certificate ``IntegrityError`` (3). ``cli.py`` adds these commands to ``main``;
-the store comes from the root context's ``Ctx`` (``--store``), so this module does not
-import ``cli.py``.
+tampered certificate ``IntegrityError`` (3). ``cli/main.py`` lists these commands; the
+store, ``--json`` and ``-q`` come from the root context's ``Ctx`` (``cli/options.py``).
+The report formats are one table, ``report.formats.FORMATS``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from auditor.cli.options import (
+    FileArg,
+    hint,
+    quiet_option,
+    report_options,
+    report_targets,
+    store_of,
+    wants_json,
+)
 from auditor.core.errors import InputError, NotReproduced
 
 if TYPE_CHECKING:  # imported where used: `audit build` and `lock` need no comparers
     from auditor.certify.verdict import VerifyResult
-    from auditor.store import RunStore
 
-PathType = click.Path(path_type=Path, dir_okay=False)
+PathType = FileArg
 RESULT_LIMIT = 256 * 1024 * 1024
-
-
-class _StoreOwner(Protocol):
-    def store(self, *, create: bool = True) -> RunStore: ...
-
-
-def store_of(ctx: click.Context) -> RunStore:
-    """The store named by the root command's options (existing stores only)."""
-    from auditor.store import open_store
-
-    owner: _StoreOwner | None = ctx.find_root().obj
-    return owner.store(create=False) if owner is not None else open_store(None, create=False)
-
-
-def wants_json(ctx: click.Context) -> bool:
-    """True when the root command was given --json (or a subcommand's --json)."""
-    return bool(getattr(ctx.find_root().obj, "as_json", False))
 
 
 # -- audit report --------------------------------------------------------------------------
@@ -66,26 +57,11 @@ def render_report_command(result: VerifyResult, *, html: Path | None = None,
                           original_url: str | None = None,
                           rerun_url: str | None = None) -> list[Path]:
     """Write the requested reports of one verification atomically; return their paths."""
-    from auditor.certify.certificate import check_target, write_target
-    from auditor.report.junit import render_junit
-    from auditor.report.markdown import render_markdown
+    from auditor.report.formats import Links, write_reports
 
-    for target in (html, markdown, junit):
-        if target is not None:
-            check_target(target)  # before any rendering: nothing half-written
-    outputs: list[tuple[Path, str]] = []
-    if html is not None:
-        from auditor.report.html import render_html
-
-        outputs.append((html, render_html(result, original_url=original_url,
-                                          rerun_url=rerun_url)))
-    if markdown is not None:
-        outputs.append((markdown, render_markdown([result])))
-    if junit is not None:
-        outputs.append((junit, render_junit([result])))
-    for path, text in outputs:
-        write_target(path, text.encode("utf-8"))
-    return [path for path, _ in outputs]
+    targets = {fmt: path for fmt, path in (("html", html), ("markdown", markdown),
+                                           ("junit", junit)) if path is not None}
+    return write_reports([result], targets, Links(original_url, rerun_url))
 
 
 def _stored_result(ctx: click.Context, run_or_cert: str, keys: tuple[Path, ...]) -> VerifyResult:
@@ -125,31 +101,32 @@ def _check_same_certificate(path: Path, result: VerifyResult) -> None:
 @click.argument("run_or_cert", metavar="RUN|CERT", required=False)
 @click.option("--from-json", "from_json", type=PathType,
               help="Render a saved VerifyResult JSON file instead of a stored verification.")
-@click.option("--html", "html_path", type=PathType, help="Write the HTML report here (-: stdout).")
-@click.option("--markdown", "markdown_path", type=PathType,
-              help="Write the Markdown summary here (-: stdout).")
-@click.option("--junit", "junit_path", type=PathType, help="Write JUnit XML here (-: stdout).")
+@report_options
 @click.option("--original-url", help="Link the original run's id to this URL in the HTML.")
 @click.option("--rerun-url", help="Link the rerun's id to this URL in the HTML.")
 @click.option("--key", "keys", multiple=True, type=PathType,
               help="Trusted public key to check a CERT's signature with; repeatable.")
+@quiet_option
 @click.pass_context
-def report(ctx: click.Context, run_or_cert: str | None, from_json: Path | None,
-           html_path: Path | None, markdown_path: Path | None, junit_path: Path | None,
-           original_url: str | None, rerun_url: str | None, keys: tuple[Path, ...]) -> None:
+def report(ctx: click.Context, /, run_or_cert: str | None, from_json: Path | None,
+           original_url: str | None, rerun_url: str | None, keys: tuple[Path, ...],
+           **kw: Any) -> None:
     """Write the reports of a past verification (RUN id or CERT file): HTML, Markdown, JUnit."""
+    from auditor.report.formats import Links, write_reports
+
+    targets = report_targets(kw)
     if (run_or_cert is None) == (from_json is None):
         raise InputError("give either a RUN id / certificate or --from-json FILE")
-    if not (html_path or markdown_path or junit_path):
+    if not targets:
         raise InputError("nothing to write", hint="pass --html, --markdown or --junit")
     result = (load_result_json(from_json) if from_json
               else _stored_result(ctx, str(run_or_cert), keys))
-    written = render_report_command(result, html=html_path, markdown=markdown_path,
-                                    junit=junit_path, original_url=original_url,
-                                    rerun_url=rerun_url)
+    written = write_reports([result], targets, Links(original_url, rerun_url))
     for path in written:
-        if path != Path("-"):
-            click.echo(f"wrote {path}", err=Path("-") in written)
+        if path != Path("-") and Path("-") in written:
+            hint(ctx, f"wrote {path}")
+        elif path != Path("-"):
+            click.echo(f"wrote {path}")
 
 
 # -- audit gate ----------------------------------------------------------------------------
@@ -159,6 +136,7 @@ def report(ctx: click.Context, run_or_cert: str | None, from_json: Path | None,
               help="Gate policy TOML (see templates/gate.toml); default: built-in defaults.")
 @click.option("--key", "keys", multiple=True, type=PathType,
               help="Trusted public key (.pub); repeatable, added to the policy's keys.")
+@quiet_option
 @click.pass_context
 def gate(ctx: click.Context, artifacts: tuple[Path, ...], policy_path: Path | None,
          keys: tuple[Path, ...]) -> None:
@@ -189,6 +167,7 @@ def keys() -> None:
 @click.option("--dir", "directory", default=Path("keys"), show_default=True,
               type=click.Path(path_type=Path, file_okay=False), help="Folder for the key pair.")
 @click.option("--name", default="auditor", show_default=True, help="File name of the pair.")
+@quiet_option
 def generate(directory: Path, name: str) -> None:
     """Create NAME.key (private, 0600) and NAME.pub; never overwrites."""
     from auditor.core.keys import generate_keypair
@@ -211,6 +190,7 @@ def certificate() -> None:
               help="Trusted public key (.pub); repeatable.")
 @click.option("--artifact", "artifacts", multiple=True, type=PathType,
               help="A file that must be one of the certificate's subjects; repeatable.")
+@quiet_option
 @click.pass_context
 def verify_certificate(ctx: click.Context, cert: Path, keys: tuple[Path, ...],
                        artifacts: tuple[Path, ...]) -> None:
@@ -268,8 +248,10 @@ def ci() -> None:
 @click.option("--install", default=None, metavar="CMD",
               help='How the job installs the project (default "python -m pip install .").')
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def ci_init(provider: str, output: Path | None, schedule: str | None, install: str | None,
-            force: bool) -> None:
+@quiet_option
+@click.pass_context
+def ci_init(ctx: click.Context, provider: str, output: Path | None, schedule: str | None,
+            install: str | None, force: bool) -> None:
     """Write a scheduled workflow that re-verifies recent runs and publishes the reports."""
     from auditor.release import ci as ci_module
 
@@ -278,8 +260,8 @@ def ci_init(provider: str, output: Path | None, schedule: str | None, install: s
                                     install=install or ci_module.DEFAULT_INSTALL)
     click.echo(f"wrote {path}")
     if provider == "gitlab":
-        click.echo("next: create a pipeline schedule (Build > Pipeline schedules) with cron "
-                   f"{schedule or ci_module.DEFAULT_SCHEDULE!r}")
+        hint(ctx, "next: create a pipeline schedule (Build > Pipeline schedules) with cron "
+             f"{schedule or ci_module.DEFAULT_SCHEDULE!r}")
 
 
 COMMANDS: tuple[click.Command, ...] = (report, gate, keys, certificate, ci)

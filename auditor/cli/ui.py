@@ -6,7 +6,7 @@ import ipaddress
 
 import click
 
-from auditor.cli.release import store_of
+from auditor.cli.options import hint, quiet_option, store_of
 from auditor.core.errors import InputError
 from auditor.store import open_store
 
@@ -30,6 +30,7 @@ def is_loopback(host: str) -> bool:
 @click.option("--token", envvar="AUDITOR_UI_TOKEN", metavar="SECRET",
               help="Require this token on every request (env AUDITOR_UI_TOKEN); "
               "open the page with ?token=SECRET once.")
+@quiet_option
 @click.pass_context
 def ui_cmd(ctx: click.Context, store_location: str | None, host: str, port: int,
            token: str | None) -> None:
@@ -46,5 +47,5 @@ def ui_cmd(ctx: click.Context, store_location: str | None, host: str, port: int,
     store = open_store(store_location, create=False) if store_location else store_of(ctx)
     app = create_app(store, token=token)
     shown = f"http://{host}:{port}/" + ("?token=…" if token else "")
-    click.echo(f"auditor dashboard on {shown} (store {store.url}); Ctrl-C stops it", err=True)
+    hint(ctx, f"auditor dashboard on {shown} (store {store.url}); Ctrl-C stops it")
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)

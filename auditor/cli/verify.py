@@ -1,79 +1,42 @@
 """``audit lock|build|base-image|rerun|compare|verify``: the pipeline stages, each alone
-and composed. Every command parses, calls one function, renders and returns; errors
-travel up to the single handler in ``cli.py``.
+and composed. Every command parses, calls one function of its stage, renders and returns;
+errors travel up to the single handler in ``cli/main.py``. Shared options (``-q``,
+``--json``, build options, ``--policy``, report targets) come from ``cli/options.py``.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
-import re
 import sys
-from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from auditor.cli.release import store_of, wants_json
+from auditor.cli.options import (
+    PathArg,
+    build_options,
+    hint,
+    policy_from,
+    policy_options,
+    quiet_option,
+    report_options,
+    report_targets,
+    say,
+    store_of,
+    wants_json,
+)
 from auditor.core.errors import AuditorError, InputError
-from auditor.store import RunStore
 
-PathArg = click.Path(path_type=Path)
-
-
-def _say(quiet: bool) -> Callable[[str], None]:
-    from auditor.report.records import console
-
-    err = console(err=True)
-    return (lambda _line: None) if quiet else (lambda line: err.print(f"[dim]·[/] {line}"))
+if TYPE_CHECKING:
+    from auditor.certify.verdict import VerifyResult
+    from auditor.core.policy import Policy
+    from auditor.store import RunStore
+    from auditor.verify import VerifyOptions
 
 
-def build_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by build, rerun and verify."""
-    for option in reversed(
-        [
-            click.option(
-                "--backend",
-                metavar="NAME",
-                help="Build/run backend: docker or venv (default: docker when an engine "
-                "answers, else venv; auditor.rerun.backends lists them).",
-            ),
-            click.option(
-                "--base-image",
-                metavar="REF",
-                envvar="AUDITOR_BASE_IMAGE",
-                help="Base image (default: python:<recorded>-slim pinned by digest; "
-                "offline: build one with `audit base-image build`).",
-            ),
-            click.option(
-                "--wheelhouse",
-                type=PathArg,
-                envvar="AUDITOR_WHEELHOUSE",
-                help="Folder of wheels the index lacks (find-links), e.g. torch's CPU wheel.",
-            ),
-            click.option(
-                "--ca-bundle",
-                type=PathArg,
-                envvar="AUDITOR_CA_BUNDLE",
-                help="TLS CA bundle for a proxied package index (build input only).",
-            ),
-            click.option("--no-cache", is_flag=True, help="Rebuild even when an image exists."),
-            click.option(
-                "--strict", is_flag=True, help="Refuse a base image not pinned by digest."
-            ),
-            click.option(
-                "--allow-unhashed", is_flag=True, help="Accept a lockfile without hashes."
-            ),
-        ]
-    ):
-        fn = option(fn)
-    return fn
-
-
-def _verify_options(kw: dict[str, Any]) -> Any:
+def _verify_options(kw: dict[str, Any]) -> VerifyOptions:
     from auditor.verify import VerifyOptions
 
     return VerifyOptions(
@@ -103,6 +66,7 @@ def _verify_options(kw: dict[str, Any]) -> Any:
 @click.option("--check", "check_run", metavar="RUN", help="Report lock drift of a recorded run.")
 @click.option("--lint", "lint_file", type=PathArg, help="Validate a lockfile and exit.")
 @click.option("--allow-unhashed", is_flag=True, help="Accept a lock without --hash lines.")
+@quiet_option
 @click.pass_context
 def lock(
     ctx: click.Context,
@@ -114,37 +78,22 @@ def lock(
     allow_unhashed: bool,
 ) -> None:
     """Make a fully pinned, hashed lockfile (pip-tools), or check one."""
-    from auditor.core import lockfile as lockmod
-    from auditor.env.lock import compile_lock
+    from auditor.core.lockfile import lint_lockfile
+    from auditor.env.lock import compile_lock, lock_source, recorded_lock
 
     if check_run:
         store = store_of(ctx)
-        rec = store.get_record(store.resolve(check_run))
-        ref = rec.environment.python.lock if rec.environment.python else None
-        if ref is None:
-            raise InputError(f"run {rec.identity.id} has no lockfile")
+        ref = recorded_lock(store, store.get_record(store.resolve(check_run)))
         click.echo(f"{ref.artifact} ({ref.origin}, sha256 {ref.sha256[:12]}…)")
-        lockmod.parse_recorded_lock(
-            store.blobs.read_bytes(ref.sha256, ref.artifact), ref.artifact, ref.kind
-        )
         for line in ref.drift:
             click.echo(f"  drift: {line}")
         click.echo("no drift" if not ref.drift else f"{len(ref.drift)} package(s) drifted")
         sys.exit(1 if ref.drift else 0)
     if lint_file:
-        parsed = lockmod.lint_lockfile(lint_file, allow_unhashed=allow_unhashed)
+        parsed = lint_lockfile(lint_file, allow_unhashed=allow_unhashed)
         click.echo(f"{lint_file}: {len(parsed.packages)} packages, sha256 {parsed.sha256[:12]}…")
         return
-    if source is None:
-        source = next(
-            (p for p in (Path("requirements.in"), Path("pyproject.toml")) if p.exists()), None
-        )
-        if source is None:
-            raise InputError(
-                "nothing to lock: no requirements.in or pyproject.toml here",
-                hint="pass --from FILE",
-            )
-    made = compile_lock(source, output, find_links=list(find_links))
+    made = compile_lock(source or lock_source(), output, find_links=list(find_links))
     click.echo(f"wrote {output}: {len(made.packages)} packages, sha256 {made.sha256[:12]}…")
 
 
@@ -152,9 +101,9 @@ def lock(
 @click.argument("run")
 @build_options
 @click.option("--print", "print_only", is_flag=True, help="Show the Dockerfile and exit.")
-@click.option("-q", "--quiet", is_flag=True)
+@quiet_option
 @click.pass_context
-def build_cmd(ctx: click.Context, /, run: str, print_only: bool, quiet: bool, **kw: Any) -> None:
+def build_cmd(ctx: click.Context, /, run: str, print_only: bool, **kw: Any) -> None:
     """Build the pinned environment (image or venv) of a recorded run."""
     from auditor.env.build import render_dockerfile
     from auditor.env.inputs import BuildSettings, build_for, inputs_for  # not verify
@@ -171,7 +120,7 @@ def build_cmd(ctx: click.Context, /, run: str, print_only: bool, quiet: bool, **
         named = choose(opts.backend) if opts.backend else None  # --print detects nothing
         click.echo(render_dockerfile(inputs_for(store, rec, opts, named)), nl=False)
         return
-    result = build_for(store, rec, opts, choose(opts.backend, _say(quiet)), _say(quiet))
+    result = build_for(store, rec, opts, choose(opts.backend, say(ctx)), say(ctx))
     if wants_json(ctx):
         click.echo(result.model_dump_json(indent=1, exclude={"log"}))
         return
@@ -189,30 +138,31 @@ def base_image() -> None:
 @base_image.command("build")
 @click.option("--release", default="bookworm", show_default=True, help="Debian release.")
 @click.option("--tag", default=None, help="Image tag (default: auditor-base:<release>).")
-@click.option("-q", "--quiet", is_flag=True)
-def base_image_build(release: str, tag: str | None, quiet: bool) -> None:
+@quiet_option
+@click.pass_context
+def base_image_build(ctx: click.Context, release: str, tag: str | None) -> None:
     """Create a Debian base image with python3 + venv locally with debootstrap."""
     from auditor.env.baseimage import build_base_image
 
-    made_tag, image_id = build_base_image(release, tag, progress=_say(quiet))
+    made_tag, image_id = build_base_image(release, tag, progress=say(ctx))
     click.echo(f"{made_tag} {image_id}")
-    click.echo(f"use it with: audit verify RUN --base-image {made_tag}")
+    hint(ctx, f"use it with: audit verify RUN --base-image {made_tag}")
 
 
 @click.command("rerun")
 @click.argument("run")
 @build_options
-@click.option("-q", "--quiet", is_flag=True)
+@policy_options(bitwise=False)
+@quiet_option
 @click.pass_context
-def rerun_cmd(ctx: click.Context, /, run: str, quiet: bool, **kw: Any) -> None:
+def rerun_cmd(ctx: click.Context, /, run: str, **kw: Any) -> None:
     """Rebuild and rerun a run hermetically; the rerun is recorded as a new run."""
-    from auditor.core.policy import load_policy
     from auditor.verify import rerun_only
 
+    policy = policy_from(kw)  # the repo's auditor.toml, as verify and compare read it
     store = store_of(ctx)
     rec = store.get_record(store.resolve(run))
-    policy = load_policy(_policy_path(None))  # the repo's auditor.toml, as verify reads it
-    rerun = rerun_only(store, rec, policy.rerun, _verify_options(kw), _say(quiet))
+    rerun = rerun_only(store, rec, policy.rerun, _verify_options(kw), say(ctx))
     click.echo(
         json.dumps({"rerun": rerun.identity.id, "status": rerun.identity.status})
         if wants_json(ctx)
@@ -223,39 +173,34 @@ def rerun_cmd(ctx: click.Context, /, run: str, quiet: bool, **kw: Any) -> None:
 
 @click.command("compare")
 @click.argument("runs", nargs=-1, required=True)
-@click.option("--policy", "policy_path", type=PathArg, help="Policy file (auditor.toml).")
-@click.option("--bitwise", is_flag=True, help="Demand bit-identity.")
+@policy_options(gpu=False)
 @click.option("--html", "html_path", type=PathArg,
               help="Also write a self-contained comparison page (any number of runs; "
               "opens offline).")
 @click.option("--metric", help="With --html: the metric for importance and parallel axes.")
+@quiet_option
 @click.pass_context
-def compare_cmd(
-    ctx: click.Context, runs: tuple[str, ...], policy_path: Path | None, bitwise: bool,
-    html_path: Path | None, metric: str | None,
-) -> None:
+def compare_cmd(ctx: click.Context, /, runs: tuple[str, ...], html_path: Path | None,
+                metric: str | None, **kw: Any) -> None:
     """Compare two runs (metrics, weights, files, params, environment; exit 0 when they
     agree), or write N runs' comparison page with --html FILE."""
     from auditor.certify.decide import decide
     from auditor.compare import compare_runs, evidence_from_store
-    from auditor.core.policy import load_policy
 
+    policy = policy_from(kw)
     store = store_of(ctx)
     if html_path is not None:
         from auditor.ui.export import export_comparison
 
         export_comparison(store, list(runs), html_path, metric)
-        click.echo(f"wrote {html_path} ({len(runs)} runs)", err=True)
+        hint(ctx, f"wrote {html_path} ({len(runs)} runs)")
         if len(runs) != 2:
             return
     elif len(runs) != 2:
-        from auditor.core.errors import InputError
-
         raise InputError(f"compare takes two runs ({len(runs)} given)",
                          hint="pass --html FILE to compare more")
     left, right = runs
     a, b = (store.get_record(store.resolve(r)) for r in (left, right))
-    policy = load_policy(_policy_path(policy_path), bitwise=bitwise)
     diffs = compare_runs(evidence_from_store(store, a), evidence_from_store(store, b),
                          policy.compare)
     verdict = decide(diffs, a, b, policy)
@@ -295,28 +240,17 @@ def _print_verdict(verdict: Any, left: str, right: str) -> None:
                        else f"  likely cause: {line}"))
 
 
-def _policy_path(given: Path | None) -> Path | None:
-    if given is not None:
-        return given
-    default = Path("auditor.toml")
-    return default if default.is_file() else None
-
-
 @click.command("verify")
 @click.argument("run", required=False)
 @click.option("--all", "all_runs", is_flag=True, help="Verify every matching run.")
 @click.option("--since", metavar="AGE", help="With --all: runs started within AGE (7d, 12h).")
 @click.option("--tag", "tags", multiple=True, help="With --all: runs with this tag.")
 @click.option("--name", "name_glob", metavar="PATTERN", help="With --all: run names (glob).")
-@click.option("--policy", "policy_path", type=PathArg, help="Policy file (default auditor.toml).")
-@click.option("--bitwise", is_flag=True, help="Demand bit-identity.")
-@click.option("--allow-gpu-mismatch", is_flag=True, help="Rerun on other GPUs (stated).")
+@policy_options()
 @click.option("--sign-key", type=PathArg, help="Ed25519 private key to sign the certificate.")
 @click.option("--certificate", type=PathArg, help="Also write the certificate here.")
 @click.option("--report-dir", type=PathArg, help="Write each run's HTML report here.")
-@click.option("--html", "html_path", type=PathArg, help="HTML report (single run).")
-@click.option("--markdown", "markdown_path", type=PathArg, help="Markdown summary.")
-@click.option("--junit", "junit_path", type=PathArg, help="JUnit XML.")
+@report_options
 @click.option("--timeout", default=3600, show_default=True, help="Rerun wall-clock limit (s).")
 @click.option("--memory", default="8g", show_default=True, help="Rerun memory limit.")
 @click.option(
@@ -326,51 +260,51 @@ def _policy_path(given: Path | None) -> Path | None:
     help="TEST ONLY: do not replay a setting (pythonhashseed, threads, env).",
 )
 @build_options
-@click.option("-q", "--quiet", is_flag=True)
+@quiet_option
 @click.pass_context
-def verify_cmd(
-    ctx: click.Context, /, run: str | None, all_runs: bool, quiet: bool, **kw: Any
-) -> None:
+def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any) -> None:
     """Rebuild, rerun, compare and certify: exit 0 reproduced, 1 not, 3 could not verify."""
-    from auditor.core.policy import load_policy
+    from auditor.store.query import verifiable_runs
 
     if bool(run) == all_runs:
         raise InputError("give exactly one of RUN or --all")
-    _check_targets(kw)
-    policy = load_policy(_policy_path(kw["policy_path"]), bitwise=kw["bitwise"])
-    if kw["allow_gpu_mismatch"]:
-        policy = policy.with_gpu_mismatch()
+    targets = report_targets(kw)
+    if all_runs and "html" in targets:
+        raise InputError("--html writes one run's report", hint="with --all use --report-dir")
+    _check_targets(targets, kw.get("certificate"))
+    policy = policy_from(kw)
     opts = _verify_options(kw)
     opts = replace(
         opts, limits=replace(opts.limits, timeout_s=kw["timeout"], mem_limit=kw["memory"])
     )
     store = store_of(ctx)
-    ids = _select(store, kw) if all_runs else [store.resolve(run or "")]
-    results, failures = _verify_many(store, ids, policy, opts, quiet)
-    _write_reports(results, kw)
+    ids = (verifiable_runs(store, since=kw.get("since"), tags=kw.get("tags") or (),
+                           name=kw.get("name_glob"))
+           if all_runs else [store.resolve(run or "")])
+    results, failures = _verify_many(ctx, store, ids, policy, opts)
+    _write_reports(results, targets, kw.get("report_dir"))
     _render(ctx, results, failures, single=not all_runs)
     codes = [r.verdict.exit_code for r in results] + [code for _, code, _ in failures]
     sys.exit(max(codes) if codes else 0)
 
 
-def _check_targets(kw: dict[str, Any]) -> None:
+def _check_targets(targets: dict[str, Path], certificate: Path | None) -> None:
     """Refuse special files as output targets before any work is done."""
     from auditor.certify.certificate import check_target
 
-    for name in ("certificate", "html_path", "markdown_path", "junit_path"):
-        if kw.get(name) is not None:
-            check_target(Path(kw[name]))
+    for target in [*targets.values(), *([certificate] if certificate else [])]:
+        check_target(Path(target))
 
 
 def _verify_many(
-    store: RunStore, ids: list[str], policy: Any, opts: Any, quiet: bool
-) -> tuple[list[Any], list[tuple[str, int, str]]]:
+    ctx: click.Context, store: RunStore, ids: list[str], policy: Policy, opts: VerifyOptions
+) -> tuple[list[VerifyResult], list[tuple[str, int, str]]]:
     from auditor.verify import verify
 
     results, failures = [], []
     for run_id in ids:
         try:
-            results.append(verify(store, store.get_record(run_id), policy, opts, _say(quiet)))
+            results.append(verify(store, store.get_record(run_id), policy, opts, say(ctx)))
         except AuditorError as exc:
             if len(ids) == 1:
                 raise
@@ -378,52 +312,20 @@ def _verify_many(
     return results, failures
 
 
-def _select(store: RunStore, kw: dict[str, Any]) -> list[str]:
-    since = _age(kw["since"]) if kw.get("since") else None
-    chosen = []
-    for r in store.list_runs():
-        if r.reproduces or r.status != "finished":
-            continue
-        if since and r.started_at < datetime.now(UTC) - since:
-            continue
-        if kw.get("tags") and not set(kw["tags"]) & set(r.tags):
-            continue
-        if kw.get("name_glob") and not fnmatch.fnmatchcase(r.name, kw["name_glob"]):
-            continue
-        chosen.append(r.id)
-    return chosen
+def _write_reports(results: list[VerifyResult], targets: dict[str, Path],
+                   report_dir: Path | None) -> None:
+    from auditor.report.formats import write_reports
 
-
-def _age(text: str) -> timedelta:
-    m = re.fullmatch(r"(\d+)([smhdw])", text.strip())
-    if not m:
-        raise InputError(f"--since {text!r}: expected a number and a unit (30m, 12h, 7d, 2w)")
-    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
-    return timedelta(**{unit: int(m.group(1))})
-
-
-def _write_reports(results: list[Any], kw: dict[str, Any]) -> None:
-    from auditor.cli.release import render_report_command
-
-    if kw.get("report_dir"):
-        Path(kw["report_dir"]).mkdir(parents=True, exist_ok=True)
+    if report_dir:
+        Path(report_dir).mkdir(parents=True, exist_ok=True)
         for r in results:
-            render_report_command(r, html=Path(kw["report_dir"]) / f"{r.original_run}.html")
-    if len(results) == 1 and kw.get("html_path"):
-        render_report_command(results[0], html=kw["html_path"])
-    from auditor.certify.certificate import write_target
-    from auditor.report.junit import render_junit
-    from auditor.report.markdown import render_markdown
-
-    if kw.get("markdown_path"):
-        write_target(kw["markdown_path"], render_markdown(results).encode())
-    if kw.get("junit_path"):
-        write_target(kw["junit_path"], render_junit(results).encode())
+            write_reports([r], {"html": Path(report_dir) / f"{r.original_run}.html"})
+    if targets:  # --all: also when nothing matched (an empty summary says so)
+        write_reports(results, targets)
 
 
-def _render(
-    ctx: click.Context, results: list[Any], failures: list[tuple[str, int, str]], single: bool
-) -> None:
+def _render(ctx: click.Context, results: list[VerifyResult],
+            failures: list[tuple[str, int, str]], single: bool) -> None:
     from auditor.report.terminal import print_result, print_summary
 
     if wants_json(ctx):

@@ -2,6 +2,9 @@
 interpreter (the lockfile format itself is ``auditor.core.lockfile``).
 
 - ``compile_lock`` locks a requirements.in or pyproject.toml into a hashed lock.
+- ``lock_source`` finds what ``audit lock`` locks without ``--from`` (requirements.in,
+  else pyproject.toml); ``recorded_lock`` is ``audit lock --check RUN``: the run's stored
+  lock, parsed again, with the drift the recorder saw.
 - ``lock_from_packages`` pins what the training interpreter had installed, except ``pip``
   itself (the environment's installer, which every virtualenv brings in its own version);
   setuptools and wheel are kept because code imports them at run time.
@@ -20,8 +23,15 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from auditor.core.errors import LockfileError
-from auditor.core.lockfile import NOT_LOCKED_FROM_ENV, Lock, parse_requirements_lock
+from auditor.core.errors import InputError, LockfileError
+from auditor.core.lockfile import (
+    NOT_LOCKED_FROM_ENV,
+    Lock,
+    parse_recorded_lock,
+    parse_requirements_lock,
+)
+from auditor.core.schema import LockRef, RunRecord
+from auditor.store.base import RunStore
 
 COMPILE_TIMEOUT_S = 900
 
@@ -59,3 +69,23 @@ def lock_from_packages(packages: Mapping[str, str], *, find_links: Sequence[Path
         source = Path(tmp) / "requirements.in"
         source.write_text("".join(f"{pin}\n" for pin in pins))
         return compile_lock(source, Path(tmp) / "requirements.lock", find_links=find_links)
+
+
+def lock_source(folder: Path = Path()) -> Path:
+    """What ``audit lock`` locks without ``--from``: requirements.in, else pyproject.toml
+    (in ``folder``, by default the current one)."""
+    for name in ("requirements.in", "pyproject.toml"):
+        if (folder / name).exists():
+            return folder / name
+    raise InputError("nothing to lock: no requirements.in or pyproject.toml here",
+                     hint="pass --from FILE")
+
+
+def recorded_lock(store: RunStore, record: RunRecord) -> LockRef:
+    """A run's lock reference, once its stored lockfile parsed again (``LockfileError``
+    when it does not; ``InputError`` when the run has none)."""
+    ref = record.environment.python.lock if record.environment.python else None
+    if ref is None:
+        raise InputError(f"run {record.identity.id} has no lockfile")
+    parse_recorded_lock(store.blobs.read_bytes(ref.sha256, ref.artifact), ref.artifact, ref.kind)
+    return ref

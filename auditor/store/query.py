@@ -19,16 +19,20 @@ sort last either way. The default is newest first.
 
 Reads go through the store's own summaries (``RunStore.list_runs``) and certificate index,
 so every store the protocol covers (SQLite, PostgreSQL) answers the same queries.
+
+``verifiable_runs`` is the selection of ``audit verify --all`` (finished originals, not
+reruns, narrowed by ``--since AGE``, ``--tag``, ``--name GLOB``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from auditor.core.errors import InputError
@@ -371,3 +375,24 @@ def query_runs(store: RunStore, where: Sequence[str] = (), sort: str | None = No
                *, page: int = 1, size: int = 50) -> Page:
     """The page of runs a filter and sort select, read from ``store``."""
     return select(all_rows(store), parse_query(where, sort), page=page, size=size)
+
+
+def parse_age(text: str) -> timedelta:
+    """``30m``, ``12h``, ``7d``, ``2w`` as a duration; ``InputError`` otherwise."""
+    m = re.fullmatch(r"(\d+)([smhdw])", text.strip())
+    if not m:
+        raise InputError(f"--since {text!r}: expected a number and a unit (30m, 12h, 7d, 2w)")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
+    return timedelta(**{unit: int(m.group(1))})
+
+
+def verifiable_runs(store: RunStore, *, since: str | None = None, tags: Sequence[str] = (),
+                    name: str | None = None, now: datetime | None = None) -> list[str]:
+    """The ids ``audit verify --all`` verifies: finished runs that are not reruns, started
+    within ``since`` (an age), carrying any of ``tags``, named like the glob ``name``."""
+    oldest = (now or datetime.now(UTC)) - parse_age(since) if since else None
+    return [r.id for r in store.list_runs()
+            if r.status == "finished" and not r.reproduces
+            and (oldest is None or r.started_at >= oldest)
+            and (not tags or set(tags) & set(r.tags))
+            and (not name or fnmatch.fnmatchcase(r.name, name))]
