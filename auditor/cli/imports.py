@@ -12,7 +12,7 @@ import json
 
 import click
 
-from auditor.cli.main import Ctx, pass_ctx
+from auditor.cli.options import Ctx, pass_ctx, quiet_option
 
 
 @click.group("import")
@@ -28,6 +28,7 @@ def import_group() -> None:
 @click.option("--run-id", "run_ids", multiple=True, metavar="ID",
               help="Only this MLflow run; repeatable.")
 @click.option("--include-deleted", is_flag=True, help="Import deleted runs too.")
+@quiet_option
 @pass_ctx
 def mlflow_cmd(c: Ctx, tracking_uri: str, experiments: tuple[str, ...],
                run_ids: tuple[str, ...], include_deleted: bool) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from auditor.cli.main import Ctx, pass_ctx
+from auditor.cli.options import Ctx, pass_ctx, quiet_option
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -107,6 +107,7 @@ def _summary(c: Ctx, report: SyncReport, verb: str, where: str) -> None:
               help="Its artifacts (only the first time: a database store remembers them).")
 @click.option("--key", type=click.Path(path_type=Path, dir_okay=False),
               help="Private key to sign the team store's certificate log head.")
+@quiet_option
 @pass_ctx
 def push(c: Ctx, runs: tuple[str, ...], every: bool, to: str, to_blobs: str | None,
          key: Path | None) -> None:
@@ -127,6 +128,7 @@ def push(c: Ctx, runs: tuple[str, ...], every: bool, to: str, to_blobs: str | No
               help="Its artifacts, when its database does not remember them.")
 @click.option("--key", type=click.Path(path_type=Path, dir_okay=False),
               help="Private key to sign this store's certificate log head.")
+@quiet_option
 @pass_ctx
 def pull(c: Ctx, runs: tuple[str, ...], every: bool, from_: str, from_blobs: str | None,
          key: Path | None) -> None:

@@ -671,10 +671,14 @@ def _parse_record(run_id: str, text: str, stored_sha: str) -> RunRecord:
     except json.JSONDecodeError as exc:
         raise CorruptRecord(f"{where}: invalid JSON at byte {exc.pos}") from None
     if isinstance(data, dict) and data.get("schema_version") != SCHEMA_VERSION:
+        found = data.get("schema_version")
+        newer = isinstance(found, int) and not isinstance(found, bool) and found > SCHEMA_VERSION
+        # `audit store upgrade` migrates the store's tables, never a record: no record
+        # schema but 1 exists, so another version is a newer auditor's or a damaged record
         raise CorruptRecord(
-            f"{where}: record schema_version {data.get('schema_version')!r} "
-            f"is not {SCHEMA_VERSION}",
-            hint="run `audit store upgrade`",
+            f"{where}: record schema_version {found!r} is not {SCHEMA_VERSION}",
+            hint="a newer auditor wrote it: upgrade auditor to read it" if newer
+            else "run `audit fsck`",
         )
     try:
         record = RunRecord.model_validate(data)

@@ -184,3 +184,22 @@ def test_a_failing_migration_leaves_the_old_store_as_it_was(
     store = open_store(v1_location[0], blobs=v1_location[1])  # and a retry completes
     _assert_nothing_lost(store)
     store.close()
+
+
+def test_upgrade_hint_is_only_given_where_upgrade_helps(tmp_path: Path) -> None:
+    # An old store (fixtures/stores/v1): `audit store upgrade` migrates it and its runs read.
+    location = str(_copy_v1(tmp_path / "v1"))
+    run_id = MANIFEST["runs"][0]["id"]
+    assert audit("--store", location, "store", "upgrade", cwd=tmp_path).returncode == 0
+    shown = audit("--store", location, "show", run_id, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    # A record of a newer record schema: upgrading the store would not help, so no hint says so.
+    engine = sa.create_engine(f"sqlite:///{location}/store.db")
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE runs SET record = json_set(record, '$.schema_version', 99) "
+                             "WHERE id = :id"), {"id": run_id})
+    engine.dispose()
+    newer = audit("--store", location, "show", run_id, cwd=tmp_path)
+    assert newer.returncode == 2, newer.stderr  # CorruptRecord
+    assert "schema_version 99" in newer.stderr and "upgrade auditor" in newer.stderr
+    assert "store upgrade" not in newer.stderr
