@@ -81,11 +81,17 @@ def train_repo(make_repo: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    """A fresh SQLite store in a temp directory."""
+def local_store(tmp_path: Path) -> Iterator[SqlStore]:
+    """A fresh SQLite store at tmp_path/store (a path the CLI can open)."""
     opened = open_store(str(tmp_path / "store"))
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def store(local_store: SqlStore) -> SqlStore:
+    """A fresh SQLite store in a temp directory (files override it with `any_store`)."""
+    return local_store
 
 
 # -- PostgreSQL (the team store): the URL of a server .ci/run starts --------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auditor.core.errors import InputError
-from auditor.store import SqlStore, open_store
+from auditor.store import SqlStore
 from auditor.store.base import CertificateRow
 from auditor.store.query import parse_query, query_runs
 from tests.conftest import audit
@@ -22,14 +21,6 @@ from tests.uifactory import START, put_run, sweep
 def store(any_store: SqlStore) -> SqlStore:
     """The dashboard's queries run against SQLite and PostgreSQL alike."""
     return any_store
-
-
-@pytest.fixture
-def local_store(tmp_path: Path) -> Iterator[SqlStore]:
-    """A SQLite store at tmp_path/store, for the CLI (which opens it by path)."""
-    opened = open_store(str(tmp_path / "store"))
-    yield opened
-    opened.close()
 
 
 def names(store: SqlStore, *where: str, sort: str | None = None) -> list[str]:
