@@ -3,6 +3,8 @@ training project the `audit verify` end-to-end files record in."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,11 @@ def training_project(parent: Path, gitignore: str | None) -> tuple[Path, dict[st
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "fixture")
     return root, {"AUDITOR_STORE": str(parent / "store")}
+
+
+def six_venv(folder: Path) -> Path:
+    """A virtualenv at folder (from `python3`) with six==1.17.0 installed; its python."""
+    subprocess.run(["python3", "-m", "venv", str(folder)], check=True)
+    subprocess.run([str(folder / "bin" / "pip"), "install", "-q", "six==1.17.0"], check=True,
+                   env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    return folder / "bin" / "python"

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import AUDIT, GIT_ENV, audit
-from tests.e2e.conftest import training_project
+from tests.e2e.conftest import six_venv, training_project
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 PY = sys.executable
@@ -139,13 +139,9 @@ VENV_TRAIN = (
 @pytest.mark.parametrize("backend", ["venv"])
 def test_venv_backend_log_redirect_and_dirty_repo(make_repo, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                   backend: str) -> None:
-    venv = tmp_path / "trainenv"
-    subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "six==1.17.0"], check=True,
-                   env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     root = make_repo({"t.py": VENV_TRAIN})
     env = {"AUDITOR_STORE": str(tmp_path / "store")}
-    py = venv / "bin" / "python"
+    py = six_venv(tmp_path / "trainenv")
     ids = []
     for seed, redirect in (("1", "> a.txt 2>&1"), ("2", "2>&1 | tee b.txt"),
                            ("clock", "> c.txt 2>&1")):

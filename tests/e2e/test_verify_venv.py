@@ -8,13 +8,12 @@ virtualenv from it with `--require-hashes`, reruns, and certifies.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import audit
+from tests.e2e.conftest import six_venv
 
 pytestmark = [pytest.mark.slow]
 SCRIPT = ("import json, random, six\n"
@@ -25,13 +24,10 @@ SCRIPT = ("import json, random, six\n"
 
 
 def test_derived_lock_verifies_with_the_venv_backend(make_repo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    venv = tmp_path / "trainenv"
-    subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "six==1.17.0"], check=True,
-                   env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    python = six_venv(tmp_path / "trainenv")
     repo = make_repo({"t.py": SCRIPT})
     env = {"AUDITOR_STORE": str(tmp_path / "store")}
-    res = audit("--json", "record", "--", str(venv / "bin" / "python"), "t.py", cwd=repo, env=env)
+    res = audit("--json", "record", "--", str(python), "t.py", cwd=repo, env=env)
     assert res.returncode == 0, res.stderr
     run_id = json.loads(res.stdout.strip().splitlines()[-1])["id"]
     shown = json.loads(audit("--json", "show", run_id, cwd=repo, env=env).stdout)
