@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from auditor.core.errors import StoreUnavailable
 from auditor.store.base import RunSummary
+from auditor.store.location import not_a_database
 from auditor.store.revision import HEAD
 from auditor.store.signatures import PREFIX, _parse
 from auditor.store.summaries import _summary_of_record, pid_alive
@@ -39,11 +40,13 @@ def list_local(db: Path, limit: int | None) -> Listing | None:
     try:
         conn = sqlite3.connect(f"file:{quote(str(db))}?mode=rw", uri=True, timeout=30)
     except sqlite3.Error as exc:
-        raise StoreUnavailable(f"cannot open store sqlite:///{db}: {exc}") from None
+        raise (not_a_database(exc, f"sqlite:///{db}")
+               or StoreUnavailable(f"cannot open store sqlite:///{db}: {exc}")) from None
     try:
         return _read(conn, limit)
     except sqlite3.Error as exc:
-        raise StoreUnavailable(f"store sqlite:///{db}: {exc}") from None
+        raise (not_a_database(exc, f"sqlite:///{db}")
+               or StoreUnavailable(f"store sqlite:///{db}: {exc}")) from None
     finally:
         conn.close()
 

@@ -82,3 +82,12 @@ def cache_dir_for(shown_url: str) -> Path:
     else:
         root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "auditor"
     return root.expanduser() / hashlib.sha256(shown_url.encode()).hexdigest()[:16]
+
+
+def not_a_database(exc: BaseException, where: str) -> StoreError | None:
+    """The error for a store file that is not an SQLite database (SQLITE_NOTADB): bad input
+    the user fixes by pointing at the store (exit 2), not an outage; None for others."""
+    if getattr(exc, "sqlite_errorname", None) != "SQLITE_NOTADB":
+        return None
+    return StoreError(f"{where} is not an auditor store: the file is not an SQLite database",
+                      hint="point --store / AUDITOR_STORE at the store folder or its store.db")

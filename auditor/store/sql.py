@@ -36,6 +36,7 @@ from auditor.core.errors import (
 )
 from auditor.store.base import CertificateRow, MetricPoint, RunSummary
 from auditor.store.blobs import BlobStore
+from auditor.store.location import not_a_database
 from auditor.store.migrate import ensure_schema
 from auditor.store.summaries import (
     _json_float,
@@ -270,6 +271,9 @@ class SqlStore:
                 hint="use a directory, sqlite:////abs/path.db or postgresql+psycopg://host/db",
             ) from None
         except sa.exc.SQLAlchemyError as exc:
+            notadb = not_a_database(getattr(exc, "orig", exc), str(self.url))
+            if notadb is not None:
+                raise notadb from None
             raise StoreUnavailable(
                 f"cannot open store {self.url}: {_reason(exc, parsed.password)}"
             ) from None
