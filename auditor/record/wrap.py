@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from auditor.core.errors import InputError, StoreError
-from auditor.core.schema import ArtifactRef, MetricsSummary, RunRecord, Seeds
+from auditor.core.schema import (
+    ArtifactRef,
+    Determinism,
+    Environment,
+    MetricsSummary,
+    RunRecord,
+    Seeds,
+)
 from auditor.record import outputs, session
 from auditor.record.capture import determinism as det
 from auditor.record.capture import git as git_capture
@@ -432,17 +439,7 @@ def _finish(
     )
     artifacts += produced + api["artifacts"]
     obs = det.read_probe(probe, pid)
-    determinism = det.from_observation(obs, env) if obs else det.environment_only(env)
-    seeds = record.seeds.model_copy(
-        update={
-            "seed": api["seed"],
-            "seeded": tuple(api["seeded"]),
-            "torch_initial_seed": (obs or {}).get("torch_initial_seed"),
-        }
-    )
-    environment = record.environment.model_copy(
-        update={"accelerators": session.with_cuda_stack(record.environment.accelerators, obs)}
-    )
+    determinism, seeds, environment = observed(record, obs, env, api)
     if obs is None:
         notes["determinism"] = (
             "the command was not observed from inside (not Python, or it "
@@ -488,6 +485,25 @@ def _finish(
         failures=tuple(failures),
         rescued=rescued,
     )
+
+
+def observed(record: RunRecord, obs: dict[str, Any] | None, env: dict[str, str],
+             api: dict[str, Any]) -> tuple[Determinism, Seeds, Environment]:
+    """What the probe saw inside the command (``obs``; None when it saw nothing) and what the
+    API reported (``api``), as the record's determinism, seeds and environment: shared by
+    ``audit record`` and the rerun's record."""
+    determinism = det.from_observation(obs, env) if obs else det.environment_only(env)
+    seeds = record.seeds.model_copy(
+        update={
+            "seed": api["seed"],
+            "seeded": tuple(api["seeded"]),
+            "torch_initial_seed": (obs or {}).get("torch_initial_seed"),
+        }
+    )
+    environment = record.environment.model_copy(
+        update={"accelerators": session.with_cuda_stack(record.environment.accelerators, obs)}
+    )
+    return determinism, seeds, environment
 
 
 def _logs(store: RunStore, out: str, err: str) -> list[ArtifactRef]:

@@ -39,7 +39,7 @@ from auditor.record import outputs, session
 from auditor.record.capture import determinism as det
 from auditor.record.capture.gpu import capture_gpus, gpu_signature
 from auditor.record.capture.secrets import redact_env, redact_text
-from auditor.record.wrap import MetricSink, _ingest_api, _logs, compile_regex
+from auditor.record.wrap import MetricSink, _ingest_api, _logs, compile_regex, observed
 from auditor.rerun.ingest import collect_api_artifacts, collect_changed, stage_probe
 from auditor.rerun.sandbox import Executed, Prepared
 from auditor.store import RunStore
@@ -153,18 +153,7 @@ def _complete(
     logged = collect_api_artifacts(store.blobs, prep.tree, done.seen_as, lines, max_bytes)
     taken = {a.name for a in produced.artifacts}
     warnings += [*produced.warnings, *logged.warnings]
-    determinism = det.from_observation(obs, dict(prep.env)) if obs else det.environment_only(
-        dict(prep.env))
-    seeds = rerun.seeds.model_copy(
-        update={
-            "seed": api["seed"],
-            "seeded": tuple(api["seeded"]),
-            "torch_initial_seed": (obs or {}).get("torch_initial_seed"),
-        }
-    )
-    environment = rerun.environment.model_copy(
-        update={"accelerators": session.with_cuda_stack(rerun.environment.accelerators, obs)}
-    )
+    determinism, seeds, environment = observed(rerun, obs, dict(prep.env), api)
     notes = dict(rerun.not_captured)
     notes.update(produced.withheld + logged.withheld)  # outputs holding a secret
     if done.notes:
