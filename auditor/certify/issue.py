@@ -6,7 +6,8 @@ reproduction predicate (verdict, evidence digests, the rerun's isolation level, 
 loosening the policy made and the outputs it did not compare), wrapped in a DSSE
 envelope (Ed25519-signed when a key is given). Its bytes are
 stored content-addressed, indexed in the ``certificates`` table, appended to the
-hash-chain log ``log/certs.jsonl`` and, with ``--certificate PATH``, written there. The
+hash-chain log (``certlog.log_of``: ``log/certs.jsonl`` in a SQLite store's folder, the
+database of a server store) and, with ``--certificate PATH``, written there. The
 whole ``VerifyResult`` is stored as the rerun's ``verify/result.json`` artifact so reports
 can be rendered later without rerunning.
 """
@@ -31,7 +32,7 @@ from auditor.core.errors import CorruptRecord, CouldNotVerify
 from auditor.core.keys import load_private_key
 from auditor.core.schema import ArtifactRef, RunRecord, record_sha256
 from auditor.core.version import __version__
-from auditor.store import CertificateRow, RunStore, store_dir_of
+from auditor.store import CertificateRow, RunStore
 
 RESULT_ARTIFACT = "verify/result.json"
 
@@ -104,7 +105,7 @@ def issue_certificate(
             subjects=tuple(s.digest["sha256"] for s in subjects),
         )
     )
-    certlog.append(store_dir_of(store) / "log", sha, original.identity.id, key)
+    certlog.append(certlog.log_of(store), sha, original.identity.id, key)
     if out_path is not None:
         write_certificate(envelope, out_path)
     final = result.model_copy(

@@ -25,6 +25,7 @@ copy of the latest head kept elsewhere (RFC 6962 gossip); keep one in CI artifac
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -49,6 +50,8 @@ from auditor.certify.certificate import (
     verify_envelope,
 )
 from auditor.core.errors import AuditorError, InputError, IntegrityError
+from auditor.store import RunStore, store_dir_of
+from auditor.store.base import LogParts
 from auditor.store.blobs import fsync_dir
 
 LOG_NAME = "certs.jsonl"
@@ -84,17 +87,102 @@ class LogHead(BaseModel):
 EMPTY_HEAD = LogHead(seq=0, line_sha256=GENESIS, size=0)
 
 
+class FileLog:
+    """The log's parts as files in one folder (``LogParts``; SQLite stores, exported logs)."""
+
+    def __init__(self, dir: Path) -> None:
+        self.dir = dir
+
+    def label(self, name: str) -> str:
+        return str(self.dir / name)
+
+    @contextmanager
+    def locked(self, *, exclusive: bool) -> Iterator[None]:
+        """Hold ``flock`` on the lock file; a reader of a read-only copy goes without."""
+        if exclusive:
+            _make_dir(self.dir)
+        fd = _open_lock(self.dir / LOCK_NAME, exclusive)
+        if fd is None:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def read(self, name: str) -> bytes:
+        return _read(self.dir / name)
+
+    def exists(self, name: str) -> bool:
+        return (self.dir / name).exists()
+
+    def append_line(self, line: bytes) -> int:
+        return _append_line(self.dir / LOG_NAME, line)
+
+    def write(self, name: str, data: bytes | None) -> None:
+        if data is None:
+            (self.dir / name).unlink(missing_ok=True)
+        else:
+            atomic_write(self.dir / name, data)
+
+
+def parts(where: Path | LogParts) -> LogParts:
+    """The log's parts: a folder's files, or a store's own log as given."""
+    return FileLog(where) if isinstance(where, Path) else where
+
+
+ADOPTED_SUFFIX = ".in-database"  # a folder log a server store has taken in, kept aside
+
+
+def log_of(store: RunStore) -> LogParts:
+    """The store's certificate log: in its database (a server store, shared by every machine
+    that uses it), else files in the store folder (``log/``).
+
+    A server store made before its log moved into the database (schema revision 0003) kept
+    it in ``log/`` of this machine's store folder: an empty database log takes that one in,
+    byte for byte (so its chain and signed head stay valid), and the folder is renamed
+    ``log.in-database``. With both present, the database's log is the store's.
+    """
+    folder = FileLog(store_dir_of(store) / "log")
+    table = store.certificate_log()
+    if table is None:
+        return folder
+    if has_log(folder):
+        _adopt(folder, table)
+    return table
+
+
+def _adopt(folder: FileLog, table: LogParts) -> None:
+    with table.locked(exclusive=True), folder.locked(exclusive=False):
+        if has_log(table):
+            return
+        data = folder.read(LOG_NAME)
+        for line in _split_lines(folder.label(LOG_NAME), data):
+            table.append_line(line)
+        for name in (HEAD_NAME, SIGNED_HEAD_NAME):
+            if folder.exists(name):
+                table.write(name, folder.read(name))
+    with contextlib.suppress(OSError):
+        folder.dir.rename(folder.dir.with_name(folder.dir.name + ADOPTED_SUFFIX))
+
+
+def has_log(log: LogParts) -> bool:
+    """Whether anything of the log exists (lines or a head)."""
+    return log.exists(LOG_NAME) or log.exists(HEAD_NAME)
+
+
 def append(
-    dir: Path, cert_sha256: str, run_id: str, key: Ed25519PrivateKey | None = None
+    where: Path | LogParts, cert_sha256: str, run_id: str, key: Ed25519PrivateKey | None = None
 ) -> LogEntry:
-    """Append one certificate to the log in ``dir`` and rewrite (and sign) its head."""
+    """Append one certificate to the log and rewrite (and sign) its head."""
     if not re.fullmatch(_SHA256, cert_sha256):
         raise InputError(f"certificate sha256 {cert_sha256!r} is not 64 lowercase hex digits")
     if not run_id:
         raise InputError("cannot log a certificate without a run id")
-    _make_dir(dir)
-    with _locked(dir, exclusive=True):
-        tail = _checked_tail(dir, key)
+    log = parts(where)
+    with log.locked(exclusive=True):
+        tail = _checked_tail(log, key)
         entry = LogEntry(
             seq=tail.seq + 1,
             prev_sha256=tail.line_sha256,
@@ -103,57 +191,62 @@ def append(
             time=_now(),
         )
         line = canonical_json(entry)
-        size = _append_line(dir / LOG_NAME, line)
-        _write_head(dir, LogHead(seq=entry.seq, line_sha256=_sha256(line), size=size), key)
+        size = log.append_line(line)
+        _write_head(log, LogHead(seq=entry.seq, line_sha256=_sha256(line), size=size), key)
     return entry
 
 
-def verify_log(dir: Path, trusted: list[Ed25519PublicKey] | None = None) -> int:
+def verify_log(where: Path | LogParts, trusted: list[Ed25519PublicKey] | None = None) -> int:
     """Check the chain and the head (signed, when ``trusted`` is given); return the entry count."""
-    if not dir.is_dir():
-        raise InputError(f"{dir}: certificate log directory not found", hint="check the path")
-    with _locked(dir, exclusive=False):
-        data = _read(dir / LOG_NAME)
-        head = _trusted_head(dir, trusted)
-    lines = _split_lines(dir / LOG_NAME, data)
-    _verify_chain(dir / LOG_NAME, lines)
-    _check_head(dir, lines, len(data), head)
+    if isinstance(where, Path) and not where.is_dir():
+        raise InputError(f"{where}: certificate log directory not found", hint="check the path")
+    log = parts(where)
+    with log.locked(exclusive=False):
+        data = log.read(LOG_NAME)
+        head = _trusted_head(log, trusted)
+    lines = _split_lines(log.label(LOG_NAME), data)
+    _verify_chain(log.label(LOG_NAME), lines)
+    _check_head(log, lines, len(data), head)
     return len(lines)
 
 
-def read_entries(dir: Path) -> list[LogEntry]:
+def read_entries(where: Path | LogParts) -> list[LogEntry]:
     """The log's entries, after ``verify_log`` (unsigned head) has passed."""
-    verify_log(dir)
-    lines = _split_lines(dir / LOG_NAME, _read(dir / LOG_NAME))
+    verify_log(where)
+    log = parts(where)
+    lines = _split_lines(log.label(LOG_NAME), log.read(LOG_NAME))
     return [LogEntry.model_validate_json(line) for line in lines]
 
 
 # -- appending ---------------------------------------------------------------------
 
 
-def _checked_tail(log_dir: Path, key: Ed25519PrivateKey | None) -> LogHead:
-    """The head of the log as its last line says; it must agree with the head files."""
-    log = log_dir / LOG_NAME
-    last = _last_line(log)
+def _checked_tail(log: LogParts, key: Ed25519PrivateKey | None) -> LogHead:
+    """The head of the log as its lines say (the whole chain checked, so an append never
+    extends an edited or reordered log); it must agree with the head part."""
+    where = log.label(LOG_NAME)
+    data = log.read(LOG_NAME)
+    lines = _split_lines(where, data)
+    _verify_chain(where, lines)
     actual = EMPTY_HEAD
-    if last is not None:
-        entry = _parse_entry(log, 0, last)
-        actual = LogHead(seq=entry.seq, line_sha256=_sha256(last), size=log.stat().st_size)
-    recorded = _read_head(log_dir / HEAD_NAME) or EMPTY_HEAD
+    if lines:
+        entry = _parse_entry(where, 0, lines[-1])
+        actual = LogHead(seq=entry.seq, line_sha256=_sha256(lines[-1]), size=len(data))
+    recorded = _read_head(log) or EMPTY_HEAD
     if recorded != actual:
         raise IntegrityError(
-            f"{log}: refusing to append: the log ends at seq {actual.seq}, {HEAD_NAME} records "
+            f"{where}: refusing to append: the log ends at seq {actual.seq}, {HEAD_NAME} records "
             f"seq {recorded.seq} (or their hashes or sizes differ)",
             hint=_VERIFY_HINT,
         )
-    signed = log_dir / SIGNED_HEAD_NAME
     if (
         key is not None
-        and signed.exists()
-        and _open_signed_head(signed, [key.public_key()]) != recorded
+        and log.exists(SIGNED_HEAD_NAME)
+        and _open_signed_head(log, [key.public_key()]) != recorded
     ):
         raise IntegrityError(
-            f"{signed}: refusing to append: the signed head differs from {HEAD_NAME}",
+            f"{log.label(SIGNED_HEAD_NAME)}: refusing to append: the signed head differs "
+            f"from {HEAD_NAME}",
             hint=_VERIFY_HINT,
         )
     return actual
@@ -175,44 +268,19 @@ def _append_line(path: Path, line: bytes) -> int:
     return size
 
 
-def _write_head(log_dir: Path, head: LogHead, key: Ed25519PrivateKey | None) -> None:
+def _write_head(log: LogParts, head: LogHead, key: Ed25519PrivateKey | None) -> None:
     data = canonical_json(head)
-    atomic_write(log_dir / HEAD_NAME, data)
-    signed = log_dir / SIGNED_HEAD_NAME
+    log.write(HEAD_NAME, data)
     if key is None:
-        signed.unlink(missing_ok=True)
+        log.write(SIGNED_HEAD_NAME, None)
         return
-    atomic_write(signed, envelope_bytes(sign_payload(data, HEAD_PAYLOAD_TYPE, key)))
-
-
-def _last_line(path: Path) -> bytes | None:
-    """The last line (without newline) read backwards from the end; None for an empty log."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return None
-    with handle:
-        end = handle.seek(0, os.SEEK_END)
-        if end == 0:
-            return None
-        handle.seek(end - 1)
-        if handle.read(1) != b"\n":
-            raise IntegrityError(
-                f"{path}: the last line is incomplete (no newline)", hint=_VERIFY_HINT
-            )
-        pos, buf = end - 1, b""
-        while pos > 0 and b"\n" not in buf:
-            step = min(65536, pos)
-            pos -= step
-            handle.seek(pos)
-            buf = handle.read(step) + buf
-        return buf.rsplit(b"\n", 1)[-1]
+    log.write(SIGNED_HEAD_NAME, envelope_bytes(sign_payload(data, HEAD_PAYLOAD_TYPE, key)))
 
 
 # -- verifying ---------------------------------------------------------------------
 
 
-def _split_lines(path: Path, data: bytes) -> list[bytes]:
+def _split_lines(path: str, data: bytes) -> list[bytes]:
     if not data:
         return []
     if not data.endswith(b"\n"):
@@ -223,14 +291,14 @@ def _split_lines(path: Path, data: bytes) -> list[bytes]:
     return data[:-1].split(b"\n")
 
 
-def _verify_chain(path: Path, lines: list[bytes]) -> None:
+def _verify_chain(path: str, lines: list[bytes]) -> None:
     prev = GENESIS
     for number, line in enumerate(lines, start=1):
         _check_line(path, number, line, prev)
         prev = _sha256(line)
 
 
-def _check_line(path: Path, number: int, line: bytes, prev: str) -> None:
+def _check_line(path: str, number: int, line: bytes, prev: str) -> None:
     entry = _parse_entry(path, number, line)
     if entry.prev_sha256 != prev:
         before = f"line {number - 1}" if number > 1 else "the genesis hash"
@@ -250,12 +318,13 @@ def _check_line(path: Path, number: int, line: bytes, prev: str) -> None:
         )
 
 
-def _check_head(log_dir: Path, lines: list[bytes], size: int, head: LogHead | None) -> None:
-    log, count = log_dir / LOG_NAME, len(lines)
+def _check_head(parts: LogParts, lines: list[bytes], size: int, head: LogHead | None) -> None:
+    log, count = parts.label(LOG_NAME), len(lines)
     if head is None:
         if count:
             raise IntegrityError(
-                f"{log_dir / HEAD_NAME}: missing, but the log has {count} lines", hint=_VERIFY_HINT
+                f"{parts.label(HEAD_NAME)}: missing, but the log has {count} lines",
+                hint=_VERIFY_HINT,
             )
         return
     if head.seq > count:
@@ -281,32 +350,33 @@ def _check_head(log_dir: Path, lines: list[bytes], size: int, head: LogHead | No
         )
 
 
-def _trusted_head(log_dir: Path, trusted: list[Ed25519PublicKey] | None) -> LogHead | None:
+def _trusted_head(log: LogParts, trusted: list[Ed25519PublicKey] | None) -> LogHead | None:
     """The unsigned head, or, with trusted keys, the signed head (which must equal it)."""
-    head = _read_head(log_dir / HEAD_NAME)
+    head = _read_head(log)
     if not trusted:
         return head
-    signed_path = log_dir / SIGNED_HEAD_NAME
-    if not signed_path.exists():
+    if not log.exists(SIGNED_HEAD_NAME):
         if head is None:
             return None
         raise IntegrityError(
-            f"{signed_path}: missing: the log head is not signed", hint="append with a signing key"
+            f"{log.label(SIGNED_HEAD_NAME)}: missing: the log head is not signed",
+            hint="append with a signing key",
         )
-    signed = _open_signed_head(signed_path, trusted)
+    signed = _open_signed_head(log, trusted)
     if signed != head:
         raise IntegrityError(
-            f"{log_dir / HEAD_NAME}: differs from the signed head in {SIGNED_HEAD_NAME}",
+            f"{log.label(HEAD_NAME)}: differs from the signed head in {SIGNED_HEAD_NAME}",
             hint=_VERIFY_HINT,
         )
     return signed
 
 
-def _open_signed_head(path: Path, trusted: list[Ed25519PublicKey]) -> LogHead:
+def _open_signed_head(log: LogParts, trusted: list[Ed25519PublicKey]) -> LogHead:
+    path = log.label(SIGNED_HEAD_NAME)
     try:
-        envelope = Envelope.model_validate_json(_read(path))
+        envelope = Envelope.model_validate_json(log.read(SIGNED_HEAD_NAME))
         payload = verify_envelope(
-            envelope, HEAD_PAYLOAD_TYPE, trusted, require_signature=True, source=str(path)
+            envelope, HEAD_PAYLOAD_TYPE, trusted, require_signature=True, source=path
         )
     except ValidationError:
         raise IntegrityError(f"{path}: not a DSSE envelope", hint=_VERIFY_HINT) from None
@@ -320,19 +390,19 @@ def _open_signed_head(path: Path, trusted: list[Ed25519PublicKey]) -> LogHead:
 # -- small parts -------------------------------------------------------------------
 
 
-def _read_head(path: Path) -> LogHead | None:
-    data = _read(path)
-    return _parse_head(path, data) if data else None
+def _read_head(log: LogParts) -> LogHead | None:
+    data = log.read(HEAD_NAME)
+    return _parse_head(log.label(HEAD_NAME), data) if data else None
 
 
-def _parse_head(path: Path, data: bytes) -> LogHead:
+def _parse_head(path: str, data: bytes) -> LogHead:
     try:
         return LogHead.model_validate_json(data)
     except ValidationError:
         raise IntegrityError(f"{path}: not a valid log head", hint=_VERIFY_HINT) from None
 
 
-def _parse_entry(path: Path, number: int, line: bytes) -> LogEntry:
+def _parse_entry(path: str, number: int, line: bytes) -> LogEntry:
     where = f"line {number}" if number else "last line"
     try:
         return LogEntry.model_validate_json(line)
@@ -356,20 +426,6 @@ def _make_dir(log_dir: Path) -> None:
         raise InputError(
             f"{log_dir}: cannot create the certificate log directory: {exc.strerror}"
         ) from None
-
-
-@contextmanager
-def _locked(log_dir: Path, *, exclusive: bool) -> Iterator[None]:
-    """Hold ``flock`` on the lock file; a reader of a read-only copy goes without."""
-    fd = _open_lock(log_dir / LOCK_NAME, exclusive)
-    if fd is None:
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _open_lock(path: Path, exclusive: bool) -> int | None:

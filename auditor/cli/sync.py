@@ -26,32 +26,33 @@ if TYPE_CHECKING:
 
 
 class _TargetLog:
-    """The certificate log of the receiving store (``log/`` beside its artifacts)."""
+    """The certificate log of the receiving store (its database, or ``log/`` beside its
+    artifacts for SQLite)."""
 
     def __init__(self, store: RunStore, key: Ed25519PrivateKey | None) -> None:
-        from auditor.release.tamper import log_dir_of
+        from auditor.certify import log as certlog
 
-        self.dir = log_dir_of(store)
+        self.log = certlog.log_of(store)
         self.key = key
         self.url = store.url
 
     def has(self, cert_sha256: str) -> bool:
         from auditor.certify import log as certlog
 
-        if not (self.dir / certlog.LOG_NAME).exists():
+        if not self.log.exists(certlog.LOG_NAME):
             return False
-        return any(e.cert_sha256 == cert_sha256 for e in certlog.read_entries(self.dir))
+        return any(e.cert_sha256 == cert_sha256 for e in certlog.read_entries(self.log))
 
     def append(self, cert_sha256: str, run_id: str) -> None:
         from auditor.certify import log as certlog
         from auditor.core.errors import InputError
 
-        if self.key is None and (self.dir / certlog.SIGNED_HEAD_NAME).exists():
+        if self.key is None and self.log.exists(certlog.SIGNED_HEAD_NAME):
             raise InputError(
                 f"the certificate log of {self.url} has a signed head: certificates not copied",
                 hint="pass --key PRIVATE_KEY to sign the new head",
             )
-        certlog.append(self.dir, cert_sha256, run_id, self.key)
+        certlog.append(self.log, cert_sha256, run_id, self.key)
 
 
 def _run_ids(store: RunStore, runs: tuple[str, ...], every: bool) -> list[str]:

@@ -4,7 +4,8 @@ exit 3) and ``audit fsck`` (every problem listed).
 
 Contract:
 
-- ``index_problems(store, trusted)``: the append-only log (``log/certs.jsonl``) must pass
+- ``index_problems(store, trusted)``: the append-only log (``certlog.log_of(store)``: the
+  store folder's ``log/certs.jsonl``, or a server store's ``cert_log`` table) must pass
   ``certlog.verify_log`` (chain, head; the *signed* head when ``trusted`` keys are given),
   every logged certificate must be in the blob store and parse, and the ``certificates``
   table must hold exactly the logged certificates with the fields their statements say.
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC
-from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -36,7 +36,7 @@ from auditor.certify.certificate import Statement, open_envelope
 from auditor.certify.issue import RESULT_ARTIFACT
 from auditor.core.errors import AuditorError, IntegrityError, RunNotFound
 from auditor.core.schema import ArtifactRef, RunRecord, record_sha256
-from auditor.store import CertificateRow, RunStore, store_dir_of
+from auditor.store import CertificateRow, RunStore
 from auditor.store.base import series_digest
 
 
@@ -49,25 +49,20 @@ class Logged:
     statement: Statement
 
 
-def log_dir_of(store: RunStore) -> Path:
-    """Where the store keeps its certificate log."""
-    return store_dir_of(store) / "log"
-
-
 def logged_certificates(
     store: RunStore, trusted: list[Ed25519PublicKey] | None
 ) -> tuple[list[Logged], list[str]]:
     """The log's certificates and the problems found reading them."""
-    log_dir = log_dir_of(store)
-    if not (log_dir / certlog.LOG_NAME).exists() and not (log_dir / certlog.HEAD_NAME).exists():
+    log = certlog.log_of(store)
+    if not certlog.has_log(log):
         return [], []
-    signed = (log_dir / certlog.SIGNED_HEAD_NAME).exists()
+    signed = log.exists(certlog.SIGNED_HEAD_NAME)
     try:
-        certlog.verify_log(log_dir, trusted if (trusted and signed) else None)
-        if trusted and not signed and certlog.read_entries(log_dir):
-            return [], [f"{log_dir / certlog.SIGNED_HEAD_NAME}: missing: the certificate "
+        certlog.verify_log(log, trusted if (trusted and signed) else None)
+        if trusted and not signed and certlog.read_entries(log):
+            return [], [f"{log.label(certlog.SIGNED_HEAD_NAME)}: missing: the certificate "
                         "log head is not signed, so deleted entries cannot be ruled out"]
-        entries = certlog.read_entries(log_dir)
+        entries = certlog.read_entries(log)
     except AuditorError as exc:
         return [], [str(exc)]
     found: list[Logged] = []

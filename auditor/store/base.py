@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -77,6 +78,26 @@ class CertificateRow:
     verdict: str
     issued_at: datetime
     subjects: tuple[str, ...]
+
+
+class LogParts(Protocol):
+    """Where a certificate log keeps its three parts (the lines ``certs.jsonl``, the head
+    ``certs.head.json`` and the signed head ``certs.head.dsse.json``), by those names: files
+    in a folder (``certify/log.py``'s ``FileLog``, SQLite stores) or the database of a
+    server store (``store/certlog.py``). ``certify/log.py`` does every check; a part only
+    stores bytes."""
+
+    def label(self, name: str) -> str: ...
+
+    def locked(self, *, exclusive: bool) -> AbstractContextManager[None]: ...
+
+    def read(self, name: str) -> bytes: ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def append_line(self, line: bytes) -> int: ...
+
+    def write(self, name: str, data: bytes | None) -> None: ...
 
 
 class RunStore(Protocol):
@@ -146,6 +167,10 @@ class RunStore(Protocol):
     def certificates(self, *, run_id: str | None = None,
                      subject: str | None = None) -> list[CertificateRow]:
         """Certificates, newest first, optionally for a run or a subject digest."""
+
+    def certificate_log(self) -> LogParts | None:
+        """The certificate log the store keeps itself (a server store's database); None
+        when it lives in the store folder (``log/``, SQLite)."""
 
     def put_build(self, inputs_digest: str, run_id: str, result_json: str) -> None:
         """Remember a build result (JSON) by its inputs digest."""

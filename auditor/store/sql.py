@@ -36,6 +36,7 @@ from auditor.core.errors import (
 )
 from auditor.store.base import CertificateRow, MetricPoint, RunSummary
 from auditor.store.blobs import BlobStore
+from auditor.store.certlog import CERT_LOG_TABLES, TableLog
 from auditor.store.location import not_a_database
 from auditor.store.migrate import ensure_schema
 from auditor.store.summaries import (
@@ -52,7 +53,7 @@ if TYPE_CHECKING:  # pydantic's schema loads when a record is read or written
 
     from auditor.core.schema import RunRecord
 
-STORE_SCHEMA_VERSION = 2
+STORE_SCHEMA_VERSION = 3
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
@@ -134,6 +135,9 @@ t_imports = sa.Table(
     sa.Column("imported_at", sa.String(40), nullable=False),
     sa.PrimaryKeyConstraint("source", "source_run_id"),
 )
+
+for _table in CERT_LOG_TABLES:  # the certificate log's tables (store/certlog.py), revision 0003
+    _table.to_metadata(meta)
 
 _INSERT_METRICS = ("INSERT INTO metrics (run_id, seq, key, step, value, bits, time) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?)")
@@ -582,6 +586,13 @@ class SqlStore:
             )
             for r in rows
         ]
+
+    def certificate_log(self) -> TableLog | None:
+        """The certificate log kept in this database (a server store: every machine using
+        the store shares it); None for SQLite, whose log is files in the store folder."""
+        if self.is_sqlite:
+            return None
+        return TableLog(self.engine, self.url, self.unavailable)
 
     @_db
     def put_build(self, inputs_digest: str, run_id: str, result_json: str) -> None:

@@ -72,7 +72,7 @@ def _certify(store: SqlStore, run_id: str, key: Path) -> str:
     store.put_certificate(CertificateRow(sha, run_id, None, "reproduced-bitwise",
                                          predicate.issued_at,
                                          tuple(a.sha256 for a in record.artifacts)))
-    certlog.append(store.blobs.root / "log", sha, run_id, None)
+    certlog.append(certlog.log_of(store), sha, run_id, None)  # as certify/issue.py does
     return sha
 
 

@@ -14,6 +14,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from auditor.certify import log as certlog
 from auditor.core.errors import StoreError
 from auditor.core.schema import record_sha256
 from auditor.release.fsck import check_store
@@ -117,8 +118,13 @@ def _assert_nothing_lost(store: SqlStore) -> None:
 def test_v1_store_upgrades_with_nothing_lost(v1_location: tuple[str, str | None]) -> None:
     store = open_store(v1_location[0], blobs=v1_location[1])
     assert store.upgrade == migrate_mod.Upgrade("0001", migrate_mod.HEAD, True)
-    assert store.get_meta("schema_version") == "2"  # auditor 0.1.0 now refuses it as newer
+    assert store.get_meta("schema_version") == "3"  # auditor 0.1.0 now refuses it as newer
     _assert_nothing_lost(store)
+    if store.certificate_log() is not None:  # a server store took its folder log in (0003)
+        folder = store.blobs.root / "log"
+        assert not folder.exists() and folder.with_name("log.in-database").is_dir()
+        logged = [e.cert_sha256 for e in certlog.read_entries(certlog.log_of(store))]
+        assert sorted(logged) == sorted(c["sha256"] for c in MANIFEST["certificates"])
     store.close()
     again = open_store(v1_location[0], blobs=v1_location[1])
     assert not again.upgrade.migrated
@@ -130,9 +136,9 @@ def test_audit_store_upgrade_command(tmp_path: Path) -> None:
     location = str(_copy_v1(tmp_path / "v1"))
     first = audit("--store", location, "store", "upgrade", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip().endswith("upgraded from revision 0001 to 0002")
+    assert first.stdout.strip().endswith("upgraded from revision 0001 to 0003")
     second = audit("--store", location, "store", "upgrade", cwd=tmp_path)
-    assert second.stdout.strip().endswith("is at the current revision 0002")
+    assert second.stdout.strip().endswith("is at the current revision 0003")
 
 
 def _open_and_report(loc: tuple[str, str | None], queue: mp.Queue) -> None:  # type: ignore[type-arg]
