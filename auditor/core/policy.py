@@ -72,6 +72,14 @@ DEFAULT_LOG_OUTPUTS: tuple[str, ...] = (
 LogMode = Literal["informational", "strict", "off"]
 
 
+def _output_matches(name: str, globs: tuple[str, ...]) -> bool:
+    """Whether an output (stored as ``outputs/<path in the working directory>``) matches one
+    of ``globs``, written either as that path (``logs/*.txt``, ``timing.json``, as users
+    write them) or as the stored name (``outputs/logs/*.txt``)."""
+    inside = name.removeprefix("outputs/")
+    return any(fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(inside, g) for g in globs)
+
+
 class ComparePolicy(BaseModel):
     """What the comparison tolerates: tolerances, log handling, outputs left out."""
 
@@ -103,11 +111,11 @@ class ComparePolicy(BaseModel):
 
     def is_log_output(self, name: str) -> bool:
         """True when the output file ``name`` is a log (matches ``log_outputs``)."""
-        return any(fnmatch.fnmatchcase(name, glob) for glob in self.log_outputs)
+        return _output_matches(name, self.log_outputs)
 
     def is_ignored(self, name: str) -> bool:
         """True when the output ``name`` matches an ``ignore_outputs`` glob (not compared)."""
-        return any(fnmatch.fnmatchcase(name, glob) for glob in self.ignore_outputs)
+        return _output_matches(name, self.ignore_outputs)
 
     def tensor_tolerance(self, name: str, dtype: str) -> Tolerance:
         """The tolerance for one tensor: exact under ``bitwise``, else override, else dtype."""

@@ -75,3 +75,18 @@ def test_policy_path_finds_the_repo_file(tmp_path: Path) -> None:
     (tmp_path / "auditor.toml").write_text("[verify]\n", encoding="utf-8")
     assert policy_path(None, tmp_path) == tmp_path / "auditor.toml"
     assert policy_path(Path("other.toml"), tmp_path) == Path("other.toml")
+
+
+@pytest.mark.parametrize("glob", ["timing.json", "outputs/timing.json", "*.json", "timing.*"])
+def test_ignore_outputs_globs_match_as_users_write_them(glob: str) -> None:
+    # outputs are stored as outputs/<path in the working directory>; a glob written as that
+    # path (the way users write it) matches too, not only one with the outputs/ prefix
+    policy = ComparePolicy(ignore_outputs=(glob,))
+    assert policy.is_ignored("outputs/timing.json")
+    assert not policy.is_ignored("outputs/model.pt")
+
+
+def test_log_outputs_match_inside_the_working_directory() -> None:
+    policy = ComparePolicy(log_outputs=("logs/*.txt",))
+    assert policy.is_log_output("outputs/logs/train.txt")
+    assert not policy.is_log_output("outputs/ckpt/logs.bin")
