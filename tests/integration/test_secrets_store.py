@@ -168,3 +168,33 @@ def test_a_50_mb_line_is_recorded_and_the_run_finishes(make_repo, tmp_path: Path
     out = store.blobs.read_bytes(rec.artifact("logs/stdout.txt").sha256)  # type: ignore[union-attr]
     assert out.startswith(b"x" * 1000) and b"longLineKey" not in out
     assert out.count(b"x") == 50_000_000 and b" api_key=[REDACTED]\n" in out
+
+
+def test_secrets_in_untracked_files_and_uncommitted_changes_are_never_stored(  # type: ignore[no-untyped-def]
+    make_repo, tmp_path: Path
+) -> None:
+    # A user's way: a config with a token left untracked beside the code, and a key pasted
+    # into a tracked file but not committed. The code snapshot must not carry either.
+    repo = make_repo({"train.py": "import json\nprint(json.dumps({'step': 0, 'loss': 0.5}))\n",
+                      "settings.py": "LR = 0.1\n"})
+    (repo / "hub.yaml").write_text(f"repo: org/model\ntoken: {HF}\n")
+    (repo / "notes.py").write_text("password = input('password: ')  # no secret here\n")
+    (repo / "settings.py").write_text(f"LR = 0.1\nGITHUB = '{GH_TOKEN}'\n")
+    env = {"AUDITOR_STORE": str(tmp_path / "store")}
+    res = audit("record", "--", sys.executable, "train.py", cwd=repo, env=env)
+    assert res.returncode == 0, res.stderr
+    hits = [(str(path), value[:6]) for path, data in all_bytes(tmp_path / "store")
+            for value in (HF, GH_TOKEN) for form in forms(value) if form in data]
+    assert hits == []
+    store = open_store(str(tmp_path / "store"))
+    rec = store.get_record(store.list_runs()[0].id)
+    assert rec.code is not None and "hub.yaml" in rec.code.excluded
+    assert "a hf_ token on line 2" in rec.not_captured["code.skipped.hub.yaml"]
+    assert "code/untracked/notes.py" in rec.code.untracked_artifacts  # name-based: kept
+    assert rec.code.diff_artifact is None
+    assert "a ghp_ token in settings.py" in rec.not_captured["code.diff"]
+    # verify cannot rebuild a tree whose changes were not stored: could-not-verify, not a verdict
+    verify = audit("verify", rec.identity.id[:12], "--backend", "venv", cwd=repo, env=env)
+    assert verify.returncode == 3, verify.stdout + verify.stderr
+    assert "Traceback" not in verify.stderr
+    store.close()

@@ -29,6 +29,7 @@ from auditor.record.capture.data import (
     special_kind,
     walk_files,
 )
+from auditor.record.capture.secret_scan import scan
 from auditor.record.capture.secrets import strip_url_credentials
 from auditor.record.capture.streams import OwnLogs
 from auditor.store.blobs import BlobStore
@@ -98,6 +99,49 @@ def is_data_file(path: Path) -> bool:
         return b"\0" in fh.read(_BINARY_PROBE)
 
 
+# Shapes a secret in source code is named by with certainty (a vendor token, a private key,
+# a URL's password, a known secret value...). Name-based shapes (``password = ...``,
+# ``--token VALUE``) are left out here: code is full of them with no secret in sight.
+_UNCERTAIN_IN_CODE = ("a value named ", "a value of flag ", "a netrc entry")
+
+
+def secret_in(data: bytes) -> tuple[str, int] | None:
+    """The first secret ``data`` (source code or a patch) holds: its shape and offset."""
+    for found in scan(data):
+        shape = found.shape
+        if shape.startswith(_UNCERTAIN_IN_CODE):  # `token: hf_…`: the value may still be one
+            inner = [f.shape for f in scan(data[found.start:found.end])
+                     if not f.shape.startswith(_UNCERTAIN_IN_CODE)]
+            if not inner:
+                continue
+            shape = inner[0]
+        return shape, found.start
+    return None
+
+
+def _holds_secret(path: Path, capture: CodeCapture, rel: str) -> bool:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    found = secret_in(data)
+    if found:
+        line = data.count(b"\n", 0, found[1]) + 1
+        capture.notes[f"code.skipped.{rel}"] = (
+            f"not stored: it holds a secret ({found[0]} on line {line}); git-ignore it, or keep "
+            "the secret in the environment (the rerun gets it through the policy's pass_env)")
+    return found is not None
+
+
+def _patched_file(diff: bytes, offset: int) -> str:
+    """The file of a ``git diff`` whose hunk holds ``offset``."""
+    start = diff.rfind(b"diff --git a/", 0, offset)
+    if start < 0:
+        return "a changed file"
+    header = diff[start:diff.find(b"\n", start)].decode("utf-8", "replace")
+    return header.removeprefix("diff --git a/").partition(" b/")[0]
+
+
 def _sort_untracked(
     root: Path, rels: list[str], own_logs: OwnLogs, capture: CodeCapture
 ) -> tuple[list[str], list[str], list[str]]:
@@ -116,7 +160,13 @@ def _sort_untracked(
             skipped.append(rel)
             capture.notes[f"code.skipped.{rel}"] = f"not a regular file: {kind}"
         elif path.is_file():
-            (data if is_data_file(path) else source).append(rel)
+            if is_data_file(path):
+                data.append(rel)
+            elif _holds_secret(path, capture, rel):
+                skipped.append(rel)
+                continue
+            else:
+                source.append(rel)
             st = path.stat()
             capture.stamps[rel] = (st.st_size, st.st_mtime_ns)
     return source, data, skipped
@@ -149,7 +199,13 @@ def capture_git(
         diff = git(
             root, "diff", "--binary", "--no-color", "--no-ext-diff", "HEAD", "--", ".", *exclude
         )
-        if diff:
+        found = secret_in(diff) if diff else None
+        if found:  # never stored: the rerun's tree will not match, and verify says so
+            capture.notes["code.diff"] = (
+                f"the uncommitted changes were not stored: they hold a secret ({found[0]} in "
+                f"{_patched_file(diff, found[1])}); remove it, or keep it in the environment "
+                "(the rerun gets it through the policy's pass_env)")
+        elif diff:
             diff_name = _store(capture, blobs, "code/diff.patch", data=diff)
     else:  # no commit yet: every file is "untracked" for the purpose of rebuilding
         untracked = files
