@@ -222,6 +222,23 @@ def main(
     help="Accept --input/--output paths outside the project tree (refused by default; "
     "the record lists them).",
 )
+@click.option(
+    "--in-image",
+    "image",
+    metavar="IMAGE",
+    help="Run COMMAND in a container of this local docker image (tag or id, stored as its "
+    "id; e.g. the run's pinned image from `audit build`) and record the image's Python and "
+    "packages: the tree is mounted at its own path, the environment passed by name (host "
+    "PATH/HOME are not), uid:gid yours, no network, no stdin, no GPUs. Exit 2 for an "
+    "unknown image, 3 without a docker CLI or engine.",
+)
+@click.option(
+    "--network",
+    default="none",
+    show_default=True,
+    metavar="NAME",
+    help="With --in-image: the container's docker network (e.g. bridge, host).",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @quiet_option
 @pass_ctx
@@ -244,6 +261,8 @@ def record(c: Ctx, /, command: tuple[str, ...], **opts: Any) -> None:
             env_allow=list(opts["env_allow"]),
             code_dir=opts["code_dir"],
             allow_outside_tree=opts["allow_outside_tree"],
+            image=opts["image"],
+            network=opts["network"],
         ),
     )
     ident = result.record.identity

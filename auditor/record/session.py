@@ -33,6 +33,7 @@ from auditor.core.schema import (
     System,
     new_run_id,
 )
+from auditor.record import container
 from auditor.record.capture import data as data_capture
 from auditor.record.capture import git as git_capture
 from auditor.record.capture import python_env
@@ -69,6 +70,7 @@ class Plan:
     own_logs: OwnLogs = field(default_factory=OwnLogs)  # files our stdout/stderr go into
     outputs: Sequence[Path] = ()  # declared outputs (only checked here)
     allow_outside_tree: bool = False
+    image: container.Image | None = None  # the command runs in this image (--in-image)
 
 
 def project_tree(cwd: Path, code_dir: Path | None = None) -> Path:
@@ -115,13 +117,15 @@ def begin_capture(
     artifacts += code_artifacts
     inputs = _inputs(plan.inputs, root or plan.cwd, plan.cwd)
     inputs += _untracked_data(cap, plan.inputs, plan.cwd)
+    if plan.image is not None:
+        not_captured["recorded_in"] = plan.image.note()
     python, py_artifacts = _python(plan, store, _lock_dirs(plan.cwd, root), not_captured)
     artifacts += py_artifacts
     environment = Environment(
         python=python,
         system=_system(not_captured),
         accelerators=_accelerators(not_captured),
-        container_image=redacted_env_value(
+        container_image=plan.image.image_id if plan.image else redacted_env_value(
             "AUDITOR_CONTAINER_IMAGE", plan.env.get("AUDITOR_CONTAINER_IMAGE")
         ),
         env_vars=redact_env(_without_own(plan.env), plan.env_allow),
@@ -228,13 +232,21 @@ def _lock_dirs(cwd: Path, root: Path | None) -> list[Path]:
 def _python(
     plan: Plan, store: RunStore, lock_dirs: list[Path], notes: dict[str, str]
 ) -> tuple[PythonEnv | None, list[ArtifactRef]]:
-    """The training interpreter, with its lockfile (project or derived) attached."""
-    interpreter = plan.python
-    if interpreter is None:
+    """The training interpreter, with its lockfile (project or derived) attached; with
+    ``plan.image``, the image's interpreter, examined inside the image."""
+    interpreter, note = plan.python, None
+    if plan.image is not None:
+        interpreter, note = python_env.image_interpreter(plan.argv)
+    elif interpreter is None:
         interpreter, note = python_env.training_interpreter(plan.argv, plan.env.get("PATH"))
-        if note:
-            notes["environment.python.interpreter"] = note
-    py, artifacts, reason = python_env.capture_python(interpreter, store.blobs.put_bytes)
+    if note:
+        notes["environment.python.interpreter"] = note
+    if plan.image is not None:
+        py, artifacts, reason = python_env.capture_python(
+            interpreter, store.blobs.put_bytes, inside=container.probe_prefix(plan.image),
+            inside_env=container.cli_env(plan.env), executable=plan.image.executable)
+    else:
+        py, artifacts, reason = python_env.capture_python(interpreter, store.blobs.put_bytes)
     if py is None:
         notes["environment.python"] = reason or "unknown"
         return None, artifacts

@@ -6,6 +6,10 @@ when none was set. Its stdout and stderr stream live to ours and are stored (sec
 scrubbed); JSON lines on stdout (``{"step": 3, "loss": 0.41}``) and ``--metrics-regex``
 matches become metrics, flushed to the store as they arrive so a crash keeps them.
 SIGINT/SIGTERM are forwarded to the child. The child's exit code is the result.
+
+With ``--in-image REF`` the child is ``docker run`` of the command in that image
+(``auditor.record.container``): the same paths, probe and API, its environment passed by
+name, its interpreter examined inside the image.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from auditor.core.errors import InputError, StoreError
+from auditor.core.errors import EngineUnavailable, InputError, StoreError
 from auditor.core.schema import (
     ArtifactRef,
     Determinism,
@@ -35,7 +39,7 @@ from auditor.core.schema import (
     RunRecord,
     Seeds,
 )
-from auditor.record import outputs, session
+from auditor.record import container, outputs, session
 from auditor.record.capture import determinism as det
 from auditor.record.capture import git as git_capture
 from auditor.record.capture.secrets import redact_bytes, redact_params, redacted_env_value
@@ -44,7 +48,7 @@ from auditor.record.outputs import DEFAULT_MAX_OUTPUT_BYTES
 from auditor.store import MetricPoint, RunStore, store_dir_of
 from auditor.store.sql import bits_to_float
 
-PROBE_PATH = Path(__file__).parent / "probe"
+PROBE_PATH = container.PROBE_PATH
 
 
 @dataclass
@@ -65,6 +69,8 @@ class WrapOptions:
     env: Mapping[str, str] | None = None
     quiet: bool = False
     allow_outside_tree: bool = False
+    image: str | None = None  # --in-image: run the command in a container of this image
+    network: str = "none"  # the container's network (with image)
 
 
 @dataclass
@@ -261,6 +267,10 @@ def record_command(store: RunStore, opts: WrapOptions) -> WrapResult:
 def _record(store: RunStore, opts: WrapOptions, signals: _Signals) -> WrapResult:
     regex = compile_regex(opts.metrics_regex)
     env = dict(opts.env if opts.env is not None else os.environ)
+    if opts.network != "none" and opts.image is None:
+        raise InputError("--network applies only with --in-image")
+    # resolved before anything is captured or stored: a missing image leaves nothing
+    image = container.resolve(opts.image, env, opts.network) if opts.image else None
     env.setdefault("PYTHONUNBUFFERED", "1")  # live streaming; recorded and replayed alike
     chosen = "PYTHONHASHSEED" not in env
     if chosen:
@@ -283,6 +293,7 @@ def _record(store: RunStore, opts: WrapOptions, signals: _Signals) -> WrapResult
         params=redact_params(parse_argv_params(opts.argv[1:])),
         metrics_regex=opts.metrics_regex,
         own_logs=own_logs,
+        image=image,
     )
     session.outside_tree(plan)  # refuse before anything is captured or run
     snapshot = None if opts.outputs else outputs.Snapshot.take(opts.cwd, [store_dir])
@@ -297,7 +308,7 @@ def _record(store: RunStore, opts: WrapOptions, signals: _Signals) -> WrapResult
     )
     probe = Path(tempfile.mkdtemp(prefix="auditor-probe-"))
     try:
-        child = _Child(store, opts, record, env, probe, code, own_logs)
+        child = _Child(store, opts, record, env, probe, code, own_logs, image)
         return _run_child(child, regex, snapshot, signals)
     except _Interrupted as stop:
         session.finish(store, record, status="killed", exit_code=-stop.signum, updates={
@@ -320,6 +331,7 @@ class _Child:
     probe: Path
     code: git_capture.CodeCapture
     own_logs: OwnLogs
+    image: container.Image | None = None
 
 
 class _Interrupted(BaseException):
@@ -337,6 +349,7 @@ class _Signals:
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
+        self.forwarded: int | None = None  # the last signal forwarded to the command
         self.finishing = False
         self.pending: int | None = None
         self.previous: dict[int, Any] = {}
@@ -357,6 +370,7 @@ class _Signals:
         if self.finishing:
             self.pending = signum
         elif self.proc is not None:
+            self.forwarded = signum
             self.proc.send_signal(signum)
         else:
             raise _Interrupted(signum)
@@ -370,6 +384,8 @@ def _run_child(
 ) -> WrapResult:
     store, opts, record = child.store, child.opts, child.record
     sink = MetricSink(store, record.identity.id, regex)
+    if child.image is not None:
+        return _run_in_image(child, child.image, sink, snapshot, signals)
     try:
         proc = subprocess.Popen(
             opts.argv,
@@ -385,17 +401,26 @@ def _run_child(
         session.finish(store, record, status="failed", exit_code=126, updates={})
         raise InputError(f"command not executable: {opts.argv[0]}") from None
     signals.proc = proc
+    code, out, err = _stream(proc, opts.quiet, sink)
+    signals.finishing = True
+    return _finish(child, proc.pid, code, sink, out, err, snapshot, _flushed(sink))
+
+
+def _stream(
+    proc: subprocess.Popen[bytes], quiet: bool, sink: MetricSink
+) -> tuple[int, list[str], list[str]]:
+    """Stream the child's stdout (metrics parsed) and stderr live; its exit code."""
     out: list[str] = []
     err: list[str] = []
     threads = [
         threading.Thread(
             target=_pump,
-            args=(proc.stdout, None if opts.quiet else sys.stdout, out, sink.feed),
+            args=(proc.stdout, None if quiet else sys.stdout, out, sink.feed),
             daemon=True,
         ),
         threading.Thread(
             target=_pump,
-            args=(proc.stderr, None if opts.quiet else sys.stderr, err, None),
+            args=(proc.stderr, None if quiet else sys.stderr, err, None),
             daemon=True,
         ),
     ]
@@ -404,13 +429,72 @@ def _run_child(
     code = proc.wait()
     for t in threads:
         t.join()
-    signals.finishing = True
+    return code, out, err
+
+
+def _flushed(sink: MetricSink) -> list[str]:
+    """Flush the metrics; what the store could not take."""
     failures: list[str] = []
     try:
         sink.flush()
     except Exception as exc:  # noqa: BLE001 - the record is still stored below, saying so
         failures.append(f"metrics: {exc}")
-    return _finish(child, proc.pid, code, sink, out, err, snapshot, failures)
+    return failures
+
+
+def _run_in_image(
+    child: _Child,
+    image: container.Image,
+    sink: MetricSink,
+    snapshot: outputs.Snapshot | None,
+    signals: _Signals,
+) -> WrapResult:
+    """The command in a container of ``image``, through the docker CLI (see
+    ``auditor.record.container`` for why the CLI): its own process group, so a terminal's
+    Ctrl-C reaches auditor alone and is forwarded once (then proxied into the container);
+    no stdin."""
+    store, opts, record = child.store, child.opts, child.record
+    inner = container.container_env(child_env(child.env, record, child.probe, store.url))
+    tree = session.project_tree(opts.cwd, opts.code_dir)
+    full = [(p if p.is_absolute() else opts.cwd / p).resolve() for p in opts.outputs]
+    argv = container.run_argv(
+        image, opts.argv, cwd=opts.cwd.resolve(), tree=tree, probe=child.probe,
+        names=sorted(inner), run_id=record.identity.id,
+        # declared inputs and outputs outside the tree (--allow-outside-tree) at their paths
+        read_only=[(p if p.is_absolute() else opts.cwd / p).resolve() for p in opts.inputs],
+        writable=[_output_folder(p) for p in full if not p.is_relative_to(tree)],
+    )
+    # the values travel in the CLI's environment, never on its command line
+    env = {**container.cli_env(child.env), **inner}
+    try:
+        try:
+            proc = subprocess.Popen(argv, cwd=opts.cwd, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                    process_group=0)
+        except OSError as exc:
+            session.finish(store, record, status="failed", exit_code=127, updates={})
+            raise EngineUnavailable(f"the docker CLI did not start: {exc}") from None
+        signals.proc = proc
+        code, out, err = _stream(proc, opts.quiet, sink)
+    finally:
+        container.remove_left(image, child.env)
+    signals.finishing = True
+    if signals.forwarded is not None and code == 128 + signals.forwarded:
+        code = -signals.forwarded  # docker reports death by signal N as 128 + N
+    if code == 125 and not "".join(out).strip() and err and err[-1].startswith("docker: "):
+        session.finish(store, record, status="failed", exit_code=125, updates={})
+        raise EngineUnavailable(
+            f"the container did not start: {err[-1].strip().removeprefix('docker: ')}",
+            hint="check the image and the mounts (`docker run` said so above)")
+    return _finish(child, proc.pid, code, sink, out, err, snapshot, _flushed(sink))
+
+
+def _output_folder(path: Path) -> Path:
+    """The folder a declared output outside the tree is written in (made when missing):
+    the output itself when a folder, else its parent (a file is replaced by renaming)."""
+    folder = path if path.is_dir() else path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _finish(
@@ -438,7 +522,9 @@ def _finish(
         own_logs=own_logs, notes=notes, failures=failures,
     )
     artifacts += produced + api["artifacts"]
-    obs = det.read_probe(probe, pid)
+    # in a container the command's pid is its own; its parent there is docker-init
+    obs = (det.read_probe(probe, None, parent_pid=container.INIT_PARENT_PID)
+           if child.image else det.read_probe(probe, pid))
     determinism, seeds, environment = observed(record, obs, env, api)
     if obs is None:
         notes["determinism"] = (

@@ -46,35 +46,12 @@ from auditor.env.access import RERUN_UID, blocked_for
 from auditor.record.capture.data import check_unchanged
 from auditor.record.capture.git import rebuild_tree
 from auditor.record.capture.secrets import REDACTED
+from auditor.record.container import API_LIB, HOST_SPECIFIC, PACKAGE_DIR, PROBE_LIB
 from auditor.record.outputs import Snapshot
 from auditor.record.wrap import PROBE_PATH
 from auditor.store import RunStore
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the auditor package
 SKIPPABLE = frozenset({"pythonhashseed", "threads", "env"})
-HOST_SPECIFIC = frozenset(
-    {
-        "PATH",
-        "HOME",
-        "PWD",
-        "OLDPWD",
-        "HOSTNAME",
-        "SHLVL",
-        "_",
-        "TERM",
-        "USER",
-        "LOGNAME",
-        "SHELL",
-        "VIRTUAL_ENV",
-        "PYTHONPATH",
-        "PYTHONHOME",
-        "TMPDIR",
-        "DISPLAY",
-        "SSH_AUTH_SOCK",
-        "CONDA_PREFIX",
-        "LD_LIBRARY_PATH",
-    }
-)
 _PY = re.compile(r"^(?:python|pypy)[0-9.]*$")
 DOCKER_SANDBOX = (
     "docker backend: no network (network_mode none), read-only image, uid 1000, all "
@@ -312,7 +289,7 @@ def execute_docker(
     client = docker_client(timeout=limits.timeout_s + 120)
     attempt = uuid.uuid4().hex
     rel_cwd = prep.cwd.relative_to(prep.tree).as_posix()
-    env = {**prep.env, "PYTHONPATH": "/opt/auditor-probe:/opt/auditor-lib",
+    env = {**prep.env, "PYTHONPATH": f"{PROBE_LIB}:{API_LIB}",
            "AUDITOR_PROBE_DIR": "/probe", "AUDITOR_RUN_ID": prep.record.identity.id}
     devices = [DeviceRequest(count=limits.gpus, capabilities=[["gpu"]])] if limits.gpus else []
     started = time.monotonic()
@@ -330,9 +307,9 @@ def execute_docker(
                 tmpfs={"/tmp": "rw,size=512m", "/home/auditor": "rw,size=64m,uid=1000"},
                 volumes={
                     str(prep.tree): {"bind": "/work", "mode": "rw"},
-                    str(PROBE_PATH): {"bind": "/opt/auditor-probe", "mode": "ro"},
+                    str(PROBE_PATH): {"bind": PROBE_LIB, "mode": "ro"},
                     # the stdlib-only attached API, for scripts that `import auditor`
-                    str(PACKAGE_DIR): {"bind": "/opt/auditor-lib/auditor", "mode": "ro"},
+                    str(PACKAGE_DIR): {"bind": f"{API_LIB}/auditor", "mode": "ro"},
                     str(prep.workdir / "probe"): {"bind": "/probe", "mode": "rw"},
                 },
                 cap_drop=["ALL"],

@@ -55,15 +55,24 @@ def observe_self(env: Mapping[str, str]) -> tuple[Determinism, int | None]:
     return from_observation(obs, env), obs.get("torch_initial_seed")
 
 
-def read_probe(folder: Path, child_pid: int | None) -> dict[str, Any] | None:
-    """The observation written by the child (preferring its own pid), if any."""
-    files = sorted(folder.glob("determinism-*.json"))
-    preferred = [f for f in files if f.name == f"determinism-{child_pid}.json"]
-    for path in preferred + files:
+def read_probe(
+    folder: Path, child_pid: int | None, *, parent_pid: int | None = None
+) -> dict[str, Any] | None:
+    """The observation written by the child, if any: preferring the one of pid
+    ``child_pid``, or (in a container, where the command has a pid of its own) the one
+    whose parent is ``parent_pid``; else any process's."""
+    found = []
+    for path in sorted(folder.glob("determinism-*.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         if isinstance(data, dict):
-            return data
-    return None
+            found.append((path.name, data))
+
+    def mine(name: str, data: dict[str, Any]) -> bool:
+        return name == f"determinism-{child_pid}.json" or (
+            parent_pid is not None and data.get("ppid") == parent_pid)
+
+    ranked = [d for n, d in found if mine(n, d)] + [d for _n, d in found]
+    return ranked[0] if ranked else None

@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from auditor.core.schema import ArtifactRef, PythonEnv
@@ -51,7 +51,20 @@ def training_interpreter(argv: list[str], path_env: str | None = None) -> tuple[
     return sys.executable, f"{argv[0]} is not a Python interpreter; recorded auditor's own"
 
 
-def _shebang(path: Path) -> str | None:
+def image_interpreter(argv: list[str]) -> tuple[str, str | None]:
+    """(interpreter, note) for a command run in an image: its ``python…`` as the image's
+    PATH finds it, a script's shebang (read here: the tree is mounted at the same path),
+    else the image's ``python`` with a note."""
+    if argv and _PY_NAME.match(Path(argv[0]).name):
+        return argv[0], None
+    shebang = _shebang(Path(argv[0]), which=lambda name: name) if argv else None
+    if shebang:
+        return shebang, None
+    first = argv[0] if argv else "no command"
+    return "python", f"{first} is not a Python interpreter; recorded the image's python"
+
+
+def _shebang(path: Path, which: Callable[[str], str | None] = shutil.which) -> str | None:
     try:
         with open(path, "rb") as fh:
             line = fh.readline(256).decode(errors="replace").strip()
@@ -61,14 +74,16 @@ def _shebang(path: Path) -> str | None:
         return None
     parts = line[2:].split()
     if parts and Path(parts[0]).name == "env" and len(parts) > 1:
-        return shutil.which(parts[1])
+        return which(parts[1])
     return parts[0] if parts and _PY_NAME.match(Path(parts[0]).name) else None
 
 
-def _run_json(python: str, *args: str, env: dict[str, str] | None = None) -> object | None:
+def _run_json(python: str, *args: str, env: Mapping[str, str] | None = None,
+              prefix: Sequence[str] = ()) -> object | None:
     try:
         out = subprocess.run(
-            [python, *args], capture_output=True, text=True, timeout=120, check=False, env=env
+            [*prefix, python, *args], capture_output=True, text=True, timeout=120, check=False,
+            env=env,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -82,16 +97,28 @@ def _run_json(python: str, *args: str, env: dict[str, str] | None = None) -> obj
 
 
 def capture_python(
-    python: str, put_bytes: Callable[[bytes], tuple[str, int]]
+    python: str,
+    put_bytes: Callable[[bytes], tuple[str, int]],
+    *,
+    inside: Sequence[str] = (),
+    inside_env: Mapping[str, str] | None = None,
+    executable: str | None = None,
 ) -> tuple[PythonEnv | None, list[ArtifactRef], str | None]:
-    """(PythonEnv, artifacts, reason-if-not-captured) for the interpreter at ``python``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    info = _run_json(python, "-I", "-c", _INFO, env=env)
+    """(PythonEnv, artifacts, reason-if-not-captured) for the interpreter at ``python``.
+
+    ``inside`` is an argv prefix that runs it elsewhere (``docker run … IMAGE``; then
+    ``inside_env`` is that command's own environment, and ``executable`` how the record
+    names the interpreter, ``python in docker <id>``)."""
+    env = dict(inside_env or {}) if inside else {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    where = f"{python} in {inside[-1]}" if inside else python
+    info = _run_json(python, "-I", "-c", _INFO, env=env, prefix=inside)
     if not isinstance(info, dict):
-        return None, [], f"{python} did not run: cannot read the interpreter's version"
+        return None, [], f"{where} did not run: cannot read the interpreter's version"
     artifacts: list[ArtifactRef] = []
     report = _run_json(
-        python, "-m", "pip", "--disable-pip-version-check", "inspect", "--local", env=env
+        python, "-m", "pip", "--disable-pip-version-check", "inspect", "--local", env=env,
+        prefix=inside,
     )
     packages: dict[str, str]
     if isinstance(report, dict) and isinstance(report.get("installed"), list):
@@ -109,14 +136,14 @@ def capture_python(
         )
     else:
         local = ()
-        found = _run_json(python, "-I", "-c", _PACKAGES, env=env)
+        found = _run_json(python, "-I", "-c", _PACKAGES, env=env, prefix=inside)
         packages = (
             {normalize(k): str(v) for k, v in (found or {}).items()}
             if isinstance(found, dict)
             else {}
         )
     py = PythonEnv(
-        executable=str(info["executable"]),
+        executable=executable or str(info["executable"]),
         version=str(info["version"]),
         implementation=str(info["implementation"]),
         build=str(info["build"]),

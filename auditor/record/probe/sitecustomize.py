@@ -2,7 +2,8 @@
 
 It must run under any interpreter, so it imports nothing outside the standard library and
 never imports torch itself. At exit it writes the determinism switches, thread counts and
-torch's initial seed as they are then in effect (scripts set them themselves) to
+torch's initial seed as they are then in effect (scripts set them themselves), with its
+pid and its parent's (in a container the command is docker-init's child), to
 ``$AUDITOR_PROBE_DIR/determinism-<pid>.json``. It then hands over to any other
 ``sitecustomize`` module further down the path, so a project's own keeps working.
 """
@@ -53,7 +54,8 @@ def _torch_state(torch: "Any") -> "dict[str, Any]":
 
 def observe() -> "dict[str, Any]":
     """The switches in effect in this process now."""
-    obs: dict[str, Any] = {"pid": os.getpid(), "torch_imported": "torch" in sys.modules,
+    obs: dict[str, Any] = {"pid": os.getpid(), "ppid": os.getppid(),
+           "torch_imported": "torch" in sys.modules,
            "env": {k: os.environ[k] for k in THREAD_VARS if k in os.environ}}
     if obs["torch_imported"]:
         obs.update(_torch_state(sys.modules["torch"]))
