@@ -8,11 +8,16 @@ release gate with the model, and finally records and verifies a clock-seeded run
 ``not-reproduced`` verdict with its cause. Each command is printed before it runs, so the
 output doubles as a tutorial. It ends by printing where the HTML reports are.
 
-The example is recorded in the environment its lockfile describes: a virtualenv built from
-``fixtures/train/requirements.lock`` with the same pip flags a rebuild uses (kept in
-``.demo-env/<lock sha256>`` and reused), so the rebuilt environment matches the recorded
-one package for package; the venv is made from the interpreter a venv rebuild would use,
-so its Python and pip match too. Run it from a source checkout (or any folder holding
+The example is recorded in the environment its lockfile describes. With a docker engine:
+it is recorded once on this host, ``audit build`` makes that run's pinned image from the
+lockfile, and the demo's runs are recorded inside that image (``audit record --in-image``),
+so the verification, which rebuilds the same image (from the build cache), compares the
+image with itself: its certificate lists no environment change. Without an engine: in a
+virtualenv built from ``fixtures/train/requirements.lock`` with the same pip flags a
+rebuild uses (kept in ``.demo-env/<lock sha256>`` and reused; the host record of the
+engine path uses it too), so the rebuilt venv matches the recorded one package for
+package; the venv is made from the interpreter a venv rebuild would use, so its Python and
+pip match too. Run it from a source checkout (or any folder holding
 ``fixtures/``): ``python -m auditor.cli.demo`` also works with an installed wheel.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,7 +62,7 @@ def prepare() -> Path:
         ignore=shutil.ignore_patterns("__pycache__", "requirements.in"),
     )
     shutil.copytree(REPO / "fixtures" / "data", project / "data")
-    (project / ".gitignore").write_text("outputs/\n.auditor/\n")
+    (project / ".gitignore").write_text("outputs/\noutputs-host/\n.auditor/\n")
     for cmd in (
         ["init", "-q", "-b", "main"],
         ["add", "-A"],
@@ -124,6 +130,25 @@ def training_python(env: dict[str, str]) -> str:
     return str(python)
 
 
+def pinned_image(audit: str, project: Path, env: dict[str, str], train: list[str]) -> str:
+    """Record the example once on this host, build that run's pinned image (``audit
+    build``: from its lockfile, cached), and return the image's tag."""
+    print("\nThe example's pinned image: record it once here, then build its lockfile's "
+          "image; the demo's runs are recorded inside that image.")
+    sh(audit, "record", "--name", "mlp-host", "--input", "data/blobs.csv", "--", *train,
+       "--seed", "42", "--out", "outputs-host", cwd=project, env=env)
+    host = _run_id(audit, project, env)
+    argv = [audit, "build", host[:12]]
+    print(f"\n$ {' '.join(argv)}", flush=True)
+    built = subprocess.run(argv, cwd=project, env=env, check=True, stdout=subprocess.PIPE,
+                           text=True).stdout
+    print(built, end="", flush=True)
+    found = re.match(r"docker (\S+) \(", built)
+    if found is None:
+        raise subprocess.CalledProcessError(1, argv, built)
+    return found.group(1)
+
+
 def _run_id(audit: str, project: Path, env: dict[str, str]) -> str:
     out = subprocess.run([audit, "--json", "list", "--limit", "1"], cwd=project, env=env,
                          capture_output=True, text=True, check=True).stdout
@@ -147,15 +172,19 @@ def _demo() -> int:
     audit = str(Path(sys.executable).parent / "audit")
     env = _environment()
     backend: list[str] = []
+    script = ["train_mlp.py", "--data", "data/blobs.csv", "--epochs", "6"]
+    train = [training_python(env), *script]
     if _engine_answers():
         sh(audit, "base-image", "build", cwd=project, env=env)  # reused when present
         env["AUDITOR_BASE_IMAGE"] = "auditor-base:bookworm"
+        # from here on the example runs in its pinned image, with the image's python
+        train = ["--in-image", pinned_image(audit, project, env, train), "--", "python", *script]
     else:
         print("\nno docker engine answers: verification uses the venv backend (weaker "
               "isolation; start dockerd for containers)")
         backend = ["--backend", "venv"]
-    train = [training_python(env), "train_mlp.py", "--data", "data/blobs.csv", "--epochs", "6"]
-    sh(audit, "record", "--name", "mlp-demo", "--input", "data/blobs.csv", "--", *train,
+        train = ["--", *train]
+    sh(audit, "record", "--name", "mlp-demo", "--input", "data/blobs.csv", *train,
        "--seed", "42", cwd=project, env=env)
     rid = _run_id(audit, project, env)
     sh(audit, "list", cwd=project, env=env)
@@ -174,7 +203,7 @@ def _demo() -> int:
     sh(audit, "gate", "outputs/model.safetensors", "--key", str(OUT / "keys" / "auditor.pub"),
        *gate_policy, cwd=project, env=env)
     print("\nNow a run that cannot reproduce: seeded from the clock.")
-    sh(audit, "record", "--name", "mlp-clock", "--input", "data/blobs.csv", "--", *train,
+    sh(audit, "record", "--name", "mlp-clock", "--input", "data/blobs.csv", *train,
        "--seed", "clock", "--out", "outputs-clock", cwd=project, env=env)
     bad = _run_id(audit, project, env)
     code = sh(audit, "verify", bad[:12], *backend, "--html", str(OUT / "report-clock.html"),
