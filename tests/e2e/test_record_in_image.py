@@ -82,7 +82,7 @@ def test_recorded_in_its_image_verifies_bitwise_with_no_environment_change(
     assert rec["determinism"]["source"] == "observed-in-process"  # the probe's file was found
     assert rec["determinism"]["torch_num_threads"]
     assert rec["metrics"]["points"] > 0 and rec["identity"]["status"] == "finished"
-    assert any(a["name"] == "outputs/model.safetensors" for a in rec["artifacts"])
+    assert any(a["name"] == "outputs/outputs/model.safetensors" for a in rec["artifacts"])
     cert = tmp_path / "cert.json"
     done = audit("verify", run_id, "--certificate", str(cert), cwd=pinned["root"],
                  env=pinned["env"], timeout=1800)
@@ -105,7 +105,7 @@ def test_a_teed_log_and_progress_bars_still_record(pinned: dict[str, Any]) -> No
     )
     # the command tees its own log into the repository, and auditor's output is teed too
     cmd = (f"{AUDIT} --json record --in-image {pinned['image']} --name tee -- "
-           "sh -c 'python progress.py 2>&1 | tee logs/progress.log' | tee own.log")
+           "sh -c 'python progress.py | tee logs/progress.log' | tee own.log")
     (pinned["root"] / "logs").mkdir(exist_ok=True)
     done = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=pinned["root"],
                           capture_output=True, text=True, timeout=300,
@@ -117,8 +117,9 @@ def test_a_teed_log_and_progress_bars_still_record(pinned: dict[str, Any]) -> No
     names = {a["name"] for a in rec["artifacts"]}
     assert "outputs/logs/progress.log" in names
     assert not any(n.endswith("own.log") for n in names if n.startswith("outputs/"))
-    log = (pinned["root"] / "logs" / "progress.log").read_text()
-    assert "\r3/3 [###]" in log and '"loss"' in log
+    assert '"loss": 0.5' in (pinned["root"] / "logs" / "progress.log").read_text()
+    assert "3/3 [###]" in done.stderr  # the bars streamed through (\r read as a newline)
+    assert next(a for a in rec["artifacts"] if a["name"] == "logs/stderr.txt")["size"] > 20
 
 
 def _docker_cli_of(run_label: str, within_s: float) -> list[str]:
@@ -152,7 +153,7 @@ def test_a_secret_reaches_the_command_by_name_only(pinned: dict[str, Any]) -> No
         stderr=subprocess.PIPE, text=True,
         env={**os.environ, **GIT_ENV, **pinned["env"], "MY_API_TOKEN": SECRET})
     try:
-        argv = _docker_cli_of("auditor.attempt=", within_s=60)
+        argv = _docker_cli_of("auditor.record=", within_s=60)
     finally:
         _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err  # the value reached the command inside the container
