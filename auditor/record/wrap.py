@@ -481,11 +481,17 @@ def _run_in_image(
     signals.finishing = True
     if signals.forwarded is not None and code == 128 + signals.forwarded:
         code = -signals.forwarded  # docker reports death by signal N as 128 + N
-    if code == 125 and not "".join(out).strip() and err and err[-1].startswith("docker: "):
+    last = err[-1].strip() if err and not "".join(out).strip() else ""
+    if code == 125 and last.startswith("docker: "):
         session.finish(store, record, status="failed", exit_code=125, updates={})
         raise EngineUnavailable(
-            f"the container did not start: {err[-1].strip().removeprefix('docker: ')}",
+            f"the container did not start: {last.removeprefix('docker: ')}",
             hint="check the image and the mounts (`docker run` said so above)")
+    if code in (126, 127) and last.startswith("[FATAL tini") and " exec " in last:
+        session.finish(store, record, status="failed", exit_code=code, updates={})
+        what = "not found" if code == 127 else "not executable"
+        raise InputError(f"command {what} in image {image.ref}: {opts.argv[0]}",
+                         hint="name it as the image's PATH finds it, e.g. python")
     return _finish(child, proc.pid, code, sink, out, err, snapshot, _flushed(sink))
 
 

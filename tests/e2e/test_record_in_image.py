@@ -179,9 +179,20 @@ def test_a_missing_image_or_engine_is_one_line_and_stores_nothing(
     assert no_engine.returncode == 3
     assert no_engine.stderr.strip().count("\n") == 0 and "docker engine" in no_engine.stderr
     assert runs(pinned) == before  # no run row, running or otherwise
+    # a host interpreter's path means nothing in the image: one line, the run stored failed
+    host_python = audit("record", "--in-image", pinned["image"], "--", sys.executable,
+                        "train_mlp.py", cwd=pinned["root"], env=pinned["env"])
+    assert host_python.returncode == 2
+    assert host_python.stderr.strip().splitlines()[-1].startswith(
+        "error: command not found in image")
+    ident = show(pinned, runs(pinned)[0]["id"])["identity"]
+    assert (ident["status"], ident["exit_code"]) == ("failed", 127)
 
 
-def test_ctrl_c_stops_the_container_and_marks_the_run_killed(pinned: dict[str, Any]) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_the_container_and_marks_the_run_killed(
+    pinned: dict[str, Any], signum: int
+) -> None:
     (pinned["root"] / "sleeper.py").write_text(
         "import time\nprint('ready', flush=True)\ntime.sleep(120)\n")
     proc = subprocess.Popen(
@@ -193,12 +204,12 @@ def test_ctrl_c_stops_the_container_and_marks_the_run_killed(pinned: dict[str, A
     run_id = runs(pinned)[0]["id"]
     assert show(pinned, run_id)["identity"]["status"] == "running"
     started = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _out, err = proc.communicate(timeout=60)
-    assert time.monotonic() - started < 30, "the container did not stop on SIGINT"
-    assert proc.returncode == 130, err
+    assert time.monotonic() - started < 30, f"the container did not stop on signal {signum}"
+    assert proc.returncode == 128 + signum, err
     left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=auditor.record={run_id}"],
                           capture_output=True, text=True, check=True).stdout.split()
     assert left == []
     ident = show(pinned, run_id)["identity"]
-    assert ident["status"] == "killed" and ident["exit_code"] == -signal.SIGINT
+    assert ident["status"] == "killed" and ident["exit_code"] == -signum
