@@ -51,18 +51,18 @@ from auditor.store.sql import bits_to_float
 PROBE_PATH = container.PROBE_PATH
 
 
-@dataclass
+@dataclass(frozen=True)
 class WrapOptions:
-    """What ``audit record`` was asked to do."""
+    """What ``audit record`` was asked to do (immutable, as every plan of a run is)."""
 
-    argv: list[str]
+    argv: tuple[str, ...]
     name: str | None = None
-    inputs: list[Path] = field(default_factory=list)
-    outputs: list[Path] = field(default_factory=list)
+    inputs: tuple[Path, ...] = ()
+    outputs: tuple[Path, ...] = ()
     metrics_regex: str | None = None
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
-    tags: list[str] = field(default_factory=list)
-    env_allow: list[str] = field(default_factory=list)
+    tags: tuple[str, ...] = ()
+    env_allow: tuple[str, ...] = ()
     code_dir: Path | None = None
     reproduces: str | None = None
     cwd: Path = field(default_factory=Path.cwd)
@@ -279,7 +279,7 @@ def _record(store: RunStore, opts: WrapOptions, signals: _Signals) -> WrapResult
     own_logs = find_own_logs()
     plan = session.Plan(
         name=opts.name,
-        argv=opts.argv,
+        argv=list(opts.argv),
         cwd=opts.cwd,
         mode="wrap",
         inputs=opts.inputs,
@@ -290,7 +290,7 @@ def _record(store: RunStore, opts: WrapOptions, signals: _Signals) -> WrapResult
         reproduces=opts.reproduces,
         env_allow=opts.env_allow,
         code_dir=opts.code_dir,
-        params=redact_params(parse_argv_params(opts.argv[1:])),
+        params=redact_params(parse_argv_params(list(opts.argv[1:]))),
         metrics_regex=opts.metrics_regex,
         own_logs=own_logs,
         image=image,
@@ -429,6 +429,9 @@ def _stream(
     code = proc.wait()
     for t in threads:
         t.join()
+    for pipe in (proc.stdout, proc.stderr):  # read to the end by the pumps: closed now
+        if pipe is not None:
+            pipe.close()
     return code, out, err
 
 
@@ -458,7 +461,7 @@ def _run_in_image(
     tree = session.project_tree(opts.cwd, opts.code_dir)
     full = [(p if p.is_absolute() else opts.cwd / p).resolve() for p in opts.outputs]
     argv = container.run_argv(
-        image, opts.argv, cwd=opts.cwd.resolve(), tree=tree, probe=child.probe,
+        image, list(opts.argv), cwd=opts.cwd.resolve(), tree=tree, probe=child.probe,
         names=sorted(inner), run_id=record.identity.id,
         # declared inputs and outputs outside the tree (--allow-outside-tree) at their paths
         read_only=[(p if p.is_absolute() else opts.cwd / p).resolve() for p in opts.inputs],
@@ -524,7 +527,7 @@ def _finish(
     artifacts += logs
     api = _ingest_api(store, record.identity.id, probe, sink, failures=failures)
     produced, warnings = outputs.collect(
-        store.blobs, opts.outputs, snapshot, opts.cwd, opts.max_output_bytes,
+        store.blobs, list(opts.outputs), snapshot, opts.cwd, opts.max_output_bytes,
         own_logs=own_logs, notes=notes, failures=failures,
     )
     artifacts += produced + api["artifacts"]
