@@ -52,7 +52,7 @@ def print_runs(runs: Sequence[RunSummary]) -> None:
         )
     out = console()
     out.print(table)
-    lacks = {r.id: getattr(r, "lacks", None) for r in runs}  # `--where` rows carry none
+    lacks = {r.id: r.lacks for r in runs}  # summaries and `--where` rows alike
     imported = [i for i, why in lacks.items() if why]
     if imported:
         shown = ", ".join(i[:10] for i in imported[:5]) + (" …" if len(imported) > 5 else "")

@@ -303,7 +303,9 @@ def all_rows(store: RunStore) -> list[Row]:
 
 def _row(store: RunStore, s: RunSummary, verified: str) -> Row:
     params = s.params
-    if params is None:  # a row written before summaries carried params
+    if params is None and s.status == "corrupt":  # its record fails its digest: no params
+        params = {}
+    elif params is None:  # a row written before summaries carried params
         params = {k: v for k, v in store.get_record(s.id).params.items()
                   if v is None or isinstance(v, str | int | float | bool)}
     return Row(s.id, s.name, s.status, s.started_at, s.commit, s.dirty, s.reproduces, s.tags,
