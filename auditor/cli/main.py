@@ -315,13 +315,20 @@ def record(c: Ctx, /, command: tuple[str, ...], **opts: Any) -> None:
 @pass_ctx
 def list_(c: Ctx, limit: int, where: tuple[str, ...], sort: str | None) -> None:
     """List runs, newest first (or filtered and sorted: see --where, --sort)."""
-    from auditor.store import local_database
-    from auditor.store.fastlist import list_local
+    from auditor.store import local_database, server_location
+    from auditor.store.fastlist import list_local, list_server
     from auditor.store.signatures import KEY_ENV, signed_run_ids
 
-    db = None if where or sort else local_database(c.store_location, c.blobs_location)
-    fast = list_local(db, limit or None) if db is not None else None
-    if fast is not None:  # a local SQLite store read without SQLAlchemy (start-up speed)
+    fast = None
+    if not (where or sort):  # read without SQLAlchemy where it can be (start-up speed)
+        db = local_database(c.store_location, c.blobs_location)
+        server = None if db is not None else server_location(c.store_location,
+                                                             c.blobs_location)
+        if db is not None:
+            fast = list_local(db, limit or None)
+        elif server is not None:
+            fast = list_server(*server, limit or None)
+    if fast is not None:
         runs: list[Any] = fast.runs
         signed = fast.signed
     else:

@@ -49,6 +49,7 @@ __all__ = [
     "open_store",
     "open_store_at",
     "repo_root",
+    "server_location",
     "sha256_file",
     "store_dir_of",
     "validate_run_ref",
@@ -158,6 +159,14 @@ def local_database(location: str | None, blobs: str | None = None) -> Path | Non
         return None
     _guard_local(db.parent)
     return db
+
+
+def server_location(location: str | None, blobs: str | None = None
+                    ) -> tuple[str, str | None] | None:
+    """(URL, artifact location or None) of a PostgreSQL store at ``location``, resolved as
+    ``open_store`` resolves it; None for a local store."""
+    location, blobs = _locate(location, blobs)
+    return (location, blobs) if location.startswith("postgresql") else None
 
 
 def open_store_at(location: str, *, blobs: str | None = None, create: bool = True) -> RunStore:
