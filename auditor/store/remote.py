@@ -132,10 +132,22 @@ class RemoteBlobStore(BlobStore):
                     self._exists_with(key, digest, len(data))
         return digest, len(data)
 
-    def _exists_with(self, key: str, sha256: str, size: int) -> bool:
+    def _size_of(self, key: str) -> int | None:
+        """The size of the object at ``key``; None when there is none. On S3 one HEAD:
+        s3fs's ``info`` of a missing key also lists the key as a "folder", a request
+        per new object whose cost grows with the bucket on some servers."""
         try:
-            found = int(self.fs.info(key)["size"])
+            if hasattr(self.fs, "call_s3"):
+                bucket, _, name = key.partition("/")
+                head = self.fs.call_s3("head_object", self.fs.kwargs, Bucket=bucket, Key=name)
+                return int(head["ContentLength"])
+            return int(self.fs.info(key)["size"])
         except FileNotFoundError:
+            return None
+
+    def _exists_with(self, key: str, sha256: str, size: int) -> bool:
+        found = self._size_of(key)
+        if found is None:
             return False
         if found != size:
             raise IntegrityError(
