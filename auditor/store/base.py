@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pydantic's schema is not imported by `audit list`
     from auditor.core.schema import RunRecord
     from auditor.store.blobs import BlobStore
     from auditor.store.migrate import Upgrade
+    from auditor.store.query import Query
 
 
 class MetricPoint(NamedTuple):
@@ -66,6 +67,18 @@ class RunSummary:
     tags: tuple[str, ...]
     params: dict[str, object] | None = None  # scalar params; None in rows older than them
     lacks: str | None = None  # an imported run: what it lacks to be verifiable
+
+
+@dataclass(frozen=True)
+class PageIds:
+    """One page of the runs table as the database filtered, sorted and cut it."""
+
+    ids: list[str]
+    total: int
+    matched: int
+    page: int
+    param_keys: list[str]
+    metric_keys: list[str]
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,10 @@ class RunStore(Protocol):
                   ids: Sequence[str] | None = None) -> list[RunSummary]:
         """Runs, newest first (only ``ids`` when given)."""
 
+    def query_page(self, query: Query, page: int, size: int) -> PageIds:
+        """The ids of one page (1-based, clamped) of the runs ``query`` selects, filtered,
+        sorted and cut in the database (``store/sqlquery.py``)."""
+
     def run_versions(self) -> dict[str, str]:
         """id -> record sha256 of every run (what changed since a cache last looked)."""
 
@@ -153,6 +170,18 @@ class RunStore(Protocol):
     def metric_arrays(self, run_id: str, key: str | None = None
                       ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """key -> (steps, values) numpy arrays in logging order, exact values."""
+
+    def metric_previews(self, run_id: str
+                        ) -> dict[str, tuple[np.ndarray, np.ndarray, int]] | None:
+        """key -> (steps, values, total): each series' stored curve preview plus the
+        points logged after it (derived, display-only: store/preview.py); None when the
+        run has no usable preview."""
+
+    def refresh_previews(self, run_id: str) -> None:
+        """Recompute the run's curve previews from its series now."""
+
+    def preview_problems(self, run_id: str, *, repair: bool = False) -> list[str]:
+        """Previews that differ from what the run's series gives (``repair``: rebuilt)."""
 
     def metrics_mark(self, run_id: str) -> int:
         """The run's last metric sequence number (-1 for none): unchanged means the

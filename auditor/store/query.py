@@ -373,6 +373,27 @@ def _keys(rows: Sequence[Row], attr: str) -> list[str]:
     return sorted(set().union(*(getattr(r, attr).keys() for r in rows)))
 
 
+def page_runs(store: RunStore, query: Query, *, page: int = 1, size: int = 50) -> Page:
+    """One page of the runs ``query`` selects, filtered, sorted and cut by the database
+    (``RunStore.query_page``); the page's rows are then built from their digest-checked
+    records and checked against ``query`` here (each must match, in the order
+    ``sort_rows`` gives). An index that disagrees (a record changed meanwhile, or rows no
+    digest covers edited) makes this page come from the full Python path instead.
+    ``matched_rows`` is left empty."""
+    size = max(1, size)
+    found = store.query_page(query, page, size)
+    verdicts = latest_verdicts(store)
+    summaries = {s.id: s for s in store.list_runs(ids=found.ids)} if found.ids else {}
+    rows = [_row(store, summaries[i], verdicts.get(i, "never")) for i in found.ids
+            if i in summaries]
+    if (len(rows) == len(found.ids) and all(query.matches(r) for r in rows)
+            and (not query.sort or sort_rows(rows, query.sort) == rows)):
+        return Page(rows, found.total, found.matched, found.page, size, found.param_keys,
+                    found.metric_keys)
+    whole = select(all_rows(store), query, page=page, size=size)
+    return dataclasses.replace(whole, matched_rows=[])
+
+
 def query_runs(store: RunStore, where: Sequence[str] = (), sort: str | None = None,
                *, page: int = 1, size: int = 50) -> Page:
     """The page of runs a filter and sort select, read from ``store``."""

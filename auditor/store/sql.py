@@ -34,7 +34,7 @@ from auditor.core.errors import (
     StoreError,
     StoreUnavailable,
 )
-from auditor.store.base import CertificateRow, MetricPoint, RunSummary
+from auditor.store.base import CertificateRow, MetricPoint, PageIds, RunSummary
 from auditor.store.blobs import BlobStore
 from auditor.store.certlog import CERT_LOG_TABLES, TableLog
 from auditor.store.location import not_a_database
@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # pydantic's schema loads when a record is read or written
     import numpy as np
 
     from auditor.core.schema import RunRecord
+    from auditor.store.query import Query
 
 STORE_SCHEMA_VERSION = 3
 P = ParamSpec("P")
@@ -138,6 +139,31 @@ t_imports = sa.Table(
 
 for _table in CERT_LOG_TABLES:  # the certificate log's tables (store/certlog.py), revision 0003
     _table.to_metadata(meta)
+t_values = sa.Table(  # store/values.py: what the runs table filters and sorts on, in SQL
+    "run_values",
+    meta,
+    sa.Column("run_id", sa.String(26), nullable=False),
+    sa.Column("kind", sa.String(1), nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("num", sa.Float),
+    sa.Column("text", sa.Text),
+    sa.Column("folded", sa.Text),
+    sa.Column("stext", sa.Text),
+    sa.PrimaryKeyConstraint("run_id", "kind", "key"),
+)
+sa.Index("ix_values_num", t_values.c.kind, t_values.c.key, t_values.c.num)
+sa.Index("ix_values_text", t_values.c.kind, t_values.c.key, t_values.c.text)
+t_previews = sa.Table(  # store/preview.py: derived, display-only
+    "metric_previews",
+    meta,
+    sa.Column("run_id", sa.String(26), nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("upto_seq", sa.Integer, nullable=False),  # the run's mark it was made at
+    sa.Column("total", sa.Integer, nullable=False),  # points of the key up to upto_seq
+    sa.Column("steps", sa.LargeBinary, nullable=False),  # <i8
+    sa.Column("vals", sa.LargeBinary, nullable=False),  # <f8
+    sa.PrimaryKeyConstraint("run_id", "key"),
+)
 
 _INSERT_METRICS = ("INSERT INTO metrics (run_id, seq, key, step, value, bits, time) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?)")
@@ -335,6 +361,9 @@ class SqlStore:
         with self._write(record.identity.id) as conn:
             conn.execute(t_runs.delete().where(t_runs.c.id == record.identity.id))
             conn.execute(t_runs.insert().values(**row))
+            write_values(conn, record.identity.id, str(row["record"]))
+            if record.identity.status != "running":  # the final record: previews current
+                write_previews(conn, record.identity.id, self.paramstyle, only_if_due=False)
             conn.execute(t_artifacts.delete().where(t_artifacts.c.run_id == record.identity.id))
             if record.artifacts:
                 conn.execute(
@@ -383,6 +412,16 @@ class SqlStore:
         if len(ids) > 1 and id_or_prefix not in ids:
             raise AmbiguousRunId(id_or_prefix, list(ids))
         return id_or_prefix if id_or_prefix in ids else ids[0]
+
+    @_db
+    def query_page(self, query: Query, page: int, size: int) -> PageIds:
+        """One page of the runs ``query`` selects, filtered, sorted and cut in SQL."""
+        from auditor.store.sqlquery import PageQuery
+
+        sql = PageQuery(t_runs, t_values, t_certs, self.engine.dialect.name)
+        with self.engine.connect() as conn:
+            ids, total, matched, shown, params, metrics = sql.page(conn, query, page, size)
+        return PageIds(ids, total, matched, shown, params, metrics)
 
     @_db
     def run_versions(self) -> dict[str, str]:
@@ -476,7 +515,103 @@ class SqlStore:
             else:
                 cols = ("run_id", "seq", "key", "step", "value", "bits", "time")
                 conn.execute(t_metrics.insert(), [dict(zip(cols, r, strict=True)) for r in rows])
+            write_previews(conn, run_id, self.paramstyle, only_if_due=True)
         return len(batch)
+
+    @property
+    def paramstyle(self) -> str:
+        """The driver's placeholder (``?`` for sqlite3, ``%s`` for psycopg)."""
+        return "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+
+    @_db
+    def metric_previews(self, run_id: str
+                        ) -> dict[str, tuple[np.ndarray, np.ndarray, int]] | None:
+        """key -> (steps, values, total) of every series of the run as its stored preview
+        plus the points logged after it (store/preview.py): the dashboard's cheap read.
+        None when the run has no usable preview (none stored, or one claiming more points
+        than the run has): the caller reads the full series."""
+        import numpy as np
+
+        from auditor.store.preview import decode
+
+        mark = self.paramstyle
+        with self.engine.connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(f"SELECT key, upto_seq, total, steps, vals FROM metric_previews "
+                               f"WHERE run_id = {mark}", (run_id,))
+                stored = cursor.fetchall()
+                cursor.execute(f"SELECT MAX(seq) FROM metrics WHERE run_id = {mark}",
+                               (run_id,))
+                found = cursor.fetchone()
+                top = found[0] if found else None
+                if not stored or top is None:
+                    return None
+                upto = {int(r[1]) for r in stored}
+                if len(upto) != 1 or next(iter(upto)) > int(top):
+                    return None  # not made at one mark, or ahead of the series: not used
+                since = next(iter(upto))
+                cursor.execute(f"SELECT key, step, bits FROM metrics WHERE run_id = {mark} "
+                               f"AND seq > {mark} ORDER BY seq", (run_id, since))
+                tail = cursor.fetchall()
+            finally:
+                cursor.close()
+        out: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+        for key, _upto, total, steps, vals in stored:
+            arrays = decode(bytes(steps), bytes(vals))
+            if arrays is None:
+                return None
+            out[str(key)] = (*arrays, int(total))
+        if tail:
+            grouped: dict[str, list[tuple[int, int]]] = {}
+            for key, step, bits in tail:
+                grouped.setdefault(str(key), []).append((int(step), int(bits)))
+            for key, pairs in grouped.items():
+                flat = np.array(pairs, dtype=np.int64)
+                steps_, vals_ = flat[:, 0].copy(), flat[:, 1].copy().view(np.float64)
+                old = out.get(key)
+                if old is None:
+                    out[key] = (steps_, vals_, len(pairs))
+                else:
+                    out[key] = (np.concatenate([old[0], steps_]),
+                                np.concatenate([old[1], vals_]), old[2] + len(pairs))
+        return out
+
+    @_db
+    def refresh_previews(self, run_id: str) -> None:
+        """Recompute the run's curve previews from its series now."""
+        with self._write(run_id) as conn:
+            write_previews(conn, run_id, self.paramstyle, only_if_due=False)
+
+    @_db
+    def preview_problems(self, run_id: str, *, repair: bool = False) -> list[str]:
+        """Previews of the run that differ from what its series gives (``repair``:
+        rebuilt); a preview made before later points is not a problem."""
+        from auditor.store.preview import decode
+
+        with self.engine.connect() as conn:
+            stored = conn.execute(sa.select(t_previews).where(t_previews.c.run_id == run_id)
+                                  ).all()
+            if not stored:
+                return []
+            upto = max(int(r.upto_seq) for r in stored)
+            want = _previews_of(conn, run_id, self.paramstyle, upto)
+        problems = []
+        keys = {str(r.key) for r in stored}
+        if set(want) - keys:
+            problems.append(f"run {run_id}: curve previews lack "
+                            + ", ".join(sorted(set(want) - keys)))
+        for r in stored:
+            arrays = decode(bytes(r.steps), bytes(r.vals))
+            expected = want.get(str(r.key))
+            if (arrays is None or expected is None or int(r.upto_seq) != upto
+                    or int(r.total) != expected[2] or arrays[0].tobytes() != expected[0]
+                    or arrays[1].tobytes() != expected[1]):
+                problems.append(f"run {run_id}: curve preview of {str(r.key)!r} differs from "
+                                "its series (derived data: `audit fsck --repair` rebuilds it)")
+        if problems and repair:
+            self.refresh_previews(run_id)
+        return problems
 
     @_db_iter
     def iter_metrics(self, run_id: str, key: str | None = None) -> Iterator[MetricPoint]:
@@ -635,6 +770,63 @@ class SqlStore:
     def close(self) -> None:
         """Dispose of the engine's connections."""
         self.engine.dispose()
+
+
+def write_values(conn: Connection, run_id: str, record_text: str) -> None:
+    """The run's ``run_values`` rows (store/values.py), replacing any it had."""
+    from auditor.store.values import record_text_rows
+
+    conn.execute(t_values.delete().where(t_values.c.run_id == run_id))
+    rows = record_text_rows(record_text)
+    if rows:
+        conn.execute(t_values.insert(), rows)
+
+
+def _previews_of(conn: Connection, run_id: str, mark: str, upto: int
+                 ) -> dict[str, tuple[bytes, bytes, int]]:
+    """key -> (steps bytes, values bytes, total) of the run's series up to seq ``upto``."""
+    import itertools
+
+    import numpy as np
+
+    from auditor.store.preview import PREVIEW_POINTS, encode, lttb
+
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(f"SELECT key, step, bits FROM metrics WHERE run_id = {mark} "
+                       f"AND seq <= {mark} ORDER BY key, seq", (run_id, upto))
+        out: dict[str, tuple[bytes, bytes, int]] = {}
+        for key, group in itertools.groupby(cursor.fetchall(), key=lambda r: r[0]):
+            flat = np.fromiter(itertools.chain.from_iterable(r[1:] for r in group),
+                               dtype=np.int64).reshape(-1, 2)
+            steps, values = flat[:, 0].copy(), flat[:, 1].copy().view(np.float64)
+            total = len(steps)
+            out[str(key)] = (*encode(*lttb(steps, values, PREVIEW_POINTS)), total)
+        return out
+    finally:
+        cursor.close()
+
+
+def write_previews(conn: Connection, run_id: str, mark: str, *, only_if_due: bool) -> None:
+    """Recompute the run's curve previews at its current mark (store/preview.py); with
+    ``only_if_due`` only when enough points came since the last ones."""
+    from auditor.store.preview import due
+
+    top = conn.execute(sa.select(sa.func.max(t_metrics.c.seq))
+                       .where(t_metrics.c.run_id == run_id)).scalar_one()
+    if top is None:
+        conn.execute(t_previews.delete().where(t_previews.c.run_id == run_id))
+        return
+    upto = conn.execute(sa.select(sa.func.max(t_previews.c.upto_seq))
+                        .where(t_previews.c.run_id == run_id)).scalar_one()
+    upto = -1 if upto is None else int(upto)
+    if upto == int(top) or (only_if_due and not due(upto, int(top))):
+        return
+    previews = _previews_of(conn, run_id, mark, int(top))
+    conn.execute(t_previews.delete().where(t_previews.c.run_id == run_id))
+    conn.execute(t_previews.insert(), [
+        {"run_id": run_id, "key": key, "upto_seq": int(top), "total": total, "steps": steps,
+         "vals": vals} for key, (steps, vals, total) in previews.items()])
 
 
 def validate_run_ref(text: str) -> None:

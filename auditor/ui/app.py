@@ -31,7 +31,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 
 from auditor.core.errors import AuditorError, InputError, IntegrityError, RunNotFound
 from auditor.store.base import RunStore
-from auditor.store.query import Row, RowCache, latest_verdicts, parse_query, select
+from auditor.store.query import Row, RowCache, latest_verdicts, page_runs, parse_query
 from auditor.ui import pages
 from auditor.ui.views import MAX_COMPARE, compare_view, curves, importance_view
 
@@ -113,11 +113,6 @@ def _rows(cache: RowCache) -> list[Row]:
         return cache.refresh()
 
 
-def _rows_and_keys(cache: RowCache) -> tuple[list[Row], tuple[list[str], list[str]]]:
-    with _LOCK:  # the rows and their column names from the same refresh
-        return cache.refresh(), cache.keys
-
-
 def _run_ids(store: RunStore, runs: str | None, run: list[str] | None) -> list[str]:
     wanted = [r for r in (runs or "").split(",") if r.strip()] + list(run or [])
     if not wanted:
@@ -149,17 +144,18 @@ def _routes(app: FastAPI, store: RunStore) -> None:
     def runs_page(where: Where = None, sort: Sort = None, page: PageNo = 1, size: Size = 50,
                   col: Cols = None, metric: Metric = None) -> str:
         query = parse_query([where] if where else [], sort)
-        rows, keys = _rows_and_keys(cache)
-        result = select(rows, query, page=page, size=size, keys=keys)
-        return pages.runs_page(result, where or "", sort or "", col, metric,
-                               result.matched_rows)
+        result = page_runs(store, query, page=page, size=size)
+        matched: list[Row] = []
+        if metric or any(k.startswith("metrics.") for k, _ in query.sort):
+            # the best-run panel weighs every matched run (seed noise): the cached rows
+            matched = [r for r in _rows(cache) if query.matches(r)]
+        return pages.runs_page(result, where or "", sort or "", col, metric, matched)
 
     @app.get("/api/runs")
     def api_runs(where: Where = None, sort: Sort = None, page: PageNo = 1,
                  size: Size = 50) -> dict[str, Any]:
-        rows, keys = _rows_and_keys(cache)
-        result = select(rows, parse_query([where] if where else [], sort),
-                        page=page, size=size, keys=keys)
+        result = page_runs(store, parse_query([where] if where else [], sort),
+                           page=page, size=size)
         return {"total": result.total, "matched": result.matched, "page": result.page,
                 "pages": result.pages, "size": result.size,
                 "runs": [pages.row_json(r) for r in result.rows]}

@@ -3,8 +3,9 @@
 * ``comparison``: what N runs differ in, section by section (params, seeds, determinism
   and threads, packages, lockfile, code, data, GPU), each row marked ``differs``;
 * ``curves``: metric series downsampled on the server with LTTB (tsdownsample) so a
-  100,000-point series is sent as at most ``points`` points; a run's downsampled curves
-  are kept (``CurveCache``) until its metrics mark moves;
+  100,000-point series is sent as at most ``points`` points, read from the store's curve
+  previews (store/preview.py) where it has them; a run's downsampled curves are kept
+  (``CurveCache``) until its metrics mark moves;
 * ``run_view``: one run's whole record, artifacts, certificates and curves.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from auditor.core.schema import RunRecord
 from auditor.store.base import RunStore
+from auditor.store.preview import lttb as downsample
 from auditor.store.query import BADGES, Row
 from auditor.ui.importance import importance, is_seed_key, varying_params
 
@@ -100,24 +102,19 @@ def lttb(steps: np.ndarray, values: np.ndarray, points: int = MAX_POINTS
          ) -> tuple[list[float], list[float | None]]:
     """At most ``points`` (step, value) pairs keeping the curve's shape (LTTB); NaN and
     infinities are dropped before downsampling (they cannot be drawn)."""
-    finite = np.isfinite(values)
-    steps, values = steps[finite], values[finite]
-    if len(steps) > 1 and bool(np.any(np.diff(steps) < 0)):  # LTTB needs x in order
-        order = np.argsort(steps, kind="stable")
-        steps, values = steps[order], values[order]
-    if len(values) > points:
-        from tsdownsample import LTTBDownsampler
-
-        sampler = LTTBDownsampler()  # type: ignore[no-untyped-call]
-        index = sampler.downsample(steps.astype(np.float64), values, n_out=points)
-        steps, values = steps[index], values[index]
-    return steps.tolist(), values.tolist()
+    xs, ys = downsample(steps, values, points)
+    return xs.tolist(), ys.tolist()
 
 
 def series(store: RunStore, run_id: str, key: str | None = None
-           ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """A run's metric series as numpy arrays, per key."""
-    return store.metric_arrays(run_id, key)
+           ) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """A run's metric series as numpy arrays with their point counts, per key: the
+    store's curve previews plus the points after them where it has them (derived,
+    display-only data, store/preview.py), else the full series."""
+    previews = store.metric_previews(run_id)
+    if previews is not None:
+        return {k: v for k, v in previews.items() if key is None or k == key}
+    return {k: (s, v, len(v)) for k, (s, v) in store.metric_arrays(run_id, key).items()}
 
 
 class CurveCache:
@@ -141,9 +138,9 @@ class CurveCache:
                 self.entries.move_to_end(cache_key)
                 return hit
         out: dict[str, dict[str, Any]] = {}
-        for name, (steps, values) in series(store, run_id, key).items():
+        for name, (steps, values, total) in series(store, run_id, key).items():
             xs, ys = lttb(steps, values, points)
-            out[name] = {"steps": xs, "values": ys, "total": len(values)}
+            out[name] = {"steps": xs, "values": ys, "total": total}
         with self.lock:
             self.entries[cache_key] = out
             while len(self.entries) > self.size:
