@@ -5,7 +5,8 @@ every object re-hashes to its name (naming the runs that reference a bad one); e
 artifact a record names exists; the certificate log (chain, head, and the signed head when
 keys are given) and the certificates table against it; every certified record and subject
 against the digests its certificate signed (``tamper``); leftovers of interrupted writes
-in ``tmp/`` (removed with ``--repair``).
+in ``tmp/`` (removed with ``--repair``); every curve preview (derived, display-only data)
+against what the run's digest-checked series gives (rebuilt with ``--repair``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def check_store(store: RunStore, *, repair: bool = False,
     result = store.integrity_check()
     if result != "ok":
         report.bad(f"database integrity_check: {result}")
-    runs = _check_records(store, report)
+    runs = _check_records(store, report, repair)
     objects = _check_objects(store, report)
     certs = _check_certificates(store, report, list(keys) or None)
     for problem in signatures.problems(store, list(keys)):
@@ -64,7 +65,7 @@ def check_store(store: RunStore, *, repair: bool = False,
     return report
 
 
-def _check_records(store: RunStore, report: FsckReport) -> int:
+def _check_records(store: RunStore, report: FsckReport, repair: bool = False) -> int:
     count = 0
     for run_id, text, sha in list(store.all_records()):  # no nested read transactions
         count += 1
@@ -73,8 +74,15 @@ def _check_records(store: RunStore, report: FsckReport) -> int:
         except AuditorError as exc:
             report.bad(str(exc))
             continue
-        for problem in series_problems(store, record):
+        broken = series_problems(store, record)
+        for problem in broken:
             report.bad(problem)
+        if not broken:  # previews are derived from the series: checked against it
+            for problem in store.preview_problems(run_id, repair=repair):
+                if repair:
+                    report.lines.append(f"fixed {problem.split(' (derived')[0]}: rebuilt")
+                else:
+                    report.bad(problem)
         for art in record.artifacts:
             if not store.blobs.has(art.sha256):
                 report.bad(f"run {run_id}: artifact {art.name} (sha256:{art.sha256}) is missing")

@@ -581,7 +581,7 @@ class SqlStore:
     def refresh_previews(self, run_id: str) -> None:
         """Recompute the run's curve previews from its series now."""
         with self._write(run_id) as conn:
-            write_previews(conn, run_id, self.paramstyle, only_if_due=False)
+            write_previews(conn, run_id, self.paramstyle, only_if_due=False, force=True)
 
     @_db
     def preview_problems(self, run_id: str, *, repair: bool = False) -> list[str]:
@@ -593,6 +593,8 @@ class SqlStore:
             stored = conn.execute(sa.select(t_previews).where(t_previews.c.run_id == run_id)
                                   ).all()
             if not stored:
+                if repair:  # a run stored before previews existed gets its previews
+                    self.refresh_previews(run_id)
                 return []
             upto = max(int(r.upto_seq) for r in stored)
             want = _previews_of(conn, run_id, self.paramstyle, upto)
@@ -807,9 +809,11 @@ def _previews_of(conn: Connection, run_id: str, mark: str, upto: int
         cursor.close()
 
 
-def write_previews(conn: Connection, run_id: str, mark: str, *, only_if_due: bool) -> None:
-    """Recompute the run's curve previews at its current mark (store/preview.py); with
-    ``only_if_due`` only when enough points came since the last ones."""
+def write_previews(conn: Connection, run_id: str, mark: str, *, only_if_due: bool,
+                   force: bool = False) -> None:
+    """Recompute the run's curve previews at its current mark (store/preview.py) unless
+    they are at it already (``force``: even then); with ``only_if_due`` only when enough
+    points came since the last ones."""
     from auditor.store.preview import due
 
     top = conn.execute(sa.select(sa.func.max(t_metrics.c.seq))
@@ -820,7 +824,7 @@ def write_previews(conn: Connection, run_id: str, mark: str, *, only_if_due: boo
     upto = conn.execute(sa.select(sa.func.max(t_previews.c.upto_seq))
                         .where(t_previews.c.run_id == run_id)).scalar_one()
     upto = -1 if upto is None else int(upto)
-    if upto == int(top) or (only_if_due and not due(upto, int(top))):
+    if not force and (upto == int(top) or (only_if_due and not due(upto, int(top)))):
         return
     previews = _previews_of(conn, run_id, mark, int(top))
     conn.execute(t_previews.delete().where(t_previews.c.run_id == run_id))

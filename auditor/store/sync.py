@@ -9,7 +9,9 @@ One function, ``sync(source, target, run_ids)``, does both directions. For each 
    overwritten) and re-hashed *at the target* afterwards, so a wrong or altered object
    on either side stops the run with ``IntegrityError`` naming the digest.
 3. Last, one transaction on the target inserts the metric points, the record row, its
-   artifact index, its signature (``record-sig:<id>`` in ``meta``) and its import key.
+   artifact index, its signature (``record-sig:<id>`` in ``meta``) and its import key;
+   the derived rows (the ``run_values`` index and the curve previews) are made there
+   from what was copied, never copied themselves.
    A run is therefore either wholly at the target or not at all: a push killed at any
    point leaves at most objects that no record names yet, and the next push completes
    it. The record is then read back through its digest.
@@ -48,6 +50,8 @@ from auditor.store.sql import (
     t_meta,
     t_metrics,
     t_runs,
+    write_previews,
+    write_values,
 )
 
 BATCH = 5_000
@@ -232,6 +236,8 @@ def _insert_run(source: SqlStore, target: SqlStore, record: RunRecord,
                 t_imports.c.source_run_id == imp["source_run_id"]))
             conn.execute(t_imports.insert().values(**imp))
         conn.execute(t_runs.insert().values(**row))  # last: the run exists from here on
+        write_values(conn, run_id, str(row["record"]))  # derived rows: made here, not copied
+        write_previews(conn, run_id, target.paramstyle, only_if_due=False)
     return True
 
 
@@ -292,6 +298,8 @@ def import_run(store: RunStore, record: RunRecord, points: list[MetricPoint], *,
             source=source, source_run_id=source_run_id, run_id=run_id,
             imported_at=datetime.now(UTC).isoformat()))
         conn.execute(t_runs.insert().values(**row))
+        write_values(conn, run_id, str(row["record"]))
+        write_previews(conn, run_id, sql.paramstyle, only_if_due=False)
         if sql.on_record is not None:
             sql.on_record(conn, record)
     return True
