@@ -592,12 +592,12 @@ class SqlStore:
         with self.engine.connect() as conn:
             stored = conn.execute(sa.select(t_previews).where(t_previews.c.run_id == run_id)
                                   ).all()
-            if not stored:
-                if repair:  # a run stored before previews existed gets its previews
-                    self.refresh_previews(run_id)
-                return []
-            upto = max(int(r.upto_seq) for r in stored)
-            want = _previews_of(conn, run_id, self.paramstyle, upto)
+            upto = max((int(r.upto_seq) for r in stored), default=-1)
+            want = _previews_of(conn, run_id, self.paramstyle, upto) if stored else {}
+        if not stored:
+            if repair:  # a run stored before previews existed gets its previews
+                self.refresh_previews(run_id)
+            return []
         problems = []
         keys = {str(r.key) for r in stored}
         if set(want) - keys:

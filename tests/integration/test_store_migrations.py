@@ -95,6 +95,14 @@ def v1_location(store_location: tuple[str, str | None], tmp_path: Path) -> tuple
 
 
 def _assert_nothing_lost(store: SqlStore) -> None:
+    from auditor.store.query import all_rows, parse_query, select
+
+    rows = all_rows(store)  # revision 0003 indexed every record: SQL pages as Python's
+    for where, sort in (((), "name"), ((), "-started"), (("name ~ a",), "-name"),
+                        (("tag != x",), "status")):
+        query = parse_query(where, sort)
+        assert store.query_page(query, 1, 100).ids == [
+            r.id for r in select(rows, query, size=100).rows]
     by_id = {r.id: r for r in store.list_runs()}
     assert sorted(by_id) == sorted(r["id"] for r in MANIFEST["runs"])
     for run in MANIFEST["runs"]:

@@ -123,3 +123,86 @@ def test_row_cache_sees_new_changed_removed_and_verified_runs(store: SqlStore) -
     with store.engine.begin() as conn:  # a run removed behind the cache's back
         conn.exec_driver_sql("DELETE FROM runs WHERE name = 'b'")
     assert [r.name for r in cache.refresh()] == ["a"]
+
+
+# -- the runs table in SQL (store/sqlquery.py) against the Python reference ------------
+ODD_PARAMS: list[dict[str, object]] = [
+    {"lr": 0.1, "opt": "adam", "flag": True, "n": 3, "note": "1e3"},
+    {"lr": 0.01, "opt": "sgd", "flag": False, "n": 10, "note": None},
+    {"lr": float("inf"), "opt": "Adam", "n": -2, "note": "élan"},
+    {"lr": float("nan"), "opt": "10", "flag": True},
+    {"lr": 1, "opt": "adam", "n": 3.0, "note": "B"},
+    {"opt": "a b", "note": "b"},
+    {},
+]
+ODD_FINAL: list[dict[str, float]] = [
+    {"accuracy": 0.9, "loss": 0.1}, {"accuracy": 0.5}, {"accuracy": float("nan")},
+    {"accuracy": float("inf"), "loss": -0.0}, {"loss": 0.3}, {}, {"accuracy": 0.9}]
+QUERIES = [
+    ((), None), ((), "name"), ((), "-name"), ((), "params.lr"), ((), "-params.lr"),
+    ((), "params.opt,-metrics.accuracy"), ((), "-params.flag"), ((), "params.note"),
+    ((), "-params.n,name"), ((), "verified"), ((), "-verified,params.lr"), ((), "started"),
+    ((), "metrics.accuracy"), ((), "-metrics.accuracy"), ((), "status,-id"), ((), "commit"),
+    (("params.lr < 0.1",), None), (("params.lr >= 0.01",), "-params.lr"),
+    (("params.lr != 0.1",), "name"), (("params.lr = 1",), None), (("params.opt = adam",), None),
+    (("params.opt ~ AD",), "params.opt"), (("params.opt < b",), None),
+    (("params.opt > 5",), None), (("params.opt != adam",), None), (("params.flag = true",), None),
+    (("params.flag != true",), None), (("params.flag < 1",), None),
+    (("params.note = 1000",), None), (("params.note ~ LAN",), None),
+    (("params.note != x",), None), (("params.n <= 3",), "-params.n"),
+    (("metrics.accuracy >= 0.9",), "name"), (("metrics.accuracy != 0.9",), None),
+    (("metrics.accuracy > 1e308",), None), (("metrics.loss = 0",), None),
+    (("metrics.accuracy ~ nan",), None), (("name ~ RUN-1",), None), (("name = run-3",), None),
+    (("tag = sweep",), None), (("tag != sweep",), None), (("tag ~ od",), None),
+    (("tag < o",), None), (("status = failed",), None), (("status != finished",), None),
+    (("verified = bitwise",), None), (("verified != never",), "-verified"),
+    (("verified ~ not-reproduced",), None), (("verified < never",), None), (("id ~ 0",), None), (("started > 2026-01-01T00:03",), None),
+    (("params.lr < 0.5", "metrics.accuracy >= 0.5"), "-metrics.accuracy"),
+    (("params.opt = adam and tag = sweep",), "params.lr"),
+]
+
+
+def odd_runs(store: SqlStore) -> None:
+    """Runs whose values stress the comparison and sort rules: NaN, inf, booleans,
+    numeric strings, None, case, non-ASCII, ties; some verified (twice: newest wins)."""
+    for i in range(21):
+        rec = put_run(store, name=f"run-{i % 5}", params=ODD_PARAMS[i % 7],
+                      final=ODD_FINAL[(i * 3) % 7], minute=i % 9,
+                      status=("finished", "failed", "running")[i % 3],
+                      tags=(("sweep", "odd") if i % 2 else ("sweep",)) if i % 4 else ())
+        if i % 3 == 0:
+            store.put_certificate(CertificateRow(f"{i:064x}", rec.identity.id, None,
+                                                 "not-reproduced", START, ()))
+        if i % 6 == 0:
+            store.put_certificate(CertificateRow(f"{i + 100:064x}", rec.identity.id, None,
+                                                 "reproduced-bitwise",
+                                                 START.replace(year=2027), ()))
+
+
+def test_sql_pages_equal_the_python_reference(store: SqlStore) -> None:
+    from auditor.store.query import all_rows, page_runs, select
+
+    odd_runs(store)
+    rows = all_rows(store)
+    for where, sort in QUERIES:
+        query = parse_query(where, sort)
+        for page, size in ((1, 100), (1, 4), (2, 4), (6, 4), (99, 4)):
+            want = select(rows, query, page=page, size=size)
+            got = store.query_page(query, page, size)  # the SQL itself, no fallback
+            assert (got.ids, got.total, got.matched, got.page) == (
+                [r.id for r in want.rows], want.total, want.matched, want.page), (where, sort)
+            assert (got.param_keys, got.metric_keys) == (want.param_keys, want.metric_keys)
+        shown = page_runs(store, query, page=1, size=4)
+        assert [r.id for r in shown.rows] == [r.id for r in select(rows, query, size=4).rows]
+
+
+def test_an_index_that_disagrees_with_the_records_is_not_believed(store: SqlStore) -> None:
+    from auditor.store.query import page_runs
+
+    sweep(store, seeds=1)
+    with store.engine.begin() as conn:  # rows no digest covers, edited
+        conn.exec_driver_sql("UPDATE run_values SET num = 0.5 WHERE kind = 'p' AND key = 'lr'"
+                             " AND num < 0.05")
+    query = parse_query(["params.lr >= 0.1"], "-params.lr")
+    assert len(store.query_page(query, 1, 50).ids) == 6  # the edited index admits four more
+    assert sorted(r.name for r in page_runs(store, query).rows) == ["lr0.1-a", "lr0.1-b"]
