@@ -2,11 +2,15 @@
 whole ASGI stack (FastAPI's TestClient), median of several requests after one warm-up.
 
 * ``runs-table``: the first page of the runs table (HTML and JSON) over 10,000 runs;
-  also a filtered, sorted page (``params.lr < 0.01``, ``-metrics.accuracy``);
+  also a filtered, sorted page (``params.lr < 0.01``, ``-metrics.accuracy``), and a deep
+  page sorted by a param (filtered, sorted and cut in SQL);
 * ``compare``: 20 runs with a 100,000-point curve each: server time and payload of
   ``/api/compare`` and of the ``/compare`` page (curves LTTB-downsampled on the server),
-  cold (every series read from the store: the first view of these runs) and warm (the
-  downsampled curves kept by ``CurveCache``: any later view while the runs are unchanged);
+  cold (the process's curve cache emptied before every request: the curves come from the
+  store's previews, written when the points were stored: the first view of these runs),
+  warm (the downsampled curves kept by ``CurveCache``: any later view while the runs are
+  unchanged), and cold without previews (every series read whole: a store upgraded to
+  revision 0003 whose older runs have no previews yet);
 * ``importance``: random forest + permutation importance + seed noise over 1,000 runs x
   20 params.
 
@@ -35,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from auditor.core.schema import Command, Identity, MetricsSummary, RunRecord, new_run_id  # noqa: E402
 from auditor.store import open_store  # noqa: E402
 from auditor.store.query import all_rows  # noqa: E402
-from auditor.store.sql import SqlStore, _record_row, t_runs  # noqa: E402
+from auditor.store.sql import SqlStore, _record_row, t_previews, t_runs, t_values  # noqa: E402
+from auditor.store.values import record_text_rows  # noqa: E402
 from auditor.ui.importance import importance  # noqa: E402
 from auditor.ui.views import CURVES  # noqa: E402
 
@@ -53,8 +58,12 @@ def record(i: int, params: dict[str, Any], final: dict[str, float]) -> RunRecord
 
 
 def bulk(store: SqlStore, records: list[RunRecord]) -> None:
+    """The rows ``put_record`` writes (the run and its ``run_values``), in one go."""
+    rows = [_record_row(r, None) for r in records]
     with store.engine.begin() as conn:
-        conn.execute(t_runs.insert(), [_record_row(r, None) for r in records])
+        conn.execute(t_runs.insert(), rows)
+        conn.execute(t_values.insert(), [v for row in rows
+                                         for v in record_text_rows(str(row["record"]))])
 
 
 def timed(client: Any, url: str, repeat: int = 5, *, cold: bool = False) -> dict[str, float]:
@@ -104,6 +113,8 @@ def main() -> None:
             "json first page": timed(client, "/api/runs"),
             "filtered sorted page": timed(
                 client, "/api/runs?where=params.lr%20%3C%200.01&sort=-metrics.accuracy"),
+            "page 100 sorted by a param": timed(
+                client, "/api/runs?sort=params.batch,-metrics.loss&page=100"),
         }
         print(json.dumps(out["runs-table"]), flush=True)
         ids = [r.identity.id for r in recs[: args.compare]]
@@ -112,10 +123,14 @@ def main() -> None:
                                         float(s)) for s in range(args.points)])
         joined = ",".join(ids)
         out["compare"] = {"runs": args.compare, "points per curve": args.points,
-                          "api cold (curves read from the store)":
+                          "api cold (curves read from the store's previews)":
                               timed(client, f"/api/compare?runs={joined}", 3, cold=True),
                           "api": timed(client, f"/api/compare?runs={joined}", 3),
                           "page": timed(client, f"/compare?runs={joined}", 3)}
+        with store.engine.begin() as conn:  # a store upgraded to 0003, not yet repaired
+            conn.execute(t_previews.delete())
+        out["compare"]["api cold without previews (full series read)"] = timed(
+            client, f"/api/compare?runs={joined}", 3, cold=True)
         print(json.dumps(out["compare"]), flush=True)
         store.close()
     with tempfile.TemporaryDirectory() as tmp:

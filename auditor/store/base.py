@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # pydantic's schema is not imported by `audit list`
     from auditor.core.schema import RunRecord
     from auditor.store.blobs import BlobStore
     from auditor.store.migrate import Upgrade
-    from auditor.store.query import Query
 
 
 class MetricPoint(NamedTuple):
@@ -67,6 +66,26 @@ class RunSummary:
     tags: tuple[str, ...]
     params: dict[str, object] | None = None  # scalar params; None in rows older than them
     lacks: str | None = None  # an imported run: what it lacks to be verifiable
+
+
+class ClauseSpec(Protocol):
+    """One filter clause (``store/query.py``'s ``Clause``)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def op(self) -> str: ...
+    @property
+    def value(self) -> str | float: ...
+
+
+class QuerySpec(Protocol):
+    """A filter and sort (``store/query.py``'s ``Query``)."""
+
+    @property
+    def clauses(self) -> Sequence[ClauseSpec]: ...
+    @property
+    def sort(self) -> Sequence[tuple[str, bool]]: ...
 
 
 @dataclass(frozen=True)
@@ -147,7 +166,7 @@ class RunStore(Protocol):
                   ids: Sequence[str] | None = None) -> list[RunSummary]:
         """Runs, newest first (only ``ids`` when given)."""
 
-    def query_page(self, query: Query, page: int, size: int) -> PageIds:
+    def query_page(self, query: QuerySpec, page: int, size: int) -> PageIds:
         """The ids of one page (1-based, clamped) of the runs ``query`` selects, filtered,
         sorted and cut in the database (``store/sqlquery.py``)."""
 

@@ -34,7 +34,7 @@ from auditor.core.errors import (
     StoreError,
     StoreUnavailable,
 )
-from auditor.store.base import CertificateRow, MetricPoint, PageIds, RunSummary
+from auditor.store.base import CertificateRow, MetricPoint, PageIds, QuerySpec, RunSummary
 from auditor.store.blobs import BlobStore
 from auditor.store.certlog import CERT_LOG_TABLES, TableLog
 from auditor.store.location import not_a_database
@@ -52,7 +52,6 @@ if TYPE_CHECKING:  # pydantic's schema loads when a record is read or written
     import numpy as np
 
     from auditor.core.schema import RunRecord
-    from auditor.store.query import Query
 
 STORE_SCHEMA_VERSION = 3
 P = ParamSpec("P")
@@ -414,7 +413,7 @@ class SqlStore:
         return id_or_prefix if id_or_prefix in ids else ids[0]
 
     @_db
-    def query_page(self, query: Query, page: int, size: int) -> PageIds:
+    def query_page(self, query: QuerySpec, page: int, size: int) -> PageIds:
         """One page of the runs ``query`` selects, filtered, sorted and cut in SQL."""
         from auditor.store.sqlquery import PageQuery
 

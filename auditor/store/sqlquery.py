@@ -22,7 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from auditor.store.query import BADGES, Clause, Query
+from auditor.store.base import ClauseSpec, QuerySpec
+from auditor.store.query import BADGES
 
 _KINDS = {"params.": "p", "metrics.": "m"}
 
@@ -64,7 +65,7 @@ class PageQuery:
             ">": column > value, ">=": column >= value}
         return conditions[op]
 
-    def clause(self, clause: Clause) -> ColumnElement[bool]:
+    def clause(self, clause: ClauseSpec) -> ColumnElement[bool]:
         """One clause as a condition on ``runs``."""
         if clause.key == "verified":
             return self._verified_clause(clause)
@@ -82,7 +83,7 @@ class PageQuery:
         exists = sa.exists(sa.select(sa.literal(1)).select_from(v).where(*where))
         return ~exists if clause.op == "!=" else exists
 
-    def _verified_clause(self, clause: Clause) -> ColumnElement[bool]:
+    def _verified_clause(self, clause: ClauseSpec) -> ColumnElement[bool]:
         value = clause.value
         if isinstance(value, float):  # a badge is never a number
             return sa.true() if clause.op == "!=" else sa.false()
@@ -94,11 +95,11 @@ class PageQuery:
             "<=": badge <= value, ">": badge > value, ">=": badge >= value}
         return conditions[clause.op]
 
-    def where(self, query: Query) -> list[ColumnElement[bool]]:
+    def where(self, query: QuerySpec) -> list[ColumnElement[bool]]:
         """Every clause as a condition on ``runs``."""
         return [self.clause(c) for c in query.clauses]
 
-    def page(self, conn: Connection, query: Query, page: int, size: int
+    def page(self, conn: Connection, query: QuerySpec, page: int, size: int
              ) -> tuple[list[str], int, int, int, list[str], list[str]]:
         """(ids of the page, total runs, matched runs, page shown, param keys, metric
         keys of the matched runs)."""
