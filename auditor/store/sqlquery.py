@@ -124,14 +124,24 @@ class PageQuery:
             order.extend(self._order(s, descending))
         select = select.order_by(*order, runs.c.id.desc()).limit(size).offset((page - 1) * size)
         ids = [str(i) for i in conn.execute(select).scalars()]
-        v = self.values
-        keys = sa.select(v.c.kind, v.c.key).distinct().where(v.c.kind.in_(("p", "m")))
-        if where:
-            keys = keys.where(v.c.run_id.in_(sa.select(runs.c.id).where(*where)))
-        found = conn.execute(keys).all()
+        found = conn.execute(self._keys(where)).all()
         params = sorted(str(k) for kind, k in found if kind == "p")
         metrics = sorted(str(k) for kind, k in found if kind == "m")
         return ids, int(total), int(matched), page, params, metrics
+
+    def _keys(self, where: list[ColumnElement[bool]]) -> Any:
+        """The param and metric names of the matched runs: every name any run has, each
+        kept when a matched run has it (one probe per name, driven by the name's rows)."""
+        v = self.values
+        names = (sa.select(v.c.kind, v.c.key).distinct().where(v.c.kind.in_(("p", "m")))
+                 .subquery("names"))
+        if not where:
+            return sa.select(names.c.kind, names.c.key)
+        has = self.values.alias("has")
+        probe = (sa.select(sa.literal(1)).select_from(has.join(self.runs,
+                                                               has.c.run_id == self.runs.c.id))
+                 .where(has.c.kind == names.c.kind, has.c.key == names.c.key, *where))
+        return sa.select(names.c.kind, names.c.key).where(sa.exists(probe))
 
     def _order(self, s: Any, descending: bool) -> Sequence[Any]:
         missing = sa.case((s.c.stext.is_(None), 1), else_=0)
