@@ -425,13 +425,15 @@ def checkout(c: Ctx, run: str, dest: Path) -> None:
 
 
 @main.command()
-@click.option("--repair", is_flag=True, help="Remove leftovers of interrupted writes.")
+@click.option("--repair", is_flag=True,
+              help="Remove leftovers of interrupted writes; rebuild curve previews.")
 @click.option("--key", "keys", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Trusted public key: also check the certificate log's signed head.")
 @quiet_option
 @pass_ctx
 def fsck(c: Ctx, repair: bool, keys: tuple[Path, ...]) -> None:
-    """Check the store: database, records, objects, the certificate log and what it certifies."""
+    """Check the store: database, records, objects, curve previews, the certificate log and
+    what it certifies."""
     from auditor.core.keys import load_public_key
     from auditor.release.fsck import check_store
 

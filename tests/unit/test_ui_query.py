@@ -156,7 +156,8 @@ QUERIES = [
     (("tag = sweep",), None), (("tag != sweep",), None), (("tag ~ od",), None),
     (("tag < o",), None), (("status = failed",), None), (("status != finished",), None),
     (("verified = bitwise",), None), (("verified != never",), "-verified"),
-    (("verified ~ not-reproduced",), None), (("verified < never",), None), (("id ~ 0",), None), (("started > 2026-01-01T00:03",), None),
+    (("verified ~ not-reproduced",), None), (("verified < never",), None),
+    (("id ~ 0",), None), (("started > 2026-01-01T00:03",), None),
     (("params.lr < 0.5", "metrics.accuracy >= 0.5"), "-metrics.accuracy"),
     (("params.opt = adam and tag = sweep",), "params.lr"),
 ]
