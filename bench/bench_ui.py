@@ -10,7 +10,7 @@ whole ASGI stack (FastAPI's TestClient), median of several requests after one wa
   store's previews, written when the points were stored: the first view of these runs),
   warm (the downsampled curves kept by ``CurveCache``: any later view while the runs are
   unchanged), and cold without previews (every series read whole: a store upgraded to
-  revision 0003 whose older runs have no previews yet);
+  revision 0004 whose older runs have no previews yet);
 * ``importance``: random forest + permutation importance + seed noise over 1,000 runs x
   20 params.
 
@@ -127,7 +127,7 @@ def main() -> None:
                               timed(client, f"/api/compare?runs={joined}", 3, cold=True),
                           "api": timed(client, f"/api/compare?runs={joined}", 3),
                           "page": timed(client, f"/compare?runs={joined}", 3)}
-        with store.engine.begin() as conn:  # a store upgraded to 0003, not yet repaired
+        with store.engine.begin() as conn:  # a store upgraded to 0004, not yet repaired
             conn.execute(t_previews.delete())
         out["compare"]["api cold without previews (full series read)"] = timed(
             client, f"/api/compare?runs={joined}", 3, cold=True)

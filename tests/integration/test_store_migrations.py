@@ -97,7 +97,7 @@ def v1_location(store_location: tuple[str, str | None], tmp_path: Path) -> tuple
 def _assert_nothing_lost(store: SqlStore) -> None:
     from auditor.store.query import all_rows, parse_query, select
 
-    rows = all_rows(store)  # revision 0003 indexed every record: SQL pages as Python's
+    rows = all_rows(store)  # revision 0004 indexed every record: SQL pages as Python's
     for where, sort in (((), "name"), ((), "-started"), (("name ~ a",), "-name"),
                         (("tag != x",), "status")):
         query = parse_query(where, sort)
@@ -144,9 +144,9 @@ def test_audit_store_upgrade_command(tmp_path: Path) -> None:
     location = str(_copy_v1(tmp_path / "v1"))
     first = audit("--store", location, "store", "upgrade", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip().endswith("upgraded from revision 0001 to 0003")
+    assert first.stdout.strip().endswith("upgraded from revision 0001 to 0004")
     second = audit("--store", location, "store", "upgrade", cwd=tmp_path)
-    assert second.stdout.strip().endswith("is at the current revision 0003")
+    assert second.stdout.strip().endswith("is at the current revision 0004")
 
 
 def _open_and_report(loc: tuple[str, str | None], queue: mp.Queue) -> None:  # type: ignore[type-arg]

@@ -182,7 +182,7 @@ def test_push_makes_previews_anew_at_the_target(tmp_path: Path, store: SqlStore)
 
 def test_a_run_without_previews_is_read_whole_and_repair_makes_them(store: SqlStore) -> None:
     run = put_run(store, name="old", series={"loss": wave(LONG, spike_at=77)}).identity.id
-    with store.engine.begin() as conn:  # as a store upgraded to revision 0003 has it
+    with store.engine.begin() as conn:  # as a store upgraded to revision 0004 has it
         conn.execute(sa.text("DELETE FROM metric_previews"))
     assert store.metric_previews(run) is None
     CURVES.entries.clear()
