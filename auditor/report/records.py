@@ -149,6 +149,7 @@ def print_record(rec: RunRecord) -> None:
             [
                 ("version", f"{py.version} ({py.implementation})"),
                 ("executable", py.executable),
+                ("recorded in", rec.not_captured.get("recorded_in")),  # audit record --in-image
                 ("packages", len(py.packages)),
                 (
                     "lockfile",
@@ -205,4 +206,5 @@ def print_record(rec: RunRecord) -> None:
             if a.kind in ("output", "log")
         ],
     )
-    _section(out, "not captured", sorted(rec.not_captured.items()))
+    _section(out, "not captured",
+             sorted((k, v) for k, v in rec.not_captured.items() if k != "recorded_in"))
