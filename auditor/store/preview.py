@@ -21,6 +21,10 @@ for bit.
 
 from __future__ import annotations
 
+import math
+import struct
+from itertools import pairwise
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -48,6 +52,24 @@ def lttb(steps: np.ndarray, values: np.ndarray, points: int
         index = sampler.downsample(steps.astype(np.float64), values, n_out=points)
         steps, values = steps[index], values[index]
     return steps, values
+
+
+_BITS = struct.Struct("<q")
+_DOUBLE = struct.Struct("<d")
+
+
+def small_preview(points: list[tuple[int, int]]) -> tuple[bytes, bytes]:
+    """``encode(*lttb(steps, values, PREVIEW_POINTS))`` of a series of at most
+    ``PREVIEW_POINTS`` (step, IEEE-754 bits) points, byte for byte, without numpy: a
+    short run's recorder (most runs) does not pay numpy's import for its preview."""
+    if len(points) > PREVIEW_POINTS:
+        raise ValueError(f"{len(points)} points: more than a small preview holds")
+    pairs = [(step, _DOUBLE.unpack(_BITS.pack(bits))[0]) for step, bits in points]
+    kept = [(step, value) for step, value in pairs if math.isfinite(value)]
+    if any(b[0] < a[0] for a, b in pairwise(kept)):  # LTTB needs x in order (stable)
+        kept.sort(key=itemgetter(0))
+    return (struct.pack(f"<{len(kept)}q", *(step for step, _ in kept)),
+            struct.pack(f"<{len(kept)}d", *(value for _, value in kept)))
 
 
 def due(upto_seq: int, mark: int) -> bool:

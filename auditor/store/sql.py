@@ -788,9 +788,7 @@ def _previews_of(conn: Connection, run_id: str, mark: str, upto: int
     """key -> (steps bytes, values bytes, total) of the run's series up to seq ``upto``."""
     import itertools
 
-    import numpy as np
-
-    from auditor.store.preview import PREVIEW_POINTS, encode, lttb
+    from auditor.store.preview import PREVIEW_POINTS, encode, lttb, small_preview
 
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
@@ -798,7 +796,13 @@ def _previews_of(conn: Connection, run_id: str, mark: str, upto: int
                        f"AND seq <= {mark} ORDER BY key, seq", (run_id, upto))
         out: dict[str, tuple[bytes, bytes, int]] = {}
         for key, group in itertools.groupby(cursor.fetchall(), key=lambda r: r[0]):
-            flat = np.fromiter(itertools.chain.from_iterable(r[1:] for r in group),
+            rows = [(int(r[1]), int(r[2])) for r in group]
+            if len(rows) <= PREVIEW_POINTS:  # the same bytes, without importing numpy
+                out[str(key)] = (*small_preview(rows), len(rows))
+                continue
+            import numpy as np
+
+            flat = np.fromiter(itertools.chain.from_iterable(rows),
                                dtype=np.int64).reshape(-1, 2)
             steps, values = flat[:, 0].copy(), flat[:, 1].copy().view(np.float64)
             total = len(steps)

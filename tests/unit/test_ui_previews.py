@@ -191,3 +191,25 @@ def test_a_run_without_previews_is_read_whole_and_repair_makes_them(store: SqlSt
     assert check_store(store).problems == []  # a missing preview is no fault
     assert check_store(store, repair=True).problems == []
     assert [tuple(r) for r in preview_rows(store, run)] == [("loss", LONG - 1, LONG)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_short_series_preview_is_the_same_bytes_without_numpy(seed: int) -> None:
+    # previews of short series are made without numpy (a recorder need not import it);
+    # they must equal the numpy path's bytes, or fsck would flag every older preview
+    import random
+    import struct
+
+    from auditor.store.preview import lttb, small_preview
+
+    rng = random.Random(seed)
+    specials = [float("nan"), float("inf"), float("-inf"), -0.0, 5e-324, 1e308]
+    n = rng.choice([0, 1, 2, 17, 500, PREVIEW_POINTS])
+    steps = [rng.randrange(-5, 2000) if seed % 2 else i for i in range(n)]  # odd: unsorted
+    values = [rng.choice(specials) if rng.random() < 0.1 else rng.uniform(-1, 1)
+              for _ in range(n)]
+    bits = [struct.unpack("<q", struct.pack("<d", v))[0] for v in values]
+    flat = np.array(list(zip(steps, bits, strict=True)), dtype=np.int64).reshape(-1, 2)
+    expected = encode(*lttb(flat[:, 0].copy(), flat[:, 1].copy().view(np.float64),
+                            PREVIEW_POINTS))
+    assert small_preview(list(zip(steps, bits, strict=True))) == expected
