@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import secrets
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,14 +33,7 @@ RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE.parent))
 TARGET_S = 0.5
 
-
-def median_wall(argv: list[str], env: dict[str, str], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(argv, env=env, check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times), 4)
+from bench.bench_startup import median_wall  # noqa: E402 - after the sys.path line
 
 
 def build(store_url: str, blobs: str, runs: int) -> float:

@@ -75,12 +75,19 @@ def _read(conn: sqlite3.Connection, limit: int | None) -> Listing | None:
             "SELECT id, started_at, record, record_sha256 FROM runs ORDER BY id DESC LIMIT ?",
             (-1 if limit is None else limit,),
         ).fetchall()
-        sigs = {}
-        for key, value in conn.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?",
-                                       (len(PREFIX), PREFIX)):
-            sig = _parse(key, value)
-            if sig is not None:
-                sigs[sig.run_id] = sig.record_sha256
+        meta = conn.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?",
+                            (len(PREFIX), PREFIX)).fetchall()
+    return _listing(rows, meta)
+
+
+def _listing(rows: list[Any], meta: list[Any]) -> Listing:
+    """The summaries of ``rows`` (id, started_at, record, record_sha256) and which of them
+    carry a signature (``meta`` rows under ``PREFIX``) for their exact record."""
+    sigs = {}
+    for key, value in meta:
+        sig = _parse(key, value)
+        if sig is not None:
+            sigs[sig.run_id] = sig.record_sha256
     runs = [_summary_of_record(*row) for row in rows]
     signed = {run_id for run_id, _started, _text, sha in rows if sigs.get(run_id) == sha}
     return Listing(runs, signed)
@@ -198,12 +205,6 @@ def _read_pg(conn: Any, blobs: str | None, limit: int | None) -> Listing | None:
         + (" LIMIT %s" if limit is not None else ""),
         (limit,) if limit is not None else (),
     ).fetchall()
-    sigs = {}
-    for key, value in conn.execute("SELECT key, value FROM meta WHERE substr(key, 1, %s) = %s",
-                                   (len(PREFIX), PREFIX)):
-        sig = _parse(key, value)
-        if sig is not None:
-            sigs[sig.run_id] = sig.record_sha256
-    runs = [_summary_of_record(*row) for row in rows]
-    signed = {run_id for run_id, _started, _text, sha in rows if sigs.get(run_id) == sha}
-    return Listing(runs, signed)
+    meta = conn.execute("SELECT key, value FROM meta WHERE substr(key, 1, %s) = %s",
+                        (len(PREFIX), PREFIX)).fetchall()
+    return _listing(rows, meta)
