@@ -105,7 +105,9 @@ class TableLog:
         with self._connection() as conn:
             last = conn.execute(sa.select(sa.func.max(t_cert_log.c.pos))).scalar_one_or_none()
             conn.execute(t_cert_log.insert().values(pos=int(last or 0) + 1, line=line))
-        return len(self.read(LOG_NAME))
+            size = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(
+                sa.func.length(t_cert_log.c.line) + 1), 0))).scalar_one()
+        return int(size)  # the log's bytes, newlines included, counted in the database
 
     def write(self, name: str, data: bytes | None) -> None:
         """Replace a head part (``None`` removes it), inside ``locked``."""
