@@ -25,12 +25,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from auditor.core.errors import EngineUnavailable, InputError, StoreError
+from auditor.core.errors import EngineUnavailable, InputError
 from auditor.core.schema import (
     ArtifactRef,
     Determinism,
@@ -42,11 +42,11 @@ from auditor.core.schema import (
 from auditor.record import container, outputs, session
 from auditor.record.capture import determinism as det
 from auditor.record.capture import git as git_capture
-from auditor.record.capture.secrets import redact_bytes, redact_params, redacted_env_value
+from auditor.record.capture.secrets import redact_params, redacted_env_value
 from auditor.record.capture.streams import OwnLogs, find_own_logs
+from auditor.record.childio import ingest_api, pump, store_logs
 from auditor.record.outputs import DEFAULT_MAX_OUTPUT_BYTES
 from auditor.store import MetricPoint, RunStore, store_dir_of
-from auditor.store.sql import bits_to_float
 
 PROBE_PATH = container.PROBE_PATH
 
@@ -224,22 +224,6 @@ def _coerce(value: str) -> Any:
     return {"true": True, "false": False}.get(value.lower(), value)
 
 
-def _pump(
-    stream: IO[bytes],
-    sink: IO[str] | None,
-    chunks: list[str],
-    on_line: Callable[[int, str], None] | None,
-) -> None:
-    for lineno, raw in enumerate(iter(stream.readline, b""), start=1):
-        line = raw.decode("utf-8", errors="replace")
-        chunks.append(line)
-        if sink is not None:
-            sink.write(line)
-            sink.flush()
-        if on_line is not None:
-            on_line(lineno, line)
-
-
 def child_env(
     base: Mapping[str, str], record: RunRecord, probe_dir: Path, store_url: str
 ) -> dict[str, str]:
@@ -414,12 +398,12 @@ def _stream(
     err: list[str] = []
     threads = [
         threading.Thread(
-            target=_pump,
+            target=pump,
             args=(proc.stdout, None if quiet else sys.stdout, out, sink.feed),
             daemon=True,
         ),
         threading.Thread(
-            target=_pump,
+            target=pump,
             args=(proc.stderr, None if quiet else sys.stderr, err, None),
             daemon=True,
         ),
@@ -523,9 +507,9 @@ def _finish(
     notes.update(capture.notes)
     dropped = {a.name for a in child.code.artifacts} - {a.name for a in capture.artifacts}
     artifacts = [a for a in record.artifacts if a.name not in dropped]
-    logs, rescued = _store_logs(store, record.identity.id, "".join(out), "".join(err), failures)
+    logs, rescued = store_logs(store, record.identity.id, "".join(out), "".join(err), failures)
     artifacts += logs
-    api = _ingest_api(store, record.identity.id, probe, sink, failures=failures)
+    api = ingest_api(store, record.identity.id, probe, sink, failures=failures)
     produced, warnings = outputs.collect(
         store.blobs, list(opts.outputs), snapshot, opts.cwd, opts.max_output_bytes,
         own_logs=own_logs, notes=notes, failures=failures,
@@ -599,84 +583,6 @@ def observed(record: RunRecord, obs: dict[str, Any] | None, env: dict[str, str],
         update={"accelerators": session.with_cuda_stack(record.environment.accelerators, obs)}
     )
     return determinism, seeds, environment
-
-
-def _logs(store: RunStore, out: str, err: str) -> list[ArtifactRef]:
-    """The scrubbed logs as artifacts (StoreError when the store cannot take them)."""
-    failures: list[str] = []
-    refs, rescued = _store_logs(store, "rerun", out, err, failures)
-    if failures:
-        raise StoreError(failures[0] + (f" (the logs are kept in {rescued})" if rescued else ""))
-    return refs
-
-
-def _store_logs(
-    store: RunStore, run_id: str, out: str, err: str, failures: list[str]
-) -> tuple[list[ArtifactRef], Path | None]:
-    """The scrubbed logs as artifacts; when the store cannot take them they are written to
-    a private folder instead (returned) and the failure is named in ``failures``."""
-    refs = []
-    rescued: Path | None = None
-    for name, text in (("logs/stdout.txt", out), ("logs/stderr.txt", err)):
-        data = redact_bytes(text.encode("utf-8", "replace"))
-        try:
-            sha, size = store.blobs.put_bytes(data)
-        except StoreError as exc:
-            failures.append(f"{name}: {exc}")
-            rescued = rescued or Path(tempfile.mkdtemp(prefix=f"auditor-logs-{run_id}-"))
-            (rescued / Path(name).name).write_bytes(data)
-            continue
-        refs.append(ArtifactRef(name=name, sha256=sha, size=size, kind="log"))
-    return refs, rescued
-
-
-def _ingest_api(
-    store: RunStore,
-    run_id: str,
-    probe: Path,
-    sink: MetricSink,
-    path_map: Callable[[str], Path] = Path,
-    *,
-    failures: list[str] | None = None,
-) -> dict[str, Any]:
-    """Merge what the Python API wrote from inside the child (``path_map`` turns the paths
-    it reported into paths on this host)."""
-    found: dict[str, Any] = {"params": {}, "seed": None, "seeded": [], "artifacts": []}
-    for path in sorted(probe.glob("api-*.json")):
-        data = json.loads(path.read_text())
-        found["params"].update(redact_params(data.get("params", {})))
-        found["seed"] = data.get("seed", found["seed"])
-        found["seeded"] = data.get("seeded") or found["seeded"]
-    for path in sorted(probe.glob("metrics-*.jsonl")):
-        points = [
-            MetricPoint(k, int(s), bits_to_float(int(b)), float(t)) for k, s, b, t in _jsonl(path)
-        ]
-        sink.points += store.add_metrics(run_id, points)
-        for p in points:
-            sink.final[p.key] = p.value
-    artifact_lines = (
-        _jsonl(probe / "artifacts.jsonl") if (probe / "artifacts.jsonl").exists() else []
-    )
-    for item in artifact_lines:
-        path = path_map(item["path"])
-        name = f"outputs/{item.get('name') or path.name}"
-        try:
-            found["artifacts"].append(outputs.store_artifact(store.blobs, path, name))
-        except StoreError as exc:
-            if failures is None:
-                raise
-            failures.append(f"{name}: {exc}")
-    return found
-
-
-def _jsonl(path: Path) -> list[Any]:
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill: everything before it is kept
-    return rows
 
 
 def _dedupe(artifacts: list[ArtifactRef]) -> list[ArtifactRef]:

@@ -39,7 +39,8 @@ from auditor.record import outputs, session
 from auditor.record.capture import determinism as det
 from auditor.record.capture.gpu import capture_gpus, gpu_signature
 from auditor.record.capture.secrets import redact_env, redact_text
-from auditor.record.wrap import MetricSink, _ingest_api, _logs, compile_regex, observed
+from auditor.record.childio import ingest_api, rerun_logs
+from auditor.record.wrap import MetricSink, compile_regex, observed
 from auditor.rerun.ingest import collect_api_artifacts, collect_changed, stage_probe
 from auditor.rerun.sandbox import Executed, Prepared
 from auditor.store import RunStore
@@ -146,7 +147,7 @@ def _complete(
     with tempfile.TemporaryDirectory(prefix="auditor-ingest-") as staging:
         staged = Path(staging)
         lines, warnings = stage_probe(done.probe_dir, staged)
-        api = _ingest_api(store, rerun.identity.id, staged, sink)
+        api = ingest_api(store, rerun.identity.id, staged, sink)
         obs = det.read_probe(staged, None)
     cwd_rel = prep.cwd.relative_to(prep.tree).as_posix()
     produced = collect_changed(store.blobs, prep.tree, cwd_rel, prep.snapshot.changed(), max_bytes)
@@ -174,7 +175,7 @@ def _complete(
             ),
             "artifacts": (
                 *rerun.artifacts,
-                *_logs(store, done.stdout, done.stderr),
+                *rerun_logs(store, done.stdout, done.stderr),
                 *produced.artifacts,
                 # a logged file the rerun also wrote is kept once, as the tree holds it
                 *(a for a in logged.artifacts if a.name not in taken),

@@ -505,11 +505,11 @@ def execute_venv(
                              hint="check the built venv (audit build --backend venv)") from exc
     out: list[str] = []
     err: list[str] = []
-    from auditor.record.wrap import _pump
+    from auditor.record.childio import pump
 
     threads = [
-        threading.Thread(target=_pump, args=(proc.stdout, None, out, on_line), daemon=True),
-        threading.Thread(target=_pump, args=(proc.stderr, None, err, None), daemon=True),
+        threading.Thread(target=pump, args=(proc.stdout, None, out, on_line), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr, None, err, None), daemon=True),
     ]
     for t in threads:
         t.start()

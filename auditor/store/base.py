@@ -34,6 +34,20 @@ class MetricPoint(NamedTuple):
     time: float
 
 
+_DOUBLE = struct.Struct("<d")
+_INT64 = struct.Struct("<q")
+
+
+def float_to_bits(value: float) -> int:
+    """The IEEE-754 bits of a double as a signed 64-bit integer."""
+    return int(_INT64.unpack(_DOUBLE.pack(value))[0])
+
+
+def bits_to_float(bits: int) -> float:
+    """Inverse of ``float_to_bits``."""
+    return float(_DOUBLE.unpack(_INT64.pack(bits))[0])
+
+
 _POINT = struct.Struct("<I")
 _NUMBERS = struct.Struct("<qdd")
 

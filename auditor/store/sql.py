@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import socket
-import struct
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -34,7 +33,17 @@ from auditor.core.errors import (
     StoreError,
     StoreUnavailable,
 )
-from auditor.store.base import CertificateRow, MetricPoint, PageIds, QuerySpec, RunSummary
+from auditor.store.base import (
+    CertificateRow,
+    MetricPoint,
+    PageIds,
+    QuerySpec,
+    RunSummary,
+    bits_to_float,
+)
+from auditor.store.base import (
+    float_to_bits as float_to_bits,  # kept importable from here (sync, tests)
+)
 from auditor.store.blobs import BlobStore
 from auditor.store.certlog import CERT_LOG_TABLES, TableLog
 from auditor.store.location import not_a_database
@@ -166,18 +175,6 @@ t_previews = sa.Table(  # store/preview.py: derived, display-only
 
 _INSERT_METRICS = ("INSERT INTO metrics (run_id, seq, key, step, value, bits, time) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?)")
-_DOUBLE = struct.Struct("<d")
-_INT64 = struct.Struct("<q")
-
-
-def float_to_bits(value: float) -> int:
-    """The IEEE-754 bits of a double as a signed 64-bit integer."""
-    return int(_INT64.unpack(_DOUBLE.pack(value))[0])
-
-
-def bits_to_float(bits: int) -> float:
-    """Inverse of ``float_to_bits``."""
-    return float(_DOUBLE.unpack(_INT64.pack(bits))[0])
 
 
 def shown_url(url: str) -> str:

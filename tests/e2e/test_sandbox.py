@@ -32,8 +32,8 @@ import pytest
 from auditor.core.errors import CouldNotVerify
 from auditor.core.schema import Environment, RunRecord
 from auditor.env.venv import host_python
+from auditor.record.childio import rerun_logs
 from auditor.record.outputs import Snapshot
-from auditor.record.wrap import _logs
 from auditor.rerun.sandbox import (
     Executed,
     Limits,
@@ -515,7 +515,7 @@ def test_t36_host_secrets_stay_out_and_logs_are_scrubbed(
     assert result["names"].count("OMP_NUM_THREADS") == 1
     assert SECRET_TOKEN in executed.stdout and SECRET_TOKEN in executed.stderr
 
-    refs = _logs(store, executed.stdout, executed.stderr)
+    refs = rerun_logs(store, executed.stdout, executed.stderr)
     for ref in refs:
         stored = store.blobs.read_bytes(ref.sha256)
         assert SECRET_TOKEN.encode() not in stored, ref.name
