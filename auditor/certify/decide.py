@@ -4,10 +4,15 @@ Contract of ``decide(diffs, left, right, policy, notes)``:
 
 * Differences that count are every one except the environment comparer's (they explain,
   they never fail) and informational ones (``stats["informational"]``: logs under the
-  default ``compare_logs = "informational"``, renamed outputs whose contents match,
-  containers whose bytes differ around identical tensors or scalars).
+  default ``compare_logs = "informational"`` when something else is the evidence, renamed
+  outputs whose bytes match). Bytes that differ around identical tensors always count
+  (``compare.container``): bitwise means byte for byte.
 * level: no counted difference -> ``reproduced-bitwise``; all within tolerance ->
-  ``reproduced-within-tolerance``; any beyond -> ``not-reproduced``. Under
+  ``reproduced-within-tolerance``; any beyond -> ``not-reproduced``. A reproduced verdict
+  needs evidence: at least one compared metric, counted output, or log compared as
+  evidence (``files.logs_are_evidence``: when a run produced nothing but its logs, they
+  count, and a note says they were the evidence). With none, the level is
+  ``could-not-verify`` and the last note says what to declare (``--output``, a metric). Under
   ``policy.bitwise`` a within-tolerance difference counts as beyond: bit identity demanded.
   When every beyond-tolerance difference is one auditor could not read here
   (``stats["cannot_compare"]``, e.g. an event file without the tensorboard package), the
@@ -16,9 +21,10 @@ Contract of ``decide(diffs, left, right, policy, notes)``:
 * first_divergence (not-reproduced only): the earliest step out of tolerance over all
   metrics (``metrics/loss@step 0``; ties by name), else the first beyond-tolerance
   difference in table order (weights, files, params, metrics without steps).
-* summary: compared_metrics and compared_files (keys and compared outputs of either
-  run), identical (of those, how many have no counted difference), within_tolerance and
-  beyond_tolerance (counted differences), environment_changes, informational.
+* summary: compared_metrics, compared_files (keys and compared outputs of either run)
+  and compared_logs (logs compared as evidence), identical (of the first two, how many
+  have no counted difference), within_tolerance and beyond_tolerance (counted
+  differences), environment_changes, informational.
 * outputs: ``files.coverage``: which outputs were compared, ignored, or logs only.
 * loosenings: ``policy.loosenings`` plus, when logs differed without counting, one line
   naming the first differing log line.
@@ -48,6 +54,7 @@ from typing import Any
 from auditor.certify.verdict import Cause, Level, Verdict
 from auditor.compare import environment, files
 from auditor.compare.difference import Difference
+from auditor.compare.pairing import OutputCoverage
 from auditor.core.policy import ComparePolicy, Policy, loosenings
 from auditor.core.schema import RunRecord, canonical_json
 
@@ -152,15 +159,46 @@ def decide(diffs: dict[str, list[Difference]], left: RunRecord, right: RunRecord
     beyond = [d for d in counted if not d.within_tolerance or policy.compare.bitwise]
     unreadable = [d for d in beyond if d.stats.get("cannot_compare")]
     level = _level(counted, beyond)
+    coverage = files.coverage(left, right, policy.compare)
+    summary = _summary(diffs, counted, beyond, (left, right), policy.compare)
+    notes = [*notes, *_evidence_notes(coverage, policy.compare)]
     if unreadable and len(unreadable) == len(beyond):  # our gap, not the run's fault
         level = "could-not-verify"
         notes = [*notes, *(f"{d.where}: {'; '.join(d.comments)}" for d in unreadable)]
-    return Verdict(level=level, differences=diffs, notes=list(notes),
+    if level.startswith("reproduced") and not _evidence(summary, coverage):
+        level = "could-not-verify"  # nothing was compared: no verdict from no evidence
+        notes = [*notes, _no_evidence(left, right, policy.compare)]
+    return Verdict(level=level, differences=diffs, notes=notes,
                    causes=_causes(level, diffs, left, right, beyond),
                    first_divergence=first_divergence(diffs, beyond) if beyond else None,
-                   summary=_summary(diffs, counted, beyond, (left, right), policy.compare),
-                   outputs=files.coverage(left, right, policy.compare),
+                   summary=summary, outputs=coverage,
                    loosenings=loosenings(policy) + _log_note(diffs, policy.compare))
+
+
+def _evidence(summary: dict[str, int], coverage: OutputCoverage) -> int:
+    """How many compared items a verdict rests on: metrics, outputs whose differences
+    count, and logs compared as evidence."""
+    outputs = set(coverage.compared) - set(coverage.informational) - set(coverage.evidence_logs)
+    return summary["compared_metrics"] + len(outputs) + len(coverage.evidence_logs)
+
+
+def _evidence_notes(coverage: OutputCoverage, policy: ComparePolicy) -> list[str]:
+    if not coverage.evidence_logs or policy.compare_logs != "informational":
+        return []
+    return [f"evidence: the run logged no metric and wrote no other output, so its logs "
+            f"({', '.join(coverage.evidence_logs)}) were the evidence, compared line by "
+            "line after the log masks and counted"]
+
+
+def _no_evidence(left: RunRecord, right: RunRecord, policy: ComparePolicy) -> str:
+    """The one line of a verification with nothing to compare: what to declare."""
+    printed = any(a.size for r in (left, right) for a in r.artifacts if a.kind == "log")
+    what = ("printed nothing" if not printed else
+            f"its logs are left out (compare_logs = \"{policy.compare_logs}\")")
+    return (f"nothing to compare: the run logged no metric, wrote no output file and {what}, "
+            "so no verdict can rest on it; declare what it produces: `audit record --output "
+            "PATH -- …` for a file it writes, or print metrics as JSON lines "
+            "({\"step\": 1, \"loss\": 0.5}) or match them with --metrics-regex")
 
 
 def _log_note(diffs: dict[str, list[Difference]], policy: ComparePolicy) -> list[str]:
@@ -233,6 +271,7 @@ def _summary(diffs: dict[str, list[Difference]], counted: list[Difference],
         1 for n in outputs
         if not any(_under(w, f"weights/{n}") or _under(w, f"files/{n}") for w in touched))
     return {"compared_metrics": len(keys), "compared_files": len(outputs),
+            "compared_logs": len(files.coverage(*runs, policy).evidence_logs),
             "identical": identical, "within_tolerance": len(counted) - len(beyond),
             "beyond_tolerance": len(beyond),
             "environment_changes": len(diffs.get("environment", [])),

@@ -47,7 +47,7 @@ def subjects_of(original: RunRecord, verdict: Verdict) -> list[Subject]:
     differences were only reported) is never a subject (``loosen.certified_outputs``): it
     goes to the predicate's ``not_compared``, so it can never pass a gate.
     """
-    outputs = certified_outputs(original.outputs(), verdict)
+    outputs = certified_outputs(list(original.artifacts), verdict)  # logs as evidence too
     subjects = [Subject(name=a.name, digest={"sha256": a.sha256}) for a in outputs]
     subjects.append(
         Subject(name=f"record:{original.identity.id}", digest={"sha256": record_sha256(original)})

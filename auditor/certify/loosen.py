@@ -22,16 +22,19 @@ from auditor.certify.verdict import Verdict
 from auditor.core.schema import ArtifactRef
 
 LooseningKind = Literal["ignore_outputs", "tolerance", "compare_logs", "log_outputs",
-                        "log_masks", "gpu_mismatch", "other"]
+                        "log_masks", "mask_outputs", "metadata_outputs", "gpu_mismatch",
+                        "other"]
 # line prefix (the policy key it names) -> kind; the first match wins
 _PREFIXES: tuple[tuple[str, str], ...] = (
     ("ignore_outputs", "ignore_outputs"), ("metric_tolerance", "tolerance"),
     ("dtype_tolerances", "tolerance"), ("tensors", "tolerance"), ("metrics", "tolerance"),
     ("compare_logs", "compare_logs"), ("log_outputs", "log_outputs"),
-    ("log_masks", "log_masks"), ("allow_gpu_mismatch", "gpu_mismatch"),
+    ("log_masks", "log_masks"), ("mask_outputs", "mask_outputs"),
+    ("metadata_outputs", "metadata_outputs"), ("allow_gpu_mismatch", "gpu_mismatch"),
 )
 KINDS: tuple[str, ...] = ("ignore_outputs", "tolerance", "compare_logs", "log_outputs",
-                          "log_masks", "gpu_mismatch", "other")
+                          "log_masks", "mask_outputs", "metadata_outputs", "gpu_mismatch",
+                          "other")
 
 
 class Loosening(BaseModel):
@@ -53,8 +56,10 @@ def from_verdict(verdict: Verdict) -> list[Loosening]:
 
 
 def certified_outputs(outputs: list[ArtifactRef], verdict: Verdict) -> list[ArtifactRef]:
-    """The outputs whose differences counted in the verdict: the only output subjects."""
-    counted = set(verdict.outputs.compared) - set(verdict.outputs.informational)
+    """The outputs whose differences counted in the verdict, and the logs compared as
+    evidence (``outputs`` may hold every artifact): the only output subjects."""
+    counted = (set(verdict.outputs.compared) - set(verdict.outputs.informational)) | set(
+        verdict.outputs.evidence_logs)
     return [a for a in outputs if a.name in counted]
 
 

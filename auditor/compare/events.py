@@ -12,8 +12,9 @@ Contract of ``compare_event_files(left, right, policy, where)``:
   values there, or ``"missing"``/``"extra"`` for a tag or steps on one side only;
 * every other record (histograms, images, text, graphs, the file version) is compared by
   its serialised bytes, in order: one ``kind="bytes"`` difference naming the first one;
-* identical records whose bytes differed only by their times give one informational
-  difference (``stats["informational"]``) saying so.
+* identical records whose bytes differ only by their times give one counted difference
+  within tolerance saying so (never bitwise: the bytes differ); identical records in files
+  of other sizes give a ``kind="bytes"`` difference beyond tolerance.
 
 Without the ``tensorboard`` package (``pip install 'auditor[tensorboard]'``) the files cannot
 be read: one ``kind="error"`` difference with ``stats["cannot_compare"]``, which the
@@ -60,12 +61,26 @@ def compare_event_files(left: Path, right: Path, policy: ComparePolicy,
              if (d := _scalar_difference(f"{where}/{tag}", tag, a, b, policy)) is not None]
     diffs += _other_differences(where, a, b)
     if not diffs:
-        diffs.append(Difference(
-            where=where, kind="changed", within_tolerance=True,
-            stats={"informational": True, "records": a.records},
-            comments=(f"the bytes differ only in wall_time: all {a.records} records "
-                      "(scalars, steps, tags) are identical",)))
+        diffs.append(_wall_time_only(where, (left, right), a.records))
     return diffs
+
+
+def _wall_time_only(where: str, paths: tuple[Path, Path], records: int) -> Difference:
+    """Identical records in files whose bytes differ: counted, never bitwise; within
+    tolerance when the sizes match (the clock fills a fixed-size field), else bytes lie
+    outside the records the reader returns."""
+    sizes = paths[0].stat().st_size, paths[1].stat().st_size
+    if sizes[0] != sizes[1]:
+        return Difference(
+            where=where, kind="bytes", left=f"{sizes[0]} bytes", right=f"{sizes[1]} bytes",
+            stats={"records": records, "left_size": sizes[0], "right_size": sizes[1]},
+            comments=(f"all {records} records are identical but the sizes differ: bytes lie "
+                      "outside the records TensorBoard reads",))
+    return Difference(
+        where=where, kind="changed", within_tolerance=True, stats={"records": records},
+        comments=(f"the bytes differ only in wall_time: all {records} records (scalars, "
+                  "steps, tags) are identical; the clock counts as a difference within "
+                  "tolerance, never bitwise",))
 
 
 def _read(path: Path) -> _Events:

@@ -14,26 +14,32 @@ Contract of ``compare(left, right, policy)``, over those that are not weights fi
 * equal sha256: identical, nothing is read;
 * on one side only: ``kind="missing"`` / ``"extra"``;
 * event files: by their records without ``wall_time`` (``events.compare_event_files``);
-* text (UTF-8 without NUL, up to ``TEXT_LIMIT`` bytes): the lines are compared after every
+* text (UTF-8 without NUL, up to ``TEXT_LIMIT`` bytes): the lines are compared; in a log
+  (and in an output the policy's ``mask_outputs`` names, a loosening) after every
   ``policy.log_masks`` regex has replaced its matches with ``MASK`` (times, durations,
-  rates, progress-bar clocks, process ids, addresses); in a log, a line redrawn with ``\r``
-  counts as its last redraw. Differing lines give ``kind="text"`` at ``files/<name>`` with
-  stats (left_lines, right_lines, changed_lines, first_line), the first differing line
-  after masks as ``left``/``right`` and in a comment, and up to ``MAX_DETAILS`` nested
-  differences at ``files/<name>@line N``. Bytes that differ only inside masked spans give
-  a within-tolerance difference for an output (its bytes did change) and nothing for a log
+  rates, progress-bar clocks, process ids, addresses), and in a log a line redrawn with
+  ``\r`` counts as its last redraw. Any other output is compared as it is: a mask there
+  would hide any word that looks like a time or an id. Differing lines give
+  ``kind="text"`` at ``files/<name>`` with stats (left_lines, right_lines, changed_lines,
+  first_line), the first differing line after masks as ``left``/``right`` and in a
+  comment, and up to ``MAX_DETAILS`` nested differences at ``files/<name>@line N``. Bytes
+  that differ only inside masked spans give a within-tolerance difference for a masked
+  output (its bytes did change) and nothing for a log
   that does not count;
 * anything else: ``kind="bytes"`` with both sizes and the first differing offset.
 
 Output differences are beyond tolerance. Log differences are informational
 (``within_tolerance=True``, ``stats["informational"] = True``: the verdict does not count
-them) unless ``compare_logs == "strict"``, where they count like any output's.
+them) unless ``compare_logs == "strict"``, where they count like any output's, or unless
+the logs are the only evidence (``logs_are_evidence``: no metric and no other compared
+output in either run), where they count too: a verdict is never drawn from nothing.
 
 ``compare_weights`` covers the outputs that ``weights.reads_as_weights`` accepts (a
 ``.bin`` or ``.pt`` that is no torch checkpoint is compared as bytes by ``compare``):
 equal digests short-cut, one-sided files are missing/extra, the rest go to
 ``weights.compare_weight_files`` at ``weights/<name>``; files whose bytes differ while
-every tensor is identical (a torch zip's metadata) give one informational difference;
+every tensor is identical give one counted ``container.container_difference`` (a
+safetensors ``__metadata__``, a torch zip's records: never bitwise);
 unreadable checkpoints raise ``InputError`` (T24: the verdict is not attempted).
 """
 
@@ -50,6 +56,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from auditor.compare.container import container_difference
 from auditor.compare.difference import Difference, Stat
 from auditor.compare.events import compare_event_files, is_event_file
 from auditor.compare.pairing import OutputCoverage, Pair, pair_outputs
@@ -101,12 +108,9 @@ def _compare_weights_pair(pair: Pair, sides: tuple[Evidence, Evidence], policy: 
         return [paths.model_copy(update={"where": where})]
     named = (_named(paths[0], a.name, tmp / "original"), _named(paths[1], b.name, tmp / "rerun"))
     found = compare_weight_files(*named, policy, where=where, left_sha256=a.sha256,
-                                 right_sha256=b.sha256)
-    return found or [Difference(
-        where=where, kind="bytes", within_tolerance=True,
-        stats={"informational": True, "left_size": a.size, "right_size": b.size},
-        comments=("the bytes differ but every tensor is bit-identical (the container's "
-                  "metadata differs, e.g. a torch zip's serialization id)",))]
+                                 right_sha256=b.sha256, masked=_masked_output(pair, policy))
+    return found or [container_difference(where, paths, (a.name, b.name), policy,
+                                          first_differing_offset(*paths))]
 
 
 # -- what is compared, and how ---------------------------------------------------------
@@ -130,11 +134,24 @@ def plan(left: Evidence, right: Evidence, policy: ComparePolicy) -> list[Item]:
         "output", "log")
     items = []
     held = withheld(left.record, right.record)
+    logs_count = logs_are_evidence(left.record, right.record, policy)
     for pair in pair_outputs(*({n: a for n, a in _artifacts(e.record, kinds, policy).items()
                                 if n not in held} for e in (left, right))):
         role = _role(pair, (left, right), policy)
-        items.append(Item(pair, role, role != "log" or policy.compare_logs == "strict"))
+        items.append(Item(pair, role, role != "log" or logs_count))
     return items
+
+
+def logs_are_evidence(left: RunRecord, right: RunRecord, policy: ComparePolicy) -> bool:
+    """Whether log differences count: under ``compare_logs = "strict"``, and under
+    ``"informational"`` when the logs are all the evidence there is (neither run logged a
+    metric or wrote an output that is compared and no log): a verdict needs evidence."""
+    if policy.compare_logs != "informational":
+        return policy.compare_logs == "strict"
+    held = withheld(left, right)
+    return not any(r.metrics.final for r in (left, right)) and not any(
+        a.name not in held and not policy.is_ignored(a.name) and not policy.is_log_output(a.name)
+        for r in (left, right) for a in r.outputs())
 
 
 def _artifacts(record: RunRecord, kinds: tuple[ArtifactKind, ...],
@@ -171,11 +188,14 @@ def coverage(left: RunRecord, right: RunRecord, policy: ComparePolicy) -> Output
     names = sorted({a.name for r in (left, right) for a in r.outputs()} | held)
     ignored = [n for n in names if policy.is_ignored(n) or n in held]
     logs = [n for n in names if n not in ignored and policy.is_log_output(n)]
-    off = policy.compare_logs == "off"
+    off, counted = policy.compare_logs == "off", logs_are_evidence(left, right, policy)
+    written = {a.name for r in (left, right) for a in r.artifacts if a.size and (
+        a.kind == "log" or a.name in logs)}  # an empty log proves nothing
     return OutputCoverage(
         compared=[n for n in names if n not in ignored and not (off and n in logs)],
         ignored=ignored + (logs if off else []),
-        informational=[] if off or policy.compare_logs == "strict" else logs)
+        informational=[] if off or counted else logs,
+        evidence_logs=sorted(written) if counted else [])
 
 
 def _renamed(where: str, pair: Pair, found: list[Difference]) -> list[Difference]:
@@ -248,7 +268,13 @@ def _compare_item(item: Item, sides: tuple[Evidence, Evidence], masks: list[re.P
         return _renamed(where, item.pair, [_bytes_difference(where, *paths)])
     log = item.role == "log"
     return _renamed(where, item.pair, _text_differences(
-        where, texts, masks, log=log, quiet_when_masked=log and not item.counted))
+        where, texts, masks if log or _masked_output(item.pair, policy) else [], log=log,
+        quiet_when_masked=log and not item.counted))
+
+
+def _masked_output(pair: Pair, policy: ComparePolicy) -> bool:
+    """The policy's ``mask_outputs`` names this output: the log masks apply to it too."""
+    return any(policy.is_masked_output(r.name) for r in (pair.left, pair.right) if r is not None)
 
 
 # -- text ------------------------------------------------------------------------------

@@ -101,9 +101,13 @@ class OutputCoverage(BaseModel):
     under ``compare_logs = "off"``, or outputs a run withheld because they hold a secret),
     never read, so they prove nothing and must never
     become certificate subjects; ``informational``: compared, but as logs whose
-    differences are reported without counting (``compare_logs = "informational"``)."""
+    differences are reported without counting (``compare_logs = "informational"``);
+    ``evidence_logs``: logs (captured stdout/stderr, log outputs) that were compared as
+    evidence and counted: under ``compare_logs = "strict"``, or because the run produced
+    nothing else (no output file, no metric), when the logs are all there is."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     compared: list[str] = Field(default_factory=list)
     ignored: list[str] = Field(default_factory=list)
     informational: list[str] = Field(default_factory=list)
+    evidence_logs: list[str] = Field(default_factory=list)

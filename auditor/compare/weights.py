@@ -17,9 +17,10 @@ layer ranks them):
 A torch checkpoint is compared by its structure too (``compare_structure`` over
 ``torchfile.read_torch_structure``): its non-tensor values (``epoch``, the optimizer's
 ``param_groups.0.lr``, a ``saved_at`` string) at ``<where>/<name>``, ``kind="changed"``
-(numbers within the metric tolerance, strings equal after the log masks are within
-tolerance) or missing/extra. Never its zip container: the archive's folder name and
-serialization id are metadata.
+(numbers within the metric tolerance; strings equal after the log masks are within
+tolerance only for a file the policy's ``mask_outputs`` names) or missing/extra. Its zip
+container is not read here: bytes that differ around identical tensors and values are
+explained by ``container`` and count there.
 
 Left is the original run's file, right the rerun's. Unreadable, unsafe or malformed files
 raise ``InputError`` (``tensorfile``). Equal sha256 digests, when the caller has both,
@@ -102,8 +103,11 @@ def compare_weight_files(
     left_sha256: str | None = None,
     right_sha256: str | None = None,
     allow_unsafe_pickle: bool = False,
+    masked: bool = False,
 ) -> list[Difference]:
-    """Differences between the original run's weights (left) and the rerun's (right)."""
+    """Differences between the original run's weights (left) and the rerun's (right);
+    ``masked``: the policy's ``mask_outputs`` names the file, so the log masks apply to its
+    checkpoint strings."""
     if left_sha256 and right_sha256 and left_sha256 == right_sha256:
         return []  # the same bytes: nothing to read
     left_tensors = read_tensors(left, allow_unsafe_pickle=allow_unsafe_pickle)
@@ -113,16 +117,17 @@ def compare_weight_files(
         from auditor.compare.torchfile import read_torch_structure
 
         diffs += compare_structure(read_torch_structure(left), read_torch_structure(right),
-                                   policy, where=where)
+                                   policy, where=where, masked=masked)
     return diffs
 
 
 def compare_structure(left: Mapping[str, Leaf], right: Mapping[str, Leaf], policy: ComparePolicy, *,
-                      where: str = "weights") -> list[Difference]:
+                      where: str = "weights", masked: bool = False) -> list[Difference]:
     """Differences between the non-tensor values of two checkpoints: numbers under the
-    metric tolerance (exact under ``bitwise``), strings after the log masks (a time in a
-    ``saved_at`` string is within tolerance, not bitwise), anything else exactly."""
-    masks = [re.compile(m) for m in policy.log_masks]
+    metric tolerance (exact under ``bitwise``), strings exactly, or after the log masks when
+    ``masked`` (the policy's ``mask_outputs`` names the file: a time in a ``saved_at``
+    string is then within tolerance, not bitwise), anything else exactly."""
+    masks = [re.compile(m) for m in policy.log_masks] if masked else []
     diffs: list[Difference] = []
     for name in [*left, *(n for n in right if n not in left)]:
         at = _at(where, name)

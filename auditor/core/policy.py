@@ -98,6 +98,14 @@ class ComparePolicy(BaseModel):
     compare_logs: LogMode = "informational"
     log_outputs: tuple[str, ...] = DEFAULT_LOG_OUTPUTS
     ignore_outputs: tuple[str, ...] = ()  # globs of output names not compared
+    # Outputs (globs) whose text the log masks apply to: by default masks hide times and
+    # ids in logs only, and every other output is compared byte for byte (a loosening).
+    mask_outputs: tuple[str, ...] = ()
+    # Structured outputs (globs) whose container metadata may differ while every tensor
+    # (and checkpoint value) is identical: a safetensors ``__metadata__``, a torch zip's
+    # records. Such a difference is then within tolerance (a loosening), never bitwise;
+    # without it, it counts beyond tolerance.
+    metadata_outputs: tuple[str, ...] = ()
 
     @field_validator("compare_logs", mode="before")
     @classmethod
@@ -112,6 +120,15 @@ class ComparePolicy(BaseModel):
     def is_log_output(self, name: str) -> bool:
         """True when the output file ``name`` is a log (matches ``log_outputs``)."""
         return _output_matches(name, self.log_outputs)
+
+    def is_masked_output(self, name: str) -> bool:
+        """True when the log masks apply to the output ``name``: a log, or an output named
+        by ``mask_outputs``."""
+        return self.is_log_output(name) or _output_matches(name, self.mask_outputs)
+
+    def metadata_may_differ(self, name: str) -> bool:
+        """True when ``metadata_outputs`` lets the container metadata of ``name`` differ."""
+        return _output_matches(name, self.metadata_outputs)
 
     def is_ignored(self, name: str) -> bool:
         """True when the output ``name`` matches an ``ignore_outputs`` glob (not compared)."""
@@ -250,8 +267,16 @@ def _compare_loosenings(policy: ComparePolicy) -> list[str]:
                      + " are treated as logs, whose differences do not count")
     extra_masks = [m for m in policy.log_masks if m not in DEFAULT_LOG_MASKS]
     if extra_masks:
-        lines.append(f"log_masks: {len(extra_masks)} custom mask(s) hide matching text in logs "
-                     "and text outputs: " + ", ".join(extra_masks))
+        lines.append(f"log_masks: {len(extra_masks)} custom mask(s) hide matching text in logs"
+                     + (" and the outputs named by mask_outputs" if policy.mask_outputs else "")
+                     + ": " + ", ".join(extra_masks))
+    if policy.mask_outputs:
+        lines.append("mask_outputs: the log masks (times, durations, hex ids, pids) also hide "
+                     "text in outputs matching " + ", ".join(policy.mask_outputs))
+    if policy.metadata_outputs:
+        lines.append("metadata_outputs: the container metadata (safetensors __metadata__, "
+                     "torch zip records) of outputs matching " + ", ".join(policy.metadata_outputs)
+                     + " may differ when every tensor is identical")
     return lines
 
 

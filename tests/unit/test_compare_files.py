@@ -82,23 +82,27 @@ def test_text_differing_only_in_timestamps_is_equal_after_masks(pair: EvidencePa
     b = b"2025-03-04T11:12:13Z start\nstep 1 took 0.61s\nloss 0.5\n"
     left, right = pair({"out/run.txt": a, "logs/stdout.txt": a},
                        {"out/run.txt": b, "logs/stdout.txt": b}, logs=("logs/stdout.txt",))
-    (diff,) = files.compare(left, right, ComparePolicy())  # the log says nothing at all
+    masked = ComparePolicy(mask_outputs=("out/run.txt",))  # masks apply to logs, else named
+    (diff,) = files.compare(left, right, masked)  # the log says nothing at all
     assert diff.where == "files/out/run.txt" and diff.within_tolerance
     assert diff.stats == {"masked_only": True}
+    (diff,) = files.compare(left, right, ComparePolicy())  # an output is not masked
+    assert diff.where == "files/out/run.txt" and not diff.within_tolerance
 
 
 def test_masked_text_that_still_differs_is_reported(pair: EvidencePair) -> None:
     a = b"10:00:00 step 1 loss 0.5\n10:00:01 step 2 loss 0.4\n"
     b = b"11:00:00 step 1 loss 0.5\n11:00:01 step 2 loss 0.9\n"
     left, right = pair({"out/run.txt": a}, {"out/run.txt": b})
-    (diff,) = files.compare(left, right, ComparePolicy())
+    (diff,) = files.compare(left, right, ComparePolicy(mask_outputs=("out/*",)))
     assert diff.stats["first_line"] == 2 and not diff.within_tolerance
     assert diff.details[0].left == "<masked> step 2 loss 0.4"
 
 
 def test_log_differences_are_informational(pair: EvidencePair) -> None:
-    left, right = pair({"logs/stderr.txt": b"warning A\n"}, {"logs/stderr.txt": b"warning B\n"},
-                       logs=("logs/stderr.txt",))
+    left, right = pair({"logs/stderr.txt": b"warning A\n", "out/m.bin": b"m"},
+                       {"logs/stderr.txt": b"warning B\n", "out/m.bin": b"m"},
+                       logs=("logs/stderr.txt",))  # out/m.bin is the evidence
     (diff,) = files.compare(left, right, ComparePolicy())
     assert diff.within_tolerance and diff.stats["informational"] is True
     assert files.compare(left, right, ComparePolicy(compare_logs="off")) == []

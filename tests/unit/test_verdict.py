@@ -56,7 +56,8 @@ def test_no_difference_is_bitwise_even_with_environment_and_log_changes() -> Non
                Policy())
     assert v.level == "reproduced-bitwise" and v.exit_code == 0
     assert v.causes == [] and v.first_divergence is None
-    assert v.summary == {"compared_metrics": 2, "compared_files": 1, "identical": 3,
+    assert v.summary == {"compared_metrics": 2, "compared_files": 1, "compared_logs": 0,
+                         "identical": 3,
                          "within_tolerance": 0, "beyond_tolerance": 0,
                          "environment_changes": 1, "informational": 1}
 
