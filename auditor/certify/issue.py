@@ -105,7 +105,8 @@ def issue_certificate(
             subjects=tuple(s.digest["sha256"] for s in subjects),
         )
     )
-    certlog.append(certlog.log_of(store), sha, original.identity.id, key)
+    certlog.append(certlog.log_of(store), sha, original.identity.id, key,
+                   read_certificate=lambda cert: store.blobs.read_bytes(cert, "certificate"))
     if out_path is not None:
         write_certificate(envelope, out_path)
     final = result.model_copy(

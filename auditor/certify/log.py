@@ -10,17 +10,26 @@ Files in the log directory:
 - ``certs.head.json``: ``{"seq", "line_sha256", "size"}`` of the log after the last
   append: the last line's number and hash and the file's byte size. It catches what a
   chain cannot: a truncated tail or an edited last line.
-- ``certs.head.dsse.json``: the same head bytes in a DSSE envelope (payloadType
-  ``application/vnd.auditor.loghead+json``), written when ``append`` is given a key and
-  removed when it is not, so an unsigned append never leaves a stale signed head.
+- ``certs.head.dsse.json``: the head of the last *signed* append in a DSSE envelope
+  (payloadType ``application/vnd.auditor.loghead+json``). An unsigned append never removes
+  or rewrites it: it then covers a prefix of the log (its ``seq`` line hashes to its
+  ``line_sha256``, and the lines up to it are ``size`` bytes), and the lines after it are
+  the unsigned tail, held by the chain and ``certs.head.json`` only.
 - ``certs.lock``: ``flock`` target; appends are serialised across processes, and
   ``verify_log`` takes a shared lock so it never sees a half-finished append.
 
 ``append`` refuses (``IntegrityError``) to extend a log whose tail does not match its
-head, so an append can never bless a truncated or edited log with a fresh signed head.
-``verify_log`` raises ``IntegrityError`` naming the first broken line. A rollback of
-log and signed head together to an older signed state is only detectable against a
-copy of the latest head kept elsewhere (RFC 6962 gossip); keep one in CI artifacts.
+head, or whose lines no longer match the signed head (signature unchecked without a key,
+checked with one), so an append never blesses a truncated, edited or re-chained log. A
+signed append onto a log that has lines but no signed head, while the log holds a
+certificate signed by that same key (``read_certificate`` reads them), refuses too: such
+a log had a signed head (every signed ``audit verify`` signs one and nothing removes it),
+so its absence is tampering. ``verify_log`` raises ``IntegrityError`` naming the first
+broken line; a signed head present is checked against the lines it covers even without
+trusted keys (its signature only with them). A rollback of the log and its signed head
+together to an older signed state, or a cut of the unsigned tail back to the signed head,
+is only detectable against a copy of the latest head kept elsewhere (RFC 6962 gossip);
+keep one in CI artifacts.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import fcntl
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,16 +182,23 @@ def has_log(log: LogParts) -> bool:
 
 
 def append(
-    where: Path | LogParts, cert_sha256: str, run_id: str, key: Ed25519PrivateKey | None = None
+    where: Path | LogParts,
+    cert_sha256: str,
+    run_id: str,
+    key: Ed25519PrivateKey | None = None,
+    *,
+    read_certificate: Callable[[str], bytes] | None = None,
 ) -> LogEntry:
-    """Append one certificate to the log and rewrite (and sign) its head."""
+    """Append one certificate to the log and rewrite its head; with ``key``, sign the new
+    head too. ``read_certificate(sha256)`` gives a logged certificate's envelope bytes: a
+    signed append then refuses a log that lost its signed head (see the module doc)."""
     if not re.fullmatch(_SHA256, cert_sha256):
         raise InputError(f"certificate sha256 {cert_sha256!r} is not 64 lowercase hex digits")
     if not run_id:
         raise InputError("cannot log a certificate without a run id")
     log = parts(where)
     with log.locked(exclusive=True):
-        tail = _checked_tail(log, key)
+        tail = _checked_tail(log, key, read_certificate)
         entry = LogEntry(
             seq=tail.seq + 1,
             prev_sha256=tail.line_sha256,
@@ -197,16 +213,20 @@ def append(
 
 
 def verify_log(where: Path | LogParts, trusted: list[Ed25519PublicKey] | None = None) -> int:
-    """Check the chain and the head (signed, when ``trusted`` is given); return the entry count."""
+    """Check the chain, the head, and the signed head against the lines it covers (its
+    signature too, and that it exists, when ``trusted`` is given); return the entry count."""
     if isinstance(where, Path) and not where.is_dir():
         raise InputError(f"{where}: certificate log directory not found", hint="check the path")
     log = parts(where)
     with log.locked(exclusive=False):
         data = log.read(LOG_NAME)
-        head = _trusted_head(log, trusted)
+        head = _read_head(log)
+        signed = _signed_head(log, trusted, head)
     lines = _split_lines(log.label(LOG_NAME), data)
     _verify_chain(log.label(LOG_NAME), lines)
     _check_head(log, lines, len(data), head)
+    if signed is not None:
+        _check_signed_prefix(log, lines, signed, "")
     return len(lines)
 
 
@@ -221,9 +241,11 @@ def read_entries(where: Path | LogParts) -> list[LogEntry]:
 # -- appending ---------------------------------------------------------------------
 
 
-def _checked_tail(log: LogParts, key: Ed25519PrivateKey | None) -> LogHead:
+def _checked_tail(log: LogParts, key: Ed25519PrivateKey | None,
+                  read_certificate: Callable[[str], bytes] | None) -> LogHead:
     """The head of the log as its lines say (the whole chain checked, so an append never
-    extends an edited or reordered log); it must agree with the head part."""
+    extends an edited or reordered log); it must agree with the head part, and the lines
+    must still be those the last signed head covers."""
     where = log.label(LOG_NAME)
     data = log.read(LOG_NAME)
     lines = _split_lines(where, data)
@@ -239,17 +261,34 @@ def _checked_tail(log: LogParts, key: Ed25519PrivateKey | None) -> LogHead:
             f"seq {recorded.seq} (or their hashes or sizes differ)",
             hint=_VERIFY_HINT,
         )
-    if (
-        key is not None
-        and log.exists(SIGNED_HEAD_NAME)
-        and _open_signed_head(log, [key.public_key()]) != recorded
-    ):
-        raise IntegrityError(
-            f"{log.label(SIGNED_HEAD_NAME)}: refusing to append: the signed head differs "
-            f"from {HEAD_NAME}",
-            hint=_VERIFY_HINT,
-        )
+    if log.exists(SIGNED_HEAD_NAME):
+        trusted = [key.public_key()] if key is not None else None
+        signed = _open_signed_head(log, trusted)
+        _check_signed_prefix(log, lines, signed, "refusing to append: ")
+    elif key is not None and lines and read_certificate is not None:
+        _refuse_lost_signed_head(log, lines, key, read_certificate)
     return actual
+
+
+def _refuse_lost_signed_head(log: LogParts, lines: list[bytes], key: Ed25519PrivateKey,
+                             read_certificate: Callable[[str], bytes]) -> None:
+    """A log holding a certificate signed with ``key`` had a head signed with it: signing
+    over it now, without that head, would bless whatever was done to the log meanwhile."""
+    public = [key.public_key()]
+    for number, line in enumerate(lines, start=1):
+        entry = _parse_entry(log.label(LOG_NAME), number, line)
+        try:
+            envelope = Envelope.model_validate_json(read_certificate(entry.cert_sha256))
+            verify_envelope(envelope, envelope.payload_type, public, require_signature=True,
+                            source=f"certificate sha256:{entry.cert_sha256[:12]}")
+        except (ValidationError, AuditorError):
+            continue  # unsigned, signed by another key, or unreadable: no proof of a head
+        raise IntegrityError(
+            f"{log.label(SIGNED_HEAD_NAME)}: missing, but line {number} logs a certificate "
+            "signed with this key, so the log had a signed head: it was removed behind "
+            "auditor's back; refusing to sign over the log as it is now",
+            hint="restore certs.head.dsse.json from a copy (CI artifact) and run `audit fsck`",
+        )
 
 
 def _append_line(path: Path, line: bytes) -> int:
@@ -271,10 +310,8 @@ def _append_line(path: Path, line: bytes) -> int:
 def _write_head(log: LogParts, head: LogHead, key: Ed25519PrivateKey | None) -> None:
     data = canonical_json(head)
     log.write(HEAD_NAME, data)
-    if key is None:
-        log.write(SIGNED_HEAD_NAME, None)
-        return
-    log.write(SIGNED_HEAD_NAME, envelope_bytes(sign_payload(data, HEAD_PAYLOAD_TYPE, key)))
+    if key is not None:  # unsigned: the last signed head stays, covering a prefix
+        log.write(SIGNED_HEAD_NAME, envelope_bytes(sign_payload(data, HEAD_PAYLOAD_TYPE, key)))
 
 
 # -- verifying ---------------------------------------------------------------------
@@ -350,33 +387,46 @@ def _check_head(parts: LogParts, lines: list[bytes], size: int, head: LogHead | 
         )
 
 
-def _trusted_head(log: LogParts, trusted: list[Ed25519PublicKey] | None) -> LogHead | None:
-    """The unsigned head, or, with trusted keys, the signed head (which must equal it)."""
-    head = _read_head(log)
-    if not trusted:
-        return head
+def _signed_head(log: LogParts, trusted: list[Ed25519PublicKey] | None,
+                 head: LogHead | None) -> LogHead | None:
+    """The signed head (its signature checked with trusted keys; with them it must exist
+    once the log has a head)."""
     if not log.exists(SIGNED_HEAD_NAME):
-        if head is None:
-            return None
-        raise IntegrityError(
-            f"{log.label(SIGNED_HEAD_NAME)}: missing: the log head is not signed",
-            hint="append with a signing key",
-        )
-    signed = _open_signed_head(log, trusted)
-    if signed != head:
-        raise IntegrityError(
-            f"{log.label(HEAD_NAME)}: differs from the signed head in {SIGNED_HEAD_NAME}",
-            hint=_VERIFY_HINT,
-        )
-    return signed
+        if trusted and head is not None:
+            raise IntegrityError(
+                f"{log.label(SIGNED_HEAD_NAME)}: missing: the log head is not signed",
+                hint="append with a signing key",
+            )
+        return None
+    return _open_signed_head(log, trusted or None)
 
 
-def _open_signed_head(log: LogParts, trusted: list[Ed25519PublicKey]) -> LogHead:
+def _check_signed_prefix(log: LogParts, lines: list[bytes], signed: LogHead,
+                         doing: str) -> None:
+    """The lines the signed head covers must be those it signed: the same count up to its
+    ``seq``, the same last line, the same bytes."""
+    where = log.label(SIGNED_HEAD_NAME)
+    if signed.seq > len(lines):
+        raise IntegrityError(
+            f"{where}: {doing}the signed head covers {signed.seq} lines but the log has "
+            f"{len(lines)}: signed lines were deleted", hint=_VERIFY_HINT)
+    covered = lines[:signed.seq]
+    last = _sha256(covered[-1]) if covered else GENESIS
+    size = sum(len(line) + 1 for line in covered)
+    if last != signed.line_sha256 or size != signed.size:
+        raise IntegrityError(
+            f"{where}: {doing}line {signed.seq} of the log is not the line the signed head "
+            "signed: lines it covers were edited, deleted or re-chained", hint=_VERIFY_HINT)
+
+
+def _open_signed_head(log: LogParts, trusted: list[Ed25519PublicKey] | None) -> LogHead:
+    """The signed head's payload; its signature is checked only with ``trusted`` keys."""
     path = log.label(SIGNED_HEAD_NAME)
     try:
         envelope = Envelope.model_validate_json(log.read(SIGNED_HEAD_NAME))
         payload = verify_envelope(
-            envelope, HEAD_PAYLOAD_TYPE, trusted, require_signature=True, source=path
+            envelope, HEAD_PAYLOAD_TYPE, trusted, require_signature=trusted is not None,
+            source=path
         )
     except ValidationError:
         raise IntegrityError(f"{path}: not a DSSE envelope", hint=_VERIFY_HINT) from None

@@ -5,7 +5,14 @@ still recording are listed and left out); 2 bad input (an unknown run, a malform
 an unreachable database or artifact store, wrong credentials, a missing bucket) or a
 conflict (the other store holds the run id with another record: ``RunConflict`` names
 it, and every other run is still moved); 3 an object or a record failed its digest on
-either side (nothing is written under a wrong digest).
+either side (nothing is written under a wrong digest), or the source failed its checks.
+
+Before anything is copied (before the receiving store is even opened) the source is
+checked (``release.tamper.transfer_problems``): its certificate log (chain, head, the
+signed head against the lines it covers, and with ``--trust KEY.pub`` its signature),
+its certificates table against the log, every record to be moved against its digest and
+its record signature, and every certificate of a moved run against the records and
+objects it signed. Any discrepancy: exit 3, nothing written.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ class _TargetLog:
 
         self.log = certlog.log_of(store)
         self.key = key
-        self.url = store.url
+        self.blobs = store.blobs
 
     def has(self, cert_sha256: str) -> bool:
         from auditor.certify import log as certlog
@@ -45,14 +52,17 @@ class _TargetLog:
 
     def append(self, cert_sha256: str, run_id: str) -> None:
         from auditor.certify import log as certlog
-        from auditor.core.errors import InputError
 
-        if self.key is None and self.log.exists(certlog.SIGNED_HEAD_NAME):
-            raise InputError(
-                f"the certificate log of {self.url} has a signed head: certificates not copied",
-                hint="pass --key PRIVATE_KEY to sign the new head",
-            )
-        certlog.append(self.log, cert_sha256, run_id, self.key)
+        # unsigned (no --key): the last signed head stays and covers the lines before these
+        certlog.append(self.log, cert_sha256, run_id, self.key,
+                       read_certificate=lambda sha: self.blobs.read_bytes(sha, "certificate"))
+
+
+trust_option = click.option(
+    "--trust", type=click.Path(path_type=Path, dir_okay=False), multiple=True,
+    metavar="KEY.pub", help="Public key the source's signed certificate log head and record "
+    "signatures must verify with (repeatable); without one they are checked for consistency "
+    "only.")
 
 
 def _run_ids(store: RunStore, runs: tuple[str, ...], every: bool) -> list[str]:
@@ -65,6 +75,21 @@ def _run_ids(store: RunStore, runs: tuple[str, ...], every: bool) -> list[str]:
     if not runs:
         raise InputError("name the runs to move (see `audit list`) or pass --all")
     return [store.resolve(ref) for ref in runs]
+
+
+def _check_source(source: RunStore, ids: list[str], trust: tuple[Path, ...]) -> None:
+    """``IntegrityError`` (exit 3) naming the first discrepancy at the source, if any."""
+    from auditor.core.errors import IntegrityError
+    from auditor.core.keys import load_public_key
+    from auditor.release.tamper import transfer_problems
+
+    keys = [load_public_key(p) for p in trust]
+    problems = transfer_problems(source, ids, keys or None)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise IntegrityError(
+            f"{source.url}: {problems[0]}{more}: nothing copied",
+            hint="the source store was changed behind auditor's back; run `audit fsck` on it")
 
 
 def _move(c: Ctx, source: RunStore, target: RunStore, ids: list[str], key: Path | None,
@@ -108,15 +133,21 @@ def _summary(c: Ctx, report: SyncReport, verb: str, where: str) -> None:
               help="Its artifacts (only the first time: a database store remembers them).")
 @click.option("--key", type=click.Path(path_type=Path, dir_okay=False),
               help="Private key to sign the team store's certificate log head.")
+@trust_option
 @quiet_option
 @pass_ctx
 def push(c: Ctx, runs: tuple[str, ...], every: bool, to: str, to_blobs: str | None,
-         key: Path | None) -> None:
+         key: Path | None, trust: tuple[Path, ...]) -> None:
     """Copy runs (record, metrics, artifacts, certificates) to another store, verified."""
     from auditor.store import open_store_at
 
     source = c.store(create=False)
-    ids = _run_ids(source, runs, every)
+    try:
+        ids = _run_ids(source, runs, every)
+        _check_source(source, ids, trust)
+    except BaseException:
+        source.close()
+        raise
     _move(c, source, open_store_at(to, blobs=to_blobs), ids, key, "pushed")
 
 
@@ -129,16 +160,18 @@ def push(c: Ctx, runs: tuple[str, ...], every: bool, to: str, to_blobs: str | No
               help="Its artifacts, when its database does not remember them.")
 @click.option("--key", type=click.Path(path_type=Path, dir_okay=False),
               help="Private key to sign this store's certificate log head.")
+@trust_option
 @quiet_option
 @pass_ctx
 def pull(c: Ctx, runs: tuple[str, ...], every: bool, from_: str, from_blobs: str | None,
-         key: Path | None) -> None:
+         key: Path | None, trust: tuple[Path, ...]) -> None:
     """Copy runs (record, metrics, artifacts, certificates) from another store, verified."""
     from auditor.store import open_store_at
 
     source = open_store_at(from_, blobs=from_blobs, create=False)
     try:
         ids = _run_ids(source, runs, every)
+        _check_source(source, ids, trust)
     except BaseException:
         source.close()
         raise

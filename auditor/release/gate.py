@@ -19,10 +19,18 @@ run's record and every subject re-hash to the signed digests, else ``IntegrityEr
 4. ``subject``: the *signed* statement names the artifact's sha256 (the index alone is
    not trusted; a certificate for v1 presented for v2 fails here).
 5. ``level``: the signed verdict ranks at least ``min_level`` (``LEVEL_RANK``).
-   ``isolation``: the rerun was isolated at least as ``min_isolation`` says (default
-   ``container``; a venv-level or unstated certificate fails with what to do).
-   ``loosening``: with ``allowed_loosenings`` set, every loosening the verification
-   policy made (``auditor.certify.loosen``) is of an allowed kind.
+   ``isolation``: the rerun was isolated at least as ``min_isolation`` says
+   (``ISOLATION_RANK``; default ``container``; a venv-level, unstated or unknown level
+   fails with what to do).
+   ``loosening``: the verification policy the certificate signed loosened nothing the gate
+   policy does not allow by name. The gate reads the signed ``policy`` table with this
+   auditor's ``Policy`` and ``loosenings`` (so every loosening this auditor knows is seen,
+   whatever the issuer listed; a table it cannot read is refused), and each loosening's
+   kind (``auditor.certify.loosen.kind_of``; an unknown one is ``other``) must be in
+   ``allowed_loosenings`` (default: none, so the default gate accepts only certificates
+   issued under the default policy). A loosened tolerance must also stay within
+   ``max_rtol``/``max_atol``, which allowing ``tolerance`` requires. A certificate without
+   a policy table (an older auditor) is judged by the loosenings it lists.
 6. ``age``: issued no more than ``max_age_days`` ago (0: no limit) and not in the future.
 7. ``latest``: with ``latest_only``, no newer certificate of the same original run has a
    verdict below ``min_level`` (the run was re-certified as failing later).
@@ -43,7 +51,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from auditor.certify.certificate import (
     Statement,
@@ -51,17 +67,28 @@ from auditor.certify.certificate import (
     open_envelope,
     read_certificate,
 )
-from auditor.certify.loosen import LooseningKind
+from auditor.certify.loosen import KINDS, kind_of
 from auditor.certify.verdict import LEVEL_RANK
 from auditor.core.capped import POLICY_LIMIT, read_capped
 from auditor.core.errors import InputError, IntegrityError
 from auditor.core.keys import keyid, load_public_key
+from auditor.core.policy import (
+    DEFAULT_POLICY,
+    DTYPE_TOLERANCES,
+    EXACT,
+    Policy,
+    Tolerance,
+    loosenings,
+)
 from auditor.release.tamper import evidence_problems, index_problems, raise_first
 from auditor.store.base import CertificateRow, RunStore
 
 CLOCK_SKEW = timedelta(minutes=5)
 REQUIREMENTS = ("registered", "certificate", "signature", "subject", "level", "isolation",
                 "loosening", "age", "latest")
+# how well each isolation level a certificate may state keeps the rerun from the host;
+# a level not listed here (unstated, or one this gate does not know) ranks 0: it fails
+ISOLATION_RANK = {"container": 2, "venv": 1}
 
 
 class GatePolicy(BaseModel):
@@ -78,8 +105,32 @@ class GatePolicy(BaseModel):
     # "container": only reruns isolated in a container count; "venv" also accepts reruns
     # in a venv on the verifying host (weaker: the script could read that host's files)
     min_isolation: Literal["container", "venv"] = "container"
-    # kinds of policy loosening a certificate may carry (auditor.certify.loosen.KINDS); None: any
-    allowed_loosenings: tuple[LooseningKind, ...] | None = None
+    # kinds of verification-policy loosening a certificate may carry, by name
+    # (auditor.certify.loosen.KINDS); () accepts only the default policy
+    allowed_loosenings: tuple[str, ...] = ()
+    # with "tolerance" allowed (and only then): the widest loosened rtol and atol accepted
+    max_rtol: Annotated[float, Field(ge=0, strict=True)] | None = None
+    max_atol: Annotated[float, Field(ge=0, strict=True)] | None = None
+
+    @field_validator("allowed_loosenings")
+    @classmethod
+    def _known_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [kind for kind in value if kind not in KINDS]
+        if unknown:
+            raise ValueError(f"unknown loosening {unknown[0]!r} (known: {', '.join(KINDS)})")
+        return value
+
+    @model_validator(mode="after")
+    def _caps_with_tolerance(self) -> GatePolicy:
+        capped = self.max_rtol is not None or self.max_atol is not None
+        if "tolerance" in self.allowed_loosenings and (
+                self.max_rtol is None or self.max_atol is None):
+            raise ValueError('allowing "tolerance" needs max_rtol and max_atol (the widest '
+                             "loosened tolerance a certificate may carry)")
+        if capped and "tolerance" not in self.allowed_loosenings:
+            raise ValueError('max_rtol and max_atol cap an allowed "tolerance" loosening: '
+                             'add "tolerance" to allowed_loosenings, or leave them out')
+        return self
 
 
 def load_gate_policy(path: Path) -> GatePolicy:
@@ -241,29 +292,83 @@ def _statement_failure(store: RunStore, statement: Statement, sha: str, policy: 
 
 
 def _isolation_failure(statement: Statement, policy: GatePolicy) -> tuple[str, str] | None:
-    level = statement.predicate.isolation
-    if policy.min_isolation == "venv" and level in ("venv", "container"):
-        return None
-    if level == "container":
+    level: str | None = statement.predicate.isolation
+    if ISOLATION_RANK.get(level or "", 0) >= ISOLATION_RANK[policy.min_isolation]:
         return None
     said = {"venv": "in a venv on the verifying host (weaker isolation: the training script "
                     "ran as a host process and could read that host's files)",
-            None: "without stating its isolation level (issued by an older auditor?)"}[level]
-    return "isolation", (f"the rerun was {said}; the gate requires container isolation "
-                         "(re-verify with a docker engine, or set min_isolation = \"venv\" in "
-                         "the gate policy to accept it)")
+            None: "without stating its isolation level (issued by an older auditor?)"}.get(
+        level, f"isolated at level {level!r}, which ranks below what the gate requires")
+    fix = "re-verify with a docker engine" + (
+        ', or set min_isolation = "venv" in the gate policy to accept it'
+        if level == "venv" else "")
+    return "isolation", (f"the rerun was {said}; the gate requires {policy.min_isolation} "
+                         f"isolation ({fix})")
 
 
 def _loosening_failure(statement: Statement, policy: GatePolicy) -> tuple[str, str] | None:
-    if policy.allowed_loosenings is None:
-        return None
-    refused = [lo for lo in statement.predicate.loosenings
-               if lo.kind not in policy.allowed_loosenings]
-    if not refused:
-        return None
+    try:
+        made = policy_loosenings(statement)
+    except ValueError as exc:
+        return "loosening", str(exc)
     allowed = ", ".join(policy.allowed_loosenings) or "none"
-    return "loosening", (f"the verification policy loosened {refused[0].kind}: "
-                         f"{refused[0].detail}; the gate allows {allowed}")
+    for kind, detail in made:
+        if kind not in policy.allowed_loosenings:
+            return "loosening", (f"the verification policy loosened {kind}: {detail}; the "
+                                 f"gate allows {allowed} (allowed_loosenings in the gate "
+                                 "policy names what may be loosened)")
+    return _tolerance_failure(statement, policy) if "tolerance" in dict(made) else None
+
+
+def policy_loosenings(statement: Statement) -> list[tuple[str, str]]:
+    """(kind, line) of every loosening of the certificate's signed verification policy, as
+    this auditor judges that policy; ``ValueError`` when it cannot read the policy. A
+    certificate without a policy table is judged by the loosenings it lists."""
+    pred = statement.predicate
+    if not pred.policy:
+        return [(lo.kind, lo.detail) for lo in pred.loosenings]
+    return [(kind_of(line), line) for line in loosenings(_signed_policy(statement))]
+
+
+def _signed_policy(statement: Statement) -> Policy:
+    try:
+        return Policy.from_table(dict(statement.predicate.policy))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "top level"
+        raise ValueError(f"the certificate's verification policy cannot be read by this gate "
+                         f"({where}: {first['msg']}; issued by a newer auditor?): its "
+                         "loosenings cannot be judged") from None
+
+
+def _tolerance_failure(statement: Statement, policy: GatePolicy) -> tuple[str, str] | None:
+    """A loosened rtol or atol beyond the gate's ``max_rtol``/``max_atol``."""
+    if not statement.predicate.policy:
+        return "loosening", ("the certificate lists a tolerance loosening but no policy "
+                             "table, so its tolerances cannot be checked against max_rtol "
+                             "and max_atol")
+    caps = {"rtol": policy.max_rtol or 0.0, "atol": policy.max_atol or 0.0}
+    for key, tol, default in _tolerances(_signed_policy(statement)):
+        for part, cap in caps.items():
+            value, base = getattr(tol, part), getattr(default, part)
+            if value > base and value > cap:
+                return "loosening", (f"the verification policy's {key} {part} {value:g} is "
+                                     f"wider than the gate's max_{part} {cap:g}")
+    return None
+
+
+def _tolerances(signed: Policy) -> list[tuple[str, Tolerance, Tolerance]]:
+    """(policy key, tolerance, the default it loosens) of every tolerance of a policy."""
+    compare = signed.compare
+    if compare.bitwise:
+        return []
+    metric = DEFAULT_POLICY.compare.metric_tolerance
+    return [("metric_tolerance", compare.metric_tolerance, metric),
+            *((f"dtype_tolerances.{d}", t, DTYPE_TOLERANCES.get(d, EXACT))
+              for d, t in sorted(compare.dtype_tolerances.items())),
+            *((f"tensors.{g!r}", t, DTYPE_TOLERANCES["float32"])
+              for g, t in sorted(compare.tensors.items())),
+            *((f"metrics.{g!r}", t, metric) for g, t in sorted(compare.metrics.items()))]
 
 
 def _age_failure(issued: datetime, policy: GatePolicy, now: datetime) -> tuple[str, str] | None:

@@ -19,6 +19,13 @@ Contract:
   swapped, deleted objects), and the metric points must still hash to the record's
   ``metrics.series_sha256`` (``series_problems``).
 
+- ``transfer_problems(store, run_ids, trusted)``: what ``audit push``/``pull`` check at the
+  source before copying anything: ``index_problems`` (the log, its signed head against the
+  lines it covers, the certificates table), every record to be moved against its digest and
+  its record signature (``AUDITOR_SIGN_KEY``; verified with ``trusted`` keys), and every
+  certificate of a moved run against the evidence it signed (``evidence_problems``: a
+  certified record rewritten together with its digest no longer matches).
+
 Tampering by someone who can write the store files is detected, not prevented: a
 rollback of the log and its signed head together to an older signed state is only
 visible against a copy of the head kept elsewhere (see docs/SECURITY.md).
@@ -26,6 +33,7 @@ visible against a copy of the head kept elsewhere (see docs/SECURITY.md).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
 
@@ -36,7 +44,7 @@ from auditor.certify.certificate import Statement, open_envelope
 from auditor.certify.issue import RESULT_ARTIFACT
 from auditor.core.errors import AuditorError, IntegrityError, RunNotFound
 from auditor.core.schema import ArtifactRef, RunRecord, record_sha256
-from auditor.store import CertificateRow, RunStore
+from auditor.store import CertificateRow, RunStore, signatures
 from auditor.store.base import series_digest
 
 
@@ -205,3 +213,50 @@ def raise_first(problems: list[str], what: str) -> None:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise IntegrityError(f"{what}: {problems[0]}{more}",
                              hint="the store was changed behind auditor's back; run `audit fsck`")
+
+
+def transfer_problems(store: RunStore, run_ids: Sequence[str],
+                      trusted: list[Ed25519PublicKey] | None) -> list[str]:
+    """What is wrong at a push's or pull's source, for the runs it would move (see the
+    module contract): nothing may be copied when this is not empty."""
+    problems = index_problems(store, trusted)
+    wanted = list(dict.fromkeys(run_ids))
+    certified: dict[str, CertificateRow] = {}
+    for run_id in list(wanted):
+        for row in store.certificates(run_id=run_id):
+            certified[row.sha256] = row
+            if row.rerun_id and row.rerun_id not in wanted:
+                wanted.append(row.rerun_id)
+    for run_id in wanted:
+        problems += _record_problems(store, run_id, trusted)
+    for sha, row in certified.items():
+        source = f"certificate sha256:{sha[:12]}… of run {row.run_id}"
+        try:
+            statement = open_envelope(store.blobs.read_bytes(sha, source), None,
+                                      require_signature=False, source=source)
+        except AuditorError as exc:
+            problems.append(str(exc))
+            continue
+        problems += evidence_problems(store, statement, source)
+    return problems
+
+
+def _record_problems(store: RunStore, run_id: str,
+                     trusted: list[Ed25519PublicKey] | None) -> list[str]:
+    """The record against its digest and its stored signature."""
+    try:
+        record = store.get_record(run_id)
+    except RunNotFound:
+        return []  # named by the caller's own lookup (a certificate's rerun gone: evidence)
+    except AuditorError as exc:
+        return [str(exc)]
+    sig = signatures.signature_of(store, run_id)
+    if sig is None:
+        return []
+    if sig.record_sha256 != record_sha256(record):
+        return [f"run {run_id}: the record was rewritten after it was signed (signed "
+                f"sha256:{sig.record_sha256[:16]}…, now {record_sha256(record)[:16]}…)"]
+    if trusted and not signatures.verifies(sig, trusted):
+        return [f"run {run_id}: its record signature does not verify with any trusted key "
+                f"(signed by {sig.keyid[:12]})"]
+    return []

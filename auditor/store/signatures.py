@@ -138,13 +138,14 @@ def problems(store: RunStore, trusted: list[Ed25519PublicKey]) -> list[str]:
         if sig.record_sha256 != record_sha256(record):
             found.append(f"run {sig.run_id}: record changed after it was signed (signed "
                          f"sha256:{sig.record_sha256[:16]}…)")
-        elif trusted and not _verifies(sig, trusted):
+        elif trusted and not verifies(sig, trusted):
             found.append(f"run {sig.run_id}: record signature does not verify with any "
                          f"trusted key (signed by {sig.keyid[:12]})")
     return found
 
 
-def _verifies(sig: RecordSignature, trusted: list[Ed25519PublicKey]) -> bool:
+def verifies(sig: RecordSignature, trusted: list[Ed25519PublicKey]) -> bool:
+    """True when the signature verifies with one of the trusted keys."""
     from cryptography.exceptions import InvalidSignature
 
     try:

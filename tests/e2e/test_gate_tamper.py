@@ -126,9 +126,16 @@ def test_a_compared_output_passes_with_container_isolation(world: dict[str, Any]
 
 
 def latest_off(world: dict[str, Any]) -> Path:
-    path = world["top"] / "gate-any.toml"
-    path.write_text("latest_only = false\n")
+    path = world["top"] / "gate-any.toml"  # the noise policy's one loosening, allowed by name
+    path.write_text('latest_only = false\nallowed_loosenings = ["ignore_outputs"]\n')
     return path
+
+
+def test_the_default_gate_refuses_the_noise_policys_loosening(world: dict[str, Any]) -> None:
+    path = world["top"] / "gate-latest-off.toml"  # issue 16 item 4: nothing loosened allowed
+    path.write_text("latest_only = false\n")
+    code, out, err = gate(world, "outputs/model.dat", "--policy", str(path))
+    assert code == 1 and "loosening: " in out and "ignore_outputs" in out, (out, err)
 
 
 def test_deleting_the_downgrade_is_named(world: dict[str, Any]) -> None:  # finding 4
@@ -169,3 +176,82 @@ def test_a_flipped_certified_object_stops_the_gate(world: dict[str, Any]) -> Non
     code, out, err = gate(world, "outputs/model.dat", "--policy", str(latest_off(world)),
                           store=store)
     assert code == 3 and "altered" in err, (out, err)
+
+
+def test_the_signed_log_head_cannot_be_laundered(world: dict[str, Any]) -> None:
+    """Issue 16 item 5 as the probe did it: an `audit verify` without --sign-key deleted the
+    signed head (every gate then failed); the downgrade's row and log line deleted and the
+    log re-chained were then signed over by the next signed verify, and gate and fsck
+    passed."""
+    from auditor.store import open_store
+    from tests.integration.test_push_pull import delete_signed_head, rechain
+
+    store = copy_store(world, "launder")
+    env = {**world["env"], "AUDITOR_STORE": str(store)}
+    policy = world["top"] / "gate-ignore.toml"  # latest_only on: the downgrade must count
+    policy.write_text('allowed_loosenings = ["ignore_outputs"]\n')
+    noise = ["--policy", str(world["top"] / "noise.toml")]
+    res = audit("verify", world["run"], *noise, cwd=world["root"], env=env, timeout=900)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-2000:])
+    assert (store / "log" / "certs.head.dsse.json").exists()  # kept by the unsigned verify
+    code, out, err = gate(world, "outputs/model.dat", "--policy", str(policy), store=store)
+    assert code == 1 and "latest: " in out and "re-certified not-reproduced" in out, (out, err)
+    with sqlite3.connect(store / "store.db") as conn:  # the attack
+        conn.execute("delete from certificates where verdict='not-reproduced'")
+    opened = open_store(str(store))
+    rechain(opened, drop=3)  # the strict verify's line
+    delete_signed_head(opened)
+    opened.close()
+    res = audit("verify", world["run"], *noise, "--sign-key",
+                str(world["top"] / "keys" / "auditor.key"), cwd=world["root"], env=env,
+                timeout=900)
+    assert res.returncode == 3, (res.stdout[-2000:], res.stderr[-2000:])
+    assert "removed behind auditor's back" in res.stderr
+    code, out, err = gate(world, "outputs/model.dat", "--policy", str(policy), store=store)
+    assert code == 3 and "head is not signed" in err, (out, err)
+    res = audit("fsck", "--key", world["pub"], cwd=world["root"], env=env)
+    assert res.returncode == 3 and "head is not signed" in res.stdout
+
+
+HUGE_SCRIPT = """\
+import os, torch
+os.makedirs("outputs", exist_ok=True)
+torch.save({"fc.weight": torch.randn(16, 16)}, "outputs/model.pt")  # seeded by nothing
+print("done")
+"""
+
+
+def test_a_huge_tolerance_never_passes_the_default_gate(
+    tmp_path: Path, base_image: tuple[str, str], ca_bundle: Path, torch_wheelhouse: Path
+) -> None:
+    """Issue 16 item 4 as the probe did it: `rtol = atol = 1e9` verified an unseeded run as
+    within tolerance, and the default gate passed its random weights."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / "t.py").write_text(HUGE_SCRIPT)
+    shutil.copy(FIXTURES / "train" / "requirements.lock", root)
+    (root / ".gitignore").write_text("outputs/\n.auditor/\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "unseeded")
+    (tmp_path / "huge.toml").write_text(
+        "[verify]\nmetric_tolerance = {rtol = 1e9, atol = 1e9}\n"
+        "dtype_tolerances = {float32 = {rtol = 1e9, atol = 1e9}}\n")
+    env = {"AUDITOR_STORE": str(tmp_path / "store"), "AUDITOR_BASE_IMAGE": base_image[0],
+           "AUDITOR_WHEELHOUSE": str(torch_wheelhouse), "AUDITOR_CA_BUNDLE": str(ca_bundle)}
+    assert audit("keys", "generate", "--dir", str(tmp_path / "keys"), cwd=root).returncode == 0
+    res = audit("--json", "record", "--", sys.executable, "t.py", cwd=root, env=env)
+    assert res.returncode == 0, res.stderr
+    run_id = json.loads(res.stdout.strip().splitlines()[-1])["id"]
+    res = audit("verify", run_id, "--policy", str(tmp_path / "huge.toml"), "--sign-key",
+                str(tmp_path / "keys" / "auditor.key"), cwd=root, env=env, timeout=900)
+    assert res.returncode == 0 and "within-tolerance" in res.stdout, (res.stdout, res.stderr)
+    pub = str(tmp_path / "keys" / "auditor.pub")
+    res = audit("gate", "outputs/model.pt", "--key", pub, cwd=root, env=env)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "loosening: " in res.stdout and "rtol 1e+09" in res.stdout
+    capped = tmp_path / "gate.toml"
+    capped.write_text('allowed_loosenings = ["tolerance"]\nmax_rtol = 1e-5\nmax_atol = 1e-6\n')
+    res = audit("gate", "outputs/model.pt", "--key", pub, "--policy", str(capped), cwd=root,
+                env=env)
+    assert res.returncode == 1 and "wider than the gate's max_rtol" in res.stdout, res.stdout

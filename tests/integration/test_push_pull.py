@@ -26,11 +26,16 @@ from auditor.certify.certificate import (
     make_statement,
     seal,
 )
+from auditor.certify.issue import issue_certificate
+from auditor.certify.verdict import Verdict, VerifyResult
+from auditor.compare.pairing import OutputCoverage
 from auditor.core.keys import generate_keypair, load_private_key
+from auditor.core.policy import Policy
 from auditor.core.schema import (
     ArtifactRef,
     MetricsSummary,
     new_run_id,
+    record_bytes,
     record_sha256,
 )
 from auditor.store import CertificateRow, SqlStore, open_store
@@ -73,6 +78,25 @@ def _certify(store: SqlStore, run_id: str, key: Path) -> str:
                                          predicate.issued_at,
                                          tuple(a.sha256 for a in record.artifacts)))
     certlog.append(certlog.log_of(store), sha, run_id, None)  # as certify/issue.py does
+    return sha
+
+
+def _issue(store: SqlStore, run_id: str, key: Path | None,
+           verdict: str = "reproduced-bitwise") -> str:
+    """What `audit verify` (with ``--sign-key key``, or without) does once the rerun is
+    compared: a rerun record, then ``issue_certificate`` itself (sealed, stored, indexed,
+    appended to the store's certificate log, the log head signed with the same key)."""
+    original = store.get_record(run_id)
+    rerun = make_record(name="rerun", status="finished")
+    store.put_record(rerun)
+    result = VerifyResult(
+        original_run=run_id, original_name=original.identity.name,
+        rerun_run=rerun.identity.id, rerun_name="rerun",
+        verdict=Verdict(level=verdict,  # type: ignore[arg-type]
+                        outputs=OutputCoverage(compared=[a.name for a in original.outputs()])),
+        policy=Policy().table(), backend="docker", started_at=datetime.now(UTC))
+    sha = issue_certificate(store, result, original, rerun, key, None).certificate_sha256
+    assert sha is not None
     return sha
 
 
@@ -304,3 +328,150 @@ def test_wrong_s3_credentials_are_one_line(pg_url: str, tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+# -- the source is checked before anything is copied (issue 16, item 6) ------------------------
+def rechain(store: SqlStore, drop: int) -> None:
+    """What someone with write access to a store does to hide log line ``drop``: delete it,
+    renumber and re-link every later line, and rewrite the unsigned head to match (the
+    signed head cannot be forged without the key; it is left, or deleted, as the attack
+    wants)."""
+    import hashlib
+    import json
+
+    log = certlog.log_of(store)
+    entries = [json.loads(line) for line in log.read(certlog.LOG_NAME).splitlines()]
+    del entries[drop - 1]
+    prev, lines = certlog.GENESIS, []
+    for seq, entry in enumerate(entries, start=1):
+        line = json.dumps({**entry, "seq": seq, "prev_sha256": prev}, sort_keys=True,
+                          separators=(",", ":")).encode()
+        lines.append(line)
+        prev = hashlib.sha256(line).hexdigest()
+    if isinstance(log, certlog.FileLog):
+        (log.dir / certlog.LOG_NAME).write_bytes(b"".join(x + b"\n" for x in lines))
+    else:
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM cert_log"))
+            for pos, line in enumerate(lines, start=1):
+                conn.execute(sa.text("INSERT INTO cert_log (pos, line) VALUES (:p, :l)"),
+                             {"p": pos, "l": line})
+    head = {"seq": len(lines), "line_sha256": prev, "size": sum(len(x) + 1 for x in lines)}
+    with log.locked(exclusive=True):
+        log.write(certlog.HEAD_NAME, json.dumps(head, sort_keys=True,
+                                                separators=(",", ":")).encode())
+
+
+def delete_signed_head(store: SqlStore) -> None:
+    log = certlog.log_of(store)
+    with log.locked(exclusive=True):
+        log.write(certlog.SIGNED_HEAD_NAME, None)
+
+
+def _nothing_pulled(laptop: Path) -> None:
+    if (laptop / "store.db").exists():
+        store = open_store(str(laptop))
+        assert store.run_versions() == {} and store.certificates() == []
+        store.close()
+
+
+@pytest.mark.parametrize("attack", ["row", "row+line", "row+line+signed-head"])
+def test_pull_refuses_a_source_whose_downgrade_was_deleted(
+    attack: str, team: dict[str, str], tmp_path: Path
+) -> None:
+    """The probe: `audit pull` from a PostgreSQL store whose not-reproduced certificate row
+    was deleted succeeded, and the receiving store's gate passed the downgraded model."""
+    key, pub = generate_keypair(tmp_path / "keys", "k")
+    shared = open_store(team["TEAM"], blobs=team["TEAM_BLOBS"])
+    run_id = _make_run(shared, random.Random(21))
+    _issue(shared, run_id, key)  # signed verifies, as a team's CI makes them
+    _issue(shared, run_id, key, "not-reproduced")  # re-verified later: it does not reproduce
+    with shared.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM certificates WHERE verdict = 'not-reproduced'"))
+    if "line" in attack:
+        rechain(shared, drop=2)
+    if "signed-head" in attack:
+        delete_signed_head(shared)
+    shared.close()
+    laptop = tmp_path / "laptop"
+    trust = ["--trust", str(pub)] if "signed-head" in attack else []
+    res = audit("pull", run_id, "--from", team["TEAM"], *trust, cwd=tmp_path,
+                env={**team, "AUDITOR_STORE": str(laptop)})
+    assert res.returncode == 3, (res.stdout, res.stderr)
+    line = _one_line(res)
+    assert "nothing copied" in line
+    expected = {"row": "missing from the certificates table",
+                "row+line": "the signed head covers 2 lines but the log has 1",
+                "row+line+signed-head": "head is not signed"}[attack]
+    assert expected in line, line
+    assert _password(team["TEAM"]) not in res.stdout + res.stderr
+    _nothing_pulled(laptop)
+
+
+def test_a_certified_record_rewritten_with_its_digest_is_not_pulled(
+    team: dict[str, str], tmp_path: Path
+) -> None:
+    key, _pub = generate_keypair(tmp_path / "keys", "k")
+    shared = open_store(team["TEAM"], blobs=team["TEAM_BLOBS"])
+    run_id = _make_run(shared, random.Random(22))
+    _issue(shared, run_id, key)
+    forged = shared.get_record(run_id).model_copy(update={"params": {"seed": 1234}})
+    with shared.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE runs SET record = :r, record_sha256 = :d WHERE id = :i"),
+                     {"r": record_bytes(forged).decode(), "d": record_sha256(forged),
+                      "i": run_id})
+    shared.close()
+    laptop = tmp_path / "laptop"
+    res = audit("pull", "--all", "--from", team["TEAM"], cwd=tmp_path,
+                env={**team, "AUDITOR_STORE": str(laptop)})
+    assert res.returncode == 3, (res.stdout, res.stderr)
+    assert "was rewritten after it was certified" in _one_line(res)
+    _nothing_pulled(laptop)
+
+
+def test_a_signed_record_rewritten_with_its_digest_is_not_pushed(
+    team: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, pub = generate_keypair(tmp_path / "keys", "k")
+    monkeypatch.setenv("AUDITOR_SIGN_KEY", str(key))  # records signed as they are written
+    local = open_store(str(tmp_path / "laptop"))
+    run_id = _make_run(local, random.Random(23))  # never certified: only its signature
+    forged = local.get_record(run_id).model_copy(update={"params": {"lr": 10.0}})
+    local.close()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "laptop" / "store.db") as conn:
+        conn.execute("UPDATE runs SET record = ?, record_sha256 = ? WHERE id = ?",
+                     (record_bytes(forged).decode(), record_sha256(forged), run_id))
+    env = {**team, "AUDITOR_STORE": str(tmp_path / "laptop")}
+    res = audit("push", run_id, "--to", team["TEAM"], "--to-blobs", team["TEAM_BLOBS"],
+                "--trust", str(pub), cwd=tmp_path, env=env)
+    assert res.returncode == 3, (res.stdout, res.stderr)
+    assert "rewritten after it was signed" in _one_line(res)
+    engine = sa.create_engine(team["TEAM"])
+    with engine.connect() as conn:  # nothing written: not even the team store's schema
+        assert conn.execute(sa.text("SELECT count(*) FROM information_schema.tables WHERE "
+                                    "table_schema = current_schema()")).scalar() == 0
+    engine.dispose()
+
+
+def test_a_pull_without_key_keeps_the_receiving_logs_signed_head(
+    team: dict[str, str], tmp_path: Path
+) -> None:
+    """Certificates pulled without --key go after the receiving store's signed head, which
+    stays (it used to be refused: an unsigned append deleted the head)."""
+    key, pub = generate_keypair(tmp_path / "keys", "k")
+    shared = open_store(team["TEAM"], blobs=team["TEAM_BLOBS"])
+    run_id = _make_run(shared, random.Random(24))
+    _issue(shared, run_id, key)
+    shared.close()
+    local = open_store(str(tmp_path / "laptop"))
+    _issue(local, _make_run(local, random.Random(25)), key)
+    local.close()
+    env = {**team, "AUDITOR_STORE": str(tmp_path / "laptop")}
+    res = audit("pull", run_id, "--from", team["TEAM"], "--trust", str(pub), cwd=tmp_path,
+                env=env)
+    assert res.returncode == 0, res.stderr
+    assert "1 certificate(s)" in res.stdout
+    fsck = audit("fsck", "--key", str(pub), cwd=tmp_path, env=env)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr

@@ -17,11 +17,20 @@ import pytest
 import sqlalchemy as sa
 
 from auditor.certify import log as certlog
+from auditor.core.errors import IntegrityError
 from auditor.core.keys import generate_keypair, load_public_key
+from auditor.release.fsck import check_store
+from auditor.release.gate import GatePolicy, check_artifacts
 from auditor.release.tamper import index_problems
-from auditor.store import open_store
+from auditor.store import SqlStore, open_store
 from tests.conftest import audit
-from tests.integration.test_push_pull import _certify, _make_run
+from tests.integration.test_push_pull import (
+    _certify,
+    _issue,
+    _make_run,
+    delete_signed_head,
+    rechain,
+)
 
 
 def test_a_certificate_issued_on_one_machine_is_in_the_log_every_machine_reads(
@@ -115,3 +124,43 @@ def test_appends_from_several_machines_at_once_keep_one_chain(
     assert certlog.verify_log(log) == 60
     assert [e.seq for e in certlog.read_entries(log)] == list(range(1, 61))
     store.close()
+
+
+@pytest.mark.parametrize("signed_head", ["kept", "deleted"])
+def test_the_signed_log_head_cannot_be_laundered(
+    signed_head: str, any_store: SqlStore, tmp_path: Path
+) -> None:
+    """Issue 16 item 5, on SQLite (the folder log) and PostgreSQL (the database log): one
+    `audit verify` without --sign-key deleted the signed head (every gate then failed);
+    with the head gone, a downgrade's row and log line deleted and the log re-chained were
+    signed over by the next legitimate signed verify, and gate and fsck passed."""
+    key, pub = generate_keypair(tmp_path / "keys", "k")
+    trusted = [load_public_key(pub)]
+    run = _make_run(any_store, random.Random(5))
+    _issue(any_store, run, key)  # signed: reproduced-bitwise
+    _issue(any_store, run, key, "not-reproduced")  # signed: the downgrade, log line 2
+    _issue(any_store, run, None)  # `audit verify` without --sign-key
+    log = certlog.log_of(any_store)
+    assert log.exists(certlog.SIGNED_HEAD_NAME)  # an unsigned append keeps the signed head
+    assert index_problems(any_store, trusted) == []  # so the gate still runs
+    model = tmp_path / "w0.bin"
+    art = any_store.get_record(run).outputs()[0]
+    model.write_bytes(any_store.blobs.read_bytes(art.sha256))
+    gate = GatePolicy(trusted_keys=(pub,))
+    finding = check_artifacts(any_store, [model], gate).findings[0]
+    assert not finding.passed and finding.requirement == "latest"  # the downgrade counts
+    # the attack: the downgrade's row and log line deleted, the log re-chained
+    with any_store.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM certificates WHERE verdict = 'not-reproduced'"))
+    rechain(any_store, drop=2)
+    if signed_head == "deleted":
+        delete_signed_head(any_store)
+    expected = "not the line the signed head signed" if signed_head == "kept" else \
+        "head is not signed"
+    assert expected in " ".join(index_problems(any_store, trusted))
+    with pytest.raises(IntegrityError, match=r"refusing to append|removed behind auditor"):
+        _issue(any_store, run, key)  # the next legitimate signed verify blesses nothing
+    with pytest.raises(IntegrityError, match="certificate log"):
+        check_artifacts(any_store, [model], gate)
+    problems = check_store(any_store, keys=trusted).problems
+    assert any(expected in p for p in problems), problems

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from auditor.certify.certificate import envelope_bytes, sign_payload
 from auditor.certify.log import (
     GENESIS,
     HEAD_NAME,
@@ -190,8 +191,9 @@ def test_truncation_with_a_forged_unsigned_head_is_caught_by_the_signed_head(
         "size": len(b"".join(lines)),
     }
     (log / HEAD_NAME).write_text(json.dumps(forged, sort_keys=True, separators=(",", ":")))
-    assert verify_log(log) == 3  # without a trusted key, a consistent forgery cannot be told apart
-    with pytest.raises(IntegrityError, match="differs from the signed head"):
+    with pytest.raises(IntegrityError, match="covers 5 lines but the log has 3"):
+        verify_log(log)  # the signed head is checked against the lines even without a key
+    with pytest.raises(IntegrityError, match="covers 5 lines but the log has 3"):
         verify_log(log, [key.public_key()])
 
 
@@ -257,14 +259,81 @@ def test_append_refuses_when_the_signed_head_was_altered(log: Path, key: Ed25519
         append(log, _cert(9), "run-9", key)
 
 
-def test_unsigned_append_removes_the_stale_signed_head(log: Path, key: Ed25519PrivateKey) -> None:
+def test_an_unsigned_append_keeps_the_signed_head(log: Path, key: Ed25519PrivateKey) -> None:
+    """Issue 16 item 5: an unsigned append used to delete the signed head, after which every
+    gate failed and nothing vouched for the lines any more. It stays, covering a prefix."""
+    signed = (log / SIGNED_HEAD_NAME).read_bytes()
     append(log, _cert(6), "run-6")
-    assert not (log / SIGNED_HEAD_NAME).exists()
-    assert verify_log(log) == 6
-    with pytest.raises(IntegrityError, match="not signed"):
-        verify_log(log, [key.public_key()])
-    append(log, _cert(7), "run-7", key)
+    append(log, _cert(7), "run-7")
+    assert (log / SIGNED_HEAD_NAME).read_bytes() == signed
+    assert verify_log(log) == 7
     assert verify_log(log, [key.public_key()]) == 7
+    append(log, _cert(8), "run-8", key)
+    assert verify_log(log, [key.public_key()]) == 8
+    assert json.loads(_signed_payload(log))["seq"] == 8
+
+
+def _signed_payload(log_dir: Path) -> bytes:
+    return base64.b64decode(json.loads((log_dir / SIGNED_HEAD_NAME).read_bytes())["payload"])
+
+
+def _rechain(log_dir: Path, drop: int) -> None:
+    """What someone with write access does to hide line ``drop``: delete it, renumber and
+    re-link every later line, and rewrite the unsigned head to match."""
+    entries = [json.loads(line) for line in _lines(log_dir)]
+    del entries[drop - 1]
+    prev, out = GENESIS, []
+    for seq, entry in enumerate(entries, start=1):
+        line = json.dumps({**entry, "seq": seq, "prev_sha256": prev}, sort_keys=True,
+                          separators=(",", ":")).encode()
+        out.append(line + b"\n")
+        prev = hashlib.sha256(line).hexdigest()
+    _rewrite(log_dir, out)
+    head = {"seq": len(out), "line_sha256": prev, "size": len(b"".join(out))}
+    (log_dir / HEAD_NAME).write_text(json.dumps(head, sort_keys=True, separators=(",", ":")))
+
+
+def test_lines_under_the_signed_head_re_chained_are_caught(
+    log: Path, key: Ed25519PrivateKey
+) -> None:
+    append(log, _cert(6), "run-6")  # an unsigned verify: the signed head covers lines 1-5
+    _rechain(log, drop=3)
+    for trusted in (None, [key.public_key()]):
+        with pytest.raises(IntegrityError, match="not the line the signed head signed"):
+            verify_log(log, trusted)
+    for signer in (None, key):  # no append, signed or not, extends it
+        with pytest.raises(IntegrityError, match="refusing to append"):
+            append(log, _cert(9), "run-9", signer)
+    assert len(_lines(log)) == 5
+
+
+def _envelope(key: Ed25519PrivateKey | None, n: int) -> bytes:
+    """A certificate-like envelope, signed with ``key`` (unsigned without)."""
+    return envelope_bytes(sign_payload(f"statement {n}".encode(),
+                                       "application/vnd.in-toto+json", key))
+
+
+def test_a_removed_signed_head_is_never_signed_over(tmp_path: Path,
+                                                     key: Ed25519PrivateKey) -> None:
+    """The laundering: the signed head deleted, a line deleted and the log re-chained; the
+    next signed append must not bless it. The log holds a certificate signed with the key,
+    so it had a signed head: its absence is tampering."""
+    blobs = {_cert(n): _envelope(key if n == 1 else None, n) for n in range(1, 5)}
+    append(tmp_path, _cert(1), "run-1", key, read_certificate=blobs.__getitem__)
+    for n in (2, 3):
+        append(tmp_path, _cert(n), f"run-{n}", read_certificate=blobs.__getitem__)
+    (tmp_path / SIGNED_HEAD_NAME).unlink()
+    _rechain(tmp_path, drop=2)
+    with pytest.raises(IntegrityError, match="not signed"):
+        verify_log(tmp_path, [key.public_key()])
+    with pytest.raises(IntegrityError, match="removed behind auditor's back"):
+        append(tmp_path, _cert(4), "run-4", key, read_certificate=blobs.__getitem__)
+    assert len(_lines(tmp_path)) == 2
+    other = Ed25519PrivateKey.generate()  # a log never signed with a key may start signing
+    fresh = tmp_path / "fresh"
+    append(fresh, _cert(2), "run-2", read_certificate=blobs.__getitem__)
+    append(fresh, _cert(1), "run-1", other, read_certificate=blobs.__getitem__)
+    assert verify_log(fresh, [other.public_key()]) == 2
 
 
 @pytest.mark.parametrize("digest", ["", "abc", "AB" * 32, "g" * 64])
