@@ -226,9 +226,14 @@ def _causes(level: Level, diffs: dict[str, list[Difference]], left: RunRecord,
     if level in ("reproduced-bitwise", "could-not-verify"):
         return []
     crashed = [d for d in diffs.get("process", []) if d.where == "process/exit_code"]
-    causes = rank_causes(diffs, left, right, unexplained=not crashed,
-                         where=first_divergence(diffs, beyond) if beyond else None,
+    # a file the rerun did not write is missing, not nondeterministic: its own cause
+    missing = [d for d in beyond if d.kind == "missing"]
+    varied = [d for d in beyond if d.kind != "missing"]
+    causes = rank_causes(diffs, left, right, unexplained=not crashed and bool(varied),
+                         where=first_divergence(diffs, varied) if varied else None,
                          numerics_reproduced=_numerics_reproduced(diffs, left, right))
+    if missing:
+        causes.insert(0, _missing(missing))
     if crashed:  # nothing else matters as much as a rerun that did not finish
         tail = "; ".join(crashed[0].comments) or "no stderr"
         causes.insert(0, Cause(category="process", what="exit_code", left=crashed[0].left,
@@ -238,6 +243,18 @@ def _causes(level: Level, diffs: dict[str, list[Difference]], left: RunRecord,
     if level == "not-reproduced":
         return causes
     return [c.model_copy(update={"score": c.score * WITHIN_TOLERANCE_WEIGHT}) for c in causes]
+
+
+def _missing(missing: list[Difference]) -> Cause:
+    names = ", ".join(d.where.removeprefix("files/") for d in missing[:3])
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    return Cause(category="files", what="missing in the rerun", left=names + more, right=None,
+                 score=UNEXPLAINED.score + 1.0, explanation=(
+                     f"The rerun did not write {names}{more}, which the original run stored "
+                     "as its output: missing, not different. Either the script writes it only "
+                     "under a condition the rerun does not replay (an argument, a variable, a "
+                     "file present then), or another process wrote it into the tree while the "
+                     "original was recorded (name a run's outputs with --output)."))
 
 
 def _numerics_reproduced(diffs: dict[str, list[Difference]], left: RunRecord,

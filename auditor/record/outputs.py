@@ -12,6 +12,7 @@ into (a shell redirect or ``| tee``: see ``capture.streams``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -120,10 +121,14 @@ def collect(
     own_logs: OwnLogs | None = None,
     notes: dict[str, str] | None = None,
     failures: list[str] | None = None,
+    claim: Callable[[str], str | None] | None = None,
 ) -> tuple[list[ArtifactRef], list[str]]:
     """Store the run's outputs; returns (artifacts, warnings).
 
-    Our own log files are skipped (named in ``notes``). With ``failures`` given, an output
+    Our own log files are skipped (named in ``notes``). With ``claim`` given, a changed
+    file it gives a reason for is not this run's (another recording ran in the tree at the
+    same time: ``record/concurrent.py``): it is skipped, the reason in ``notes``, and an
+    ambiguous one is warned about too. With ``failures`` given, an output
     the store cannot take is named there and the others are still stored. An output that
     holds a secret (``secrets.scan_file``) is not stored: a warning says which file and which
     shape, and ``notes[artifact name]`` says so too."""
@@ -132,7 +137,8 @@ def collect(
     pairs = (
         _declared_files(declared, cwd, warnings)
         if declared
-        else [(cwd / rel, rel) for rel in (snapshot.changed(own_logs, notes) if snapshot else [])]
+        else _claimed(snapshot.changed(own_logs, notes) if snapshot else [], cwd, claim,
+                      notes, warnings)
     )
     for path, rel in pairs:
         if declared and own_logs and (how := own_logs.how(path)):
@@ -157,6 +163,22 @@ def collect(
                 raise
             failures.append(f"outputs/{rel}: {exc}")
     return refs, warnings
+
+
+def _claimed(changed: list[str], cwd: Path, claim: Callable[[str], str | None] | None,
+             notes: dict[str, str] | None, warnings: list[str]) -> list[tuple[Path, str]]:
+    """The changed files that are this run's; the others named in ``notes``."""
+    pairs = []
+    for rel in changed:
+        why = claim(rel) if claim is not None else None
+        if why is None:
+            pairs.append((cwd / rel, rel))
+            continue
+        if notes is not None:
+            notes[f"outputs.skipped.{rel}"] = why
+        if why.startswith("ambiguous"):
+            warnings.append(f"output {rel}: {why}")
+    return pairs
 
 
 def _holds_secret(path: Path) -> str | None:

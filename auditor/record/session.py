@@ -104,10 +104,11 @@ def begin(store: RunStore, plan: Plan, store_dir: Path) -> RunRecord:
 
 
 def begin_capture(
-    store: RunStore, plan: Plan, store_dir: Path
+    store: RunStore, plan: Plan, store_dir: Path, *, run_id: str | None = None
 ) -> tuple[RunRecord, git_capture.CodeCapture]:
     """``begin``, also returning the code capture (``wrap`` drops, after the run, the
-    untracked files the run changed: see ``git.without_changed``)."""
+    untracked files the run changed: see ``git.without_changed``). ``run_id``: the id
+    chosen before (``wrap`` names it in its lease first), else a new one."""
     artifacts: list[ArtifactRef] = []
     not_captured: dict[str, str] = {}
     root = repo_root(plan.cwd)
@@ -130,7 +131,7 @@ def begin_capture(
         ),
         env_vars=redact_env(_without_own(plan.env), plan.env_allow),
     )
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     rel_cwd = _relpath(plan.cwd, Path(code.root)) if code else "."
     record = RunRecord(
         identity=Identity(

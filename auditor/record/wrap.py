@@ -14,6 +14,7 @@ name, its interpreter examined inside the image.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -38,8 +39,9 @@ from auditor.core.schema import (
     MetricsSummary,
     RunRecord,
     Seeds,
+    new_run_id,
 )
-from auditor.record import container, outputs, session
+from auditor.record import concurrent, container, outputs, session
 from auditor.record.capture import determinism as det
 from auditor.record.capture import git as git_capture
 from auditor.record.capture.secrets import redact_params, redacted_env_value
@@ -84,8 +86,17 @@ class WrapResult:
     rescued: Path | None = None  # where the logs went when the store could not take them
 
 
+MAX_KEYS_PER_LINE = 1_000  # metric keys taken from one stdout line
+MAX_KEYS_PER_RUN = 10_000  # distinct metric keys of one run
+MAX_WARNINGS = 100  # metric warnings kept (the rest counted)
+
+
 class MetricSink:
-    """Parses stdout lines into metric points and flushes them to the store in batches."""
+    """Parses stdout lines into metric points and flushes them to the store in batches.
+
+    A line gives at most ``MAX_KEYS_PER_LINE`` keys and a run at most ``MAX_KEYS_PER_RUN``
+    distinct keys (known keys keep their points); each cap, once reached, is reported once
+    (``capped``: a warning line and a note in the record)."""
 
     def __init__(self, store: RunStore, run_id: str, regex: re.Pattern[str] | None) -> None:
         self.store, self.run_id, self.regex = store, run_id, regex
@@ -95,15 +106,18 @@ class MetricSink:
         self.points = 0
         self.warnings: list[str] = []
         self.malformed: list[str] = []  # metrics lines that are not JSON
+        self.capped: dict[str, str] = {}  # which cap -> the one report of it
+        self.dropped_warnings = 0
+        self.dropped_malformed = 0
         self.lock = threading.Lock()
         self.last_flush = time.monotonic()
 
     def feed(self, lineno: int, line: str) -> None:
         """Take one stdout line."""
         text = line.strip()
-        # A metrics line is a JSON object: `{"` opens it. Python reprs (`{'lr': 0.1}`) are
-        # ordinary output, not malformed metrics.
-        if text.startswith('{"') and text.endswith("}"):
+        # A metrics line is a JSON object: `{"` opens it (a line cut short, with no closing
+        # brace, is a malformed one). Python reprs (`{'lr': 0.1}`) are ordinary output.
+        if text.startswith('{"'):
             self._json(lineno, text)
         elif self.regex is not None and (m := self.regex.search(text)):
             groups = m.groupdict()
@@ -116,29 +130,48 @@ class MetricSink:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            self.malformed.append(
-                f"stdout line {lineno} is a metrics line but not valid JSON "
-                f"({exc.msg} at column {exc.colno})"
-            )
+            if len(self.malformed) < MAX_WARNINGS:
+                self.malformed.append(
+                    f"stdout line {lineno} is a metrics line but not valid JSON "
+                    f"({exc.msg} at column {exc.colno})"
+                )
+            else:
+                self.dropped_malformed += 1
             return
         if isinstance(data, dict):
             step = data.pop("step", None)
-            self._add(
-                {
-                    k: v
-                    for k, v in data.items()
-                    if isinstance(v, int | float) and not isinstance(v, bool)
-                },
-                step,
-                lineno,
+            numbers = (
+                (k, v) for k, v in data.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
             )
+            values = dict(itertools.islice(numbers, MAX_KEYS_PER_LINE + 1))
+            if len(values) > MAX_KEYS_PER_LINE:
+                values.popitem()
+                self._cap("line", f"stdout line {lineno} holds more than {MAX_KEYS_PER_LINE} "
+                          f"metric keys; the first {MAX_KEYS_PER_LINE} were taken (a line "
+                          f"gives at most {MAX_KEYS_PER_LINE}; reported once)")
+            self._add(values, step, lineno)
+
+    def _cap(self, which: str, message: str) -> None:
+        self.capped.setdefault(which, message)
+
+    def _warn(self, message: str) -> None:
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(message)
+        else:
+            self.dropped_warnings += 1
 
     def _add(self, values: Mapping[str, Any], step: Any, lineno: int) -> None:
         now = time.time()
         for key, raw in values.items():
+            if key not in self.steps and len(self.steps) >= MAX_KEYS_PER_RUN:
+                self._cap("run", f"the run printed more than {MAX_KEYS_PER_RUN} distinct metric "
+                          f"keys; new keys from stdout line {lineno} on were not taken (a run "
+                          f"has at most {MAX_KEYS_PER_RUN}; reported once)")
+                continue
             value = _to_float(raw)
             if value is None:
-                self.warnings.append(
+                self._warn(
                     f"stdout line {lineno}: metric {key!r} value {raw!r} is not a number; ignored"
                 )
                 continue
@@ -280,8 +313,17 @@ def _record(store: RunStore, opts: WrapOptions, signals: _Signals) -> WrapResult
         image=image,
     )
     session.outside_tree(plan)  # refuse before anything is captured or run
-    snapshot = None if opts.outputs else outputs.Snapshot.take(opts.cwd, [store_dir])
-    record, code = session.begin_capture(store, plan, store_dir)
+    run_id = new_run_id()
+    probe = Path(tempfile.mkdtemp(prefix="auditor-probe-"))
+    # held from before the snapshot: a recording beside this one sees this one's window
+    lease = concurrent.register(run_id, opts.cwd, probe)
+    try:
+        snapshot = None if opts.outputs else outputs.Snapshot.take(opts.cwd, [store_dir])
+        record, code = session.begin_capture(store, plan, store_dir, run_id=run_id)
+    except BaseException:
+        concurrent.release(lease)
+        shutil.rmtree(probe, ignore_errors=True)
+        raise
     record = record.model_copy(
         update={
             "seeds": Seeds(
@@ -290,9 +332,8 @@ def _record(store: RunStore, opts: WrapOptions, signals: _Signals) -> WrapResult
             )
         }
     )
-    probe = Path(tempfile.mkdtemp(prefix="auditor-probe-"))
     try:
-        child = _Child(store, opts, record, env, probe, code, own_logs, image)
+        child = _Child(store, opts, record, env, probe, code, own_logs, image, lease)
         return _run_child(child, regex, snapshot, signals)
     except _Interrupted as stop:
         session.finish(store, record, status="killed", exit_code=-stop.signum, updates={
@@ -301,6 +342,7 @@ def _record(store: RunStore, opts: WrapOptions, signals: _Signals) -> WrapResult
                                     "before the command started"}})
         raise SystemExit(128 + stop.signum) from None
     finally:
+        concurrent.release(lease)  # publishes what this run wrote, from the probe folder
         shutil.rmtree(probe, ignore_errors=True)
 
 
@@ -316,6 +358,7 @@ class _Child:
     code: git_capture.CodeCapture
     own_logs: OwnLogs
     image: container.Image | None = None
+    lease: concurrent.Lease | None = None
 
 
 class _Interrupted(BaseException):
@@ -513,6 +556,7 @@ def _finish(
     produced, warnings = outputs.collect(
         store.blobs, list(opts.outputs), snapshot, opts.cwd, opts.max_output_bytes,
         own_logs=own_logs, notes=notes, failures=failures,
+        claim=concurrent.claimer(child.lease, opts.cwd),
     )
     artifacts += produced + api["artifacts"]
     # in a container the command's pid is its own; its parent there is docker-init
@@ -527,10 +571,17 @@ def _finish(
     if failures:
         notes["store"] = "not stored: " + "; ".join(failures) + (
             f" (the logs are kept in {rescued})" if rescued else "")
+    if sink.dropped_warnings:
+        sink.warnings.append(f"and {sink.dropped_warnings} more metric warnings")
+    if sink.dropped_malformed:
+        sink.malformed.append(f"and {sink.dropped_malformed} more metrics lines that are "
+                              "not valid JSON")
+    for which, message in sink.capped.items():
+        notes[f"metrics.cap.{which}"] = message
     metrics = MetricsSummary(
         final=sink.final,
         points=sink.points,
-        warnings=tuple(sink.warnings + sink.malformed + warnings),
+        warnings=tuple(sink.warnings + list(sink.capped.values()) + sink.malformed + warnings),
     )
     status = "finished" if code == 0 else ("killed" if code < 0 else "failed")
     changed_data = {d.path for d in child.code.data} - {d.path for d in capture.data}
@@ -555,7 +606,8 @@ def _finish(
     # a garbage project lock is worth a warning; the derived lock's note is in the record
     lock = final.environment.python.lock if final.environment.python else None
     lock_note = notes.get("environment.python.lock") if lock and lock.origin == "project" else None
-    for line in sink.warnings + warnings + ([lock_note] if lock_note else []):
+    for line in (sink.warnings + list(sink.capped.values()) + warnings
+                 + ([lock_note] if lock_note else [])):
         print(f"warning: {line}", file=sys.stderr)
     return WrapResult(
         record=final,

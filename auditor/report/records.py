@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from auditor.store.base import RunSummary
 
@@ -34,6 +35,23 @@ def console(*, err: bool = False) -> Console:
     )
 
 
+def shown(value: object) -> Text:
+    """``value`` as plain text for the terminal: control characters (C0, DEL, C1), line
+    and paragraph separators and bidirectional controls as visible escapes (``\\x1b``,
+    ``\\u202e``), and no rich markup (``[red]`` stays literal)."""
+    text = str(value)
+    if text.isprintable():  # bidi controls are format characters: not printable either
+        return Text(text)
+    return Text("".join(ch if ch.isprintable() else _escape(ch) for ch in text))
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def fmt_float(value: float) -> str:
     """Short, exact-enough display of a metric value (nan/inf spelled out)."""
     return f"{value:.6g}"
@@ -48,25 +66,26 @@ def print_runs(runs: Sequence[RunSummary]) -> None:
         commit = (r.commit or "-")[:10] + ("*" if r.dirty else "")
         metrics = "  ".join(f"{k}={fmt_float(v)}" for k, v in list(r.final_metrics.items())[:3])
         table.add_row(
-            r.id, r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.status, r.name, commit, metrics
+            shown(r.id), r.started_at.strftime("%Y-%m-%d %H:%M:%S"), shown(r.status),
+            shown(r.name), shown(commit), shown(metrics)
         )
     out = console()
     out.print(table)
     lacks = {r.id: r.lacks for r in runs}  # summaries and `--where` rows alike
     imported = [i for i, why in lacks.items() if why]
     if imported:
-        shown = ", ".join(i[:10] for i in imported[:5]) + (" …" if len(imported) > 5 else "")
-        out.print(f"{len(imported)} imported run(s) cannot be verified ({shown}): "
-                  f"{lacks[imported[0]]} (see `audit show`)", highlight=False)
+        listed = ", ".join(i[:10] for i in imported[:5]) + (" …" if len(imported) > 5 else "")
+        out.print(shown(f"{len(imported)} imported run(s) cannot be verified ({listed}): "
+                        f"{lacks[imported[0]]} (see `audit show`)"), highlight=False)
     if not runs:
         out.print("no runs recorded yet: try `audit record -- python train.py`")
 
 
 def _section(out: Console, title: str, rows: Sequence[tuple[str, object]]) -> None:
-    out.print(f"[bold]{title}[/]")
+    out.print(Text.assemble(shown(title), style="bold"))
     for key, value in rows:
         if value not in (None, "", (), [], {}):
-            out.print(f"  {key:<22} {value}")
+            out.print(Text.assemble("  ", shown(f"{key:<22}"), " ", shown(value)))
 
 
 def _untracked_rows(rec: RunRecord) -> list[tuple[str, object]]:

@@ -29,6 +29,11 @@ from auditor.ui.views import SECTIONS, flatten
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "templates" / "ui"  # shipped in the wheel
 DEFAULT_COLUMNS = ("name", "status", "verified", "started", "tags")
 PLAIN_COLUMNS = ("id", "name", "status", "verified", "started", "tags", "commit")
+# a page's size bound: rows of one section of a run page, curves embedded in it, keys
+# offered as columns on the runs page (the record keeps them all: `audit show --json`)
+MAX_ROWS = 200
+MAX_CURVES = 50
+MAX_COLUMN_KEYS = 200
 
 
 @functools.cache
@@ -98,8 +103,8 @@ def error_page(message: str, code: int) -> str:
 def runs_page(result: Page, where: str, sort: str, cols: Sequence[str] | None,
               metric: str | None, matched: Sequence[Row]) -> str:
     """The runs table: filter form, column chooser, one page of rows, pager."""
-    available = [*PLAIN_COLUMNS, *(f"params.{k}" for k in result.param_keys),
-                 *(f"metrics.{k}" for k in result.metric_keys)]
+    available = [*PLAIN_COLUMNS, *(f"params.{k}" for k in result.param_keys[:MAX_COLUMN_KEYS]),
+                 *(f"metrics.{k}" for k in result.metric_keys[:MAX_COLUMN_KEYS])]
     chosen = [c for c in (cols or []) if c in available] or [
         *DEFAULT_COLUMNS, *(f"params.{k}" for k in result.param_keys[:6]),
         *(f"metrics.{k}" for k in result.metric_keys[:4])]
@@ -124,7 +129,8 @@ def runs_page(result: Page, where: str, sort: str, cols: Sequence[str] | None,
                  where=where, sort=sort, metric=metric or "", sort_links=sort_links,
                  prev=link(page=result.page - 1) if result.page > 1 else None,
                  next=link(page=result.page + 1) if result.page < result.pages else None,
-                 best=jsonable(best), best_metric=best_metric, metrics=result.metric_keys)
+                 best=jsonable(best), best_metric=best_metric,
+                 metrics=result.metric_keys[:MAX_COLUMN_KEYS])
 
 
 def _cell(r: Row, column: str) -> str:
@@ -144,6 +150,13 @@ def compare_page(view: dict[str, Any], *, inline: bool = False) -> str:
                  sections=data["sections"])
 
 
+def _bounded(rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """At most ``MAX_ROWS`` rows, the last saying how many more the record holds."""
+    if len(rows) <= MAX_ROWS:
+        return rows
+    return [*rows[:MAX_ROWS], ("…", f"and {len(rows) - MAX_ROWS} more (audit show --json)")]
+
+
 def run_page(rec: RunRecord, certs: Sequence[CertificateRow],
              curves: dict[str, Any]) -> str:
     """One run: record sections, artifacts, certificates, live curves."""
@@ -161,8 +174,12 @@ def run_page(rec: RunRecord, certs: Sequence[CertificateRow],
                 ("exit code", _num(ident.exit_code)), ("reproduces", ident.reproduces or "-"),
                 ("tags", ", ".join(ident.tags) or "-"),
                 ("command", " ".join(rec.command.argv))]
-    data = {"id": ident.id, "status": ident.status, "curves": jsonable(curves)}
-    return _page("run.html.j2", ident=ident, identity=identity, sections=sections,
-                 artifacts=rec.artifacts, certs=certs, data=data,
-                 not_captured=sorted(rec.not_captured.items()),
+    shown_curves = dict(list(curves.items())[:MAX_CURVES])
+    data = {"id": ident.id, "status": ident.status, "curves": jsonable(shown_curves),
+            "more_curves": len(curves) - len(shown_curves)}
+    return _page("run.html.j2", ident=ident, identity=identity,
+                 sections={name: _bounded(rows) for name, rows in sections.items()},
+                 artifacts=rec.artifacts[:MAX_ROWS],
+                 more_artifacts=max(0, len(rec.artifacts) - MAX_ROWS), certs=certs, data=data,
+                 not_captured=_bounded(sorted(rec.not_captured.items())),
                  record_json=json.dumps(json.loads(rec.model_dump_json()), indent=1)[:200_000])

@@ -6,8 +6,16 @@ torch's initial seed as they are then in effect (scripts set them themselves), w
 pid and its parent's (in a container the command is docker-init's child), to
 ``$AUDITOR_PROBE_DIR/determinism-<pid>.json``. It then hands over to any other
 ``sitecustomize`` module further down the path, so a project's own keeps working.
+
+While the process runs, an audit hook (``sys.addaudithook``) notes every path the process
+opens for writing, renames or links onto, truncates or touches, one absolute path a line in
+``$AUDITOR_PROBE_DIR/writes-<pid>.txt`` (appended as it happens, so a killed process keeps
+what it wrote), and the two native writers of weights that raise no audit event
+(``torch.save`` to a path, safetensors' ``save_file``) are wrapped to note their target the
+same way. The recorder attributes changed files to the run with it (``record/concurrent``).
 """
 
+import _thread
 import atexit
 import json
 import os
@@ -75,6 +83,140 @@ def _dump() -> None:
         pass
 
 
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_state: "dict[str, Any]" = {"fd": None, "seen": set(), "pid": None}
+_busy: "set[int]" = set()  # threads inside _note: its own open raises an event too
+
+
+def _note(path: "Any") -> None:
+    """Append ``path`` (made absolute) to this process's writes file, once per path."""
+    me = _thread.get_ident()
+    if me in _busy:
+        return
+    _busy.add(me)
+    try:
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        elif not isinstance(path, str):
+            path = os.fspath(path)
+        full = os.path.abspath(path)
+        if full.startswith(os.environ["AUDITOR_PROBE_DIR"] + os.sep):
+            return  # the probe's own files
+        if _state["pid"] != os.getpid():  # first note, or a forked child: its own file
+            _state.update(pid=os.getpid(), seen=set(), fd=os.open(
+                os.path.join(os.environ["AUDITOR_PROBE_DIR"], f"writes-{os.getpid()}.txt"),
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        if full not in _state["seen"] and "\n" not in full:
+            _state["seen"].add(full)
+            os.write(_state["fd"], (full + "\n").encode("utf-8", "surrogateescape"))
+    except Exception:  # noqa: BLE001 - the probe is best effort by design
+        pass
+    finally:
+        _busy.discard(me)
+
+
+def _audit(event: str, args: "tuple[Any, ...]") -> None:
+    if event in _EVENTS:
+        try:
+            _written(event, args)
+        except Exception:  # noqa: BLE001 - an audit hook that raises breaks the call
+            return
+
+
+_EVENTS = frozenset(("open", "os.rename", "os.link", "os.symlink", "shutil.copyfile",
+                     "os.truncate", "os.utime"))
+
+
+def _written(event: str, args: "tuple[Any, ...]") -> None:
+    if event == "open":
+        path, mode, flags = (*tuple(args), None, None, None)[:3]
+        if isinstance(path, int):
+            return  # an fd: opened before, by path
+        writes = (bool(flags & _WRITE_FLAGS) if isinstance(flags, int)
+                  else isinstance(mode, str) and any(c in mode for c in "wax+"))
+        if writes and path is not None:
+            _note(path)
+    elif event in ("os.rename", "os.link", "os.symlink", "shutil.copyfile"):
+        if len(args) > 1 and not isinstance(args[1], int):
+            _note(args[1])  # the destination
+    elif event in ("os.truncate", "os.utime") and args and isinstance(
+            args[0], (str, bytes, os.PathLike)):
+        _note(args[0])
+
+
+# native writers: (module, function, position and name of the path argument)
+_NATIVE = {"safetensors": ("serialize_file", 1, "filename"),
+           "torch.serialization": ("save", 1, "f")}
+
+
+def _wrap_native(module: "Any", attr: str, pos: int, kw: str) -> None:
+    try:
+        _wrap(module, attr, pos, kw)
+    except Exception:  # noqa: BLE001 - the probe must never break the training
+        return
+
+
+def _wrap(module: "Any", attr: str, pos: int, kw: str) -> None:
+    inner = getattr(module, attr, None)
+    if inner is None or getattr(inner, "_auditor_wrapped", False):
+        return
+
+    def wrapper(*args: "Any", **kwargs: "Any") -> "Any":
+        target = args[pos] if len(args) > pos else kwargs.get(kw)
+        if isinstance(target, (str, bytes, os.PathLike)):
+            _note(target)
+        return inner(*args, **kwargs)
+
+    for name in ("__name__", "__qualname__", "__doc__", "__module__"):
+        if hasattr(inner, name):
+            setattr(wrapper, name, getattr(inner, name))
+    wrapper.__wrapped__ = inner  # type: ignore[attr-defined]
+    wrapper._auditor_wrapped = True  # type: ignore[attr-defined]
+    setattr(module, attr, wrapper)
+
+
+class _NativeFinder:
+    """Wraps the native writers in ``_NATIVE`` as their modules finish loading."""
+
+    @staticmethod
+    def find_spec(name: str, path: "Any" = None, target: "Any" = None) -> "Any":
+        if name not in _NATIVE:
+            return None
+        for finder in sys.meta_path:
+            if finder is _NativeFinder or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        run = getattr(loader, "exec_module", None)
+        if run is None:
+            return spec
+
+        def exec_module(module: "Any") -> None:
+            run(module)
+            _wrap_native(module, *_NATIVE[name])
+
+        try:
+            loader.exec_module = exec_module
+        except (AttributeError, TypeError):  # a loader that takes no attribute: unwrapped
+            return spec
+        return spec
+
+
+def _watch_writes() -> None:
+    try:
+        sys.addaudithook(_audit)
+        sys.meta_path.insert(0, _NativeFinder)  # type: ignore[arg-type]
+        for name, spec in _NATIVE.items():  # already imported (a sitecustomize before us)
+            if name in sys.modules:
+                _wrap_native(sys.modules[name], *spec)
+    except Exception:  # noqa: BLE001 - the probe is best effort by design
+        pass
+
+
 def _chain() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     ours = sys.modules.pop("sitecustomize", None)
@@ -93,4 +235,5 @@ def _chain() -> None:
 
 if os.environ.get("AUDITOR_PROBE_DIR") and __name__ == "sitecustomize":
     atexit.register(_dump)
+    _watch_writes()
     _chain()
