@@ -20,7 +20,8 @@ run's record and every subject re-hash to the signed digests, else ``IntegrityEr
    not trusted; a certificate for v1 presented for v2 fails here).
 5. ``level``: the signed verdict ranks at least ``min_level`` (``LEVEL_RANK``).
    ``isolation``: the rerun was isolated at least as ``min_isolation`` says (default
-   ``container``; a venv-level or unstated certificate fails with what to do).
+   ``container``; a venv-level, unisolated (``none``: no gate accepts it) or unstated
+   certificate fails with what to do).
    ``loosening``: with ``allowed_loosenings`` set, every loosening the verification
    policy made (``auditor.certify.loosen``) is of an allowed kind.
 6. ``age``: issued no more than ``max_age_days`` ago (0: no limit) and not in the future.
@@ -246,8 +247,13 @@ def _isolation_failure(statement: Statement, policy: GatePolicy) -> tuple[str, s
         return None
     if level == "container":
         return None
-    said = {"venv": "in a venv on the verifying host (weaker isolation: the training script "
-                    "ran as a host process and could read that host's files)",
+    if level == "none":  # no gate policy accepts it
+        return "isolation", ("the rerun was unisolated (a venv without bubblewrap: the "
+                             "training script ran as a host process and could read that "
+                             "host's files); re-verify with a docker engine, or with "
+                             "bubblewrap (bwrap) installed and min_isolation = \"venv\"")
+    said = {"venv": "in a venv on the verifying host (weaker isolation: in bubblewrap, but "
+                    "with that host's kernel and system libraries)",
             None: "without stating its isolation level (issued by an older auditor?)"}[level]
     return "isolation", (f"the rerun was {said}; the gate requires container isolation "
                          "(re-verify with a docker engine, or set min_isolation = \"venv\" in "

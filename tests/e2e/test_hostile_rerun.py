@@ -188,8 +188,9 @@ def open_folder() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.parametrize("bwrap", ["on", "off"])
 def test_hostile_venv_rerun_cannot_read_the_store_or_the_repository(
-    open_folder: Path, host_secret: tuple[Path, bytes], ca_bundle: Path,
+    open_folder: Path, host_secret: tuple[Path, bytes], ca_bundle: Path, bwrap: str,
 ) -> None:
     if os.geteuid() != 0:
         pytest.skip("the venv backend drops to uid 1000 only as root")
@@ -198,6 +199,8 @@ def test_hostile_venv_rerun_cannot_read_the_store_or_the_repository(
     store_dir = open_folder / "store"
     other = open_store(str(open_folder / "other-store"))  # another store on this host
     env = {"AUDITOR_STORE": str(store_dir), "AUDITOR_CA_BUNDLE": str(ca_bundle)}
+    if bwrap == "off":  # unisolated: unshare --net and a tmpfs over the store
+        env["AUDITOR_BWRAP"] = "off"
     run_id = record_hostile(repo, env, secret, store_dir, other.blobs.root)
     original = show(repo, env, run_id)
     sha = output_sha(original)
@@ -219,12 +222,18 @@ def test_hostile_venv_rerun_cannot_read_the_store_or_the_repository(
     assert "read" not in hunt, hunt  # not one file of the stores or the repository
     # the weaker isolation, as it was, is in the stored record and the certificate
     sandbox = rerun["not_captured"]["sandbox"]
+    notes = certificate_notes(cert)
+    isolation = certificate_notes(cert, "isolation_notes")
+    if bwrap == "on":
+        assert "venv backend: bubblewrap" in sandbox, sandbox
+        assert f"the store {store_dir} is not mounted" in sandbox, sandbox
+        assert any("bubblewrap" in n for n in isolation), isolation
+        return
+    assert "venv backend: unisolated" in sandbox, sandbox
     assert "network removed with unshare --net" in sandbox, sandbox
     assert f"the store {store_dir} is hidden and not readable" in sandbox, sandbox
-    notes = certificate_notes(cert)
     assert any("unshare --net" in n for n in notes), notes
     assert any("hidden and not readable" in n for n in notes), notes
-    isolation = certificate_notes(cert, "isolation_notes")
     assert any("unshare --net" in n for n in isolation), isolation
 
 
