@@ -106,7 +106,8 @@ def alive(lease: dict[str, Any]) -> bool:
         return True  # another host's (a shared /tmp): not ours to judge
     if lease.get("boot") != _boot_id():
         return False
-    return start_time(lease["pid"]) == lease.get("start")
+    now = start_time(lease["pid"])
+    return now is not None and now == lease.get("start")
 
 
 def dead_leases() -> list[tuple[Path, dict[str, Any]]]:
