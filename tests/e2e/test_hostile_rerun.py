@@ -323,9 +323,25 @@ def _alive(pid: int) -> bool:
     return stat_line.split(") ", 1)[1][0] != "Z"
 
 
+def _pid_running(script: str) -> int | None:
+    """The host pid of the python process running ``script`` (in bubblewrap the rerun's
+    own pid is another, and the host's /tmp, where SLEEPER writes it, is not the rerun's)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if script.encode() in argv and any(b"python" in a for a in argv[:1]):
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.parametrize("bwrap", ["on", "off"])
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_signal_to_verify_removes_the_venv_rerun_and_its_scratch_folder(
-    make_repo: Any, tmp_path: Path, ca_bundle: Path, sig: str
+    make_repo: Any, tmp_path: Path, ca_bundle: Path, sig: str, bwrap: str
 ) -> None:
     import glob
     import signal
@@ -334,6 +350,8 @@ def test_signal_to_verify_removes_the_venv_rerun_and_its_scratch_folder(
     script = f"sleeper_{token}.py"
     repo = make_repo({script: SLEEPER, "requirements.lock": SIX_LOCK})
     env = {"AUDITOR_STORE": str(tmp_path / "store"), "AUDITOR_CA_BUNDLE": str(ca_bundle)}
+    if bwrap == "off":
+        env["AUDITOR_BWRAP"] = "off"
     pid_file = Path(tempfile.gettempdir()) / f"auditor-test-{token}.pid"
     res = audit("--json", "record", "--", PY, script, str(pid_file), cwd=repo, env=env)
     assert res.returncode == 0, res.stderr
@@ -346,7 +364,7 @@ def test_signal_to_verify_removes_the_venv_rerun_and_its_scratch_folder(
     try:
         pattern = f"{tempfile.gettempdir()}/auditor-rerun-*/tree/{script}"
         scratch = Path(_wait_for(lambda: glob.glob(pattern), 300)[0]).parent.parent
-        pid = int(_wait_for(lambda: pid_file.exists() and pid_file.read_text(), 60))
+        pid = int(_wait_for(lambda: _pid_running(script), 60))
         assert _alive(pid)
         proc.send_signal(getattr(signal, sig))
         _out, err = proc.communicate(timeout=60)
