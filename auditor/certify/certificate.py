@@ -82,8 +82,9 @@ class ReproductionPredicate(BaseModel):
     summary: dict[str, Any] = Field(default_factory=dict)
     causes: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
-    # how the rerun was isolated: "container" (docker) or "venv" (the host, weaker)
-    isolation: Literal["container", "venv"] | None = None
+    # how the rerun was isolated: "container" (docker), "venv" (a venv in bubblewrap,
+    # weaker) or "none" (a venv as a host process: it could read the host's files)
+    isolation: Literal["container", "venv", "none"] | None = None
     isolation_notes: list[str] = Field(default_factory=list)
     # what the policy accepted beyond the defaults, and the outputs it did not compare
     loosenings: list[Loosening] = Field(default_factory=list)

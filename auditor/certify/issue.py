@@ -32,12 +32,10 @@ from auditor.core.errors import CorruptRecord, CouldNotVerify
 from auditor.core.keys import load_private_key
 from auditor.core.schema import ArtifactRef, RunRecord, record_sha256
 from auditor.core.version import __version__
+from auditor.rerun.record import isolation_level
 from auditor.store import CertificateRow, RunStore
 
 RESULT_ARTIFACT = "verify/result.json"
-
-
-ISOLATION = {"docker": "container", "venv": "venv"}
 
 
 def subjects_of(original: RunRecord, verdict: Verdict) -> list[Subject]:
@@ -82,7 +80,7 @@ def issue_certificate(
         | {"first_divergence": result.verdict.first_divergence},
         causes=[f"{c.what}: {c.explanation}" for c in result.verdict.causes[:5]],
         notes=list(result.verdict.notes),
-        isolation=ISOLATION.get(result.backend or ""),  # type: ignore[arg-type]
+        isolation=isolation_level(result.backend, result.verdict.notes),  # type: ignore[arg-type]
         isolation_notes=[n for n in result.verdict.notes
                          if n.startswith(("venv backend:", "docker backend:"))],
         loosenings=from_verdict(result.verdict),

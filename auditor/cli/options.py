@@ -39,9 +39,14 @@ class Ctx:
 
     def store(self, *, create: bool = True) -> RunStore:
         """Open the selected store."""
+        from auditor.rerun.lease import reap_dead
         from auditor.store import open_store
 
-        return open_store(self.store_location, blobs=self.blobs_location, create=create)
+        store = open_store(self.store_location, blobs=self.blobs_location, create=create)
+        for line in reap_dead(store):  # what a killed verify left behind (rerun/lease.py)
+            if not self.quiet:
+                click.echo(line, err=True)
+        return store
 
 
 pass_ctx = click.make_pass_decorator(Ctx)

@@ -21,7 +21,7 @@ run's record and every subject re-hash to the signed digests, else ``IntegrityEr
 5. ``level``: the signed verdict ranks at least ``min_level`` (``LEVEL_RANK``).
    ``isolation``: the rerun was isolated at least as ``min_isolation`` says
    (``ISOLATION_RANK``; default ``container``; a venv-level, unstated or unknown level
-   fails with what to do).
+   fails with what to do; ``none``, a venv rerun without bubblewrap, fails every gate).
    ``loosening``: the verification policy the certificate signed loosened nothing the gate
    policy does not allow by name. The gate reads the signed ``policy`` table with this
    auditor's ``Policy`` and ``loosenings`` (so every loosening this auditor knows is seen,
@@ -295,8 +295,13 @@ def _isolation_failure(statement: Statement, policy: GatePolicy) -> tuple[str, s
     level: str | None = statement.predicate.isolation
     if ISOLATION_RANK.get(level or "", 0) >= ISOLATION_RANK[policy.min_isolation]:
         return None
-    said = {"venv": "in a venv on the verifying host (weaker isolation: the training script "
-                    "ran as a host process and could read that host's files)",
+    if level == "none":  # no gate policy accepts it
+        return "isolation", ("the rerun was unisolated (a venv without bubblewrap: the "
+                             "training script ran as a host process and could read that "
+                             "host's files); re-verify with a docker engine, or with "
+                             "bubblewrap (bwrap) installed and min_isolation = \"venv\"")
+    said = {"venv": "in a venv on the verifying host (weaker isolation: in bubblewrap, but "
+                    "with that host's kernel and system libraries)",
             None: "without stating its isolation level (issued by an older auditor?)"}.get(
         level, f"isolated at level {level!r}, which ranks below what the gate requires")
     fix = "re-verify with a docker engine" + (

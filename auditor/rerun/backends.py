@@ -83,7 +83,7 @@ class DockerBackend:
     def execute(self, prep: Prepared, built: BuildResult, limits: Limits, on_line: LineSink,
                 *, hidden: tuple[Path, ...] = (), also_hidden: tuple[Path, ...] = ()
                 ) -> Executed:
-        from auditor.rerun.sandbox import execute_docker  # neither is mounted in a container
+        from auditor.rerun.in_docker import execute_docker  # neither is mounted in a container
 
         return execute_docker(prep, built.image_id, limits, on_line)
 
@@ -107,7 +107,7 @@ class VenvBackend:
     def execute(self, prep: Prepared, built: BuildResult, limits: Limits, on_line: LineSink,
                 *, hidden: tuple[Path, ...] = (), also_hidden: tuple[Path, ...] = ()
                 ) -> Executed:
-        from auditor.rerun.sandbox import execute_venv
+        from auditor.rerun.in_venv import execute_venv
 
         return execute_venv(prep, Path(built.tag), limits, on_line, hidden=hidden,
                             also_hidden=also_hidden)

@@ -15,6 +15,7 @@ the host, counted with multiplicity; extra host GPUs are fine.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import tempfile
@@ -41,6 +42,8 @@ from auditor.record.capture.gpu import capture_gpus, gpu_signature
 from auditor.record.capture.secrets import redact_env, redact_text
 from auditor.record.childio import ingest_api, rerun_logs
 from auditor.record.wrap import MetricSink, compile_regex, observed
+from auditor.rerun import lease
+from auditor.rerun.bwrap import ISOLATED
 from auditor.rerun.ingest import collect_api_artifacts, collect_changed, stage_probe
 from auditor.rerun.sandbox import Executed, Prepared
 from auditor.store import RunStore
@@ -53,7 +56,8 @@ def record_rerun(
 ) -> RunRecord:
     """Execute the rerun and store it as a run that reproduces ``original``."""
     rerun = _initial(original, prep, built)
-    store.put_record(rerun)
+    store.put_record(rerun, pid=os.getpid())  # `running` while this process lives
+    lease.note_run(prep.workdir, rerun.identity.id)
     sink = MetricSink(store, rerun.identity.id, compile_regex(original.command.metrics_regex))
     try:
         done = execute(sink.feed)
@@ -74,10 +78,21 @@ def sandbox_notes(rerun: RunRecord) -> list[str]:
     return [n for n in rerun.not_captured.get("sandbox", "").split("; ") if n]
 
 
+def isolation_level(backend: str | None, notes: list[str] | tuple[str, ...]) -> str | None:
+    """How isolated the rerun was, for the certificate: ``container`` (docker), ``venv``
+    (the venv in bubblewrap, which its sandbox notes say), ``none`` (a venv rerun without
+    bubblewrap: a host process that could read this host's files); None when unknown."""
+    if backend == "docker":
+        return "container"
+    if backend == "venv":
+        return "venv" if any(n.startswith(ISOLATED) for n in notes) else "none"
+    return None
+
+
 _ENVIRONMENT_FAILURE = re.compile(
     r"^(?:ModuleNotFoundError|ImportError)\b"
     r"|can't open file|[Pp]ermission denied|PermissionError|No such file or directory"
-    r"|^(?:unshare|setpriv|sh|mount|auditor): "
+    r"|^(?:unshare|setpriv|sh|mount|auditor|bwrap): "
 )
 
 

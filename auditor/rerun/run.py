@@ -1,6 +1,8 @@
 """The rerun stage composed: a private scratch folder, the prepared plan, the chosen
 backend's ``execute`` and the rerun's own record, with SIGTERM turned into an interrupt so
-the container, the process group and the scratch folder are always removed.
+the container, the process group and the scratch folder are always removed. The scratch
+folder carries this process's lease (``rerun/lease.py``): after a ``kill -9`` the next
+command that opens the store removes what was left and marks the rerun crashed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from auditor.core.schema import RunRecord
 from auditor.env.spec import BuildResult
+from auditor.rerun import lease
 from auditor.rerun.backends import Backend
 from auditor.rerun.record import record_rerun
 from auditor.rerun.sandbox import Limits, cleanup, interrupt_on_sigterm, prepare, scratch_dir
@@ -33,6 +36,7 @@ def rerun(
         tmp = scratch_dir()
         workdir = Path(tmp.name)
         try:
+            lease.take(workdir, store.url, backend.name)  # a later command cleans if we die
             acc = original.environment.accelerators
             limits = replace(limits, gpus=len(acc.gpus) if acc else 0)
             prep = prepare(store, original, workdir, skip_replay=skip_replay, pass_env=pass_env)

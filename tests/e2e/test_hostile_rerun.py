@@ -188,8 +188,9 @@ def open_folder() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.parametrize("bwrap", ["on", "off"])
 def test_hostile_venv_rerun_cannot_read_the_store_or_the_repository(
-    open_folder: Path, host_secret: tuple[Path, bytes], ca_bundle: Path,
+    open_folder: Path, host_secret: tuple[Path, bytes], ca_bundle: Path, bwrap: str,
 ) -> None:
     if os.geteuid() != 0:
         pytest.skip("the venv backend drops to uid 1000 only as root")
@@ -198,6 +199,8 @@ def test_hostile_venv_rerun_cannot_read_the_store_or_the_repository(
     store_dir = open_folder / "store"
     other = open_store(str(open_folder / "other-store"))  # another store on this host
     env = {"AUDITOR_STORE": str(store_dir), "AUDITOR_CA_BUNDLE": str(ca_bundle)}
+    if bwrap == "off":  # unisolated: unshare --net and a tmpfs over the store
+        env["AUDITOR_BWRAP"] = "off"
     run_id = record_hostile(repo, env, secret, store_dir, other.blobs.root)
     original = show(repo, env, run_id)
     sha = output_sha(original)
@@ -219,12 +222,18 @@ def test_hostile_venv_rerun_cannot_read_the_store_or_the_repository(
     assert "read" not in hunt, hunt  # not one file of the stores or the repository
     # the weaker isolation, as it was, is in the stored record and the certificate
     sandbox = rerun["not_captured"]["sandbox"]
+    notes = certificate_notes(cert)
+    isolation = certificate_notes(cert, "isolation_notes")
+    if bwrap == "on":
+        assert "venv backend: bubblewrap" in sandbox, sandbox
+        assert f"the store {store_dir} is not mounted" in sandbox, sandbox
+        assert any("bubblewrap" in n for n in isolation), isolation
+        return
+    assert "venv backend: unisolated" in sandbox, sandbox
     assert "network removed with unshare --net" in sandbox, sandbox
     assert f"the store {store_dir} is hidden and not readable" in sandbox, sandbox
-    notes = certificate_notes(cert)
     assert any("unshare --net" in n for n in notes), notes
     assert any("hidden and not readable" in n for n in notes), notes
-    isolation = certificate_notes(cert, "isolation_notes")
     assert any("unshare --net" in n for n in isolation), isolation
 
 
@@ -314,9 +323,25 @@ def _alive(pid: int) -> bool:
     return stat_line.split(") ", 1)[1][0] != "Z"
 
 
+def _pid_running(script: str) -> int | None:
+    """The host pid of the python process running ``script`` (in bubblewrap the rerun's
+    own pid is another, and the host's /tmp, where SLEEPER writes it, is not the rerun's)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if script.encode() in argv and any(b"python" in a for a in argv[:1]):
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.parametrize("bwrap", ["on", "off"])
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_signal_to_verify_removes_the_venv_rerun_and_its_scratch_folder(
-    make_repo: Any, tmp_path: Path, ca_bundle: Path, sig: str
+    make_repo: Any, tmp_path: Path, ca_bundle: Path, sig: str, bwrap: str
 ) -> None:
     import glob
     import signal
@@ -325,6 +350,8 @@ def test_signal_to_verify_removes_the_venv_rerun_and_its_scratch_folder(
     script = f"sleeper_{token}.py"
     repo = make_repo({script: SLEEPER, "requirements.lock": SIX_LOCK})
     env = {"AUDITOR_STORE": str(tmp_path / "store"), "AUDITOR_CA_BUNDLE": str(ca_bundle)}
+    if bwrap == "off":
+        env["AUDITOR_BWRAP"] = "off"
     pid_file = Path(tempfile.gettempdir()) / f"auditor-test-{token}.pid"
     res = audit("--json", "record", "--", PY, script, str(pid_file), cwd=repo, env=env)
     assert res.returncode == 0, res.stderr
@@ -337,7 +364,7 @@ def test_signal_to_verify_removes_the_venv_rerun_and_its_scratch_folder(
     try:
         pattern = f"{tempfile.gettempdir()}/auditor-rerun-*/tree/{script}"
         scratch = Path(_wait_for(lambda: glob.glob(pattern), 300)[0]).parent.parent
-        pid = int(_wait_for(lambda: pid_file.exists() and pid_file.read_text(), 60))
+        pid = int(_wait_for(lambda: _pid_running(script), 60))
         assert _alive(pid)
         proc.send_signal(getattr(signal, sig))
         _out, err = proc.communicate(timeout=60)

@@ -34,13 +34,13 @@ from auditor.core.schema import Environment, RunRecord
 from auditor.env.venv import host_python
 from auditor.record.childio import rerun_logs
 from auditor.record.outputs import Snapshot
+from auditor.rerun.in_docker import execute_docker
+from auditor.rerun.in_venv import execute_venv
 from auditor.rerun.sandbox import (
     Executed,
     Limits,
     Prepared,
     cleanup,
-    execute_docker,
-    execute_venv,
     hand_over,
     replay_env,
     scratch_dir,
@@ -445,7 +445,8 @@ def test_start_failure_is_could_not_verify_and_leaves_no_container(
 
 RUNNER = """
 import pickle, sys
-from auditor.rerun.sandbox import Limits, execute_docker
+from auditor.rerun.in_docker import execute_docker
+from auditor.rerun.sandbox import Limits
 
 prep = pickle.loads(open(sys.argv[1], "rb").read())
 
@@ -540,12 +541,16 @@ def venv_env(scratch: Path) -> Path:
     return env_dir
 
 
+@pytest.mark.parametrize("bwrap", ["bwrap", "unisolated"])
 @pytest.mark.parametrize("hide", [True, False], ids=["store-hidden", "store-modes-only"])
 def test_venv_backend_network_off_inputs_read_only_store_unreadable(
-    venv_env: Path, scratch: Path, hide: bool
+    venv_env: Path, scratch: Path, hide: bool, bwrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the store sits in a folder everyone may enter: covered by a tmpfs in the rerun's mount
-    # namespace, and (modes only) kept out by its own 0700/0400 modes alone
+    # the store sits in a folder everyone may enter: not mounted in bubblewrap; unisolated,
+    # covered by a tmpfs in the rerun's mount namespace, and (modes only) kept out by its
+    # own 0700/0400 modes alone
+    if bwrap == "unisolated":
+        monkeypatch.setenv("AUDITOR_BWRAP", "off")
     store = open_store(str(scratch / "store"))
     obj = stored_object(store)
     prep = make_prep(scratch, NETWORK_PROBE.replace("print(json.dumps(result))", "net = result")
@@ -554,21 +559,34 @@ def test_venv_backend_network_off_inputs_read_only_store_unreadable(
                             hidden=(store.blobs.root,) if hide else ())
     result = last_json(executed)
     assert executed.exit_code == 0, executed.stderr
-    assert any("unshare --net" in note for note in executed.notes), executed.notes
-    if hide:
-        assert any(f"the store {store.blobs.root} is hidden and not readable" in note
-                   for note in executed.notes), executed.notes
+    if bwrap == "bwrap":
+        assert executed.notes[0].startswith("venv backend: bubblewrap"), executed.notes
+        if hide:
+            assert f"venv backend: the store {store.blobs.root} is not mounted" in \
+                executed.notes, executed.notes
+        assert result["host_file"] == "ENOENT", result  # not there at all
+    else:
+        assert executed.notes[0].startswith("venv backend: unisolated"), executed.notes
+        assert any("unshare --net" in note for note in executed.notes), executed.notes
+        if hide:
+            assert any(f"the store {store.blobs.root} is hidden and not readable" in note
+                       for note in executed.notes), executed.notes
+        assert result["host_file"] == "EACCES", result  # the store is private to its owner
     assert result["connect"] != "ok", result
     assert result["dns"] != "ok", result
     assert result["interfaces"] == ["lo"], result
     assert result["root"] in DENIED, result
-    assert result["host_file"] == "EACCES", result  # the store is private to its owner
     assert_tree_after(prep, result)
     assert (prep.tree / "outputs" / "model.bin").stat().st_uid == 1000
     store.close()
 
 
-def test_venv_backend_timeout(venv_env: Path, scratch: Path) -> None:
+@pytest.mark.parametrize("bwrap", ["bwrap", "unisolated"])
+def test_venv_backend_timeout(
+    venv_env: Path, scratch: Path, bwrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if bwrap == "unisolated":
+        monkeypatch.setenv("AUDITOR_BWRAP", "off")
     prep = make_prep(scratch, SLEEP_PROBE)
     started = time.monotonic()
     with pytest.raises(CouldNotVerify, match="timeout"):

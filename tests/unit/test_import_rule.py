@@ -164,3 +164,36 @@ def test_the_rule_catches_an_upward_import_and_a_circle() -> None:
     assert _circles(edges) == [["auditor.certify.issue", "auditor.store.sql"]]
     assert _violations({"auditor.report.html": {"auditor.release.gate"}})  # same rank
     assert _violations({"auditor.env.lock": {"auditor"}})  # the API from inside
+
+
+# `record` runs inside every `audit record`: it reaches the store only through its public,
+# SQL-free modules (SQLAlchemy loads when a command opens a store, in `open_store`).
+RECORD_MAY_NOT_IMPORT = ("auditor.store.sql", "auditor.store.migrate", "auditor.store.sync")
+# ... except the MLflow import, which copies runs between stores as `audit push` does
+RECORD_SQL_ALLOWED = {"auditor.record.from_mlflow"}
+
+
+def _sql_leaks(edges: dict[str, set[str]]) -> list[str]:
+    return [f"{source} -> {target}: record reaches the store's SQL implementation"
+            for source, targets in sorted(edges.items())
+            if _stage(source) == "record" and source not in RECORD_SQL_ALLOWED
+            for target in sorted(targets) if target.startswith(RECORD_MAY_NOT_IMPORT)]
+
+
+def test_record_does_not_import_the_sql_store() -> None:
+    assert _sql_leaks(_graph()) == []
+    # the checker itself catches the leak issue 16 found (a float helper from store.sql)
+    assert _sql_leaks({"auditor.record.wrap": {"auditor.store.sql"}})
+
+
+def test_importing_the_recorder_loads_no_sqlalchemy() -> None:
+    # in a fresh interpreter: what `audit record` imports before it opens a store
+    import subprocess
+    import sys
+
+    code = ("import sys, auditor.record.wrap, auditor.record.childio, auditor.rerun.lease; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('sqlalchemy', 'alembic')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stdout

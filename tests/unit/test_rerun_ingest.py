@@ -17,6 +17,7 @@ import pytest
 from auditor.core.errors import CouldNotVerify
 from auditor.core.schema import ArtifactRef, RunRecord
 from auditor.env.access import blocked_for
+from auditor.rerun.in_venv import check_hidden_from_rerun_user
 from auditor.rerun.ingest import (
     Refused,
     collect_api_artifacts,
@@ -26,7 +27,7 @@ from auditor.rerun.ingest import (
     tree_relative,
 )
 from auditor.rerun.record import failed_at_start
-from auditor.rerun.sandbox import Executed, check_hidden_from_rerun_user, hand_over
+from auditor.rerun.sandbox import Executed, hand_over
 from auditor.store import SqlStore
 from tests.factories import make_record
 

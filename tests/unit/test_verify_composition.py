@@ -60,10 +60,13 @@ def bare_venv() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.parametrize("bwrap", ["bwrap", "unisolated"])
 def test_verify_chooses_once_and_stores_the_sandbox_notes(
     store: SqlStore, make_repo: Callable[..., Path], bare_venv: Path, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, bwrap: str,
 ) -> None:
+    if bwrap == "unisolated":
+        monkeypatch.setenv("AUDITOR_BWRAP", "off")  # as where bubblewrap is not installed
     repo = make_repo({"t.py": SCRIPT, "requirements.lock": LOCK.read_text()})
     recorded = subprocess.run(  # the CLI: record_command in-process leaves its pipes open
         [sys.executable, "-m", "auditor.cli.main", "--json", "record", "--", sys.executable,
@@ -88,7 +91,9 @@ def test_verify_chooses_once_and_stores_the_sandbox_notes(
     stored = store.get_record(result.rerun_run)
     assert stored.identity.reproduces == original.identity.id
     sandbox = stored.not_captured["sandbox"]
-    if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("setpriv"):
+    if bwrap == "bwrap":
+        expected = "venv backend: bubblewrap: only its tree"
+    elif os.geteuid() == 0 and shutil.which("unshare") and shutil.which("setpriv"):
         expected = "venv backend: network removed with unshare --net"
     else:
         expected = "venv backend: network not removed"
@@ -96,5 +101,7 @@ def test_verify_chooses_once_and_stores_the_sandbox_notes(
     statement = json.loads(base64.b64decode(json.loads(certificate.read_text())["payload"]))
     isolation = statement["predicate"]["isolation_notes"]
     assert any(n.startswith(expected) for n in isolation), isolation
+    # the level the gate reads: a venv in bubblewrap, or unisolated (no gate accepts it)
+    assert statement["predicate"]["isolation"] == ("venv" if bwrap == "bwrap" else "none")
     assert ISOLATION_VENV in isolation  # the build's note travels too
     assert statement["predicate"]["rerun_run"] == stored.identity.id
