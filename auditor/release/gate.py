@@ -326,13 +326,20 @@ def _loosening_failure(statement: Statement, policy: GatePolicy) -> tuple[str, s
 
 
 def policy_loosenings(statement: Statement) -> list[tuple[str, str]]:
-    """(kind, line) of every loosening of the certificate's signed verification policy, as
-    this auditor judges that policy; ``ValueError`` when it cannot read the policy. A
-    certificate without a policy table is judged by the loosenings it lists."""
+    """(kind, line) of every loosening of the certificate: its signed verification policy's,
+    as this auditor judges that policy (``ValueError`` when it cannot read it), then those it
+    lists of any other kind. Logs that differed without counting under a policy that
+    compares them are that policy's doing (its ``compare_logs`` note), not a loosening."""
     pred = statement.predicate
-    if not pred.policy:
-        return [(lo.kind, lo.detail) for lo in pred.loosenings]
-    return [(kind_of(line), line) for line in loosenings(_signed_policy(statement))]
+    listed = [(lo.kind, lo.detail) for lo in pred.loosenings]
+    if not pred.policy:  # an older certificate: what it lists is all there is to judge
+        return listed
+    signed = _signed_policy(statement)
+    made = [(kind_of(line), line) for line in loosenings(signed)]
+    seen = {kind for kind, _ in made}
+    if signed.compare.compare_logs != "off":
+        seen.add("compare_logs")
+    return made + [(kind, line) for kind, line in listed if kind not in seen]
 
 
 def _signed_policy(statement: Statement) -> Policy:

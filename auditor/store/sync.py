@@ -25,6 +25,12 @@ runs (the rerun a certificate names is moved with it): the envelope object first
 the certificate log of the target (``CertificateLog``, given by the caller: the log is
 the certify stage's), then the certificates row; a certificate already logged is not
 logged twice.
+
+What this module checks is each object and record as it moves. The source as a whole (its
+certificate log and signed head, its certificates table, record signatures, certified
+records against their certificates) is checked by the caller before ``sync`` is called
+(``auditor.release.tamper.transfer_problems``, from ``audit push``/``pull``): this stage
+sits below the certify stage that owns those formats.
 """
 
 from __future__ import annotations

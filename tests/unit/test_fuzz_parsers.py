@@ -132,7 +132,7 @@ POLICY_KEYS = st.sampled_from(["bitwise", "nan_equal", "compare_logs", "ignore_o
                                "metric_tolerance", "unknown"])
 GATE_KEYS = st.sampled_from(["min_level", "max_age_days", "require_signature", "latest_only",
                              "require_registered", "min_isolation", "allowed_loosenings",
-                             "trusted_keys", "unknown"])
+                             "trusted_keys", "max_rtol", "max_atol", "unknown"])
 
 
 def _toml(pairs: dict[str, object]) -> str:

@@ -569,6 +569,11 @@ def test_a_loosening_the_gate_cannot_name_is_refused(world: World) -> None:
     world.certify([sha], loosenings=[Loosening(kind="metadata", detail="metadata may differ")])
     requirement, message = failure(world.gate(newer))
     assert requirement == "loosening" and "metadata may differ" in message
+    listed, sha = world.artifact("listed.bin", b"l")  # listed beside a default policy table
+    world.certify([sha], policy=_policy(),
+                  loosenings=[Loosening(kind="other", detail="outputs masked: model.txt")])
+    requirement, message = failure(world.gate(listed))
+    assert requirement == "loosening" and "loosened other: outputs masked" in message
     unread, sha = world.artifact("unread.bin", b"u")
     world.certify([sha], policy={**_policy(), "a_key_of_a_newer_auditor": True})
     requirement, message = failure(world.gate(unread, allowed_loosenings=KINDS,
