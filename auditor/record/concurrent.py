@@ -9,7 +9,8 @@ would make its files this run's. So:
   targets of ``torch.save`` and safetensors' ``save_file`` (native writers that raise no
   audit event): ``writes-<pid>.txt`` in the run's probe folder;
 * each ``audit record`` holds a *lease* while it runs: a small JSON file in a private
-  per-user folder (``$TMPDIR/auditor-recordings-<uid>``, mode 0700) naming its run, pid,
+  per-user folder (``$XDG_CACHE_HOME/auditor/recordings``, by default
+  ``~/.cache/auditor/recordings``, mode 0700) naming its run, pid,
   working directory, start, end, its probe folder and, once it ends, the paths its
   processes wrote (under its working directory). Leases are kept a day after they end.
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,12 +52,13 @@ class Lease:
 
 def lease_dir() -> Path | None:
     """The private per-user lease folder (made 0700), or None when it is not safe to use
-    (someone else's, a link, open to others)."""
-    folder = Path(tempfile.gettempdir()) / f"auditor-recordings-{os.getuid()}"
+    (someone else's, a link, open to others) or cannot be made (no home)."""
     try:
-        folder.mkdir(mode=0o700, exist_ok=True)
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        folder = cache / "auditor" / "recordings"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = os.lstat(folder)
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: no home directory
         return None
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
         return None

@@ -85,6 +85,8 @@ def _dump() -> None:
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _state: "dict[str, Any]" = {"fd": None, "seen": set(), "pid": None}
+_MAX_SEEN = 100_000  # paths remembered per process to skip repeats
+_MAX_BYTES = 64 << 20  # of paths noted per process (the recorder reads no more)
 _busy: "set[int]" = set()  # threads inside _note: its own open raises an event too
 
 
@@ -103,12 +105,17 @@ def _note(path: "Any") -> None:
         if full.startswith(os.environ["AUDITOR_PROBE_DIR"] + os.sep):
             return  # the probe's own files
         if _state["pid"] != os.getpid():  # first note, or a forked child: its own file
-            _state.update(pid=os.getpid(), seen=set(), fd=os.open(
+            _state.update(pid=os.getpid(), seen=set(), written=0, fd=os.open(
                 os.path.join(os.environ["AUDITOR_PROBE_DIR"], f"writes-{os.getpid()}.txt"),
                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        if full not in _state["seen"] and "\n" not in full:
-            _state["seen"].add(full)
-            os.write(_state["fd"], (full + "\n").encode("utf-8", "surrogateescape"))
+        if full in _state["seen"] or "\n" in full or _state["written"] > _MAX_BYTES:
+            return
+        if len(_state["seen"]) >= _MAX_SEEN:  # bounded memory: a cache, not a record
+            _state["seen"].clear()
+        _state["seen"].add(full)
+        line = (full + "\n").encode("utf-8", "surrogateescape")
+        _state["written"] += len(line)
+        os.write(_state["fd"], line)
     except Exception:  # noqa: BLE001 - the probe is best effort by design
         pass
     finally:
