@@ -160,7 +160,7 @@ def decide(diffs: dict[str, list[Difference]], left: RunRecord, right: RunRecord
     unreadable = [d for d in beyond if d.stats.get("cannot_compare")]
     level = _level(counted, beyond)
     coverage = files.coverage(left, right, policy.compare)
-    summary = _summary(diffs, counted, beyond, (left, right), policy.compare)
+    summary = _summary(diffs, counted, beyond, (left, right), coverage)
     notes = [*notes, *_evidence_notes(coverage, policy.compare)]
     if unreadable and len(unreadable) == len(beyond):  # our gap, not the run's fault
         level = "could-not-verify"
@@ -280,15 +280,15 @@ def first_divergence(diffs: dict[str, list[Difference]], beyond: list[Difference
 
 def _summary(diffs: dict[str, list[Difference]], counted: list[Difference],
              beyond: list[Difference], runs: tuple[RunRecord, RunRecord],
-             policy: ComparePolicy) -> dict[str, int]:
+             coverage: OutputCoverage) -> dict[str, int]:
     keys = sorted(set(runs[0].metrics.final) | set(runs[1].metrics.final))
-    outputs = files.coverage(*runs, policy).compared
+    outputs = coverage.compared
     touched = {d.where for d in counted}
     identical = sum(1 for k in keys if f"metrics/{k}" not in touched) + sum(
         1 for n in outputs
         if not any(_under(w, f"weights/{n}") or _under(w, f"files/{n}") for w in touched))
     return {"compared_metrics": len(keys), "compared_files": len(outputs),
-            "compared_logs": len(files.coverage(*runs, policy).evidence_logs),
+            "compared_logs": len(coverage.evidence_logs),
             "identical": identical, "within_tolerance": len(counted) - len(beyond),
             "beyond_tolerance": len(beyond),
             "environment_changes": len(diffs.get("environment", [])),
