@@ -21,6 +21,7 @@ from pathlib import Path
 from auditor.core.errors import CouldNotVerify, IntegrityError
 from auditor.core.schema import ArtifactRef, Code, DataInput
 from auditor.record.capture import data as data_capture
+from auditor.record.capture.code_secrets import secret_in_file, secret_in_patch
 from auditor.record.capture.data import (
     SKIP_DIRS,
     merkle_entries,
@@ -29,7 +30,6 @@ from auditor.record.capture.data import (
     special_kind,
     walk_files,
 )
-from auditor.record.capture.secret_scan import scan
 from auditor.record.capture.secrets import strip_url_credentials
 from auditor.record.capture.streams import OwnLogs
 from auditor.store.blobs import BlobStore
@@ -99,32 +99,12 @@ def is_data_file(path: Path) -> bool:
         return b"\0" in fh.read(_BINARY_PROBE)
 
 
-# Shapes a secret in source code is named by with certainty (a vendor token, a private key,
-# a URL's password, a known secret value...). Name-based shapes (``password = ...``,
-# ``--token VALUE``) are left out here: code is full of them with no secret in sight.
-_UNCERTAIN_IN_CODE = ("a value named ", "a value of flag ", "a netrc entry")
-
-
-def secret_in(data: bytes) -> tuple[str, int] | None:
-    """The first secret ``data`` (source code or a patch) holds: its shape and offset."""
-    for found in scan(data):
-        shape = found.shape
-        if shape.startswith(_UNCERTAIN_IN_CODE):  # `token: hf_…`: the value may still be one
-            inner = [f.shape for f in scan(data[found.start:found.end])
-                     if not f.shape.startswith(_UNCERTAIN_IN_CODE)]
-            if not inner:
-                continue
-            shape = inner[0]
-        return shape, found.start
-    return None
-
-
 def _holds_secret(path: Path, capture: CodeCapture, rel: str) -> bool:
     try:
         data = path.read_bytes()
     except OSError:
         return False
-    found = secret_in(data)
+    found = secret_in_file(rel, data)
     if found:
         line = data.count(b"\n", 0, found[1]) + 1
         capture.notes[f"code.skipped.{rel}"] = (
@@ -133,13 +113,19 @@ def _holds_secret(path: Path, capture: CodeCapture, rel: str) -> bool:
     return found is not None
 
 
-def _patched_file(diff: bytes, offset: int) -> str:
-    """The file of a ``git diff`` whose hunk holds ``offset``."""
-    start = diff.rfind(b"diff --git a/", 0, offset)
-    if start < 0:
-        return "a changed file"
-    header = diff[start:diff.find(b"\n", start)].decode("utf-8", "replace")
-    return header.removeprefix("diff --git a/").partition(" b/")[0]
+def _patch_line(diff: bytes, offset: int) -> str:
+    """`` near line N``: the new side's line of the hunk that holds ``offset``."""
+    hunk = diff.rfind(b"\n@@ -", 0, offset)
+    end = diff.find(b"\n", hunk + 1)
+    if hunk < 0 or end < 0:
+        return ""
+    fields = diff[hunk + 1:end].split(b" ")
+    first = fields[2].lstrip(b"+").split(b",")[0] if len(fields) > 2 else b""
+    if not first.isdigit():
+        return ""
+    lines = diff[end + 1:offset].split(b"\n")[:-1]
+    shown = [ln for ln in lines if not ln.startswith(b"-")]
+    return f" near line {int(first) + len(shown)}"
 
 
 def _sort_untracked(
@@ -199,11 +185,12 @@ def capture_git(
         diff = git(
             root, "diff", "--binary", "--no-color", "--no-ext-diff", "HEAD", "--", ".", *exclude
         )
-        found = secret_in(diff) if diff else None
+        found = secret_in_patch(diff) if diff else None
         if found:  # never stored: the rerun's tree will not match, and verify says so
+            line = _patch_line(diff, found[1])
             capture.notes["code.diff"] = (
                 f"the uncommitted changes were not stored: they hold a secret ({found[0]} in "
-                f"{_patched_file(diff, found[1])}); remove it, or keep it in the environment "
+                f"{found[2]}{line}); remove it, or keep it in the environment "
                 "(the rerun gets it through the policy's pass_env)")
         elif diff:
             diff_name = _store(capture, blobs, "code/diff.patch", data=diff)

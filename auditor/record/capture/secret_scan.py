@@ -15,7 +15,16 @@ Rust; a stdlib regex fallback where it is not installed, e.g. inside a rerun) fi
   ``key: value``, ``"key": "value"`` (also after a logging prefix such as
   ``WARNING:root:``), ``--key value``, netrc ``password value``, and HTTP headers
   ``Authorization: ...`` / ``Cookie: ...`` (to the end of the line);
-* ``Bearer`` / ``Basic`` credentials.
+* ``Bearer`` / ``Basic`` credentials;
+* ``mysql``/``mysqldump``/``mariadb`` (and their ``admin``, ``import``... tools): a
+  ``-pVALUE`` later in the same command (up to ``;``, ``|``, ``&`` or the line's end,
+  also in a JSON/Python list of arguments); ``-p`` alone prompts and ``-p$VAR`` names a
+  variable, neither is a secret.
+
+A name whose separator ends the line takes its value from the next line when that is
+plainly a continuation: after ``\\`` or a YAML block indicator (``|``, ``>``), a line
+indented deeper than the name's own, or (after ``=``) a line holding one word that is not
+itself ``key=``/``key:`` (shape ``a value named NAME (on the next line)``).
 
 Every regex is bounded or anchored at one position, and an anchor that falls inside a
 span already found is skipped, so no byte is re-examined more than a bounded number of
@@ -161,6 +170,15 @@ _HEADER_VALUE = re.compile(rb"[^\s\"'][^\r\n\"']*")
 _SPACE_VALUE = re.compile(rb"[ \t]{1,8}([^\s\-][^\s]*)")
 _LINE_START = re.compile(rb"[ \t]*\Z")
 _NETRC_WORDS = re.compile(rb"(?:^|\s)(?:machine|default|login|account)\s", re.MULTILINE)
+_EOL_CONT = re.compile(rb"(?:\\|[|>][+-]?[0-9]?)?[ \t]{0,8}(?=\r?\n)")
+_NEXT_LINE = re.compile(rb"\r?\n([ \t]{0,64})([^\s][^\r\n]{0,1023})")
+_KEYLIKE = re.compile(rb"[\"']?[A-Za-z0-9_.\-]{1,64}[\"']?[ \t]{0,8}[:=]")
+_NOT_A_VALUE_START = frozenset(b"#;[{}-")
+_MYSQL = re.compile(rb"(?:mysql|mariadb)(?:-?(?:dump|admin|import|show|check|slap|binlog|pump))?"
+                    rb"(?=[\s\"',])")
+_MYSQL_P = re.compile(rb"(?<=[\s\"',])-p([^\s\"',;&|<>()\]]+)")
+_MYSQL_END = re.compile(rb"[\n;|&]|mysql|mariadb")  # the next anchor ends it too: linear
+MAX_COMMAND = 4096  # how far after `mysql` its `-pVALUE` is looked for
 _HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 _JSON_LITERALS = frozenset({b"null", b"true", b"false", b"None", b"True", b"False"})
 
@@ -287,6 +305,7 @@ def _anchors(known: frozenset[str]) -> _Anchors:
             table[_PEM_ANCHOR.encode()] = "pem"
             table[b"://"] = "url"
             table[b"/t/"] = "conda"
+            table[b"mysql"] = table[b"mariadb"] = "mysql"
             for value in known:
                 for form in encoded_forms(value):
                     table[form.encode("utf-8", "surrogatepass")] = "known"
@@ -322,6 +341,21 @@ def _bearer(data: bytes, s: int) -> Finding | None:
     m = _BASIC.match(data, s)
     if m and _basic_credential(m.group(1)):
         return Finding(m.start(1), m.end(1), _MARK, "basic credentials")
+    return None
+
+
+def _mysql(data: bytes, s: int) -> Finding | None:
+    """``mysql ... -pVALUE``: the password glued to ``-p`` in the same command."""
+    if not _boundary_before(data, s):
+        return None
+    m = _MYSQL.match(data, s)
+    if m is None:
+        return None
+    limit = min(len(data), m.end() + MAX_COMMAND)
+    end = _MYSQL_END.search(data, m.end(), limit)
+    for p in _MYSQL_P.finditer(data, m.end(), end.start() if end else limit):
+        if p.group(1)[:1] not in (b"$", b"%") and not data.startswith(_MARK, p.start(1)):
+            return Finding(p.start(1), p.end(1), _MARK, "a mysql -p password")
     return None
 
 
@@ -412,6 +446,8 @@ def _kv(data: bytes, ks: int, ke: int, key: str) -> Finding | None:
     for rx in (_DQ, _SQ):
         if m := rx.match(data, at):
             return _value(m.start(1), m.end(1), m.group(1), _MARK, shape, key)
+    if cont := _EOL_CONT.match(data, at):
+        return _next_line(data, ks, cont, sep.group(2).strip(), key)
     if m := _BARE.match(data, at):
         value = m.group(0)
         if value in _JSON_LITERALS:
@@ -421,6 +457,33 @@ def _kv(data: bytes, ks: int, ke: int, key: str) -> Finding | None:
     if m := _OPEN_QUOTE.match(data, at):
         return _value(m.start(1), m.end(1), m.group(1), _MARK, shape, key)
     return None
+
+
+def _indent(data: bytes, ks: int) -> int:
+    line_start = data.rfind(b"\n", max(0, ks - 4096), ks) + 1
+    line = data[line_start:ks]
+    return len(line) - len(line.lstrip(b" \t"))
+
+
+def _next_line(data: bytes, ks: int, cont: re.Match[bytes], sep: bytes, key: str
+               ) -> Finding | None:
+    """``NAME=`` (or ``NAME:``) ending its line: the value, when the next line plainly
+    continues it (see the module contract)."""
+    m = _NEXT_LINE.match(data, cont.end())
+    if m is None:
+        return None
+    marked = cont.group(0).strip() != b""  # `\` or a YAML block indicator
+    deeper = len(m.group(1)) > _indent(data, ks)
+    text = m.group(2).rstrip()
+    start = m.start(2)
+    if not marked:
+        if (text[0] in _NOT_A_VALUE_START or _KEYLIKE.match(text)
+                or not (deeper or (sep == b"=" and b" " not in text and b"\t" not in text))):
+            return None
+        if text[:1] in (b'"', b"'") and text[-1:] == text[:1] and len(text) > 1:
+            start, text = start + 1, text[1:-1]
+    return _value(start, start + len(text), text, _MARK, f"a value named {key} (on the next line)",
+                  key)
 
 
 def _value(s: int, e: int, value: bytes, mark: bytes, shape: str, key: str) -> Finding | None:
@@ -498,6 +561,8 @@ def _examine(data: bytes, kind: str, s: int, e: int) -> Finding | None:
         return _bearer(data, s)
     if kind == "pem":
         return _pem(data, s)
+    if kind == "mysql":
+        return _mysql(data, s)
     return _vendor(data, s, kind.partition(":")[2])
 
 

@@ -23,6 +23,8 @@ Contract (scenarios T34-T36):
   fields copied from the environment through ``redacted_env_value`` (the allowlist).
 * ``scan_file`` / ``scan_stream`` say why an output must not be stored (shape and line),
   or None: text files for every shape, other files for known secrets only.
+* ``redact_argv`` also redacts ``-pVALUE`` once a mysql tool (``mysql``, ``mysqldump``,
+  ``mariadb`` ...) has appeared in the command line.
 * Digest rule: a 40-character git commit is high-entropy hex, so ``looks_secret`` says
   yes. Under a key or flag whose name says it holds a digest (``commit``, ``sha256``,
   ``revision``, ``uuid``, ``run_id``, ...) ``redact_params`` and ``redact_argv`` keep a
@@ -276,9 +278,29 @@ def _redact_arg(prev: str, arg: str) -> str:
     return _scrub(arg)
 
 
+_MYSQL_PROGRAM = re.compile(r"(?:mysql|mariadb)(?:-?(?:dump|admin|import|show|check|slap|binlog"
+                            r"|pump))?")
+
+
+def _mysql_password(after_mysql: bool, arg: str) -> bool:
+    """``-pVALUE`` of a mysql tool (``-p`` alone prompts, ``-p$VAR`` names a variable)."""
+    return (after_mysql and arg.startswith("-p") and len(arg) > 2
+            and arg[2] not in "$%" and arg[2:] != REDACTED)
+
+
 def redact_argv(argv: Sequence[str]) -> list[str]:
-    """The command line with secret flag values, login keys and secret-shaped words redacted."""
-    return [_redact_arg(argv[i - 1] if i else "", arg) for i, arg in enumerate(argv)]
+    """The command line with secret flag values, login keys, a mysql tool's ``-pVALUE``
+    and secret-shaped words redacted."""
+    out: list[str] = []
+    after_mysql = False
+    for i, arg in enumerate(argv):
+        after_mysql = after_mysql or bool(_MYSQL_PROGRAM.fullmatch(Path(arg).name))
+        if _mysql_password(after_mysql, arg):
+            _learn(arg[2:])
+            out.append(f"-p{REDACTED}")
+        else:
+            out.append(_redact_arg(argv[i - 1] if i else "", arg))
+    return out
 
 
 def redact_params(obj: Any) -> Any:
