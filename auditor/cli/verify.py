@@ -111,6 +111,7 @@ def build_cmd(ctx: click.Context, /, run: str, print_only: bool, **kw: Any) -> N
     from auditor.env.inputs import BuildSettings, build_for, inputs_for  # not verify
     from auditor.rerun.backends import choose  # the sandbox only when a rerun executes
 
+    _check_build_inputs(kw)
     store = store_of(ctx)
     rec = store.get_record(store.resolve(run))
     opts = BuildSettings(
@@ -162,6 +163,7 @@ def rerun_cmd(ctx: click.Context, /, run: str, **kw: Any) -> None:
     from auditor.verify import rerun_only
 
     policy = policy_from(kw)  # the repo's auditor.toml, as verify and compare read it
+    _check_build_inputs(kw)
     store = store_of(ctx)
     rec = store.get_record(store.resolve(run))
     rerun = rerun_only(store, rec, policy.rerun, _verify_options(kw), say(ctx))
@@ -306,6 +308,22 @@ def _check_inputs(targets: dict[str, Path], kw: dict[str, Any]) -> None:
         check_folder(Path(kw["report_dir"]))
     if kw.get("sign_key"):
         load_private_key(Path(kw["sign_key"]))
+    _check_build_inputs(kw)
+
+
+CA_BUNDLE_LIMIT = 64 << 20
+
+
+def _check_build_inputs(kw: dict[str, Any]) -> None:
+    """``--ca-bundle`` a readable regular file (a FIFO would block the build's hashing),
+    ``--wheelhouse`` a folder: checked before the store opens or a build starts."""
+    from auditor.core.capped import read_capped
+
+    if kw.get("ca_bundle"):
+        read_capped(Path(kw["ca_bundle"]), CA_BUNDLE_LIMIT, "CA bundle")
+    if kw.get("wheelhouse") and not Path(kw["wheelhouse"]).is_dir():
+        raise InputError(f"wheelhouse {kw['wheelhouse']} is not a folder",
+                         hint="pass --wheelhouse DIR")
 
 
 def _verify_many(

@@ -49,7 +49,7 @@ def kind_of(mode: int) -> str:
 def _lstat(path: Path) -> os.stat_result | None:
     try:
         return os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # missing, or under a file: see above
         return None
     except OSError as exc:
         raise InputError(f"{path}: cannot write: {exc.strerror}", hint=_HINT) from None
@@ -65,19 +65,19 @@ def check_target(path: Path, *, stdout: bool = True, probe: bool = True) -> None
         raise InputError(f"{path}: refusing to replace a {kind_of(st.st_mode)}: output goes "
                          "to regular files",
                          hint=_HINT + (", or - for stdout" if stdout else ""))
+    folder = _existing_ancestor(path)
     if probe:
-        _probe_folder(path)
+        _probe(path, folder)
 
 
 def check_folder(path: Path) -> None:
     """Refuse a folder target that exists and is not a real folder (a link to one included),
-    or that cannot be made."""
+    or that cannot take a new file (its nearest existing folder, when it is missing)."""
     st = _lstat(path)
     if st is not None and not stat.S_ISDIR(st.st_mode):
         raise InputError(f"{path}: refusing to write into a {kind_of(st.st_mode)}: "
                          "a folder is needed", hint="give a new or existing folder")
-    if st is None:
-        _existing_ancestor(path)
+    _probe(path, path if st is not None else _existing_ancestor(path))
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -86,7 +86,7 @@ def _existing_ancestor(path: Path) -> Path:
     while True:
         st = _lstat(here)
         if st is not None:
-            if not stat.S_ISDIR(os.stat(here).st_mode):
+            if not here.is_dir():  # a link to a folder above the target is followed
                 raise InputError(f"{path}: cannot write: {here} is a {kind_of(st.st_mode)}, "
                                  "not a folder", hint=_HINT)
             return here
@@ -95,8 +95,8 @@ def _existing_ancestor(path: Path) -> Path:
         here = here.parent
 
 
-def _probe_folder(path: Path) -> None:
-    folder = _existing_ancestor(path)
+def _probe(path: Path, folder: Path) -> None:
+    """Create and remove a temporary file in ``folder``: it takes new files (not /proc)."""
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".audit-probe-", suffix=".tmp")
     except OSError as exc:
@@ -136,8 +136,6 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 def _as_input_error(path: Path, write: Callable[[], None]) -> None:
     try:
         write()
-    except FileExistsError:
-        raise InputError(f"{path}: already exists", hint="never overwritten") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot write: {exc.strerror or exc}", hint=_HINT) from None
 
@@ -152,7 +150,10 @@ def _replace_with(path: Path, data: bytes, mode: int, *, exclusive: bool) -> Non
             handle.flush()
             os.fsync(handle.fileno())
         if exclusive:
-            os.link(tmp, path, follow_symlinks=False)  # FileExistsError when anything is there
+            try:
+                os.link(tmp, path, follow_symlinks=False)  # fails when anything is there
+            except FileExistsError:
+                raise InputError(f"{path}: already exists", hint="never overwritten") from None
         else:
             os.replace(tmp, path)  # renames over the name; never writes through a link
     finally:

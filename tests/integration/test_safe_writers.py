@@ -211,6 +211,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     private, public = generate_keypair(tmp / "keys")
     (tmp / "garbage.key").write_text("not a key\n")
     os.mkfifo(tmp / "fifo.key")
+    os.mkfifo(tmp / "fifo.pem")
     (tmp / "bad.toml").write_text("[verify\n")
     (tmp / "target").symlink_to(private)
     return {
@@ -222,6 +223,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "report target": (["--junit", str(tmp / "target")], "symbolic link"),
         "report folder": (["--report-dir", str(private)], "regular file"),
         "certificate": (["--certificate", "/proc/self/mem"], "cannot write"),
+        "ca bundle": (["--ca-bundle", str(tmp / "fifo.pem")], "is a FIFO, not a CA bundle"),
+        "wheelhouse": (["--wheelhouse", str(private)], "is not a folder"),
     }
 
 
