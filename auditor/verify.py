@@ -21,7 +21,9 @@ from auditor.certify.decide import decide, environment_digest
 from auditor.certify.verdict import VerifyResult
 from auditor.compare import compare_runs, evidence_from_store, plot_series
 from auditor.core.errors import CouldNotVerify, InputError
+from auditor.core.keys import load_private_key
 from auditor.core.policy import Policy, RerunPolicy
+from auditor.core.safefile import check_target
 from auditor.core.schema import RunRecord
 from auditor.env.inputs import build_for, build_notes
 from auditor.rerun.backends import choose
@@ -66,6 +68,7 @@ def verify(
     started = datetime.now(UTC)
     timings: dict[str, float] = {}
     notes = _check_verifiable(store, original, policy.rerun)
+    _check_outputs(opts)
     progress(f"verifying run {original.identity.id} ({original.identity.name})")
     backend = choose(opts.backend, progress)
     with _timed(timings, "build"):
@@ -121,6 +124,15 @@ def _check_verifiable(store: RunStore, record: RunRecord, policy: RerunPolicy) -
 
     raise_first(series_problems(store, record), "cannot verify")  # edited metric points
     return check_gpus(record, allow_mismatch=policy.allow_gpu_mismatch)
+
+
+def _check_outputs(opts: VerifyOptions) -> None:
+    """The signing key and the certificate target, checked before any build: a bad key or
+    an unwritable target is exit 2 now, not after a cold image build and a rerun."""
+    if opts.sign_key is not None:
+        load_private_key(opts.sign_key)
+    if opts.certificate is not None:
+        check_target(opts.certificate)
 
 
 def rerun_only(store: RunStore, original: RunRecord, policy: RerunPolicy, opts: VerifyOptions,

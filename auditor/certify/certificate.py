@@ -15,7 +15,8 @@ Contract:
   trusted key (else ``IntegrityError``), and only then parses the statement. An unsigned
   envelope is accepted only with ``require_signature=False``; with no trusted keys and
   ``require_signature=False`` signatures are not checked at all (reading, not trusting).
-- Certificates are written atomically (temp + fsync + ``os.replace`` + directory fsync).
+- Certificates are written by ``core.safefile.write_target`` (refuses links and special
+  files; temp + fsync + ``os.replace`` + directory fsync).
 """
 
 from __future__ import annotations
@@ -25,10 +26,6 @@ import binascii
 import hashlib
 import json
 import math
-import os
-import stat
-import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +41,7 @@ from auditor.certify.loosen import Loosening
 from auditor.core.capped import read_capped
 from auditor.core.errors import InputError, IntegrityError
 from auditor.core.keys import keyid
-from auditor.store.blobs import fsync_dir
+from auditor.core.safefile import write_target
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://auditor.dev/reproduction/v1"
@@ -261,42 +258,6 @@ def write_certificate(envelope: Envelope, path: Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-STDOUT = Path("-")
-_KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR,
-          "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
-          (stat.S_ISDIR, "directory"))
-
-
-def check_target(path: Path) -> None:
-    """Refuse an output target that exists and is not a regular file (``-`` is stdout).
-
-    A report or certificate never replaces a symlink, FIFO, device node or folder: the
-    user asked for a file, and replacing ``/dev/full`` or a link would surprise them.
-    """
-    if path == STDOUT:
-        return
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write: {exc.strerror}") from None
-    if not stat.S_ISREG(mode):
-        kind = next((name for test, name in _KINDS if test(mode)), "special file")
-        raise InputError(f"{path}: refusing to replace a {kind}: output goes to regular files",
-                         hint="give a new or regular file path, or - for stdout")
-
-
-def write_target(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write an output the user named: stdout for ``-``, else atomically (``check_target``)."""
-    check_target(path)
-    if path == STDOUT:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    atomic_write(path, data, mode)
-
-
 def read_certificate(path: Path) -> bytes:
     """The raw bytes of a certificate file; ``InputError`` if missing, unreadable or huge."""
     if not path.exists():
@@ -305,24 +266,6 @@ def read_certificate(path: Path) -> bytes:
         return read_capped(path, MAX_CERT_BYTES, "certificate")
     except InputError as exc:
         raise InputError(f"unknown certificate format: {exc.message}") from None
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(fd, mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
 
 
 def _check_signatures(

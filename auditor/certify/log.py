@@ -52,13 +52,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from auditor.certify.certificate import (
     Envelope,
-    atomic_write,
     canonical_json,
     envelope_bytes,
     sign_payload,
     verify_envelope,
 )
 from auditor.core.errors import AuditorError, InputError, IntegrityError
+from auditor.core.safefile import atomic_write
 from auditor.store import RunStore, store_dir_of
 from auditor.store.base import LogParts
 from auditor.store.blobs import fsync_dir

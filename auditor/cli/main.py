@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import click
 
-from auditor.cli.options import QUIET_HELP, Ctx, json_option, pass_ctx, quiet_option
+from auditor.cli.options import QUIET_HELP, Ctx, OutFolder, json_option, pass_ctx, quiet_option
 from auditor.core.errors import AuditorError, IntegrityError
 from auditor.core.version import __version__
 
@@ -403,21 +403,20 @@ def show(c: Ctx, run: str) -> None:
 
 @main.command()
 @click.argument("run")
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=OutFolder)
 @quiet_option
 @pass_ctx
 def checkout(c: Ctx, run: str, dest: Path) -> None:
     """Re-create a run's exact source tree in DEST (commit + diff + untracked files)."""
+    from auditor.core.errors import InputError
+    from auditor.core.safefile import check_folder
     from auditor.record.capture.git import rebuild_tree
 
+    check_folder(dest)  # a file, link, FIFO or device there: refused before the store opens
     store = c.store(create=False)
     rec = store.get_record(store.resolve(run))
     if rec.code is None:
         raise IntegrityError(f"run {rec.identity.id} has no captured code")
-    from auditor.core.errors import InputError
-
-    if dest.exists() and not dest.is_dir():
-        raise InputError(f"{dest}: exists and is not a folder", hint="give a new or empty folder")
     if dest.exists() and any(dest.iterdir()):
         raise InputError(f"{dest} exists and is not empty")
     rebuild_tree(rec.code, {a.name: a for a in rec.artifacts}, store.blobs, dest)

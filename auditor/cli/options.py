@@ -24,6 +24,21 @@ if TYPE_CHECKING:  # imported when a command needs them: `audit --help` starts f
 
 PathArg = click.Path(path_type=Path)
 FileArg = click.Path(path_type=Path, dir_okay=False)
+
+
+class Target(click.Path):
+    """The type of every option or argument that names a path the command writes: a file,
+    or a folder it writes files into (``folder``). Each goes through ``core.safefile``
+    (links, FIFOs, devices refused, exit 2); ``tests/integration/test_safe_writers.py``
+    walks the command tree for this type and points each at a device, a link and a FIFO."""
+
+    def __init__(self, *, folder: bool = False) -> None:
+        super().__init__(path_type=Path)
+        self.folder = folder
+
+
+OutFile = Target()
+OutFolder = Target(folder=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -166,10 +181,10 @@ def report_options(fn: F) -> F:
     """``--html``, ``--markdown``, ``--junit``: one target per report format (``-``:
     stdout), as ``report.formats.FORMATS`` names them."""
     return _apply(fn, [
-        click.option("--html", "html_path", type=FileArg, help="Write the HTML report here."),
-        click.option("--markdown", "markdown_path", type=FileArg,
+        click.option("--html", "html_path", type=OutFile, help="Write the HTML report here."),
+        click.option("--markdown", "markdown_path", type=OutFile,
                      help="Write the Markdown summary here."),
-        click.option("--junit", "junit_path", type=FileArg, help="Write JUnit XML here."),
+        click.option("--junit", "junit_path", type=OutFile, help="Write JUnit XML here."),
     ])
 
 

@@ -19,6 +19,8 @@ import click
 
 from auditor.cli.options import (
     FileArg,
+    OutFile,
+    OutFolder,
     hint,
     quiet_option,
     report_options,
@@ -119,6 +121,10 @@ def report(ctx: click.Context, /, run_or_cert: str | None, from_json: Path | Non
         raise InputError("give either a RUN id / certificate or --from-json FILE")
     if not targets:
         raise InputError("nothing to write", hint="pass --html, --markdown or --junit")
+    from auditor.core.safefile import check_target
+
+    for target in targets.values():
+        check_target(target)  # before any store or certificate is read
     result = (load_result_json(from_json) if from_json
               else _stored_result(ctx, str(run_or_cert), keys))
     written = write_reports([result], targets, Links(original_url, rerun_url))
@@ -165,7 +171,7 @@ def keys() -> None:
 
 @keys.command("generate")
 @click.option("--dir", "directory", default=Path("keys"), show_default=True,
-              type=click.Path(path_type=Path, file_okay=False), help="Folder for the key pair.")
+              type=OutFolder, help="Folder for the key pair.")
 @click.option("--name", default="auditor", show_default=True, help="File name of the pair.")
 @quiet_option
 def generate(directory: Path, name: str) -> None:
@@ -241,7 +247,7 @@ def ci() -> None:
 
 @ci.command("init")
 @click.argument("provider", type=click.Choice(["github", "gitlab"]), default="github")
-@click.option("--output", type=PathType,
+@click.option("--output", type=OutFile,
               help="Where to write (default .github/workflows/audit.yml or .gitlab-ci.yml).")
 @click.option("--schedule", default=None, metavar="CRON",
               help='Cron schedule in UTC (default "17 3 * * *": nightly).')

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from auditor.cli.options import (
+    OutFile,
+    OutFolder,
     PathArg,
     build_options,
     hint,
@@ -55,7 +57,7 @@ def _verify_options(kw: dict[str, Any]) -> VerifyOptions:
 
 @click.command("lock")
 @click.option("--from", "source", type=PathArg, help="requirements.in or pyproject.toml to lock.")
-@click.option("-o", "--output", type=PathArg, default=Path("requirements.lock"), show_default=True)
+@click.option("-o", "--output", type=OutFile, default=Path("requirements.lock"), show_default=True)
 @click.option(
     "--find-links",
     multiple=True,
@@ -109,6 +111,7 @@ def build_cmd(ctx: click.Context, /, run: str, print_only: bool, **kw: Any) -> N
     from auditor.env.inputs import BuildSettings, build_for, inputs_for  # not verify
     from auditor.rerun.backends import choose  # the sandbox only when a rerun executes
 
+    _check_build_inputs(kw)
     store = store_of(ctx)
     rec = store.get_record(store.resolve(run))
     opts = BuildSettings(
@@ -160,6 +163,7 @@ def rerun_cmd(ctx: click.Context, /, run: str, **kw: Any) -> None:
     from auditor.verify import rerun_only
 
     policy = policy_from(kw)  # the repo's auditor.toml, as verify and compare read it
+    _check_build_inputs(kw)
     store = store_of(ctx)
     rec = store.get_record(store.resolve(run))
     rerun = rerun_only(store, rec, policy.rerun, _verify_options(kw), say(ctx))
@@ -174,7 +178,7 @@ def rerun_cmd(ctx: click.Context, /, run: str, **kw: Any) -> None:
 @click.command("compare")
 @click.argument("runs", nargs=-1, required=True)
 @policy_options(gpu=False)
-@click.option("--html", "html_path", type=PathArg,
+@click.option("--html", "html_path", type=OutFile,
               help="Also write a self-contained comparison page (any number of runs; "
               "opens offline).")
 @click.option("--metric", help="With --html: the metric for importance and parallel axes.")
@@ -248,8 +252,8 @@ def _print_verdict(verdict: Any, left: str, right: str) -> None:
 @click.option("--name", "name_glob", metavar="PATTERN", help="With --all: run names (glob).")
 @policy_options()
 @click.option("--sign-key", type=PathArg, help="Ed25519 private key to sign the certificate.")
-@click.option("--certificate", type=PathArg, help="Also write the certificate here.")
-@click.option("--report-dir", type=PathArg, help="Write each run's HTML report here.")
+@click.option("--certificate", type=OutFile, help="Also write the certificate here.")
+@click.option("--report-dir", type=OutFolder, help="Write each run's HTML report here.")
 @report_options
 @click.option("--timeout", default=3600, show_default=True, help="Rerun wall-clock limit (s).")
 @click.option("--memory", default="8g", show_default=True, help="Rerun memory limit.")
@@ -271,7 +275,7 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
     targets = report_targets(kw)
     if all_runs and "html" in targets:
         raise InputError("--html writes one run's report", hint="with --all use --report-dir")
-    _check_targets(targets, kw.get("certificate"))
+    _check_inputs(targets, kw)  # before the store, any build or rerun: bad input is exit 2 now
     policy = policy_from(kw)
     opts = _verify_options(kw)
     opts = replace(
@@ -288,12 +292,38 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
     sys.exit(max(codes) if codes else 0)
 
 
-def _check_targets(targets: dict[str, Path], certificate: Path | None) -> None:
-    """Refuse special files as output targets before any work is done."""
-    from auditor.certify.certificate import check_target
+def _check_inputs(targets: dict[str, Path], kw: dict[str, Any]) -> None:
+    """Every input a verify reads or writes at its end, checked before any work is done:
+    each report target and the certificate (``core.safefile``: no link, FIFO, device or
+    folder; its folder takes a new file), the report folder, and the signing key (a
+    readable Ed25519 private key). The policy is parsed next, by ``policy_from``."""
+    from auditor.core.keys import load_private_key
+    from auditor.core.safefile import check_folder, check_target
 
-    for target in [*targets.values(), *([certificate] if certificate else [])]:
+    for target in targets.values():
         check_target(Path(target))
+    if kw.get("certificate"):
+        check_target(Path(kw["certificate"]))
+    if kw.get("report_dir"):
+        check_folder(Path(kw["report_dir"]))
+    if kw.get("sign_key"):
+        load_private_key(Path(kw["sign_key"]))
+    _check_build_inputs(kw)
+
+
+CA_BUNDLE_LIMIT = 64 << 20
+
+
+def _check_build_inputs(kw: dict[str, Any]) -> None:
+    """``--ca-bundle`` a readable regular file (a FIFO would block the build's hashing),
+    ``--wheelhouse`` a folder: checked before the store opens or a build starts."""
+    from auditor.core.capped import read_capped
+
+    if kw.get("ca_bundle"):
+        read_capped(Path(kw["ca_bundle"]), CA_BUNDLE_LIMIT, "CA bundle")
+    if kw.get("wheelhouse") and not Path(kw["wheelhouse"]).is_dir():
+        raise InputError(f"wheelhouse {kw['wheelhouse']} is not a folder",
+                         hint="pass --wheelhouse DIR")
 
 
 def _verify_many(
@@ -317,6 +347,9 @@ def _write_reports(results: list[VerifyResult], targets: dict[str, Path],
     from auditor.report.formats import write_reports
 
     if report_dir:
+        from auditor.core.safefile import check_folder
+
+        check_folder(Path(report_dir))  # again: a folder swapped for a link is refused
         Path(report_dir).mkdir(parents=True, exist_ok=True)
         for r in results:
             write_reports([r], {"html": Path(report_dir) / f"{r.original_run}.html"})

@@ -4,7 +4,9 @@ Contract:
 
 - ``generate_keypair(dir, name)`` writes ``<name>.key`` (PEM PKCS#8, unencrypted, mode
   0600) and ``<name>.pub`` (PEM SubjectPublicKeyInfo) and returns both paths. It never
-  overwrites: if either file exists it raises ``InputError`` and writes nothing.
+  overwrites: if either file exists it raises ``InputError`` and writes nothing. ``dir``
+  must be missing or a real folder (``core.safefile``: a device, FIFO or link is refused);
+  each file is written whole (temp file, fsync, hard link: never over anything).
 - ``load_private_key`` / ``load_public_key`` return Ed25519 keys or raise a one-line
   ``InputError`` for a missing file, a file that is not PEM, the other half of the pair,
   an encrypted private key, or a key of another algorithm.
@@ -15,7 +17,6 @@ Contract:
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from auditor.core.capped import KEY_LIMIT, read_capped
 from auditor.core.errors import InputError
+from auditor.core.safefile import check_folder, write_new
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
@@ -49,11 +51,11 @@ def generate_keypair(dir: Path, name: str = "auditor") -> tuple[Path, Path]:
                 f"{path}: key file already exists",
                 hint="choose another name or directory; keys are never overwritten",
             )
-    dir.mkdir(parents=True, exist_ok=True)
+    check_folder(dir)  # /dev/full, a link, a FIFO: refused, nothing made
     key = Ed25519PrivateKey.generate()
-    _write_new(private_path, _private_pem(key), 0o600)
+    write_new(private_path, _private_pem(key), 0o600)
     try:
-        _write_new(public_path, _public_pem(key.public_key()), 0o644)
+        write_new(public_path, _public_pem(key.public_key()), 0o644)
     except BaseException:
         private_path.unlink(missing_ok=True)  # no half pair left behind
         raise
@@ -115,21 +117,6 @@ def _public_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` exclusively with exactly ``mode`` (O_EXCL: never overwrite, even racing)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise InputError(
-            f"{path}: key file already exists", hint="keys are never overwritten"
-        ) from None
-    with os.fdopen(fd, "wb") as handle:
-        os.fchmod(fd, mode)  # the umask may have narrowed it; make it exact
-        handle.write(data)
-        handle.flush()
-        os.fsync(fd)
 
 
 def _read_key_file(path: Path, kind: str) -> bytes:

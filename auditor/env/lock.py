@@ -15,6 +15,7 @@ Every failure is a ``LockfileError`` (exit 2) naming the source and pip-compile'
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from auditor.core.lockfile import (
     parse_recorded_lock,
     parse_requirements_lock,
 )
+from auditor.core.safefile import check_target, write_target
 from auditor.core.schema import LockRef, RunRecord
 from auditor.store.base import RunStore
 
@@ -37,15 +39,29 @@ COMPILE_TIMEOUT_S = 900
 
 
 def compile_lock(source: Path, output: Path, *, find_links: Sequence[Path] = ()) -> Lock:
-    """Run pip-compile on ``source`` (requirements.in or pyproject.toml) into ``output``."""
-    output = output.resolve()
-    argv = [sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes",
-            "--allow-unsafe", "--strip-extras", "--no-emit-index-url", "--no-emit-find-links",
-            f"--output-file={output.name}",
-            *(f"--find-links={p}" for p in find_links),
-            os.path.relpath(source.resolve(), output.parent)]
-    _run_compile(argv, output.parent, source)
-    return parse_requirements_lock(output.read_text(), name=output.name)
+    """Run pip-compile on ``source`` (requirements.in or pyproject.toml) into ``output``.
+
+    pip-compile writes into a private folder beside ``output`` (seeded with the old lock,
+    so its pins are kept); the result reaches ``output`` through ``core.safefile``
+    (a link, FIFO, device or folder there is refused before pip-compile starts)."""
+    output = output.absolute()
+    check_target(output, stdout=False)
+    work = Path(tempfile.mkdtemp(dir=output.parent, prefix=".audit-lock-"))
+    try:
+        if output.is_file() and not output.is_symlink():
+            shutil.copyfile(output, work / output.name)  # pip-compile keeps existing pins
+        argv = [sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes",
+                "--allow-unsafe", "--strip-extras", "--no-emit-index-url",
+                "--no-emit-find-links", f"--output-file={work.name}/{output.name}",
+                *(f"--find-links={p}" for p in find_links),
+                os.path.relpath(source.resolve(), output.parent)]
+        _run_compile(argv, output.parent, source)
+        # the header names the command: the folder it wrote into is ours, not the user's
+        text = (work / output.name).read_text().replace(f"{work.name}/", "", 1)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write_target(output, text.encode(), stdout=False)
+    return parse_requirements_lock(text, name=output.name)
 
 
 def _run_compile(argv: Sequence[str], cwd: Path, source: Path) -> None:

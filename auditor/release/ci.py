@@ -30,8 +30,8 @@ import click
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from auditor.certify.certificate import write_target
 from auditor.core.errors import InputError
+from auditor.core.safefile import write_target
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "templates" / "ci"  # shipped in the wheel
 PROVIDERS: dict[str, Path] = {"github": Path(".github/workflows/audit.yml"),

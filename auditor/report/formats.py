@@ -3,8 +3,9 @@
 ``FORMATS`` holds the file formats (``html`` for one result, ``markdown`` and ``junit``
 for any number); the terminal format is ``report.terminal`` (it prints, it writes no
 file). ``write_reports(results, targets)`` checks every target before rendering anything
-(nothing half-written), renders each requested format once and writes it atomically
-(``-``: stdout). ``audit verify`` and ``audit report`` both write through it. Renderers
+(nothing half-written), renders each requested format once and writes it through
+``core.safefile.write_target`` (``-``: stdout; links and special files refused).
+``audit verify`` and ``audit report`` both write through it. Renderers
 are imported when used (the HTML one pulls in matplotlib).
 """
 
@@ -14,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditor.certify.certificate import check_target, write_target
 from auditor.certify.verdict import VerifyResult
 from auditor.core.errors import InputError
+from auditor.core.safefile import check_target, write_target
 
 
 @dataclass(frozen=True)
