@@ -41,6 +41,7 @@ class VerifyOptions:
     base_image: str | None = field(default_factory=lambda: os.environ.get("AUDITOR_BASE_IMAGE"))
     wheelhouse: Path | None = field(default_factory=lambda: _env_path("AUDITOR_WHEELHOUSE"))
     ca_bundle: Path | None = field(default_factory=lambda: _env_path("AUDITOR_CA_BUNDLE"))
+    wheel_cache: Path | None = field(default_factory=lambda: _env_path("AUDITOR_WHEEL_CACHE"))
     no_cache: bool = False
     sign_key: Path | None = None
     certificate: Path | None = None
