@@ -22,6 +22,7 @@ from auditor.certify.verdict import VerifyResult
 from auditor.compare import compare_runs, evidence_from_store, plot_series
 from auditor.core.errors import CouldNotVerify, InputError
 from auditor.core.policy import Policy, RerunPolicy
+from auditor.core.progress import stage
 from auditor.core.schema import RunRecord
 from auditor.env.inputs import build_for, build_notes
 from auditor.rerun.backends import choose
@@ -69,15 +70,14 @@ def verify(
     notes = _check_verifiable(store, original, policy.rerun)
     progress(f"verifying run {original.identity.id} ({original.identity.name})")
     backend = choose(opts.backend, progress)
-    with _timed(timings, "build"):
+    with _timed(timings, "build", progress, "environment"):
         built = build_for(store, original, opts, backend, progress)
-    with _timed(timings, "rerun"):
+    with _timed(timings, "rerun", progress, "rerun"):
         rerun = rerun_in(store, original, built, backend, limits=opts.limits,
                          skip_replay=opts.skip_replay, pass_env=policy.rerun.pass_env, say=progress)
     notes += [*build_notes(store, original, built), *sandbox_notes(rerun),
               *(f"setting not replayed (test switch): {s}" for s in opts.skip_replay)]
-    progress("comparing metrics, weights, files and environment")
-    with _timed(timings, "compare"):
+    with _timed(timings, "compare", progress, "comparing metrics, weights, files and environment"):
         left, right = evidence_from_store(store, original), evidence_from_store(store, rerun)
         verdict = decide(compare_runs(left, right, policy.compare), original, rerun, policy, notes)
     timings["total"] = (datetime.now(UTC) - started).total_seconds()
@@ -89,14 +89,18 @@ def verify(
         metric_series=plot_series(left, right))
     from auditor.certify.issue import issue_certificate
 
-    return issue_certificate(store, result, original, rerun, opts.sign_key, opts.certificate)
+    with stage(progress, "certificate"):
+        return issue_certificate(store, result, original, rerun, opts.sign_key, opts.certificate)
 
 
 @contextlib.contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+def _timed(timings: dict[str, float], name: str, progress: Progress, label: str
+           ) -> Iterator[None]:
+    """Time a stage into ``timings`` and show it (``auditor.core.progress.stage``)."""
     start = datetime.now(UTC)
     try:
-        yield
+        with stage(progress, label):
+            yield
     finally:
         timings[name] = (datetime.now(UTC) - start).total_seconds()
 

@@ -64,3 +64,27 @@ def counter(say: Say, label: str, total: int, total_bytes: int = 0, *,
     if isinstance(say, Reporter):
         return say.counter(label, total, total_bytes, unit=unit, eta_s=eta_s)
     return Counter()
+
+
+def metric_steps(shown: Counter) -> Callable[[int, str], None]:
+    """A stdout-line feed that counts the metric lines (JSON objects, one per step) a
+    training prints, as steps of ``shown``."""
+    seen = [0]
+
+    def feed(_lineno: int, line: str) -> None:
+        text = line.strip()
+        if text.startswith('{"') and text.endswith("}"):
+            seen[0] += 1
+            shown.update(done=seen[0])
+
+    return feed
+
+
+def tee(*feeds: Callable[[int, str], None]) -> Callable[[int, str], None]:
+    """One stdout-line feed that passes each line to every feed, in order."""
+
+    def feed(lineno: int, line: str) -> None:
+        for one in feeds:
+            one(lineno, line)
+
+    return feed

@@ -2,8 +2,9 @@
 (``auditor.core.progress``), chosen once by ``reporter_for``:
 
 - on a terminal, ``TerminalReporter``: each line dim on stderr as before; a running stage
-  shows a spinner with its elapsed time and ends with ``✓ stage (12.3 s)``; a counter is a
-  rich progress bar (done/total, bytes, the current item, the ETA);
+  starts with ``… stage`` and ends with ``✓ stage (12.3 s)``; a counter is a
+  rich progress bar (done/total, bytes, the current item, the time left: for the rerun's
+  ``step 120/200`` the original run's duration per step);
 - elsewhere (CI logs), ``PlainReporter``: each line once, and one line per stage with its
   time when it ends (``building the image: 52.1 s``) — no bars, no carriage returns;
 - under ``-q``, a silent ``Reporter``.
@@ -96,9 +97,9 @@ class TerminalReporter(Reporter):
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         started = time.monotonic()
+        self._console.print(f"[dim]…[/] {name}")  # no spinner: stages nest, live views may not
         try:
-            with self._console.status(f"{name}…"):
-                yield
+            yield
         except BaseException:
             self._console.print(f"[red]✗[/] {name} ({time.monotonic() - started:.1f} s)")
             raise
@@ -124,11 +125,12 @@ class _BarCounter(Counter):
         )
 
         self._bytes_total, self._bytes, self._unit = total_bytes, 0, unit
-        self._eta_s, self._started = eta_s, time.monotonic()
+        self._total, self._eta_s = total, eta_s
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[size]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[current]}"), console=console, transient=False)
+            TextColumn("{task.fields[size]}"), TimeElapsedColumn(),
+            *([] if eta_s else [TimeRemainingColumn()]), TextColumn("{task.fields[current]}"),
+            console=console, transient=False)
         self._task = self._progress.add_task(label, total=total or None, size="", current="")
         self._progress.start()
 
@@ -139,7 +141,15 @@ class _BarCounter(Counter):
                               size=size if self._bytes else "")
 
     def update(self, *, done: int, current: str = "") -> None:
-        self._progress.update(self._task, completed=done, current=current)
+        self._progress.update(self._task, completed=done, current=current,
+                              size=self._eta(done))
+
+    def _eta(self, done: int) -> str:
+        """Time left as the original run took it (its duration over its steps)."""
+        if not self._eta_s or not self._total:
+            return ""
+        left = self._eta_s * max(0, self._total - done) / self._total
+        return f"ETA {left:.0f} s"
 
     def close(self) -> None:
         self._progress.stop()
