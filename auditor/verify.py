@@ -23,6 +23,7 @@ from auditor.compare import compare_runs, evidence_from_store, plot_series
 from auditor.core.errors import CouldNotVerify, InputError
 from auditor.core.keys import load_private_key
 from auditor.core.policy import Policy, RerunPolicy
+from auditor.core.progress import stage
 from auditor.core.safefile import check_target
 from auditor.core.schema import RunRecord
 from auditor.env.inputs import build_for, build_notes
@@ -43,6 +44,7 @@ class VerifyOptions:
     base_image: str | None = field(default_factory=lambda: os.environ.get("AUDITOR_BASE_IMAGE"))
     wheelhouse: Path | None = field(default_factory=lambda: _env_path("AUDITOR_WHEELHOUSE"))
     ca_bundle: Path | None = field(default_factory=lambda: _env_path("AUDITOR_CA_BUNDLE"))
+    wheel_cache: Path | None = field(default_factory=lambda: _env_path("AUDITOR_WHEEL_CACHE"))
     no_cache: bool = False
     sign_key: Path | None = None
     certificate: Path | None = None
@@ -71,15 +73,14 @@ def verify(
     _check_outputs(opts)
     progress(f"verifying run {original.identity.id} ({original.identity.name})")
     backend = choose(opts.backend, progress)
-    with _timed(timings, "build"):
+    with _timed(timings, "build", progress, "environment"):
         built = build_for(store, original, opts, backend, progress)
-    with _timed(timings, "rerun"):
+    with _timed(timings, "rerun", progress, "rerun"):
         rerun = rerun_in(store, original, built, backend, limits=opts.limits,
                          skip_replay=opts.skip_replay, pass_env=policy.rerun.pass_env, say=progress)
     notes += [*build_notes(store, original, built), *sandbox_notes(rerun),
               *(f"setting not replayed (test switch): {s}" for s in opts.skip_replay)]
-    progress("comparing metrics, weights, files and environment")
-    with _timed(timings, "compare"):
+    with _timed(timings, "compare", progress, "comparing metrics, weights, files and environment"):
         left, right = evidence_from_store(store, original), evidence_from_store(store, rerun)
         verdict = decide(compare_runs(left, right, policy.compare), original, rerun, policy, notes)
     timings["total"] = (datetime.now(UTC) - started).total_seconds()
@@ -91,14 +92,18 @@ def verify(
         metric_series=plot_series(left, right))
     from auditor.certify.issue import issue_certificate
 
-    return issue_certificate(store, result, original, rerun, opts.sign_key, opts.certificate)
+    with stage(progress, "certificate"):
+        return issue_certificate(store, result, original, rerun, opts.sign_key, opts.certificate)
 
 
 @contextlib.contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+def _timed(timings: dict[str, float], name: str, progress: Progress, label: str
+           ) -> Iterator[None]:
+    """Time a stage into ``timings`` and show it (``auditor.core.progress.stage``)."""
     start = datetime.now(UTC)
     try:
-        yield
+        with stage(progress, label):
+            yield
     finally:
         timings[name] = (datetime.now(UTC) - start).total_seconds()
 

@@ -91,13 +91,12 @@ def is_quiet(ctx: click.Context) -> bool:
 
 
 def say(ctx: click.Context) -> Callable[[str], None]:
-    """The progress printer of a command: one dim line on stderr each, none under -q."""
-    if is_quiet(ctx):
-        return lambda _line: None
-    from auditor.report.records import console
+    """The progress reporter of a command (``auditor.report.progress``): on a terminal dim
+    lines, spinners and progress bars on stderr; elsewhere one line per line and per
+    finished stage with its time; nothing under -q."""
+    from auditor.report.progress import reporter_for
 
-    err = console(err=True)
-    return lambda line: err.print(f"[dim]·[/] {line}")
+    return reporter_for(quiet=is_quiet(ctx))
 
 
 def hint(ctx: click.Context, line: str) -> None:
@@ -145,6 +144,10 @@ def build_options(fn: F) -> F:
                      "wheel."),
         click.option("--ca-bundle", type=PathArg, envvar="AUDITOR_CA_BUNDLE",
                      help="TLS CA bundle for a proxied package index (build input only)."),
+        click.option("--wheel-cache", type=PathArg, envvar="AUDITOR_WHEEL_CACHE",
+                     help="Folder of verified wheels every build installs from (fetched once "
+                     "per name, version and sha256; default: ~/.cache/auditor/wheels, or "
+                     "$AUDITOR_CACHE/wheels). A build input, never an image layer."),
         click.option("--no-cache", is_flag=True, help="Rebuild even when an image exists."),
         click.option("--strict", is_flag=True, help="Refuse a base image not pinned by digest."),
         click.option("--allow-unhashed", is_flag=True, help="Accept a lockfile without hashes."),

@@ -46,6 +46,7 @@ def _verify_options(kw: dict[str, Any]) -> VerifyOptions:
         base_image=kw.get("base_image"),
         wheelhouse=kw.get("wheelhouse"),
         ca_bundle=kw.get("ca_bundle"),
+        wheel_cache=kw.get("wheel_cache"),
         no_cache=kw.get("no_cache", False),
         strict=kw.get("strict", False),
         sign_key=kw.get("sign_key"),
@@ -117,8 +118,8 @@ def build_cmd(ctx: click.Context, /, run: str, print_only: bool, **kw: Any) -> N
     opts = BuildSettings(
         backend=kw.get("backend"), base_image=kw.get("base_image"),
         wheelhouse=kw.get("wheelhouse"), ca_bundle=kw.get("ca_bundle"),
-        no_cache=kw.get("no_cache", False), strict=kw.get("strict", False),
-        allow_unhashed=kw.get("allow_unhashed", False))
+        wheel_cache=kw.get("wheel_cache"), no_cache=kw.get("no_cache", False),
+        strict=kw.get("strict", False), allow_unhashed=kw.get("allow_unhashed", False))
     if print_only:
         named = choose(opts.backend) if opts.backend else None  # --print detects nothing
         click.echo(render_dockerfile(inputs_for(store, rec, opts, named)), nl=False)

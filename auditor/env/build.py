@@ -4,21 +4,30 @@ Contract:
 
 - ``render_dockerfile(inputs)`` renders ``templates/Dockerfile.j2`` (jinja2, StrictUndefined,
   no autoescape) with values computed and sorted here, so equal inputs give equal text.
-  Three stages: ``base`` (the pinned base plus the non-root user ``auditor``, uid 1000),
-  ``install`` (copies the lock and the build-only inputs, CA bundle and wheelhouse, and
-  runs ``pip install --require-hashes --no-deps --only-binary :all:``) and the final stage,
-  which copies only ``/opt/auditor`` from ``install``: the CA bundle and the wheelhouse
-  never reach the final image's layers. The final stage records ``pip inspect`` and the
-  Python version, as seen inside it, in ``/opt/auditor/environment.json``.
+  A hashed pip lock installs from the verified wheel cache (``auditor.env.wheelcache``):
+  the host fetches each wheel once (the CA bundle and the wheelhouse are inputs of that
+  fetch only), the build reads them over HTTP from the host (``auditor.env.wheelserve``)
+  with ``pip install --no-index --require-hashes``, so no wheel, CA bundle or index
+  reaches any layer. The heaviest packages (``is_heavy``: torch, the CUDA libraries, any
+  wheel of ``HEAVY_WHEEL_BYTES``) go first into an image of their own, one layer each,
+  tagged ``auditor-env-heavy:<heavy digest[:16]>`` and named by the base and their pins
+  only, so a lock that differs elsewhere starts from it; the rest of the lock is one layer
+  on top. A conda or unhashed lock keeps the older three stages: ``base``, ``install``
+  (copies the lock, CA bundle and wheelhouse; pip or micromamba from the index) and the
+  final stage, which copies only ``/opt/auditor`` from ``install``. Either way the final
+  image records ``pip inspect`` and the Python version, as seen inside it, in
+  ``/opt/auditor/environment.json``.
 - ``build_inputs_digest(inputs)`` hashes everything that decides the image's content
-  (template, probe script, base ref and id, lock sha256, wheelhouse file names and sha256,
-  CA bundle sha256, the system Python to install); the tag is ``auditor-env:<digest[:16]>``.
+  (template, probe script, base ref and id, lock sha256, the system Python to install;
+  for a conda or unhashed lock also the wheelhouse files and the CA bundle, which a hashed
+  lock's hashes make irrelevant); the tag is ``auditor-env:<digest[:16]>``.
   Run id and auditor version are labels only: runs with equal inputs share one image, whose
   run-id label names the run it was first built for.
 - ``build_docker(...)``: an image that exists for the digest is a cache hit. Otherwise
   the image is built untagged and tagged only once the build, the probe and the T20 check
   succeeded; a failure tags nothing and raises ``ImageBuildFailed`` (``BuildFailed``, exit
-  3) carrying the full log in ``log`` and the log's tail in its one-line message.
+  3) carrying the full log in ``log`` and its cause in one line (``auditor.env.inputs``
+  keeps the log in a file the message names).
 - The venv build is ``auditor.env.venv``; both share ``auditor.env.spec`` (inputs, result,
   probe) and neither imports the other. Which one builds is chosen once, by
   ``auditor.rerun.backends`` (docker when an engine answers, else venv, loudly).
@@ -26,6 +35,8 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import functools
 import hashlib
 import io
@@ -36,13 +47,15 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal
 
 from auditor.core.errors import BuildFailed, InputError
-from auditor.core.lockfile import Lock, check_python_compat
-from auditor.env import baseimage
+from auditor.core.lockfile import Lock, LockedPackage, check_python_compat
+from auditor.core.progress import Counter, counter, stage
+from auditor.env import baseimage, wheelserve
 from auditor.env.engine import docker_client
 from auditor.env.spec import (
     PROBE,
@@ -52,11 +65,24 @@ from auditor.env.spec import (
     install_failure,
     result_of,
 )
+from auditor.env.wheelcache import (
+    Fetcher,
+    WheelCache,
+    default_root,
+    max_bytes_from_env,
+    requirement_lines,
+)
 
 IMAGE_REPOSITORY = "auditor-env"
+HEAVY_REPOSITORY = "auditor-env-heavy"
 # auditor/templates links to the top-level templates/ folder; the wheel ships its files
 TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "templates" / "Dockerfile.j2"
-DIGEST_SCHEMA = 1
+DIGEST_SCHEMA = 2
+# A package installed in a layer of its own in the heavy packages' image: by name, or any
+# wheel this large (numpy, scipy, sympy, ...: their install, byte-compiling included,
+# is what a small change elsewhere would otherwise pay again).
+HEAVY_NAMES = ("torch", "triton", "nvidia-*", "tensorflow*", "jaxlib", "tensorrt*")
+HEAVY_WHEEL_BYTES = 5 << 20
 ENVIRONMENT_JSON = "/opt/auditor/environment.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -94,7 +120,9 @@ def unpinned_warning(inputs: BuildInputs) -> str:
     return message
 
 
-def template_context(inputs: BuildInputs, inputs_digest: str) -> dict[str, object]:
+def template_context(inputs: BuildInputs, inputs_digest: str,
+                     sizes: Mapping[str, int] | None = None, part: str = "env"
+                     ) -> dict[str, object]:
     """Every value the template shows, computed here so the template stays dumb."""
     system = baseimage.system_python(inputs.base_image, inputs.python_version)
     labels = {"org.auditor.run-id": inputs.run_id,
@@ -112,8 +140,84 @@ def template_context(inputs: BuildInputs, inputs_digest: str) -> dict[str, objec
         "env_var": "VIRTUAL_ENV" if inputs.lock.kind == "pip" else "CONDA_PREFIX",
         "wheelhouse": inputs.wheelhouse is not None,
         "ca_bundle": inputs.ca_bundle is not None, "require_hashes": inputs.lock.hashed,
-        "label_lines": _label_lines(labels),
+        "label_lines": _label_lines(labels), "part": part,
+        **_wheel_cache_context(inputs, sizes),
     }
+
+
+def uses_wheel_cache(lock: Lock) -> bool:
+    """A hashed pip lock installs from the wheel cache; a conda or unhashed lock installs
+    from its index inside the build, as before."""
+    return lock.kind == "pip" and lock.hashed and bool(lock.packages)
+
+
+def is_heavy(package: LockedPackage, size: int | None) -> bool:
+    """torch, the CUDA libraries and their like, or any wheel of ``HEAVY_WHEEL_BYTES``."""
+    return any(fnmatch.fnmatchcase(package.name, pattern) for pattern in HEAVY_NAMES) or (
+        size is not None and size >= HEAVY_WHEEL_BYTES)
+
+
+def layer_files(lock: Lock, sizes: Mapping[str, int]) -> dict[str, list[LockedPackage]]:
+    """The requirement files of the install layers, in order: one per heavy package (the
+    largest wheel first, so a change to a smaller one rebuilds the least), then
+    ``rest.lock`` with everything else (absent when nothing is left)."""
+    heavy = sorted((p for p in lock.packages if is_heavy(p, sizes.get(p.name))),
+                   key=lambda p: (-sizes.get(p.name, 0), p.name))  # the largest first
+    rest = [p for p in lock.packages if p not in heavy]
+    layers = {f"heavy-{p.name}.lock": [p] for p in heavy}
+    return layers | ({"rest.lock": rest} if rest else {})
+
+
+def _wheel_cache_context(inputs: BuildInputs, sizes: Mapping[str, int] | None
+                         ) -> dict[str, object]:
+    if not uses_wheel_cache(inputs.lock):
+        return {"wheel_cache": False, "heavy_layers": [], "rest_layer": "", "find_links": "",
+                "wheels_host": "", "heavy_image": "", "heavy_tag": "", "heavy_digest": ""}
+    files = layer_files(inputs.lock, sizes if sizes is not None else cached_sizes(inputs))
+    layers = list(files)
+    heavy = [f for f in layers if f != "rest.lock"]
+    digest = heavy_digest(inputs, files) if heavy else ""
+    return {"wheel_cache": True, "find_links": wheelserve.URL,
+            "wheels_host": wheelserve.HOSTNAME, "heavy_layers": heavy,
+            "rest_layer": "rest.lock" if "rest.lock" in layers else "",
+            "heavy_digest": digest, "heavy_tag": heavy_tag(digest) if digest else "",
+            "heavy_image": heavy_tag(digest) if digest else ""}
+
+
+def heavy_digest(inputs: BuildInputs, layers: Mapping[str, list[LockedPackage]]) -> str:
+    """sha256 over what decides the heavy image: the base, its Python, the template and
+    the heavy packages' pins and hashes (not the rest of the lock)."""
+    system = baseimage.system_python(inputs.base_image, inputs.python_version)
+    material = {
+        "schema": DIGEST_SCHEMA,
+        "template": hashlib.sha256(_template_text().encode()).hexdigest(),
+        "base_image": inputs.base_image, "base_image_id": inputs.base_image_id,
+        "system_python": [system.executable, *system.apt_packages],
+        "heavy": {name: requirement_lines(packages) for name, packages in layers.items()
+                  if name != "rest.lock"},
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def heavy_tag(digest: str) -> str:
+    """The content-addressed tag of a heavy-packages image."""
+    return f"{HEAVY_REPOSITORY}:{digest[:16]}"
+
+
+def wheel_cache_of(inputs: BuildInputs) -> WheelCache:
+    """The wheel cache a build of ``inputs`` uses."""
+    return WheelCache(inputs.wheel_cache or default_root(), max_bytes_from_env())
+
+
+def cached_sizes(inputs: BuildInputs) -> dict[str, int]:
+    """Sizes of the lock's wheels already in the cache (for ``--print``; not verified)."""
+    cache = wheel_cache_of(inputs)
+    sizes: dict[str, int] = {}
+    for package in inputs.lock.packages:
+        for value in package.hashes:
+            for path in cache.entry(value.removeprefix("sha256:")).glob("*.whl"):
+                sizes[package.name] = path.stat().st_size
+    return sizes
 
 
 def _label_lines(labels: dict[str, str]) -> list[str]:
@@ -130,14 +234,28 @@ def _quote(value: str) -> str:
     return f'"{escaped}"'
 
 
-def render_dockerfile(inputs: BuildInputs) -> str:
-    """The Dockerfile for ``inputs``; deterministic."""
+def render_dockerfile(inputs: BuildInputs, sizes: Mapping[str, int] | None = None,
+                      part: Literal["env", "heavy", "all"] = "all") -> str:
+    """The Dockerfile for ``inputs``; deterministic for given wheel ``sizes`` (by package
+    name: they decide which packages go to the heavy image; default: the sizes of the
+    wheels already cached). ``part``: the heavy image's, the environment image's, or both
+    (what ``audit build --print`` shows: the heavy one first, when the lock has one)."""
     import jinja2
 
     env = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    context = template_context(inputs, build_inputs_digest(inputs))
-    return env.from_string(_template_text()).render(**context)
+    sizes = sizes if sizes is not None else (
+        cached_sizes(inputs) if uses_wheel_cache(inputs.lock) else {})
+    template = env.from_string(_template_text())
+    digest = build_inputs_digest(inputs)
+    if part != "all":
+        return template.render(**template_context(inputs, digest, sizes, part))
+    heavy = template_context(inputs, digest, sizes, "heavy")
+    env_text = template.render(**template_context(inputs, digest, sizes, "env"))
+    if not heavy["heavy_layers"]:
+        return env_text
+    return (f"# ==== {heavy['heavy_tag']} ====\n" + template.render(**heavy)
+            + f"\n# ==== {image_tag(digest)} ====\n" + env_text)
 
 
 def _template_text() -> str:
@@ -147,14 +265,16 @@ def _template_text() -> str:
 def build_inputs_digest(inputs: BuildInputs) -> str:
     """sha256 over everything that decides the built environment's content."""
     system = baseimage.system_python(inputs.base_image, inputs.python_version)
+    hashed = uses_wheel_cache(inputs.lock)  # the lock's hashes pin every installed byte
     material = {
         "schema": DIGEST_SCHEMA,
         "template": hashlib.sha256(_template_text().encode()).hexdigest(),
         "probe": hashlib.sha256(PROBE.encode()).hexdigest(),
         "base_image": inputs.base_image, "base_image_id": inputs.base_image_id,
         "lock": [inputs.lock.kind, inputs.lock.sha256],
-        "wheelhouse": _wheelhouse_files(inputs.wheelhouse),
-        "ca_bundle": _file_sha256(inputs.ca_bundle) if inputs.ca_bundle else None,
+        "wheelhouse": [] if hashed else _wheelhouse_files(inputs.wheelhouse),
+        "ca_bundle": _file_sha256(inputs.ca_bundle) if inputs.ca_bundle and not hashed
+        else None,
         "system_python": [system.executable, *system.apt_packages],
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
@@ -194,20 +314,22 @@ def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def build_docker(inputs: BuildInputs, *, no_cache: bool = False,
-                 progress: Progress | None = None) -> BuildResult:
-    """Build (or reuse) the image for ``inputs``; ``EngineUnavailable`` without an engine."""
+                 progress: Progress | None = None, reuse_heavy: bool = False) -> BuildResult:
+    """Build (or reuse) the image for ``inputs``; ``EngineUnavailable`` without an engine.
+    ``no_cache`` rebuilds every layer, the heavy packages' image too unless
+    ``reuse_heavy`` (what ``bench/bench_build.py`` measures)."""
     started = time.monotonic()
     say = progress or (lambda line: None)
     digest = build_inputs_digest(inputs)
     client = docker_client()
     try:
-        return _build_docker(client, inputs, digest, no_cache, say, started)
+        return _build_docker(client, inputs, digest, no_cache, say, started, reuse_heavy)
     finally:
         client.close()
 
 
 def _build_docker(client: Any, inputs: BuildInputs, digest: str, no_cache: bool,
-                  say: Progress, started: float) -> BuildResult:
+                  say: Progress, started: float, reuse_heavy: bool = False) -> BuildResult:
     tag = image_tag(digest)
     existing = None if no_cache else _get_image(client, tag)
     if existing is not None:
@@ -216,7 +338,7 @@ def _build_docker(client: Any, inputs: BuildInputs, digest: str, no_cache: bool,
                        backend="docker", tag=tag, image_id=existing.id, cached=True, log="",
                        seconds=time.monotonic() - started)
     _check_base(client, inputs)
-    image_id, lines = _docker_build(client, inputs, say, no_cache)
+    image_id, lines = _docker_build(client, inputs, say, no_cache, reuse_heavy)
     try:
         probe = _read_environment(client, image_id)
         check_python_compat(inputs.lock, probe["python"])
@@ -297,25 +419,78 @@ def _base_python(client: Any, inputs: BuildInputs) -> str | None:
     return str(out.decode().strip())
 
 
-def _docker_build(client: Any, inputs: BuildInputs, say: Progress, no_cache: bool
-                  ) -> tuple[str, list[str]]:
-    """Run the legacy builder on a fresh context; return (image id, log lines)."""
+def _docker_build(client: Any, inputs: BuildInputs, say: Progress, no_cache: bool,
+                  reuse_heavy: bool = False) -> tuple[str, list[str]]:
+    """Build on a fresh context; return (image id, log lines). A hashed pip lock installs
+    from the wheel cache, served over HTTP for the build's duration, its heaviest packages
+    from their own image (built first when missing)."""
+    if not uses_wheel_cache(inputs.lock):
+        return _classic_build(client, inputs, say, no_cache, None, {}, "env", Counter())
+    cache = wheel_cache_of(inputs)
+    fetcher = Fetcher(find_links=(inputs.wheelhouse,) if inputs.wheelhouse else (),
+                      ca_bundle=inputs.ca_bundle, python_version=inputs.python_version)
+    wheels = cache.ensure(inputs.lock, fetcher, say)
+    sizes = {w.package.name: w.size for w in wheels}
+    installing = counter(say, "installing", len(wheels), sum(sizes.values()))
+    try:
+        with cache.serve_folder(wheels) as folder:
+            heavy_lines = _heavy_image(client, inputs, sizes, say, no_cache and not reuse_heavy,
+                                       folder, installing)
+            image_id, lines = _classic_build(client, inputs, say, no_cache, folder, sizes,
+                                             "env", installing)
+    finally:
+        installing.close()
+    return image_id, [*heavy_lines, *lines]
+
+
+def _heavy_image(client: Any, inputs: BuildInputs, sizes: Mapping[str, int], say: Progress,
+                 no_cache: bool, served: Path, installing: Counter) -> list[str]:
+    """Make sure the heavy packages' image exists (built and tagged when missing)."""
+    context = template_context(inputs, "", sizes, "heavy")
+    tag = str(context["heavy_tag"])
+    if not tag:
+        return []
+    if not no_cache and _get_image(client, tag) is not None:
+        say(f"heavy packages: reusing {tag}")
+        return []
+    image_id, lines = _classic_build(client, inputs, say, no_cache, served, sizes, "heavy",
+                                     installing)
+    repository, _, version = tag.partition(":")
+    client.api.tag(image_id, repository, version)
+    return lines
+
+
+def _classic_build(client: Any, inputs: BuildInputs, say: Progress, no_cache: bool,
+                   served: Path | None, sizes: Mapping[str, int], part: Literal["env", "heavy"],
+                   installing: Counter) -> tuple[str, list[str]]:
     lines: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="auditor-build-") as tmp:
+    serve: AbstractContextManager[dict[str, str]] = (
+        wheelserve.serving(served, installing) if served else contextlib.nullcontext({}))
+    what = "building the heavy packages' image" if part == "heavy" else "building the image"
+    with tempfile.TemporaryDirectory(prefix="auditor-build-") as tmp, stage(say, what), \
+            serve as hosts:
         context = Path(tmp)
-        _write_context(context, inputs)
+        _write_context(context, inputs, sizes, part)
         stream = client.api.build(path=str(context), rm=True, forcerm=True, nocache=no_cache,
-                                  network_mode="host", decode=True, pull=False)
+                                  network_mode="host", decode=True, pull=False,
+                                  extra_hosts=hosts or None)
         image_id = _follow(stream, lines, say)
     if image_id is None:
         raise install_failure(lines, "image build")
     return str(client.images.get(image_id).id), lines
 
 
-def _write_context(context: Path, inputs: BuildInputs) -> None:
-    (context / "Dockerfile").write_text(render_dockerfile(inputs))
+def _write_context(context: Path, inputs: BuildInputs, sizes: Mapping[str, int],
+                   part: Literal["env", "heavy"] = "env") -> None:
+    (context / "Dockerfile").write_text(render_dockerfile(inputs, sizes, part))
     (context / lock_file_name(inputs.lock)).write_text(inputs.lock.text)
     (context / "probe.py").write_text(PROBE)
+    if uses_wheel_cache(inputs.lock):  # no CA bundle or wheelhouse: the host fetched
+        (context / "locks").mkdir()
+        for name, packages in layer_files(inputs.lock, sizes).items():
+            if (name == "rest.lock") == (part == "env"):
+                (context / "locks" / name).write_text(requirement_lines(packages))
+        return
     if inputs.ca_bundle is not None:
         shutil.copyfile(inputs.ca_bundle, context / "ca-bundle.crt")
     if inputs.wheelhouse is not None:
@@ -333,7 +508,8 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def _follow(stream: Iterable[dict[str, Any]], lines: list[str], say: Progress) -> str | None:
-    """Stream the build log to ``say``; the built image id, or None on error.
+    """Collect the build log (kept whole for the store and a failure's log file; the
+    terminal sees the stages and counters instead); the built image id, or None on error.
 
     The stream is read to its end even after an error, so its connection is released.
     """
@@ -348,7 +524,6 @@ def _follow(stream: Iterable[dict[str, Any]], lines: list[str], say: Progress) -
         for line in text.splitlines():
             if line.strip():
                 lines.append(line.rstrip())
-                say(line.rstrip())
         built = re.match(r"Successfully built ([0-9a-f]+)", text)
         image_id = chunk.get("aux", {}).get("ID") or (built.group(1) if built else image_id)
     return None if failed else image_id

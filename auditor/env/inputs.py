@@ -10,6 +10,7 @@ unchanged inputs starts fast.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,9 @@ from auditor.core.lockfile import Lock, parse_conda_lock, parse_requirements_loc
 from auditor.core.schema import RunRecord
 from auditor.core.version import __version__
 from auditor.env.build import default_base_image, pinned_base_id
-from auditor.env.spec import BuildInputs, BuildResult
+from auditor.env.spec import BuildInputs, BuildResult, ImageBuildFailed
 from auditor.env.venv import venv_root_for
+from auditor.env.wheelcache import default_root
 from auditor.store import RunStore, store_dir_of
 
 Progress = Callable[[str], None]
@@ -38,6 +40,8 @@ class BuildOptions(Protocol):
     def wheelhouse(self) -> Path | None: ...
     @property
     def ca_bundle(self) -> Path | None: ...
+    @property
+    def wheel_cache(self) -> Path | None: ...
     @property
     def no_cache(self) -> bool: ...
     @property
@@ -62,6 +66,7 @@ class BuildSettings:
     base_image: str | None = None
     wheelhouse: Path | None = None
     ca_bundle: Path | None = None
+    wheel_cache: Path | None = None
     no_cache: bool = False
     strict: bool = False
     allow_unhashed: bool = False
@@ -129,6 +134,7 @@ def inputs_for(store: RunStore, record: RunRecord, opts: BuildOptions,
         base_image_id=builder.base_image_id(base) if builder else pinned_base_id(base),
         wheelhouse=opts.wheelhouse,
         ca_bundle=opts.ca_bundle,
+        wheel_cache=opts.wheel_cache,
         cuda=cuda,
         cudnn=cudnn,
         auditor_version=__version__,
@@ -146,12 +152,11 @@ def build_for(
         f"building the environment ({len(inputs.lock.packages)} locked packages, base "
         f"{inputs.base_image})"
     )
-    result = builder.build(
-        inputs,
-        no_cache=opts.no_cache,
-        progress=say,
-        venv_root=venv_root_for(store_dir_of(store)),
-    )
+    try:
+        result = builder.build(inputs, no_cache=opts.no_cache, progress=say,
+                               venv_root=venv_root_for(store_dir_of(store)))
+    except ImageBuildFailed as exc:
+        raise _with_log_file(exc, inputs) from exc
     log_sha, _ = store.blobs.put_bytes(result.log.encode())
     store.put_build(
         result.inputs_digest,
@@ -160,3 +165,21 @@ def build_for(
     )
     return result
 
+
+
+def _with_log_file(exc: ImageBuildFailed, inputs: BuildInputs) -> ImageBuildFailed:
+    """The same one-line error, naming a file that keeps the whole build log."""
+    from auditor.env.build import build_inputs_digest
+
+    folder = (inputs.wheel_cache or default_root()).parent / "logs"
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    path = folder / f"build-{build_inputs_digest(inputs)[:16]}-{stamp}.log"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(exc.log + "\n")
+    except OSError as write_error:
+        where = f"the build log could not be kept: {write_error.strerror}"
+    else:
+        where = f"full log: {path}"
+    hint = f"{exc.hint}; {where}" if exc.hint else where
+    return ImageBuildFailed(exc.message, log_text=exc.log, hint=hint)

@@ -20,7 +20,7 @@ from auditor.core.errors import BuildFailed
 from auditor.core.lockfile import INSTALLER_TOOLS, Lock, drift
 from auditor.env import baseimage
 
-LOG_TAIL_LINES = 15
+ERROR_LINE_CHARS = 200
 PROBE = """\
 import json, platform, subprocess, sys
 out = subprocess.run([sys.executable, "-m", "pip", "inspect", "--local"],
@@ -47,6 +47,7 @@ class BuildInputs(BaseModel):
     base_image_id: str | None = None
     wheelhouse: Path | None = None
     ca_bundle: Path | None = None
+    wheel_cache: Path | None = None  # None: auditor.env.wheelcache.default_root()
     cuda: str | None = None
     cudnn: str | None = None
     auditor_version: str
@@ -109,19 +110,34 @@ def result_of(inputs: BuildInputs, digest: str, probe: dict[str, Any], **fields:
 
 
 def install_failure(lines: list[str], what: str) -> ImageBuildFailed:
-    """The most specific one-line error for a failed install log."""
+    """The most specific one-line error for a failed install log (the whole log travels
+    in ``log``; ``auditor.env.inputs`` keeps it in a file the message names)."""
     text = "\n".join(lines)
-    tail = " | ".join(line.strip() for line in lines[-LOG_TAIL_LINES:] if line.strip())
     if "DO NOT MATCH THE HASHES" in text:
         match = _HASH_MISMATCH.search(text.split("DO NOT MATCH THE HASHES", 1)[1])
         package = match.group(1) if match else "a package"
         return ImageBuildFailed(
             f"{what} failed: hash mismatch for {package}: the downloaded file does not match "
             "the lock's --hash", log_text=text,
-            hint=f"re-lock with `audit lock` if the lock is wrong | {tail}")
+            hint="re-lock with `audit lock` if the lock is wrong")
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return ImageBuildFailed(
+            f"{what} failed: the package index's TLS certificate is not trusted",
+            log_text=text, hint="pass --ca-bundle FILE (e.g. $PIP_CERT) for a proxied index")
+    if "No space left on device" in text:
+        return ImageBuildFailed(f"{what} failed: no space left on device", log_text=text,
+                                hint="free space for docker (or the wheel cache)")
     missing = _NO_MATCH.search(text)
     if missing:
         return ImageBuildFailed(
             f"{what} failed: no wheel for {missing.group(1)} in the index or the wheelhouse",
-            log_text=text, hint=f"put the wheel in a folder and pass --wheelhouse DIR | {tail}")
-    return ImageBuildFailed(f"{what} failed", log_text=text, hint=tail or "see the build log")
+            log_text=text, hint="put the wheel in a folder and pass --wheelhouse DIR")
+    return ImageBuildFailed(f"{what} failed: {last_error(lines)}", log_text=text)
+
+
+def last_error(lines: list[str]) -> str:
+    """The log's last line that reads like an error (else its last line), shortened."""
+    useful = [line.strip() for line in lines if line.strip()]
+    errors = [line for line in useful if re.search(r"error|fail|denied|not found", line, re.I)]
+    line = (errors or useful or ["no output"])[-1]
+    return line if len(line) <= ERROR_LINE_CHARS else line[:ERROR_LINE_CHARS] + "…"

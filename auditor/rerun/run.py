@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from auditor.core.progress import Counter, counter, metric_steps, tee
 from auditor.core.schema import RunRecord
 from auditor.env.spec import BuildResult
 from auditor.rerun import lease
@@ -35,22 +36,33 @@ def rerun(
     with interrupt_on_sigterm():
         tmp = scratch_dir()
         workdir = Path(tmp.name)
+        steps = Counter()
         try:
             lease.take(workdir, store.url, backend.name)  # a later command cleans if we die
             acc = original.environment.accelerators
             limits = replace(limits, gpus=len(acc.gpus) if acc else 0)
             prep = prepare(store, original, workdir, skip_replay=skip_replay, pass_env=pass_env)
             say(f"rerunning `{' '.join(prep.argv)}` ({backend.name}, no network)")
+            steps = _step_counter(say, original)
             return record_rerun(
                 store, original, prep, built,
                 lambda sink: backend.execute(
-                    prep, built, limits, sink, hidden=(store_dir_of(store),),
-                    also_hidden=_repository(original),
+                    prep, built, limits, tee(sink, metric_steps(steps)),
+                    hidden=(store_dir_of(store),), also_hidden=_repository(original),
                 ),
             )
         finally:
+            steps.close()
             cleanup(workdir)
             tmp.cleanup()
+
+
+def _step_counter(say: Callable[[str], None], original: RunRecord) -> Counter:
+    """The rerun's steps against the original's (its metric lines per metric), with the
+    original's duration as the time all of them take."""
+    per_step = max(1, len(original.metrics.final)) if original.metrics else 1
+    total = (original.metrics.points // per_step) if original.metrics else 0
+    return counter(say, "rerun", total, unit="steps", eta_s=original.identity.duration_s)
 
 
 def _repository(original: RunRecord) -> tuple[Path, ...]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,14 @@ import pytest
 
 from auditor.core.errors import BuildFailed, EngineUnavailable, LockfileError
 from auditor.core.lockfile import Lock, parse_requirements_lock
-from auditor.env.build import build_docker, build_inputs_digest, image_tag
+from auditor.core.progress import Counter, Reporter
+from auditor.env.build import (
+    build_docker,
+    build_inputs_digest,
+    cached_sizes,
+    image_tag,
+    template_context,
+)
 from auditor.env.spec import BuildInputs, BuildResult, ImageBuildFailed, without_tooling
 from auditor.env.venv import build_venv
 from auditor.rerun.backends import detect
@@ -75,19 +84,47 @@ def canary_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small_inputs(base_image: tuple[str, str], ca_bundle: Path, canary_wheelhouse: Path
-                 ) -> BuildInputs:
+def small_inputs(base_image: tuple[str, str], ca_bundle: Path, canary_wheelhouse: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> BuildInputs:
     return _inputs(_lock("small.requirements.lock"), base_image, ca_bundle=ca_bundle,
-                   wheelhouse=canary_wheelhouse)
+                   wheelhouse=canary_wheelhouse,
+                   wheel_cache=tmp_path_factory.mktemp("cache") / "wheels")
+
+
+class Recorder(Reporter):
+    """Keeps what a build reports: lines, stages, counters and their steps."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.stages: list[str] = []
+        self.counted: dict[str, list[str]] = {}
+        super().__init__(self.lines.append)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.stages.append(name)
+        yield
+
+    def counter(self, label: str, total: int, total_bytes: int = 0, *,
+                unit: str = "packages", eta_s: float | None = None) -> Counter:
+        items = self.counted.setdefault(label, [])
+
+        class Items(Counter):
+            def advance(self, *, current: str = "", nbytes: int = 0, steps: int = 1) -> None:
+                items.append(current)
+
+        return Items()
 
 
 @pytest.fixture(scope="module")
 def small_build(docker_client: Any, small_inputs: BuildInputs,
                 tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     _untag(docker_client, small_inputs)
-    lines: list[str] = []
-    result = build_docker(small_inputs, progress=lines.append)
-    assert any("Step" in line for line in lines), "progress lines are streamed"
+    seen = Recorder()
+    result = build_docker(small_inputs, progress=seen)
+    assert "building the image" in seen.stages
+    assert seen.counted["fetching"] == ["six-1.17.0-py2.py3-none-any.whl"]
+    assert seen.counted["installing"] == ["six"], "each wheel the build reads is counted"
     return result
 
 
@@ -134,6 +171,34 @@ def test_final_image_has_no_ca_bundle_and_no_wheelhouse(
 ) -> None:
     _assert_no_build_inputs_left(docker_client, small_build, ca_bundle,
                                  ["auditor_canary-1.0-py3-none-any.whl"])
+
+
+@pytest.mark.docker
+def test_no_cached_wheel_reaches_any_layer_of_the_image(
+    docker_client: Any, small_build: BuildResult, small_inputs: BuildInputs, tmp_path: Path
+) -> None:
+    """Issue 17: the wheel cache is a build input, never a layer: no layer of the saved
+    image holds a .whl file, and the history copies none."""
+    history = " ".join(str(step.get("CreatedBy", "")) for step in
+                       docker_client.images.get(small_build.image_id).history())
+    assert ".whl" not in history and "wheels" not in history.replace("auditor-wheels", "")
+    saved = tmp_path / "image.tar"
+    with saved.open("wb") as out:
+        for chunk in docker_client.images.get(small_build.image_id).save(named=False):
+            out.write(chunk)
+    wheels = []
+    with tarfile.open(saved) as image:
+        for member in image.getmembers():
+            if member.name.endswith("layer.tar"):
+                layer = image.extractfile(member)
+                assert layer is not None
+                with tarfile.open(fileobj=layer) as files:
+                    wheels += [n for n in files.getnames() if n.endswith(".whl")]
+    cached = [p.name for p in (small_inputs.wheel_cache or tmp_path).rglob("*.whl")]
+    assert cached == ["six-1.17.0-py2.py3-none-any.whl"]  # it was there, served
+    # the only wheels in any layer are the OS's own (Debian's python3-venv ensurepip)
+    assert [w for w in wheels if not w.startswith("./usr/share/python-wheels/")] == []
+    assert not any(Path(w).name in cached for w in wheels)
 
 
 @pytest.mark.docker
@@ -234,3 +299,45 @@ def test_venv_backend_builds_and_reuses_the_environment(ca_bundle: Path, tmp_pat
     assert (tmp_path / first.inputs_digest[:16] / "auditor-env.json").is_file()
     again = build_venv(inputs, venv_root=tmp_path)
     assert again.cached and again.packages == first.packages
+
+
+# ---- layers that survive small changes (issue 17) -----------------------------------
+
+
+def _layers(client: Any, image_id: str) -> list[str]:
+    return list(client.images.get(image_id).attrs["RootFS"]["Layers"])
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_lock_one_small_package_apart_reuses_the_torch_layer_and_fetches_one_wheel(
+    docker_client: Any, base_image: tuple[str, str], ca_bundle: Path, torch_wheelhouse: Path,
+    tmp_path: Path,
+) -> None:
+    first_lock = _lock("torch-cpu.requirements.lock")
+    six = (LOCKS / "small.requirements.lock").read_text()
+    second_lock = parse_requirements_lock(first_lock.text + six, name="derived.lock")
+    cache = tmp_path / "wheels"
+    first = _inputs(first_lock, base_image, ca_bundle=ca_bundle, wheelhouse=torch_wheelhouse,
+                    wheel_cache=cache)
+    second = first.model_copy(update={"lock": second_lock})
+    for inputs in (first, second):
+        _untag(docker_client, inputs)
+    built = build_docker(first)
+    seen = Recorder()
+    derived = build_docker(second, progress=seen)
+    try:
+        assert seen.counted["fetching"] == ["six-1.17.0-py2.py3-none-any.whl"]
+        assert "torch" not in seen.counted.get("installing", []), "torch came from the cache"
+        heavy = str(template_context(first, "", cached_sizes(first), "heavy")["heavy_tag"])
+        heavy_layers = _layers(docker_client, heavy)
+        for result in (built, derived):  # both start from the very same heavy layers
+            assert _layers(docker_client, result.image_id)[:len(heavy_layers)] == heavy_layers
+        assert _run(docker_client, heavy, "/opt/auditor/venv/bin/python", "-c",
+                    "import torch; print(torch.__version__)") == "2.13.0+cpu"
+        for lock, result in ((first_lock, built), (second_lock, derived)):
+            assert without_tooling(lock, result.packages) == lock.versions()
+            assert _run(docker_client, result.image_id, "python", "-c",
+                        "import torch; print(torch.__version__)") == "2.13.0+cpu"
+    finally:
+        _untag(docker_client, second)

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "fixtures" / "golden"
 LOCK = ROOT / "fixtures" / "locks" / "pip" / "small.requirements.lock"
 CONDA = ROOT / "fixtures" / "locks" / "conda" / "mlops-kickoff.conda-lock.yml"
+TORCH_LOCK = ROOT / "fixtures" / "locks" / "pip" / "torch-cpu.requirements.lock"
 CA_TEXT = "-----BEGIN CERTIFICATE-----\nfixture\n-----END CERTIFICATE-----\n"
 
 
@@ -69,14 +70,25 @@ def _golden(name: str, text: str) -> None:
 
 
 def test_cpu_golden(lock: Lock) -> None:
-    text = render_dockerfile(_inputs(lock))
+    text = render_dockerfile(_inputs(lock), sizes={})
     _golden("cpu.Dockerfile", text)
     assert "python:3.11.7-slim-bookworm@sha256:8f64a677" in text
-    assert "ca-bundle" not in text and "wheelhouse" not in text.split("copies /opt")[1]
+    assert "ca-bundle" not in text and "wheelhouse" not in text
+    assert "--no-index --find-links http://auditor-wheels:8765/" in text
+    assert "COPY locks/rest.lock /opt/auditor/locks/rest.lock" in text
 
 
-def test_cpu_with_wheelhouse_and_ca_bundle_golden(lock: Lock, wheelhouse: Path,
-                                                   ca_bundle: Path) -> None:
+def test_a_hashed_lock_never_takes_the_ca_bundle_or_wheelhouse_into_the_build(
+        lock: Lock, wheelhouse: Path, ca_bundle: Path) -> None:
+    """Both are inputs of the host-side fetch into the wheel cache only (issue 17)."""
+    plain = render_dockerfile(_inputs(lock), sizes={})
+    assert render_dockerfile(_inputs(lock, wheelhouse=wheelhouse, ca_bundle=ca_bundle),
+                             sizes={}) == plain
+
+
+def test_unhashed_lock_with_wheelhouse_and_ca_bundle_golden(wheelhouse: Path,
+                                                            ca_bundle: Path) -> None:
+    lock = parse_requirements_lock("six==1.17.0\n", allow_unhashed=True)
     text = render_dockerfile(_inputs(lock, wheelhouse=wheelhouse, ca_bundle=ca_bundle))
     _golden("cpu-wheelhouse-ca.Dockerfile", text)
     install, final = text.split("FROM base AS install")[1].split("\nFROM base\n")
@@ -84,6 +96,21 @@ def test_cpu_with_wheelhouse_and_ca_bundle_golden(lock: Lock, wheelhouse: Path,
     assert "--find-links /tmp/auditor-build/wheelhouse" in install
     assert "ca-bundle" not in final and "wheelhouse" not in final
     assert "COPY --from=install /opt/auditor /opt/auditor" in final
+
+
+def test_heavy_packages_get_their_own_earlier_layers() -> None:
+    lock = parse_requirements_lock(TORCH_LOCK.read_text(), name=TORCH_LOCK.name)
+    layers = build.layer_files(lock, {"sympy": 60 << 20, "networkx": 2 << 20})
+    assert list(layers) == ["heavy-sympy.lock", "heavy-torch.lock", "rest.lock"]
+    installed = [p for packages in layers.values() for p in packages]
+    assert sorted(p.name for p in installed) == sorted(p.name for p in lock.packages)
+    text = render_dockerfile(_inputs(lock), sizes={})
+    torch_at = text.index("COPY locks/heavy-torch.lock")
+    assert torch_at < text.index("COPY requirements.lock") < text.index("COPY locks/rest.lock")
+    heavy, env = text.split("# ==== auditor-env:")
+    assert "\nFROM auditor-env-heavy:" in env and "heavy-torch" not in env
+    assert "COPY locks/rest.lock" not in heavy and "USER auditor" not in heavy
+    assert "heavy-sympy" not in text  # by size only: sympy's real wheel is 6 MB
 
 
 def test_gpu_cuda121_cudnn8_golden(lock: Lock) -> None:
@@ -136,8 +163,14 @@ def test_digest_follows_content_not_run_id(lock: Lock, wheelhouse: Path,
     other_lock = parse_requirements_lock(LOCK.read_text() + "# changed\n")
     assert build_inputs_digest(inputs.model_copy(update={"lock": other_lock})) != digest
     (wheelhouse / "another-1.0-py3-none-any.whl").write_bytes(b"x")
-    assert build_inputs_digest(inputs) != digest
     ca_bundle.write_text(CA_TEXT + "more\n")
+    # a hashed lock pins every installed byte: the wheelhouse and CA only fetch
+    assert build_inputs_digest(inputs) == digest
+    unhashed = _inputs(parse_requirements_lock("six==1.17.0\n", allow_unhashed=True),
+                       wheelhouse=wheelhouse)
+    before = build_inputs_digest(unhashed)
+    (wheelhouse / "yet-another-1.0-py3-none-any.whl").write_bytes(b"y")
+    assert build_inputs_digest(unhashed) != before
     assert image_tag(build_inputs_digest(inputs)).startswith("auditor-env:")
 
 
