@@ -240,8 +240,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 def audit_compare(runs: dict[str, str], a: str, b: str,
                   *flags: str) -> tuple[int, dict[str, Any], str]:
-    """`audit --json compare` of runs[a] and runs[b] (runs also names "_repo" and "_store"):
-    exit code, parsed JSON ({} when none) and stderr."""
-    res = audit("--json", "compare", runs[a], runs[b], *flags, cwd=Path(runs["_repo"]),
+    """`audit --json compare --as-rerun` of runs[a] and runs[b] (runs[b] taken as a rerun
+    of runs[a]; runs also names "_repo" and "_store"): exit code, parsed JSON ({} when
+    none) and stderr."""
+    res = audit("--json", "compare", "--as-rerun", runs[a], runs[b], *flags,
+                cwd=Path(runs["_repo"]),
                 env={"AUDITOR_STORE": runs["_store"]})
     return res.returncode, (json.loads(res.stdout) if res.stdout.strip() else {}), res.stderr

@@ -17,11 +17,13 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 def put_run(store: SqlStore, *, name: str = "run", params: dict[str, Any] | None = None,
             final: dict[str, float] | None = None, tags: tuple[str, ...] = (),
             status: str = "finished", series: dict[str, list[float]] | None = None,
-            minute: int = 0, seed: int | None = None) -> RunRecord:
+            minute: int = 0, seed: int | None = None, reproduces: str | None = None,
+            argv: tuple[str, ...] = ("python", "train.py")) -> RunRecord:
     """Store one run (record + metric points) and return its record."""
     rec = make_record(name=name, started_at=START + timedelta(minutes=minute), status=status,
                       tags=tags, params=dict(params or {}), seeds=Seeds(seed=seed),
-                      metrics=MetricsSummary(final=dict(final or {})))
+                      metrics=MetricsSummary(final=dict(final or {})), reproduces=reproduces,
+                      argv=argv)
     store.put_record(rec)
     for key, values in (series or {}).items():
         store.add_metrics(rec.identity.id, metric_points(key, values))

@@ -31,7 +31,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "build": "auditor.cli.verify:build_cmd",
     "base-image": "auditor.cli.verify:base_image",
     "rerun": "auditor.cli.verify:rerun_cmd",
-    "compare": "auditor.cli.verify:compare_cmd",
+    "compare": "auditor.cli.experiments:compare_cmd",
     "verify": "auditor.cli.verify:verify_cmd",
     "report": "auditor.cli.release:report",
     "gate": "auditor.cli.release:gate",
@@ -51,8 +51,8 @@ LAZY_HELP: dict[str, str] = {
     "build": "Build the pinned environment (image or venv) of a recorded run.",
     "base-image": "Base images for air-gapped machines (no registry needed).",
     "rerun": "Rebuild and rerun a run hermetically; the rerun is recorded as a new run.",
-    "compare": "Compare two runs (metrics, weights, files, params, environment; exit 0 when "
-    "they agree), or write N runs' comparison page with --html FILE.",
+    "compare": "Compare runs: a params + metrics table of what differs (any number, or "
+    "--where); a rerun and its original (or --as-rerun) get a reproduction verdict.",
     "verify": "Rebuild, rerun, compare and certify: exit 0 reproduced, 1 not, 3 could not "
     "verify.",
     "report": "Write the reports of a past verification (RUN id or CERT file): HTML, "
@@ -311,10 +311,19 @@ def record(c: Ctx, /, command: tuple[str, ...], **opts: Any) -> None:
               "'verified = never', 'name ~ mlp'; repeatable (all must hold).")
 @click.option("--sort", metavar="KEYS", help="Sort keys, '-' for descending, e.g. "
               "'-metrics.acc,name' (default: newest first).")
+@click.option("--columns", metavar="KEYS", default="", help="Columns instead of the metrics "
+              "summary, e.g. 'params.lr,metrics.loss'.")
+@click.option("--include-reruns", is_flag=True, help="Also list reruns, each under its "
+              "original (default: originals only).")
 @quiet_option
 @pass_ctx
-def list_(c: Ctx, limit: int, where: tuple[str, ...], sort: str | None) -> None:
-    """List runs, newest first (or filtered and sorted: see --where, --sort)."""
+def list_(c: Ctx, limit: int, where: tuple[str, ...], sort: str | None, columns: str,
+          include_reruns: bool) -> None:
+    """List runs, newest first (or filtered and sorted: see --where, --sort); reruns are
+    left out unless --include-reruns."""
+    from auditor.cli.experiments import list_columns
+
+    shown_columns = list_columns(columns)
     from auditor.store import local_database, server_location
     from auditor.store.fastlist import list_local, list_server
     from auditor.store.signatures import KEY_ENV, signed_run_ids
@@ -337,17 +346,23 @@ def list_(c: Ctx, limit: int, where: tuple[str, ...], sort: str | None) -> None:
         if where or sort:
             from auditor.store.query import query_runs
 
-            runs = query_runs(store, where, sort, size=limit or 10**9).rows
+            runs = query_runs(store, where, sort, size=limit or 10**9,
+                              originals=not include_reruns).rows
         else:
             runs = store.list_runs(limit=limit or None)
         signed = signed_run_ids(store)
+    hidden = 0 if include_reruns else sum(1 for r in runs if r.reproduces)
+    runs = runs if include_reruns else [r for r in runs if not r.reproduces]
     if c.as_json:
         click.echo(json.dumps([{**_summary_json(r), "signed": r.id in signed} for r in runs],
                               indent=1))
     else:
         from auditor.report.records import print_runs
 
-        print_runs(runs)
+        print_runs(runs, shown_columns)
+        if hidden and not c.quiet:
+            click.echo(f"{hidden} rerun(s) not listed: --include-reruns lists each under "
+                       "its original")
         unsigned = [r.id for r in runs if r.id not in signed]
         if unsigned and not c.quiet:  # a hint
             shown = ", ".join(i[:10] for i in unsigned[:5]) + (" …" if len(unsigned) > 5 else "")
@@ -407,10 +422,11 @@ def show(c: Ctx, run: str) -> None:
 @quiet_option
 @pass_ctx
 def checkout(c: Ctx, run: str, dest: Path) -> None:
-    """Re-create a run's exact source tree in DEST (commit + diff + untracked files)."""
+    """Re-create a run's exact source tree in DEST (commit + diff + untracked files); a
+    DEST that cannot be filled is left as it was."""
     from auditor.core.errors import InputError
     from auditor.core.safefile import check_folder
-    from auditor.record.capture.git import rebuild_tree
+    from auditor.record.checkout import checkout_tree
 
     check_folder(dest)  # a file, link, FIFO or device there: refused before the store opens
     store = c.store(create=False)
@@ -419,7 +435,7 @@ def checkout(c: Ctx, run: str, dest: Path) -> None:
         raise IntegrityError(f"run {rec.identity.id} has no captured code")
     if dest.exists() and any(dest.iterdir()):
         raise InputError(f"{dest} exists and is not empty")
-    rebuild_tree(rec.code, {a.name: a for a in rec.artifacts}, store.blobs, dest)
+    checkout_tree(rec.code, {a.name: a for a in rec.artifacts}, store.blobs, dest)
     click.echo(f"rebuilt tree {rec.code.tree_sha256[:12]}… of run {rec.identity.id} in {dest}")
 
 

@@ -1,7 +1,8 @@
-"""``audit lock|build|base-image|rerun|compare|verify``: the pipeline stages, each alone
-and composed. Every command parses, calls one function of its stage, renders and returns;
-errors travel up to the single handler in ``cli/main.py``. Shared options (``-q``,
-``--json``, build options, ``--policy``, report targets) come from ``cli/options.py``.
+"""``audit lock|build|base-image|rerun|verify``: the pipeline stages, each alone and
+composed (``audit compare`` lives in ``cli/experiments.py``). Every command parses,
+calls one function of its stage, renders and returns; errors travel up to the single
+handler in ``cli/main.py``. Shared options (``-q``, ``--json``, build options,
+``--policy``, report targets) come from ``cli/options.py``.
 """
 
 from __future__ import annotations
@@ -176,75 +177,6 @@ def rerun_cmd(ctx: click.Context, /, run: str, **kw: Any) -> None:
     )
 
 
-@click.command("compare")
-@click.argument("runs", nargs=-1, required=True)
-@policy_options(gpu=False)
-@click.option("--html", "html_path", type=OutFile,
-              help="Also write a self-contained comparison page (any number of runs; "
-              "opens offline).")
-@click.option("--metric", help="With --html: the metric for importance and parallel axes.")
-@quiet_option
-@click.pass_context
-def compare_cmd(ctx: click.Context, /, runs: tuple[str, ...], html_path: Path | None,
-                metric: str | None, **kw: Any) -> None:
-    """Compare two runs (metrics, weights, files, params, environment; exit 0 when they
-    agree), or write N runs' comparison page with --html FILE."""
-    from auditor.certify.decide import decide
-    from auditor.compare import compare_runs, evidence_from_store
-
-    policy = policy_from(kw)
-    store = store_of(ctx)
-    if html_path is not None:
-        from auditor.ui.export import export_comparison
-
-        export_comparison(store, list(runs), html_path, metric)
-        hint(ctx, f"wrote {html_path} ({len(runs)} runs)")
-        if len(runs) != 2:
-            return
-    elif len(runs) != 2:
-        raise InputError(f"compare takes two runs ({len(runs)} given)",
-                         hint="pass --html FILE to compare more")
-    left, right = runs
-    a, b = (store.get_record(store.resolve(r)) for r in (left, right))
-    diffs = compare_runs(evidence_from_store(store, a), evidence_from_store(store, b),
-                         policy.compare)
-    verdict = decide(diffs, a, b, policy)
-    if wants_json(ctx):
-        click.echo(verdict.model_dump_json(indent=1))
-    else:
-        _print_verdict(verdict, a.identity.id, b.identity.id)
-    sys.exit(verdict.exit_code)
-
-
-def _print_verdict(verdict: Any, left: str, right: str) -> None:
-    from rich.text import Text
-
-    from auditor.report.grouping import cause_line
-    from auditor.report.records import console
-
-    out = console()
-    for line in verdict.loosenings:  # first: what the policy let through
-        out.print(Text(f"policy loosened: {line}", style="yellow"))
-    out.print(f"[bold]{verdict.level}[/]  {left} vs {right}")
-    if verdict.first_divergence:
-        out.print(f"  diverges first at {verdict.first_divergence}")
-    for kind, diffs in verdict.differences.items():
-        for d in diffs[:8]:
-            mark = "~" if d.within_tolerance else "✗"
-            out.print(
-                f"  {mark} {d.where}: {d.left} → {d.right}"
-                if d.left or d.right
-                else f"  {mark} {d.where} ({d.kind})"
-            )
-        if len(diffs) > 8:
-            out.print(f"  … {len(diffs) - 8} more {kind} differences")
-    for cause in verdict.causes[:3]:
-        line = cause_line(cause)
-        sided = (cause.left, cause.right) != (None, None)
-        out.print(Text(f"  likely cause: {line}: {cause.explanation}" if sided
-                       else f"  likely cause: {line}"))
-
-
 @click.command("verify")
 @click.argument("run", required=False)
 @click.option("--all", "all_runs", is_flag=True, help="Verify every matching run.")
@@ -386,6 +318,5 @@ COMMANDS: tuple[click.Command, ...] = (
     build_cmd,
     base_image,
     rerun_cmd,
-    compare_cmd,
     verify_cmd,
 )

@@ -22,9 +22,12 @@ if TYPE_CHECKING:
 
 
 def console(*, err: bool = False) -> Console:
-    """A console for stdout or stderr that respects NO_COLOR and non-TTY output."""
+    """A console for stdout or stderr that respects NO_COLOR, non-TTY output and a
+    ``COLUMNS`` the user set."""
     stream = sys.stderr if err else sys.stdout
     wide = None if stream.isatty() else 240  # never cut columns in pipes and CI logs
+    if os.environ.get("COLUMNS", "").isdigit() and int(os.environ["COLUMNS"]) >= 40:
+        wide = int(os.environ["COLUMNS"])
     return Console(
         stderr=err,
         no_color=bool(os.environ.get("NO_COLOR")) or None,
@@ -57,19 +60,54 @@ def fmt_float(value: float) -> str:
     return f"{value:.6g}"
 
 
-def print_runs(runs: Sequence[RunSummary]) -> None:
-    """The ``audit list`` table."""
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("id", "started (UTC)", "status", "name", "commit", "metrics"):
-        table.add_column(col, no_wrap=col != "metrics")
+def value_of(r: RunSummary, column: str) -> str:
+    """A ``params.NAME`` or ``metrics.NAME`` cell of a run ("-" when it lacks it)."""
+    if column.startswith("metrics."):
+        v = r.final_metrics.get(column[8:])
+        return "-" if v is None else fmt_float(v)
+    value = (r.params or {}).get(column[7:], None) if column.startswith("params.") else None
+    if isinstance(value, float):
+        return fmt_float(value)
+    return "-" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def nest_reruns(runs: Sequence[RunSummary]) -> list[tuple[RunSummary, bool]]:
+    """Runs in order with each rerun moved right under its original (when listed):
+    (run, is a rerun)."""
+    listed = {r.id for r in runs}
+    under: dict[str, list[RunSummary]] = {}
     for r in runs:
-        commit = (r.commit or "-")[:10] + ("*" if r.dirty else "")
-        metrics = "  ".join(f"{k}={fmt_float(v)}" for k, v in list(r.final_metrics.items())[:3])
-        table.add_row(
-            shown(r.id), r.started_at.strftime("%Y-%m-%d %H:%M:%S"), shown(r.status),
-            shown(r.name), shown(commit), shown(metrics)
-        )
+        if r.reproduces in listed:
+            under.setdefault(r.reproduces or "", []).append(r)
+    out: list[tuple[RunSummary, bool]] = []
+    for r in runs:
+        if r.reproduces in listed:
+            continue
+        out.append((r, bool(r.reproduces)))
+        out.extend((x, True) for x in under.get(r.id, []))
+    return out
+
+
+def print_runs(runs: Sequence[RunSummary], columns: Sequence[str] = ()) -> None:
+    """The ``audit list`` table: fits 80 columns (ids cut to 12 characters, which any
+    command accepts, when the terminal is narrower than 120); ``columns`` (``params.X``,
+    ``metrics.Y``) replace the metrics summary; reruns are nested under their originals."""
     out = console()
+    narrow = out.width < 120
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    heads = ["id", "started (UTC)", "status", "name", "commit", *(columns or ["metrics"])]
+    for col in heads:
+        table.add_column(col.split(".", 1)[-1] if col in columns else col,
+                         no_wrap=col not in ("metrics", "name"),
+                         overflow="fold" if col in ("metrics", "name") else "ellipsis")
+    for r, rerun in nest_reruns(runs):
+        commit = (r.commit or "-")[:8 if narrow else 10] + ("*" if r.dirty else "")
+        rid = r.id[:12] if narrow else r.id
+        cells = [value_of(r, c) for c in columns] if columns else [
+            "  ".join(f"{k}={fmt_float(v)}" for k, v in list(r.final_metrics.items())[:3])]
+        table.add_row(shown(("↳ " if rerun else "") + rid),
+                      r.started_at.strftime("%m-%d %H:%M" if narrow else "%Y-%m-%d %H:%M:%S"),
+                      shown(r.status), shown(r.name), shown(commit), *map(shown, cells))
     out.print(table)
     lacks = {r.id: r.lacks for r in runs}  # summaries and `--where` rows alike
     imported = [i for i, why in lacks.items() if why]

@@ -108,6 +108,14 @@ def _guard_local(directory: Path) -> None:
         )
 
 
+def keep_out_of_git(directory: Path) -> None:
+    """A new store's ``.gitignore`` (``*``, as DVC writes ``.dvc/.gitignore``): ``git add
+    -A`` never commits the store, whose files would otherwise join the recorded tree."""
+    ignore = directory / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# written by auditor: the run store stays out of git\n*\n")
+
+
 def store_dir_of(store: RunStore) -> Path:
     """The directory that holds the store's blobs (and, for SQLite, its database)."""
     return store.blobs.root
@@ -190,6 +198,8 @@ def _open_at(location: str, *, blobs: str | None, create: bool) -> SqlStore:
         raise StoreError(f"store path {directory} is not a directory")
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        if not db.exists():
+            keep_out_of_git(directory)
     except OSError as exc:
         raise StoreError(f"cannot create store {directory}: {exc.strerror}") from None
     _guard_local(directory)

@@ -80,6 +80,7 @@ class RunSummary:
     tags: tuple[str, ...]
     params: dict[str, object] | None = None  # scalar params; None in rows older than them
     lacks: str | None = None  # an imported run: what it lacks to be verifiable
+    entry: str | None = None  # the entry point (script or module) its command ran
 
 
 class ClauseSpec(Protocol):
@@ -100,6 +101,8 @@ class QuerySpec(Protocol):
     def clauses(self) -> Sequence[ClauseSpec]: ...
     @property
     def sort(self) -> Sequence[tuple[str, bool]]: ...
+    @property
+    def originals(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class PageIds:
     page: int
     param_keys: list[str]
     metric_keys: list[str]
+    reruns: int = 0  # reruns left out (a query for originals only)
 
 
 @dataclass(frozen=True)

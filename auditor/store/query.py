@@ -72,6 +72,7 @@ class Row:
     metrics: dict[str, float]
     verified: str = "never"
     lacks: str | None = None  # an imported run: what it lacks to be verifiable
+    entry: str | None = None  # the entry point its command ran (summaries.entry_point)
 
     @property
     def final_metrics(self) -> dict[str, float]:
@@ -112,9 +113,12 @@ class Query:
 
     clauses: tuple[Clause, ...] = ()
     sort: tuple[tuple[str, bool], ...] = ()  # (key, descending)
+    originals: bool = False  # reruns left out (they are shown under their originals)
 
     def matches(self, row: Row) -> bool:
-        """All clauses hold."""
+        """All clauses hold (and the run is no rerun, for a query of originals)."""
+        if self.originals and row.reproduces:
+            return False
         return all(c.matches(row) for c in self.clauses)
 
 
@@ -130,6 +134,7 @@ class Page:
     param_keys: list[str] = field(default_factory=list)
     metric_keys: list[str] = field(default_factory=list)
     matched_rows: list[Row] = field(default_factory=list, repr=False)
+    reruns: int = 0  # reruns a query of originals left out of ``total``
 
     @property
     def pages(self) -> int:
@@ -222,9 +227,10 @@ def parse_sort(text: str | None) -> tuple[tuple[str, bool], ...]:
     return tuple(keys)
 
 
-def parse_query(where: Sequence[str] = (), sort: str | None = None) -> Query:
-    """Filter strings and a sort string, parsed."""
-    return Query(parse_filter(where), parse_sort(sort))
+def parse_query(where: Sequence[str] = (), sort: str | None = None, *,
+                originals: bool = False) -> Query:
+    """Filter strings and a sort string, parsed (``originals``: reruns left out)."""
+    return Query(parse_filter(where), parse_sort(sort), originals)
 
 
 def _compare(left: Any, op: Op, right: str | float) -> bool:
@@ -309,7 +315,7 @@ def _row(store: RunStore, s: RunSummary, verified: str) -> Row:
         params = {k: v for k, v in store.get_record(s.id).params.items()
                   if v is None or isinstance(v, str | int | float | bool)}
     return Row(s.id, s.name, s.status, s.started_at, s.commit, s.dirty, s.reproduces, s.tags,
-               dict(params), dict(s.final_metrics), verified, s.lacks)
+               dict(params), dict(s.final_metrics), verified, s.lacks, s.entry)
 
 
 class RowCache:
@@ -359,6 +365,9 @@ def select(rows: Sequence[Row], query: Query, *, page: int = 1, size: int = 50,
     metric names of all ``rows`` where the caller already knows them (used when no clause
     narrows the rows)."""
     size = max(1, size)
+    reruns = sum(1 for r in rows if r.reproduces) if query.originals else 0
+    if reruns:
+        rows = [r for r in rows if not r.reproduces]
     matched = [r for r in rows if query.matches(r)] if query.clauses else list(rows)
     ordered = sort_rows(matched, query.sort) if query.sort else matched
     pages = max(1, math.ceil(len(ordered) / size))
@@ -366,7 +375,7 @@ def select(rows: Sequence[Row], query: Query, *, page: int = 1, size: int = 50,
     cut = ordered[(page - 1) * size: page * size]
     if keys is None or query.clauses:
         keys = (_keys(matched, "params"), _keys(matched, "metrics"))
-    return Page(cut, len(rows), len(ordered), page, size, keys[0], keys[1], matched)
+    return Page(cut, len(rows), len(ordered), page, size, keys[0], keys[1], matched, reruns)
 
 
 def _keys(rows: Sequence[Row], attr: str) -> list[str]:
@@ -389,15 +398,35 @@ def page_runs(store: RunStore, query: Query, *, page: int = 1, size: int = 50) -
     if (len(rows) == len(found.ids) and all(query.matches(r) for r in rows)
             and (not query.sort or sort_rows(rows, query.sort) == rows)):
         return Page(rows, found.total, found.matched, found.page, size, found.param_keys,
-                    found.metric_keys)
+                    found.metric_keys, reruns=found.reruns)
     whole = select(all_rows(store), query, page=page, size=size)
     return dataclasses.replace(whole, matched_rows=[])
 
 
 def query_runs(store: RunStore, where: Sequence[str] = (), sort: str | None = None,
-               *, page: int = 1, size: int = 50) -> Page:
+               *, page: int = 1, size: int = 50, originals: bool = False) -> Page:
     """The page of runs a filter and sort select, read from ``store``."""
-    return select(all_rows(store), parse_query(where, sort), page=page, size=size)
+    return select(all_rows(store), parse_query(where, sort, originals=originals),
+                  page=page, size=size)
+
+
+def rows_of(store: RunStore, ids: Sequence[str]) -> list[Row]:
+    """These runs as table rows, in the order given."""
+    verdicts = latest_verdicts(store)
+    summaries = {s.id: s for s in store.list_runs(ids=list(ids))}
+    return [_row(store, summaries[i], verdicts.get(i, "never")) for i in ids if i in summaries]
+
+
+def reruns_of(store: RunStore, originals: Sequence[Row]) -> dict[str, list[Row]]:
+    """Original id -> its reruns as rows, newest first (for showing them nested)."""
+    wanted = {r.id: store.run_ids_reproducing(r.id) for r in originals}
+    ids = [i for found in wanted.values() for i in found]
+    if not ids:
+        return {}
+    verdicts = latest_verdicts(store)
+    summaries = {s.id: s for s in store.list_runs(ids=ids)}
+    return {o: [_row(store, summaries[i], verdicts.get(i, "never")) for i in found
+                if i in summaries] for o, found in wanted.items() if found}
 
 
 def parse_age(text: str) -> timedelta:

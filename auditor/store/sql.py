@@ -416,8 +416,9 @@ class SqlStore:
 
         sql = PageQuery(t_runs, t_values, t_certs, self.engine.dialect.name)
         with self.engine.connect() as conn:
-            ids, total, matched, shown, params, metrics = sql.page(conn, query, page, size)
-        return PageIds(ids, total, matched, shown, params, metrics)
+            ids, total, matched, shown, params, metrics, reruns = sql.page(conn, query, page,
+                                                                           size)
+        return PageIds(ids, total, matched, shown, params, metrics, reruns)
 
     @_db
     def run_versions(self) -> dict[str, str]:

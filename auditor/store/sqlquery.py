@@ -99,18 +99,27 @@ class PageQuery:
         """Every clause as a condition on ``runs``."""
         return [self.clause(c) for c in query.clauses]
 
+    def reruns(self, conn: Connection) -> int:
+        """How many runs are reruns of another run."""
+        return int(conn.execute(sa.select(sa.func.count()).select_from(self.runs)
+                                .where(self.runs.c.reproduces.is_not(None))).scalar_one())
+
     def page(self, conn: Connection, query: QuerySpec, page: int, size: int
-             ) -> tuple[list[str], int, int, int, list[str], list[str]]:
+             ) -> tuple[list[str], int, int, int, list[str], list[str], int]:
         """(ids of the page, total runs, matched runs, page shown, param keys, metric
-        keys of the matched runs)."""
+        keys of the matched runs, reruns left out). With ``query.originals`` reruns are
+        neither counted nor listed (a store without reruns gets no extra condition)."""
         runs = self.runs
         where = self.where(query)
-        total = conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar_one()
+        hidden = self.reruns(conn) if query.originals else 0
+        base = [runs.c.reproduces.is_(None)] if hidden else []
+        total = conn.execute(sa.select(sa.func.count()).select_from(runs).where(*base)
+                             ).scalar_one()
         matched = total if not where else conn.execute(
-            sa.select(sa.func.count()).select_from(runs).where(*where)).scalar_one()
+            sa.select(sa.func.count()).select_from(runs).where(*base, *where)).scalar_one()
         pages = max(1, -(-int(matched) // size))
         page = max(1, min(page, pages))
-        select = sa.select(runs.c.id).where(*where)
+        select = sa.select(runs.c.id).where(*base, *where)
         order: list[Any] = []
         for n, (key, descending) in enumerate(query.sort):
             if key == "verified":
@@ -127,7 +136,7 @@ class PageQuery:
         found = conn.execute(self._keys(where)).all()
         params = sorted(str(k) for kind, k in found if kind == "p")
         metrics = sorted(str(k) for kind, k in found if kind == "m")
-        return ids, int(total), int(matched), page, params, metrics
+        return ids, int(total), int(matched), page, params, metrics, hidden
 
     def _keys(self, where: list[ColumnElement[bool]]) -> Any:
         """The param and metric names of the matched runs: every name any run has, each

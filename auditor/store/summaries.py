@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -55,7 +56,21 @@ def _summary_of(data: dict[str, Any]) -> RunSummary:
         final_metrics={k: float(v) for k, v in final.items()},
         tags=tuple(ident.get("tags", ())), params=_scalar_params(data.get("params") or {}),
         lacks=(data.get("not_captured") or {}).get("verifiable"),
+        entry=entry_point((data.get("command") or {}).get("argv") or ()),
     )
+
+
+def entry_point(argv: Sequence[object]) -> str | None:
+    """What a command runs, for telling comparable runs apart: ``-m module``, else the
+    first ``.py`` argument, else the program's file name (``python train.py --lr 1`` →
+    ``train.py``; ``torchrun -m pkg.train`` → ``-m pkg.train``)."""
+    words = [str(a) for a in argv]
+    for i, word in enumerate(words):
+        if word == "-m" and i + 1 < len(words):
+            return f"-m {words[i + 1]}"
+        if word.endswith(".py"):
+            return word
+    return os.path.basename(words[0]) if words else None
 
 
 def _corrupt(run_id: str, started: str) -> RunSummary:

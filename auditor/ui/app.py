@@ -31,7 +31,15 @@ from starlette.middleware.base import BaseHTTPMiddleware
 
 from auditor.core.errors import AuditorError, InputError, IntegrityError, RunNotFound
 from auditor.store.base import RunStore
-from auditor.store.query import Row, RowCache, latest_verdicts, page_runs, parse_query
+from auditor.store.query import (
+    Row,
+    RowCache,
+    latest_verdicts,
+    page_runs,
+    parse_query,
+    reruns_of,
+    sort_rows,
+)
 from auditor.ui import pages
 from auditor.ui.views import MAX_COMPARE, compare_view, curves, importance_view
 
@@ -116,7 +124,7 @@ def _rows(cache: RowCache) -> list[Row]:
 def _run_ids(store: RunStore, runs: str | None, run: list[str] | None) -> list[str]:
     wanted = [r for r in (runs or "").split(",") if r.strip()] + list(run or [])
     if not wanted:
-        raise InputError("no runs to compare: pass ?runs=ID,ID")
+        raise InputError("no runs to compare: pass ?runs=ID,ID or ?where=FILTER")
     if len(wanted) > MAX_COMPARE:
         raise InputError(f"at most {MAX_COMPARE} runs can be compared at once")
     ids: list[str] = []
@@ -135,6 +143,23 @@ RunsParam = Annotated[str | None, Query(max_length=2000)]
 RunList = Annotated[list[str] | None, Query(max_length=MAX_COMPARE)]
 Metric = Annotated[str | None, Query(max_length=300)]
 Cols = Annotated[list[str] | None, Query(max_length=100)]
+Flag = Annotated[int, Query(ge=0, le=1)]
+
+
+def _selection(store: RunStore, cache: RowCache, runs: str | None, run: list[str] | None,
+               where: str | None, sort: str | None) -> tuple[list[str], list[Row] | None]:
+    """The runs a compare page shows, and (for ``where``) every run the filter matched:
+    the first MAX_COMPARE originals are drawn, all of them weighed."""
+    if where is None or runs or run:
+        return _run_ids(store, runs, run), None
+    query = parse_query([where] if where.strip() else [], sort)
+    matched = [r for r in _rows(cache) if query.matches(r)]
+    if query.sort:
+        matched = sort_rows(matched, query.sort)
+    drawn = [r.id for r in matched if not r.reproduces][:MAX_COMPARE]
+    if not drawn:
+        raise InputError(f"no runs match {where!r}")
+    return drawn, matched  # reruns are weighed only to be named as left out
 
 
 def _routes(app: FastAPI, store: RunStore) -> None:
@@ -142,41 +167,49 @@ def _routes(app: FastAPI, store: RunStore) -> None:
 
     @app.get("/", response_class=HTMLResponse)
     def runs_page(where: Where = None, sort: Sort = None, page: PageNo = 1, size: Size = 50,
-                  col: Cols = None, metric: Metric = None) -> str:
-        query = parse_query([where] if where else [], sort)
+                  col: Cols = None, metric: Metric = None, reruns: Flag = 0) -> str:
+        query = parse_query([where] if where else [], sort, originals=True)
         result = page_runs(store, query, page=page, size=size)
         matched: list[Row] = []
         if metric or any(k.startswith("metrics.") for k, _ in query.sort):
             # the best-run panel weighs every matched run (seed noise): the cached rows
             matched = [r for r in _rows(cache) if query.matches(r)]
-        return pages.runs_page(result, where or "", sort or "", col, metric, matched)
+        nested = reruns_of(store, result.rows) if reruns and result.reruns else {}
+        return pages.runs_page(result, where or "", sort or "", col, metric, matched,
+                               nested=nested, show_reruns=bool(reruns))
 
     @app.get("/api/runs")
     def api_runs(where: Where = None, sort: Sort = None, page: PageNo = 1,
-                 size: Size = 50) -> dict[str, Any]:
-        result = page_runs(store, parse_query([where] if where else [], sort),
+                 size: Size = 50, reruns: Flag = 0) -> dict[str, Any]:
+        result = page_runs(store, parse_query([where] if where else [], sort, originals=True),
                            page=page, size=size)
+        nested = reruns_of(store, result.rows) if reruns and result.reruns else {}
         return {"total": result.total, "matched": result.matched, "page": result.page,
-                "pages": result.pages, "size": result.size,
-                "runs": [pages.row_json(r) for r in result.rows]}
+                "pages": result.pages, "size": result.size, "reruns": result.reruns,
+                "runs": [{**pages.row_json(r), **({"reruns": [pages.row_json(x) for x in
+                                                              nested.get(r.id, [])]}
+                                                  if reruns else {})}
+                         for r in result.rows]}
 
     @app.get("/compare", response_class=HTMLResponse)
-    def compare_page(runs: RunsParam = None, run: RunList = None,
-                     metric: Metric = None) -> str:
-        ids = _run_ids(store, runs, run)
-        return pages.compare_page(compare_view(store, ids, metric, latest_verdicts(store)))
+    def compare_page(runs: RunsParam = None, run: RunList = None, metric: Metric = None,
+                     where: Where = None, sort: Sort = None) -> str:
+        ids, matched = _selection(store, cache, runs, run, where, sort)
+        return pages.compare_page(compare_view(store, ids, metric, latest_verdicts(store),
+                                               matched), where=where)
 
     @app.get("/api/compare", response_class=JSONResponse,
              responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}})
-    def api_compare(runs: RunsParam = None, run: RunList = None,
-                    metric: Metric = None) -> Response:
-        ids = _run_ids(store, runs, run)
+    def api_compare(runs: RunsParam = None, run: RunList = None, metric: Metric = None,
+                    where: Where = None, sort: Sort = None) -> Response:
+        ids, matched = _selection(store, cache, runs, run, where, sort)
         # already plain JSON values: sent as they are, not walked again by FastAPI's encoder
-        return _json(pages.jsonable(compare_view(store, ids, metric, latest_verdicts(store))))
+        return _json(pages.jsonable(compare_view(store, ids, metric, latest_verdicts(store),
+                                                 matched)))
 
     @app.get("/api/importance")
     def api_importance(where: Where = None, metric: Metric = None) -> dict[str, Any]:
-        query = parse_query([where] if where else [], None)
+        query = parse_query([where] if where else [], None)  # reruns: named as left out
         rows = [r for r in _rows(cache) if query.matches(r)]
         from auditor.ui.views import choose_metric
 

@@ -101,8 +101,10 @@ def error_page(message: str, code: int) -> str:
 
 
 def runs_page(result: Page, where: str, sort: str, cols: Sequence[str] | None,
-              metric: str | None, matched: Sequence[Row]) -> str:
-    """The runs table: filter form, column chooser, one page of rows, pager."""
+              metric: str | None, matched: Sequence[Row], *,
+              nested: dict[str, list[Row]] | None = None, show_reruns: bool = False) -> str:
+    """The runs table: filter form, column chooser, one page of originals (each with its
+    reruns nested under it when ``show_reruns``), pager."""
     available = [*PLAIN_COLUMNS, *(f"params.{k}" for k in result.param_keys[:MAX_COLUMN_KEYS]),
                  *(f"metrics.{k}" for k in result.metric_keys[:MAX_COLUMN_KEYS])]
     chosen = [c for c in (cols or []) if c in available] or [
@@ -115,14 +117,20 @@ def runs_page(result: Page, where: str, sort: str, cols: Sequence[str] | None,
 
     def link(**change: Any) -> str:
         base = {"where": where, "sort": sort, "page": result.page, "size": result.size,
-                "col": chosen if cols else [], "metric": metric or ""}
+                "col": chosen if cols else [], "metric": metric or "",
+                "reruns": 1 if show_reruns else ""}
         base.update(change)
         pairs = [(k, v) for k, v in base.items() if not isinstance(v, list) and v not in ("", None)]
         pairs += [(k, item) for k, v in base.items() if isinstance(v, list) for item in v]
         return "/?" + urlencode(pairs)
 
-    rows = [{"id": r.id, "cells": [_cell(r, c) for c in chosen], "verified": r.verified}
+    rows = [{"id": r.id, "cells": [_cell(r, c) for c in chosen], "verified": r.verified,
+             "reruns": [{"id": x.id, "cells": [_cell(x, c) for c in chosen],
+                         "verified": x.verified} for x in (nested or {}).get(r.id, [])]}
             for r in result.rows]
+    filtered = "/compare?" + urlencode([(k, v) for k, v in (("where", where), ("sort", sort),
+                                                             ("metric", best_metric or ""))
+                                        if v])
     sort_links = {c: link(sort=("-" + c if sort == c else c), page=1) for c in chosen
                   if c != "tags"}
     return _page("runs.html.j2", page=result, rows=rows, columns=chosen, available=available,
@@ -130,7 +138,9 @@ def runs_page(result: Page, where: str, sort: str, cols: Sequence[str] | None,
                  prev=link(page=result.page - 1) if result.page > 1 else None,
                  next=link(page=result.page + 1) if result.page < result.pages else None,
                  best=jsonable(best), best_metric=best_metric,
-                 metrics=result.metric_keys[:MAX_COLUMN_KEYS])
+                 metrics=result.metric_keys[:MAX_COLUMN_KEYS],
+                 reruns=result.reruns, show_reruns=show_reruns, filtered=filtered,
+                 toggle=link(reruns="" if show_reruns else 1))
 
 
 def _cell(r: Row, column: str) -> str:
@@ -143,11 +153,13 @@ def _cell(r: Row, column: str) -> str:
     return _num(r.value(column))
 
 
-def compare_page(view: dict[str, Any], *, inline: bool = False) -> str:
-    """The comparison of N runs (the static export when ``inline``)."""
+def compare_page(view: dict[str, Any], *, inline: bool = False, where: str | None = None
+                 ) -> str:
+    """The comparison of N runs (the static export when ``inline``); ``where``: the filter
+    that chose them."""
     data = jsonable(view)
     return _page("compare.html.j2", inline=inline, view=data, data=data,
-                 sections=data["sections"])
+                 sections=data["sections"], where=where)
 
 
 def _bounded(rows: list[tuple[str, str]]) -> list[tuple[str, str]]:

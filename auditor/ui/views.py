@@ -23,6 +23,7 @@ from auditor.core.schema import RunRecord
 from auditor.store.base import RunStore
 from auditor.store.preview import lttb as downsample
 from auditor.store.query import BADGES, Row
+from auditor.store.summaries import entry_point
 from auditor.ui.importance import importance, is_seed_key, varying_params
 
 MAX_POINTS = 1000
@@ -169,7 +170,7 @@ def rows_for(records: Sequence[RunRecord], verdicts: dict[str, str]) -> list[Row
                 {k: v for k, v in r.params.items()
                  if v is None or isinstance(v, str | int | float | bool)},
                 dict(r.metrics.final), verdicts.get(r.identity.id, "never"),
-                r.not_captured.get("verifiable"))
+                r.not_captured.get("verifiable"), entry_point(r.command.argv))
             for r in records]
 
 
@@ -210,23 +211,30 @@ def choose_metric(rows: Sequence[Row], wanted: str | None) -> str | None:
 
 
 def importance_view(rows: Sequence[Row], metric: str | None) -> dict[str, Any]:
-    """Importance as plain JSON-ready data."""
+    """Importance as plain JSON-ready data: over the comparable runs, saying which runs
+    and params were left out and why."""
     if metric is None:
-        return {"metric": None, "runs": len(rows), "params": [], "message": "no metric"}
+        return {"metric": None, "runs": len(rows), "params": [], "message": "no metric",
+                "left_out": [], "params_left_out": {}, "scope": "", "statements": []}
     result = importance(rows, metric)
     return {
         "metric": metric, "runs": result.runs, "message": result.message,
         "seed_std": result.seed_std, "seed_groups": result.seed_groups, "best": result.best,
-        "params": [vars(p) for p in result.params],
+        "params": [vars(p) for p in result.params], "scope": result.scope,
+        "left_out": [vars(x) for x in result.left_out],
+        "params_left_out": result.params_left_out, "statements": result.statements(),
     }
 
 
 def compare_view(store: RunStore, run_ids: Sequence[str], metric: str | None,
-                 verdicts: dict[str, str]) -> dict[str, Any]:
-    """Everything the compare page shows for these runs."""
+                 verdicts: dict[str, str], population: Sequence[Row] | None = None
+                 ) -> dict[str, Any]:
+    """Everything the compare page shows for these runs; ``population`` (all the runs a
+    filter matched, of which ``run_ids`` are the first) is what the importance weighs."""
     records = [store.get_record(i) for i in run_ids]
     rows = rows_for(records, verdicts)
-    chosen = choose_metric(rows, metric)
+    weighed = list(population) if population is not None else rows
+    chosen = choose_metric(weighed, metric)
     return {
         "runs": [{"id": r.id, "name": r.name, "status": r.status, "verified": r.verified,
                   "started": r.started_at.isoformat()} for r in rows],
@@ -235,7 +243,8 @@ def compare_view(store: RunStore, run_ids: Sequence[str], metric: str | None,
         "metric": chosen,
         "metrics": sorted({k for r in rows for k in r.metrics}),
         "parallel": parallel(rows, chosen),
-        "importance": importance_view(rows, chosen),
+        "importance": importance_view(weighed, chosen),
+        "population": len(weighed),
     }
 
 

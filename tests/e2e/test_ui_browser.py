@@ -201,6 +201,26 @@ def test_importance_ranks_lr_first(page: Any, url: str, sweep: dict[str, Any],
     keep(page, shots, "compare")
 
 
+def test_compare_and_importance_of_all_filtered_runs_in_one_click(
+        page: Any, url: str, shots: Path) -> None:
+    page.goto(url + "/?where=params.lr+>%3D+0.01&metric=loss")
+    assert page.text_content("#count") == "18 of 24 runs"
+    assert "over 18 comparable run(s)" in (page.text_content("#best") or "")
+    keep(page, shots, "runs-best")
+    page.click("#compare-filtered")
+    page.wait_for_selector("#importance canvas")
+    assert page.text_content("#where-shown") == "params.lr >= 0.01"
+    assert (page.text_content("#scope") or "").startswith(
+        "Computed over 18 comparable run(s) (train_sweep.py at commit ")
+    assert page.get_attribute("#curves", "data-series") == "18"
+    best = page.text_content("#best") or ""
+    assert best.startswith("best setting dummy=") and ", lr=" in best and " ± " in best
+    check_importance(page)
+    keep(page, shots, "compare-filtered")
+    page.locator("#importance").scroll_into_view_if_needed()
+    keep(page, shots, "importance")
+
+
 def test_static_export_opens_offline(page: Any, sweep: dict[str, Any], shots: Path,
                                      tmp_path: Path) -> None:
     ids = [r["id"] for r in sweep["runs"]]

@@ -66,7 +66,7 @@ def test_ignored_outputs_are_named_and_not_compared(runs: dict[str, str]) -> Non
     assert "outputs/out/model.bin" in verdict["outputs"]["compared"]
     assert verdict["loosenings"][0].startswith(
         "ignore_outputs: outputs matching outputs/out/noise*")
-    res = audit("compare", runs["fixed"], runs["fixed2"], "--policy", "ignore.toml",
+    res = audit("compare", "--as-rerun", runs["fixed"], runs["fixed2"], "--policy", "ignore.toml",
                 cwd=Path(runs["_repo"]), env={"AUDITOR_STORE": runs["_store"]})
     assert res.stdout.splitlines()[0].startswith("policy loosened: ignore_outputs")
 

@@ -47,14 +47,16 @@ def test_export_is_self_contained_and_escaped(tmp_path: Path, store: SqlStore) -
     assert next(p["name"] for p in view["importance"]["params"]) == "lr"
 
 
-def test_two_runs_keep_the_verdict_and_many_need_html(tmp_path: Path, store: SqlStore) -> None:
+def test_runs_are_a_table_and_as_rerun_gives_the_verdict(tmp_path: Path,
+                                                         store: SqlStore) -> None:
     runs = sweep(store, lrs=(0.1,), dummies=("a",), seeds=3)
     loc = str(tmp_path / "store")
     a, b, c = (r.identity.id for r in runs)
-    two = audit("--store", loc, "compare", a, b, cwd=tmp_path)
+    two = audit("--store", loc, "compare", "--as-rerun", a, b, cwd=tmp_path)
     assert two.returncode in (0, 1) and "vs" in two.stdout
     three = audit("--store", loc, "compare", a, b, c, cwd=tmp_path)
-    assert three.returncode == 2 and three.stderr.startswith("error: compare takes two runs")
+    assert three.returncode == 0 and three.stdout.split()[:5] == [
+        "id", "name", "verified", "seed", "accuracy"]
     bad = audit("--store", loc, "compare", a, b, "--html", str(tmp_path / "no" / "x.html"),
                 cwd=tmp_path)
     assert bad.returncode == 2 and "folder does not exist" in bad.stderr

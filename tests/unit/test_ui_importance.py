@@ -30,7 +30,7 @@ def test_large_noise_hides_a_small_effect(store: SqlStore) -> None:
 def test_too_few_runs_says_so(store: SqlStore) -> None:
     sweep(store, lrs=(0.1, 0.01), dummies=("a",), seeds=2)
     result = importance(all_rows(store), "accuracy")
-    assert result.params == [] and result.message and "too few runs" in result.message
+    assert result.params == [] and result.message and "too few comparable runs" in result.message
     assert "metric 'nope'" in (importance(all_rows(store), "nope").message or "")
 
 

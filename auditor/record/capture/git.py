@@ -338,20 +338,44 @@ def rebuild_tree(
             git(dest, "apply", "--binary", "--whitespace=nowarn", str(patch))
     for name in code.untracked_artifacts:
         _restore(name, artifacts, blobs, dest)
-    rebuilt, _size, _count = merkle_root(dest, walk_files(dest, lambda rel: rel == ".git"))
+    files = walk_files(dest, lambda rel: rel == ".git")
+    rebuilt, _size, count = merkle_root(dest, files)
     if rebuilt != code.tree_sha256:
         raise IntegrityError(
             f"rebuilt source tree does not match the record (tree sha256 "
-            f"{code.tree_sha256[:12]}…, rebuilt {rebuilt[:12]}…)"
+            f"{code.tree_sha256[:12]}…, rebuilt {rebuilt[:12]}…): "
+            + tree_mismatch(code, files, count),
+            hint=None if not _left_out_in(code, files) else
+            "the store was committed to git: `git rm -r --cached` it and add it to .gitignore",
         )
     return dest
+
+
+def _left_out_in(code: Code, files: list[str]) -> list[str]:
+    """Files of the rebuilt tree under a path the capture left out (the store)."""
+    left = [e.rstrip("/") for e in code.excluded if e]
+    return [f for f in files if any(f == e or f.startswith(e + "/") for e in left)]
+
+
+def tree_mismatch(code: Code, files: list[str], count: int) -> str:
+    """Which paths make the rebuilt tree differ, as far as the record can tell (it keeps
+    the tree's root and file count, not each file's digest)."""
+    extra = _left_out_in(code, files)
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        return (f"{len(extra)} rebuilt file(s) lie where recording left files out "
+                f"(the store?): {shown}")
+    if code.files and count != code.files:
+        return f"the rebuilt tree has {count} files, the record {code.files}"
+    return f"the same {count} files, some with other contents"
 
 
 def _extract_commit(repo: Path, commit: str, dest: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tar = Path(tmp) / "tree.tar"
         tar.write_bytes(git(repo, "archive", "--format=tar", commit))
-        subprocess.run(["tar", "-xf", str(tar), "-C", str(dest)], check=True, timeout=300)
+        subprocess.run(["tar", "-xf", str(tar), "-C", str(dest)], check=True, timeout=300,
+                       capture_output=True)  # its stderr names what failed (a full disk)
     if not (dest / ".git").exists():
         # git apply needs no repository, but must not find the caller's: make dest its own.
         subprocess.run(["git", "init", "-q", str(dest)], check=True, timeout=60)
