@@ -207,7 +207,7 @@ class _NativeFinder:
             _wrap_native(module, *_NATIVE[name])
 
         try:
-            loader.exec_module = exec_module
+            setattr(loader, "exec_module", exec_module)  # noqa: B010 - a method, patched
         except (AttributeError, TypeError):  # a loader that takes no attribute: unwrapped
             return spec
         return spec
@@ -216,7 +216,7 @@ class _NativeFinder:
 def _watch_writes() -> None:
     try:
         sys.addaudithook(_audit)
-        sys.meta_path.insert(0, _NativeFinder)  # type: ignore[arg-type]
+        sys.meta_path.insert(0, _NativeFinder)
         for name, spec in _NATIVE.items():  # already imported (a sitecustomize before us)
             if name in sys.modules:
                 _wrap_native(sys.modules[name], *spec)
