@@ -200,8 +200,19 @@ def _demo() -> int:
         print(f"\nno docker engine: the gate accepts venv-level isolation only because "
               f"{policy} says min_isolation = \"venv\" (the default gate requires a container)")
         gate_policy = ["--policy", str(policy)]
-    sh(audit, "gate", "outputs/model.safetensors", "--key", str(OUT / "keys" / "auditor.pub"),
-       *gate_policy, cwd=project, env=env)
+    from auditor.rerun.bwrap import find_bwrap
+
+    unisolated = bool(backend) and find_bwrap()[0] is None
+    code = sh(audit, "gate", "outputs/model.safetensors", "--key",
+              str(OUT / "keys" / "auditor.pub"), *gate_policy, cwd=project, env=env,
+              check=not unisolated)
+    if unisolated:  # no engine, no bubblewrap: the rerun ran as a plain host process
+        if code != 1:
+            print(f"\nerror: the demo stopped: the gate passed an unisolated rerun (exit "
+                  f"{code}, not 1)", file=sys.stderr)
+            return 1
+        print(f"\n(exit 1: the rerun was unisolated ({find_bwrap()[1]}), which no gate "
+              "accepts, as expected; install bubblewrap or start dockerd to pass it)")
     print("\nNow a run that cannot reproduce: seeded from the clock.")
     sh(audit, "record", "--name", "mlp-clock", "--input", "data/blobs.csv", *train,
        "--seed", "clock", "--out", "outputs-clock", cwd=project, env=env)
