@@ -107,8 +107,17 @@ def _compare_weights_pair(pair: Pair, sides: tuple[Evidence, Evidence], policy: 
     if isinstance(paths, Difference):
         return [paths.model_copy(update={"where": where})]
     named = (_named(paths[0], a.name, tmp / "original"), _named(paths[1], b.name, tmp / "rerun"))
-    found = compare_weight_files(*named, policy, where=where, left_sha256=a.sha256,
-                                 right_sha256=b.sha256, masked=_masked_output(pair, policy))
+    try:
+        found = compare_weight_files(*named, policy, where=where, left_sha256=a.sha256,
+                                     right_sha256=b.sha256, masked=_masked_output(pair, policy))
+    except InputError as exc:  # no reader explains these bytes: they differ, and that counts
+        offset = first_differing_offset(*paths)
+        return [Difference(
+            where=where, kind="bytes", left=f"{paths[0].stat().st_size} bytes",
+            right=f"{paths[1].stat().st_size} bytes", within_tolerance=False,
+            stats={"unreadable": True, "first_offset": offset},
+            comments=(f"the bytes differ (first at offset {offset}) and the weights reader "
+                      f"cannot explain them: {exc.message}",))]
     return found or [container_difference(where, paths, (a.name, b.name), policy,
                                           first_differing_offset(*paths))]
 

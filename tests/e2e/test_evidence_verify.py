@@ -42,6 +42,9 @@ SAFETENSORS = ("import json, os, struct\n"
                "raw += b' ' * (-len(raw) % 8)\n"
                "with open('model.safetensors', 'wb') as f:\n"
                "    f.write(struct.pack('<Q', len(raw)) + raw + struct.pack('<2f', 1.0, 2.0))\n")
+# The same file with 16 random bytes after the last tensor, which no reader reads.
+TRAILING = SAFETENSORS.replace("'__metadata__': {'note': os.urandom(8).hex()}", "").replace(
+    "struct.pack('<2f', 1.0, 2.0))", "struct.pack('<2f', 1.0, 2.0) + os.urandom(16))")
 TIMING = ("import os, random, time\n"
           "with open('timing.txt', 'w') as f:\n"
           "    f.write(f'worker 0x{os.urandom(6).hex()} pid {os.getpid()} started '\n"
@@ -59,6 +62,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root.mkdir()
     for name, text in {"unseeded.py": UNSEEDED_TEXT, "seeded.py": SEEDED_TEXT,
                        "silent.py": SILENT, "st.py": SAFETENSORS, "timing.py": TIMING,
+                       "trailing.py": TRAILING,
                        ".gitignore": ".auditor/\n*.safetensors\ntiming.txt\n"}.items():
         (root / name).write_text(text)
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "s"]):
@@ -138,6 +142,20 @@ def test_random_safetensors_metadata_is_not_reproduced(project: dict[str, Any],
     assert level(data) == "reproduced-within-tolerance"
     assert statement is not None
     assert [x["kind"] for x in statement["predicate"]["loosenings"]] == ["metadata_outputs"]
+
+
+def test_random_bytes_no_reader_reads_are_not_reproduced(project: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    """A weights file the reader refuses (unused bytes after the last tensor) is not bad
+    input from the user: its bytes differ, nothing explains them, so it is not reproduced."""
+    run_id = record(project, "trailing.py")
+    code, data, err, statement = verify(project, run_id, tmp_path)
+    assert code == 1 and statement is None, err
+    [diff] = data["results"][0]["verdict"]["differences"]["weights"]
+    assert (diff["where"], diff["kind"], diff["within_tolerance"]) == (
+        "weights/outputs/model.safetensors", "bytes", False)
+    assert "cannot explain them" in diff["comments"][0]
+    assert "hole of 16 unused bytes" in diff["comments"][0]
 
 
 def test_a_text_output_of_times_ids_and_pids_is_not_masked(project: dict[str, Any],
