@@ -257,6 +257,10 @@ def _check_build_inputs(kw: dict[str, Any]) -> None:
     if kw.get("wheelhouse") and not Path(kw["wheelhouse"]).is_dir():
         raise InputError(f"wheelhouse {kw['wheelhouse']} is not a folder",
                          hint="pass --wheelhouse DIR")
+    if kw.get("wheel_cache"):  # written: a real folder, or one that can be made
+        from auditor.core.safefile import check_folder
+
+        check_folder(Path(kw["wheel_cache"]))
 
 
 def _verify_many(

@@ -475,8 +475,8 @@ def _classic_build(client: Any, inputs: BuildInputs, say: Progress, no_cache: bo
                                   network_mode="host", decode=True, pull=False,
                                   extra_hosts=hosts or None)
         image_id = _follow(stream, lines, say)
-    if image_id is None:
-        raise install_failure(lines, "image build")
+        if image_id is None:  # inside the stage: it is timed as failed
+            raise install_failure(lines, "image build")
     return str(client.images.get(image_id).id), lines
 
 

@@ -187,7 +187,8 @@ def test_rerun_command_records_a_run_that_reproduces_the_original(project: dict[
     compared = audit("--json", "compare", run_id, rerun_id, cwd=project["root"], env=project["env"])
     assert compared.returncode == 0, compared.stderr
     assert json.loads(compared.stdout)["level"] == "reproduced-bitwise"
-    listing = json.loads(audit("--json", "list", cwd=project["root"], env=project["env"]).stdout)
+    listing = json.loads(audit("--json", "list", "--include-reruns", cwd=project["root"],
+                               env=project["env"]).stdout)
     assert next(r for r in listing if r["id"] == rerun_id)["reproduces"] == run_id
 
 

@@ -162,7 +162,7 @@ def test_file_missing_in_the_other_run_is_reported_as_missing(make_repo,  # type
                     env={**env, "WRITE_IT": write})
         assert res.returncode == 0, res.stderr
         ids.append(json.loads(res.stdout.strip().splitlines()[-1])["id"])
-    res = audit("--json", "compare", *ids, cwd=repo, env=env)
+    res = audit("--json", "compare", "--as-rerun", *ids, cwd=repo, env=env)
     verdict = json.loads(res.stdout)
     assert res.returncode == 1 and verdict["level"] == "not-reproduced"
     first = verdict["causes"][0]

@@ -65,8 +65,12 @@ READS = {
     ("certificate verify", "cert"), ("certificate verify", "keys"),
     ("certificate verify", "artifacts"),
     ("record", "inputs"), ("record", "outputs"), ("record", "code_dir"),
-    ("fsck", "keys"), ("push", "key"), ("pull", "key"),
+    ("fsck", "keys"), ("push", "key"), ("pull", "key"), ("push", "trust"), ("pull", "trust"),
 }
+
+# folders auditor manages with a writer of their own (content-addressed entries written to a
+# temporary name and renamed under a file lock, like the store's objects)
+MANAGED = {("build", "wheel_cache"), ("rerun", "wheel_cache"), ("verify", "wheel_cache")}
 
 
 def _commands(group: click.Group, ctx: click.Context,
@@ -95,7 +99,8 @@ def path_options() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
 def test_every_writing_option_is_covered() -> None:
     writes, others = path_options()
     assert writes == set(CASES), "a writing option without a case (or a stale case)"
-    assert others == READS, "a path option neither marked Target nor listed as read-only"
+    assert others == READS | MANAGED, (
+        "a path option neither marked Target nor listed as read-only or managed")
 
 
 # -- the targets --------------------------------------------------------------------------
@@ -172,6 +177,20 @@ def test_keys_generate_into_dev_full_is_one_line(tmp_path: Path) -> None:
     res = audit("keys", "generate", "--dir", "/dev/full", cwd=tmp_path)
     assert "/dev/full: refusing to write into a character device" in one_line(res, 2)
     assert stat.S_ISCHR(os.lstat("/dev/full").st_mode)
+
+
+@pytest.mark.parametrize("command", ["build", "rerun", "verify"])
+def test_a_wheel_cache_that_is_not_a_folder_is_one_line(tmp_path: Path, case_store: dict[str, str],
+                                                        command: str) -> None:
+    """The wheel cache is written (its own writer, under a lock): a device or a link there is
+    refused before the store opens, in one line, and left as it was."""
+    for kind in ("device", "symlink"):
+        target = make_target(tmp_path, kind)
+        before = fingerprint(target)
+        res = audit("--store", case_store["_store"], command, case_store[RUN_A],
+                    "--wheel-cache", str(target), cwd=tmp_path, timeout=60)
+        assert str(target) in one_line(res, 2)
+        assert fingerprint(target) == before
 
 
 def test_a_writer_writes_regular_files_whole_and_replaces_them(tmp_path: Path) -> None:

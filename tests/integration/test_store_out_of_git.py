@@ -70,4 +70,6 @@ def test_checkout_into_a_full_or_read_only_location_leaves_nothing(tmp_path: Pat
     assert len(errors) == 2, errors
     assert errors[0].startswith(f"error: cannot check out into {small}/new/dest: ")
     assert "No space left on device" in errors[0] and "nothing was left there" in errors[0]
-    assert errors[1].startswith(f"error: cannot check out into {ro}/dest: Read-only file system")
+    # a read-only place is refused before the store opens (the safe writer's folder probe)
+    assert errors[1].startswith(f"error: {ro}/dest: cannot write: "), errors[1]
+    assert "Read-only file system" in errors[1]
