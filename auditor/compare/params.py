@@ -13,11 +13,9 @@ deepdiff's tree view, so paths come as lists and never need parsing back out of 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from deepdiff import DeepDiff
-from deepdiff.helper import NotPresent
 
 from auditor.compare.difference import Difference
 from auditor.core.policy import ComparePolicy
@@ -47,16 +45,37 @@ def compare(left: Evidence, right: Evidence, policy: ComparePolicy) -> list[Diff
 
 def deep_changes(left: Any, right: Any) -> list[Change]:
     """Every changed leaf between two JSON-like values, sorted by path."""
-    tree = DeepDiff(left, right, ignore_nan_inequality=True, verbose_level=2, view="tree",
+    if type(left) is type(right) and left == right:  # the usual case: no walk, no import
+        return []
+    deepdiff, not_present = _deepdiff()
+    tree = deepdiff(left, right, ignore_nan_inequality=True, verbose_level=2, view="tree",
                     threshold_to_diff_deeper=0)  # always itemise, never "the whole dict changed"
     changes = [Change(tuple(str(p) for p in level.path(output_format="list")),
-                      _present(level.t1), _present(level.t2), report_type)
+                      _present(level.t1, not_present), _present(level.t2, not_present),
+                      report_type)
                for report_type, levels in tree.items() for level in levels]
     return sorted(changes, key=lambda c: (c.path, c.report_type))
 
 
-def _present(value: Any) -> Any:
-    return None if isinstance(value, NotPresent) else value
+def _deepdiff() -> tuple[Any, type]:
+    """deepdiff's ``DeepDiff`` and ``NotPresent``, imported on first use without pandas and
+    polars: deepdiff imports them when installed (0.2-0.4 s of every verify) only to diff
+    data frames, and params and environments are JSON-like values."""
+    blocked = [name for name in ("pandas", "polars") if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # import fails: deepdiff skips it
+    try:
+        from deepdiff import DeepDiff
+        from deepdiff.helper import NotPresent
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+    return DeepDiff, NotPresent
+
+
+def _present(value: Any, not_present: type) -> Any:
+    return None if isinstance(value, not_present) else value
 
 
 def _what(change: Change) -> str:
