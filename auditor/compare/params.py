@@ -45,7 +45,7 @@ def compare(left: Evidence, right: Evidence, policy: ComparePolicy) -> list[Diff
 
 def deep_changes(left: Any, right: Any) -> list[Change]:
     """Every changed leaf between two JSON-like values, sorted by path."""
-    if type(left) is type(right) and left == right:  # the usual case: no walk, no import
+    if _same(left, right):  # the usual case: no walk, no import
         return []
     deepdiff, not_present = _deepdiff()
     tree = deepdiff(left, right, ignore_nan_inequality=True, verbose_level=2, view="tree",
@@ -55,6 +55,15 @@ def deep_changes(left: Any, right: Any) -> list[Change]:
                       report_type)
                for report_type, levels in tree.items() for level in levels]
     return sorted(changes, key=lambda c: (c.path, c.report_type))
+
+
+def _same(left: Any, right: Any) -> bool:
+    """Equal as JSON, types included (``3`` is not ``3.0``, ``True`` is not ``1``)."""
+    try:
+        return json.dumps(left, sort_keys=True, default=repr) == json.dumps(
+            right, sort_keys=True, default=repr)
+    except (TypeError, ValueError):  # keys of mixed types: let deepdiff walk them
+        return False
 
 
 def _deepdiff() -> tuple[Any, type]:
