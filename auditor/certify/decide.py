@@ -38,7 +38,9 @@ with rules above the table: torch's initial seed differing while no seed was set
 the run is unseeded (score 100); auditor's own package is never a cause; a Python patch
 release scores 5; more than ``PACKAGE_ROWS`` package changes make one line ("97 installed
 packages differ from the lockfile; top: …"); a variable kept by name only at record time
-and absent from the rerun is a cause with its fix (``unreplayed_env``). When every metric
+and absent from the rerun is a cause with its fix (``unreplayed_env``), except build inputs
+(CA bundles, ``AUDITOR_*``: ``BUILD_INPUT_VARIABLES``), which are never causes and which a
+note names instead (``build_input_note``). When every metric
 reproduced bit for bit, the environment did not change the numerics: its causes are scaled
 down. When no cause scores at least ``UNEXPLAINED``, nondeterminism the record does not
 explain leads, naming the first divergence.
@@ -144,10 +146,21 @@ NOISE_VARIABLES: tuple[str, ...] = (
     "PIP_*", "VIRTUAL_ENV*", "CONDA_*", "MAMBA_*", "PYENV_*", "PYTEST_*", "COV_*",
     "GITHUB_*", "RUNNER_*", "GITLAB_*", "CI_*", "BUILD_*", "JENKINS_*", "BUILDKITE*",
     "TRAVIS*", "CIRCLE*", "DOCKER_*", "KUBERNETES_*", "LD_*", "VSCODE_*", "ITERM*",
-    "COMP_*", "_*", "*_PROXY", "*_proxy", "REQUESTS_CA_BUNDLE", "SSL_CERT_*",
-    "CURL_CA_BUNDLE", "NODE_*", "npm_*", "NVM_*", "CARGO_*", "RUSTUP_*", "GIT_*",
+    "COMP_*", "_*", "*_PROXY", "*_proxy", "NODE_*", "npm_*", "NVM_*", "CARGO_*",
+    "RUSTUP_*", "GIT_*",
     "LC_*", "LANG*", "EMACS*", "INSIDE_EMACS", "JPY_*", "JUPYTER_*", "KERNEL_*",
     "MPLBACKEND", "ELECTRON_*", "CHROME_*", "APPDATA", "ALLUSERSPROFILE", "USERPROFILE",
+)
+
+# Variables that name the certificates a host trusts (CA bundles of pip, requests, curl,
+# the AWS and Google SDKs, node, git, grpc) and auditor's own settings: inputs of the
+# environment build (auditor passes the CA bundle to it alone, --ca-bundle /
+# AUDITOR_CA_BUNDLE) that a rerun never gets (sandbox.replay_env keeps no redacted value
+# and no AUDITOR_* variable). They say how to reach a package index, not how to train:
+# never a cause; a note names them (``build_input_note``).
+BUILD_INPUT_VARIABLES: tuple[str, ...] = (
+    "AUDITOR_*", "*CA_BUNDLE*", "*CA_CERTS*", "*CA_CERT_*", "*SSL_CERT_FILE", "*SSL_CERT_DIR",
+    "*_CAINFO", "*_CAPATH", "*SSL_ROOTS*", "PIP_CERT", "PIP_CLIENT_CERT", "*_CA_FILE",
 )
 
 
@@ -161,7 +174,8 @@ def decide(diffs: dict[str, list[Difference]], left: RunRecord, right: RunRecord
     level = _level(counted, beyond)
     coverage = files.coverage(left, right, policy.compare)
     summary = _summary(diffs, counted, beyond, (left, right), coverage)
-    notes = [*notes, *_evidence_notes(coverage, policy.compare)]
+    notes = [*notes, *_evidence_notes(coverage, policy.compare),
+             *build_input_note(diffs.get("environment", []), left, right)]
     if unreadable and len(unreadable) == len(beyond):  # our gap, not the run's fault
         level = "could-not-verify"
         notes = [*notes, *(f"{d.where}: {'; '.join(d.comments)}" for d in unreadable)]
@@ -377,10 +391,10 @@ def _grouped_packages(packages: list[Cause], left: RunRecord) -> list[Cause]:
 
 def unreplayed_env(left: RunRecord, right: RunRecord) -> list[Cause]:
     """Variables set when the run was recorded, kept by name only (value redacted), that the
-    rerun therefore did not get; shell, desktop, CI and proxy variables are left out."""
-    absent = [name for name, value in sorted(left.environment.env_vars.items())
-              if value == environment.REDACTED and name not in right.environment.env_vars
-              and not _noise(name)]
+    rerun therefore did not get; shell, desktop, CI and proxy variables and build inputs
+    (CA bundles, auditor's settings: ``BUILD_INPUT_VARIABLES``) are left out."""
+    absent = [name for name in _absent(left, right)
+              if not _noise(name) and not is_build_input(name)]
     ranked = sorted(absent, key=lambda n: (not _looks_like_setting(n), n))
     causes = [_unreplayed(name) for name in ranked[:UNREPLAYED_ROWS]]
     if len(ranked) > UNREPLAYED_ROWS:
@@ -404,6 +418,32 @@ def _unreplayed(name: str) -> Cause:
                      f"rerun take it from the host with the policy's pass_env = [\"{name}\"]."))
 
 
+def is_build_input(name: str) -> bool:
+    """Whether variable ``name`` is a build input (``BUILD_INPUT_VARIABLES``)."""
+    return any(fnmatch.fnmatchcase(name.upper(), g) for g in BUILD_INPUT_VARIABLES)
+
+
+def build_input_note(env: Sequence[Difference], left: RunRecord, right: RunRecord) -> list[str]:
+    """One note naming the build-input variables that differ or that the rerun did not get
+    (never causes), and why they cannot change the training."""
+    names = sorted({item for d in env for group, item in [_group_item(d)]
+                    if group == "env" and item and is_build_input(item)}
+                   | {name for name in _absent(left, right) if is_build_input(name)})
+    if not names:
+        return []
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return [f"environment: {shown} differ or were not given to the rerun; not causes: they "
+            "name the certificates a host trusts (CA bundles) or auditor's own settings, "
+            "which the environment build gets (--ca-bundle) and the rerun never does, and "
+            "tell tools how to reach a package index, not the training how to train"]
+
+
+def _absent(left: RunRecord, right: RunRecord) -> list[str]:
+    """Variables kept by name only at record time (redacted) that the rerun did not get."""
+    return [name for name, value in sorted(left.environment.env_vars.items())
+            if value == environment.REDACTED and name not in right.environment.env_vars]
+
+
 def _noise(name: str) -> bool:
     return name in HOST_VARIABLES or any(fnmatch.fnmatchcase(name, g) for g in NOISE_VARIABLES)
 
@@ -417,6 +457,8 @@ def _cause(diff: Difference, left: RunRecord, right: RunRecord) -> Cause | None:
     group, item = _group_item(diff)
     if group == "packages" and item in OWN_PACKAGES:
         return None  # auditor itself, present or not in the image, never changes a result
+    if group == "env" and is_build_input(item):
+        return None  # a CA bundle or auditor's own setting: build_input_note names it
     if group == "seeds" and item == "torch_initial_seed" and _unseeded(left, right):
         return Cause(category="seed", what="unseeded", left=diff.left, right=diff.right,
                      score=UNSEEDED_SCORE,

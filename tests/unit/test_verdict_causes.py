@@ -129,3 +129,38 @@ def test_thread_variables_the_rerun_set_to_replay_the_same_count_do_not_lead() -
     fewer = other.model_copy(update={"determinism": other.determinism.model_copy(
         update={"torch_num_threads": 1})})
     assert causes(with_env(), fewer)[0].category == "threads"  # a real thread change leads
+
+
+CA_VARIABLES = ("AWS_CA_BUNDLE", "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE", "NODE_EXTRA_CA_CERTS",
+                "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO",
+                "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", "HTTPLIB2_CA_CERTS", "AUDITOR_CA_BUNDLE")
+
+
+def test_ca_bundle_variables_the_rerun_never_gets_are_not_causes_but_a_note() -> None:
+    """Issue 18 item 8: the demo's causes were padded with `AWS_CA_BUNDLE (env): [REDACTED]
+    → (not set)`: a build input auditor withholds from every rerun, not a training setting."""
+    left = with_env(env_vars={"TRAIN_LR": "[REDACTED]",
+                              **{name: "[REDACTED]" for name in CA_VARIABLES}})
+    right = with_env()
+    found = {"metrics": [metric("loss", 0, False)],
+             "environment": environment.compare_records(left, right)}
+    verdict = decide(found, left, right, Policy())
+    named = [c.what for c in verdict.causes]
+    assert "TRAIN_LR" in named  # a real setting the script reads stays ranked
+    assert not set(named) & set(CA_VARIABLES), named
+    assert not any("unreplayed" in c.what for c in verdict.causes)  # not folded in either
+    note = next(n for n in verdict.notes if n.startswith("environment: "))
+    assert "AWS_CA_BUNDLE" in note and "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE" in note
+    assert "not causes" in note and "--ca-bundle" in note
+
+
+def test_a_ca_bundle_variable_whose_value_differs_is_listed_not_ranked() -> None:
+    left = with_env(env_vars={"SSL_CERT_FILE": "/etc/ssl/a.pem", "TRAIN_LR": "0.1"})
+    right = with_env(env_vars={"SSL_CERT_FILE": "/etc/ssl/b.pem", "TRAIN_LR": "0.2"})
+    found = {"metrics": [metric("loss", 0, False)],
+             "environment": environment.compare_records(left, right)}
+    verdict = decide(found, left, right, Policy())
+    assert [c.what for c in verdict.causes if c.category == "env"] == ["TRAIN_LR"]
+    assert any(d.where == "environment/env/SSL_CERT_FILE"
+               for d in verdict.differences["environment"])  # still listed as a difference
+    assert any("SSL_CERT_FILE" in n for n in verdict.notes)
