@@ -12,6 +12,7 @@ dependencies. ``MetricLogger`` is the logging both run objects share.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -162,6 +163,7 @@ class AttachedRun(MetricLogger):
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self.end)
         self.flush()
         data = {"params": self._params, "seed": SEED_STATE.get("seed"),
                 "seeded": SEED_STATE.get("seeded", []), "pid": os.getpid()}
@@ -180,4 +182,5 @@ def attach(params: Mapping[str, Any] | None = None, seed: int | None = None,
         seed_everything(seed, deterministic=deterministic)
     run = AttachedRun(run_id, Path(probe))
     run.log_params(params or {})
+    atexit.register(run.end)  # a run the script never ends still leaves its params and seeds
     return run

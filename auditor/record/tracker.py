@@ -4,6 +4,12 @@
 current process into the store. Under ``audit record`` or a rerun the same call attaches
 to the surrounding run instead (``record/attached.py``, standard library only).
 
+A run not ended by its ``with`` block or ``run.end()`` ends when the interpreter exits
+(``atexit``): "finished", or "failed"/"killed" after an uncaught exception, with its seeds,
+determinism switches and metrics, never left "crashed" and empty. When it ends it prints
+``recorded run <id> (<status>)`` on stderr, as ``audit record`` does, unless ``quiet=True``
+or ``AUDITOR_QUIET=1``.
+
 ``log_metric`` is buffered: it appends a tuple; full batches of 1,000 points go to a
 background writer thread (sqlite3 releases the GIL while it writes), so a call costs well
 under a microsecond; points keep their exact float bits.
@@ -11,6 +17,7 @@ under a microsecond; points keep their exact float bits.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import queue
@@ -42,8 +49,10 @@ __all__ = ["AttachedRun", "Run", "seed_everything", "start_run"]
 class Run(MetricLogger):
     """A run being recorded. Use as a context manager; see ``start_run``."""
 
-    def __init__(self, record: RunRecord, *, store: RunStore, seed: int | None = None) -> None:
+    def __init__(self, record: RunRecord, *, store: RunStore, seed: int | None = None,
+                 quiet: bool = False) -> None:
         super().__init__(record.params)
+        self._quiet = quiet
         self.record = record
         self.id = record.identity.id
         self._store = store
@@ -105,8 +114,18 @@ class Run(MetricLogger):
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self._at_exit)
         self.flush()
         self.record = self._finish(status)
+        if not self._quiet:
+            print(f"auditor: recorded run {self.id} ({status}); `audit show {self.id}` shows it",
+                  file=sys.stderr, flush=True)
+
+    def _at_exit(self) -> None:
+        """End a run its script never ended, as the interpreter exits."""
+        error = getattr(sys, "last_value", None)  # set when an uncaught exception ended it
+        self.end("finished" if error is None else
+                 "killed" if isinstance(error, KeyboardInterrupt) else "failed")
 
     def _finish(self, status: str) -> RunRecord:
         env = dict(os.environ)
@@ -188,9 +207,11 @@ def start_run(
     store: str | None = None,
     inputs: list[str | Path] | None = None,
     tags: list[str] | None = None,
+    quiet: bool | None = None,
 ) -> Run | AttachedRun:
     """Start recording a run of this process (or attach to the surrounding ``audit record``
-    or rerun)."""
+    or rerun). It ends with its ``with`` block, ``run.end()`` or the interpreter, then
+    prints its id on stderr unless ``quiet`` (default: ``AUDITOR_QUIET=1``)."""
     attached = attach(params, seed, deterministic)
     if attached is not None:
         return attached
@@ -200,8 +221,12 @@ def start_run(
     plan = session.Plan(name=name, argv=_own_argv(), cwd=Path.cwd(), mode="api",
                         inputs=[Path(p) for p in inputs or []], tags=tags or [],
                         python=sys.executable)
-    run = Run(session.begin(opened, plan, store_dir_of(opened)), store=opened, seed=seed)
+    if quiet is None:
+        quiet = os.environ.get("AUDITOR_QUIET", "") not in ("", "0")
+    run = Run(session.begin(opened, plan, store_dir_of(opened)), store=opened, seed=seed,
+              quiet=quiet)
     run.log_params(params or {})
+    atexit.register(run._at_exit)
     return run
 
 
