@@ -10,6 +10,12 @@ ignored, informational) and every way the policy accepted more than the default 
   others go to the predicate's ``not_compared`` (``uncertified_outputs``);
 - carries every loosening line with its kind (``from_verdict``), so the release gate can
   refuse kinds of them (``GatePolicy.allowed_loosenings``).
+
+What reports show as "policy loosened" (``shown_loosenings``) leaves out the note the
+default ``compare_logs = "informational"`` adds when logs differed without counting: that
+is the default policy at work, not a loosening, and reports show it as a note
+(``log_notes``). The verdict and the certificate keep the line as they always did (the
+gate judges it as the default policy's note, ``release.gate.policy_loosenings``).
 """
 
 from __future__ import annotations
@@ -53,6 +59,27 @@ def kind_of(line: str) -> str:
 def from_verdict(verdict: Verdict) -> list[Loosening]:
     """Every loosening of the verdict, in its order, with its kind."""
     return [Loosening(kind=kind_of(line), detail=line) for line in verdict.loosenings]
+
+
+# The start of the line ``certify.decide`` adds when logs differed and were not counted
+# under compare_logs = "informational", the default policy's own setting.
+DEFAULT_LOG_NOTE = 'compare_logs = "informational":'
+
+
+def is_log_note(line: str) -> bool:
+    """Whether a ``Verdict.loosenings`` line is the default log setting's note."""
+    return line.startswith(DEFAULT_LOG_NOTE)
+
+
+def shown_loosenings(verdict: Verdict) -> list[str]:
+    """The loosenings a report shows as "policy loosened": every one but the note of the
+    default ``compare_logs = "informational"`` (see ``log_notes``)."""
+    return [line for line in verdict.loosenings if not is_log_note(line)]
+
+
+def log_notes(verdict: Verdict) -> list[str]:
+    """Logs that differed and were not counted, as the default policy intends: a note."""
+    return [line for line in verdict.loosenings if is_log_note(line)]
 
 
 def certified_outputs(outputs: list[ArtifactRef], verdict: Verdict) -> list[ArtifactRef]:

@@ -162,8 +162,12 @@ def _print_verdict(verdict: Any, left: str, right: str) -> None:
     from auditor.report.records import console
 
     out = console()
-    for line in verdict.loosenings:  # first: what the policy let through
+    from auditor.certify.loosen import log_notes, shown_loosenings
+
+    for line in shown_loosenings(verdict):  # first: what the policy let through
         out.print(Text(f"policy loosened: {line}", style="yellow"))
+    for line in log_notes(verdict):  # the default policy at work, not a loosening
+        out.print(Text(f"logs: {line}"))
     out.print(f"[bold]{verdict.level}[/]  {left} vs {right} (rerun)")
     if verdict.first_divergence:
         out.print(f"  diverges first at {verdict.first_divergence}")

@@ -10,6 +10,12 @@ differences pass through unchanged, in order. Every report format uses it for it
 ``cause_line(cause)`` is a likely cause as one line, the same in every format:
 ``PYTHONHASHSEED (seed): 0 → random``; a cause without sides (grouped packages, an
 unexplained divergence) gives the first sentence of its explanation.
+
+``summary_rows(summary)`` / ``counts_text(summary)`` are the verdict's counts in words
+("2 metrics compared · 1 file compared · …"), the same in every human-readable format; the
+JSON keeps its keys (``compared_metrics``, …). ``environment_line(diffs)`` names the first
+few environment changes ("5 changes (python 3.11.7 → 3.11.9, numpy 2.4.6 → 2.2.6, …)")
+for a report whose likely causes do not already name them (a bitwise verdict has none).
 """
 
 from __future__ import annotations
@@ -64,6 +70,72 @@ def _name(diff: Difference) -> str:
 def _rank(diff: Difference) -> int:
     name = _name(diff)
     return FIRST.index(name) if name in FIRST else len(FIRST)
+
+
+# verdict summary key -> (one, many): the words every human-readable report shows
+SUMMARY_WORDS: dict[str, tuple[str, str]] = {
+    "compared_metrics": ("metric compared", "metrics compared"),
+    "compared_files": ("file compared", "files compared"),
+    "compared_logs": ("log compared as evidence", "logs compared as evidence"),
+    "identical": ("identical", "identical"),
+    "within_tolerance": ("difference within tolerance", "differences within tolerance"),
+    "beyond_tolerance": ("difference beyond tolerance", "differences beyond tolerance"),
+    "environment_changes": ("environment change", "environment changes"),
+    "informational": ("difference not counted", "differences not counted"),
+}
+SHOWN_WHEN_ZERO = frozenset(SUMMARY_WORDS) - {"compared_logs"}  # logs as evidence are rare
+# environment groups, most telling first, for naming a few of many changes
+ENVIRONMENT_ORDER = ("seeds", "determinism", "gpu", "python", "packages", "cpu", "os", "env")
+NAMED_CHANGES = 3
+
+
+def summary_rows(summary: dict[str, int]) -> list[tuple[str, int]]:
+    """(words, count) of the verdict's counts, in their order (an unknown key in words)."""
+    rows = []
+    for key, count in summary.items():
+        one, many = SUMMARY_WORDS.get(key, (key.replace("_", " "),) * 2)
+        if count or key not in SUMMARY_WORDS or key in SHOWN_WHEN_ZERO:
+            rows.append((one if count == 1 else many, count))
+    return rows
+
+
+def counts_text(summary: dict[str, int]) -> str:
+    """``2 metrics compared · 1 file compared · 0 identical · …``."""
+    return " · ".join(f"{n} {words}" for words, n in summary_rows(summary)) or (
+        "no counts recorded")
+
+
+def environment_line(diffs: Sequence[Difference]) -> str | None:
+    """``5 changes (python 3.11.7 → 3.11.9, numpy 2.4.6 → 2.2.6, …)``; None for none."""
+    if not diffs:
+        return None
+    ranked = sorted(diffs, key=_environment_rank)
+    named = ", ".join(change_name(d) for d in ranked[:NAMED_CHANGES])
+    more = ", …" if len(diffs) > NAMED_CHANGES else ""
+    return f"{len(diffs)} change{'s' if len(diffs) != 1 else ''} ({named}{more})"
+
+
+def change_name(diff: Difference) -> str:
+    """One environment change by name: ``python 3.11.7 → 3.11.9``, ``TRAIN_LR 0.1 → 0.2``."""
+    parts = diff.where.split("/", 2)  # environment/<group>[/<item>]
+    group = parts[1] if len(parts) > 1 else diff.where
+    if len(parts) < 3:
+        why = diff.comments[0] if diff.comments else f"{diff.left} → {diff.right}"
+        return f"{group} {why}"
+    item = "python" if group == "python" and parts[2] == "version" else parts[2]
+    return f"{item} {_side(diff.left)} → {_side(diff.right)}"
+
+
+def _side(value: str | None) -> str:
+    return "(none)" if value in (None, "None") else str(value)
+
+
+def _environment_rank(diff: Difference) -> tuple[int, int, str]:
+    parts = diff.where.split("/", 2)
+    group = parts[1] if len(parts) > 1 else ""
+    order = ENVIRONMENT_ORDER.index(group) if group in ENVIRONMENT_ORDER else len(
+        ENVIRONMENT_ORDER)
+    return order, _rank(diff) if group == "packages" else 0, diff.where
 
 
 def cause_line(cause: Cause) -> str:

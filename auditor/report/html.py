@@ -13,8 +13,11 @@ Contract:
 - Links to the original and rerun runs are kept only for http(s), file or relative
   URLs (never ``javascript:``).
 - Python computes and orders every value; the template only loops and prints.
-- Order: the verdict banner, then the policy loosenings (``verdict.loosenings``) when
-  there are any, the runs by name and id, the counts, the likely causes (the first
+- Order: the verdict banner, then the policy loosenings (``loosen.shown_loosenings``:
+  never the default policy's own settings) when there are any, then "also noted": the
+  environment changes by name when no likely cause names them (a bitwise verdict) and
+  logs that differed without counting (the default policy's note), the runs by name and
+  id, the counts in words (``grouping.summary_rows``), the likely causes (the first
   ``MAX_CAUSES``), the metric curves and tensor chart, and only then the long tables
   (differences by comparer, many package changes folded into one row; details; notes).
 """
@@ -33,11 +36,12 @@ from urllib.parse import urlsplit
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from auditor.certify.loosen import log_notes, shown_loosenings
 from auditor.certify.verdict import Cause, VerifyResult
 from auditor.compare.difference import Difference
 from auditor.core.version import __version__
 from auditor.report import plots
-from auditor.report.grouping import grouped
+from auditor.report.grouping import environment_line, grouped, summary_rows
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"  # shipped in the wheel
 TEMPLATE_NAME = "report.html.j2"
@@ -80,9 +84,11 @@ def report_context(result: VerifyResult, original_url: str | None,
         "title": f"auditor: {result.original_name} ({result.original_run})",
         "level": verdict.level, "level_class": css, "headline": headline,
         "exit_code": verdict.exit_code, "first_divergence": verdict.first_divergence,
-        "loosenings": list(verdict.loosenings),
+        "loosenings": shown_loosenings(verdict), "log_notes": log_notes(verdict),
+        "environment": None if verdict.causes
+        else environment_line(verdict.differences.get("environment", [])),
         "runs": _runs(result, original_url, rerun_url), "facts": _facts(result),
-        "summary": [(k, v) for k, v in verdict.summary.items()],
+        "summary": summary_rows(verdict.summary),
         "timings": [(stage, f"{sec:.1f} s") for stage, sec in result.seconds.items()],
         "causes": [_cause_row(c) for c in verdict.causes[:MAX_CAUSES]],
         "more_causes": max(0, len(verdict.causes) - MAX_CAUSES),

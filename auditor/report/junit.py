@@ -4,9 +4,11 @@ Contract (the Jenkins ``junit-10.xsd`` dialect every CI reads):
 
 - ``<testsuites>`` holds one ``<testsuite>`` per verified run, named
   ``"<run name> (<run id>)"``, with ``<properties>``: first one ``policy_loosening`` per
-  way the policy loosened the comparison (``verdict.loosenings``), then both run ids, the
-  verdict, the first divergence and the certificate. The verdict testcase's text starts
-  with the same loosenings.
+  way the policy loosened the comparison (``loosen.shown_loosenings``), one ``log_note``
+  per note of the default ``compare_logs = "informational"`` (logs that differed without
+  counting: the default policy, not a loosening), then both run ids, the verdict, the
+  first divergence and the certificate. The verdict testcase's text starts with the same
+  loosenings and notes.
 - Each suite has a testcase ``verdict`` that fails for ``not-reproduced`` and errors for
   ``could-not-verify``; one testcase per difference a comparer reported (failing when
   beyond tolerance, passing when within); and one passing testcase per comparer for what
@@ -24,6 +26,7 @@ import re
 from collections.abc import Iterator, Sequence
 from xml.etree import ElementTree as ET
 
+from auditor.certify.loosen import log_notes, shown_loosenings
 from auditor.certify.verdict import VerifyResult
 from auditor.compare.difference import Difference
 from auditor.report.grouping import grouped
@@ -68,8 +71,10 @@ def testsuite(result: VerifyResult) -> ET.Element:
 
 def _properties(result: VerifyResult) -> ET.Element:
     props = ET.Element("properties")
-    for line in result.verdict.loosenings:
+    for line in shown_loosenings(result.verdict):
         ET.SubElement(props, "property", name="policy_loosening", value=xml_text(line))
+    for line in log_notes(result.verdict):
+        ET.SubElement(props, "property", name="log_note", value=xml_text(line))
     values = {"original_run": result.original_run, "rerun_run": result.rerun_run,
               "verdict": result.verdict.level,
               "first_divergence": result.verdict.first_divergence,
@@ -107,7 +112,8 @@ def _verdict_case(result: VerifyResult) -> ET.Element:
 
 
 def _loosened(result: VerifyResult) -> list[str]:
-    return [f"policy loosened: {line}" for line in result.verdict.loosenings]
+    return [*(f"policy loosened: {line}" for line in shown_loosenings(result.verdict)),
+            *(f"logs: {line}" for line in log_notes(result.verdict))]
 
 
 def _cause_lines(result: VerifyResult) -> Iterator[str]:

@@ -3,10 +3,10 @@
 Contract:
 
 - ``render_markdown(results)`` returns a heading, one line of counts per verdict, then
-  first of all every policy loosening of each result (``verdict.loosenings``: ignored
-  outputs, wider tolerances, logs not counted), then a table (run, name, verdict, first
-  divergence, top cause) with the failures first, then the likely causes of the first
-  failures while room remains.
+  first of all every policy loosening of each result (``loosen.shown_loosenings``: ignored
+  outputs, wider tolerances, logs left out; never the default policy's own settings), then
+  a table (run, name, verdict, first divergence, top cause) with the failures first, then
+  the likely causes of the first failures while room remains.
 - Every cell is escaped: ``|`` cannot split a cell, newlines cannot end a row, and
   Markdown/HTML punctuation (``* _ [ ] < > ` $ @ ~ & # !``) is backslash-escaped so a
   run name cannot format, link, mention, inject HTML or start math. Cells are cut to
@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from auditor.certify.loosen import shown_loosenings
 from auditor.certify.verdict import LEVEL_RANK, Cause, VerifyResult
 from auditor.report.grouping import cause_line
 
@@ -98,7 +99,7 @@ def _loosenings(results: Sequence[VerifyResult]) -> list[str]:
     """The policy loosenings of every result, before anything else is shown."""
     lines = [f"> ⚠️ **Policy loosened** for {escape_cell(r.original_name)} "
              f"(`{r.original_run}`): {escape_cell(line, 400)}"
-             for r in results for line in r.verdict.loosenings]
+             for r in results for line in shown_loosenings(r.verdict)]
     return [*(f"{line}  " for line in lines[:MAX_LOOSENINGS]),
             *([f"> … and {len(lines) - MAX_LOOSENINGS} more"]
               if len(lines) > MAX_LOOSENINGS else []),

@@ -3,10 +3,12 @@
 Contract:
 
 - ``print_result(result)`` prints one compact table: first each way the policy loosened
-  the comparison (``verdict.loosenings``: ignored outputs, wider tolerances, logs not
-  counted), then the verdict (coloured by level) and exit code, both runs (id and name),
-  compared counts, the first divergence, the top three likely causes,
-  the certificate and the time per stage. ``print_summary(results)`` prints one row per
+  the comparison (``loosen.shown_loosenings``: ignored outputs, wider tolerances, logs
+  left out; never the default policy's own settings), then the verdict (coloured by level)
+  and exit code, both runs (id and name), compared counts in words, logs that differed
+  without counting (the default policy's note), the environment changes by name when no
+  likely cause names them (a bitwise verdict), the first divergence, the top three likely
+  causes, the certificate and the time per stage. ``print_summary(results)`` prints one row per
   verification (``audit verify --all``).
 - Output goes through ``auditor.report.records.console``: no ANSI escapes when stdout is not a
   terminal (CI logs, pipes), no colour when ``NO_COLOR`` is set.
@@ -22,8 +24,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from auditor.certify.loosen import log_notes, shown_loosenings
 from auditor.certify.verdict import Cause, VerifyResult
-from auditor.report.grouping import cause_line
+from auditor.report.grouping import cause_line, counts_text, environment_line
 from auditor.report.records import console
 
 LEVEL_STYLE = {"reproduced-bitwise": "bold green", "reproduced-within-tolerance": "bold cyan",
@@ -46,12 +49,16 @@ def result_rows(result: VerifyResult) -> list[tuple[str, Text]]:
     """(label, value) rows of the summary; values are plain ``Text``."""
     verdict = result.verdict
     rows = [("policy loosened" if i == 0 else "", Text(line, style="yellow"))
-            for i, line in enumerate(verdict.loosenings)]
+            for i, line in enumerate(shown_loosenings(verdict))]
     rows += [("verdict", verdict_text(result)),
              ("original", Text(f"{result.original_run}  {result.original_name}")),
              ("rerun", Text(f"{result.rerun_run}  {result.rerun_name or ''}".rstrip()
                             if result.rerun_run else "(none)")),
              ("compared", Text(counts_text(verdict.summary)))]
+    rows += [("logs" if i == 0 else "", Text(line)) for i, line in enumerate(log_notes(verdict))]
+    changes = environment_line(verdict.differences.get("environment", []))
+    if changes and not verdict.causes:
+        rows.append(("environment", Text(changes)))
     if verdict.first_divergence:
         rows.append(("first divergence", Text(verdict.first_divergence)))
     for index, cause in enumerate(verdict.causes[:TOP_CAUSES], 1):
@@ -67,11 +74,6 @@ def verdict_text(result: VerifyResult) -> Text:
     """The verdict and its exit code, styled by level."""
     level = result.verdict.level
     return Text(f"{level} (exit {result.verdict.exit_code})", style=LEVEL_STYLE[level])
-
-
-def counts_text(summary: dict[str, int]) -> str:
-    """``23 compared · 8 identical · …`` from the verdict's counts."""
-    return " · ".join(f"{n} {key}" for key, n in summary.items()) or "no counts recorded"
 
 
 def cause_text(cause: Cause) -> str:
