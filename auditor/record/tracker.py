@@ -124,8 +124,12 @@ class Run(MetricLogger):
     def _at_exit(self) -> None:
         """End a run its script never ended, as the interpreter exits."""
         error = getattr(sys, "last_value", None)  # set when an uncaught exception ended it
-        self.end("finished" if error is None else
-                 "killed" if isinstance(error, KeyboardInterrupt) else "failed")
+        try:
+            self.end("finished" if error is None else
+                     "killed" if isinstance(error, KeyboardInterrupt) else "failed")
+        except Exception as exc:  # noqa: BLE001 - one line at exit, never a traceback
+            print(f"auditor: run {self.id} could not be ended at exit: {exc}",
+                  file=sys.stderr, flush=True)
 
     def _finish(self, status: str) -> RunRecord:
         env = dict(os.environ)
