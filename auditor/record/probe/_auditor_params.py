@@ -68,11 +68,8 @@ def _plain(value: "Any", depth: int = 0) -> "Any":
     return _text(re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value)))
 
 
-def _given(action: "Any", parser: "Any", argv: "list[str]") -> bool:
-    """Whether the command line names ``action`` (a positional that parsed is typed)."""
-    if not action.option_strings:
-        return True
-    longs = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+def _given(action: "Any", parser: "Any", longs: "list[str]", argv: "list[str]") -> bool:
+    """Whether the command line names ``action`` (``longs``: the parser's long options)."""
     for word in argv:
         if word == "--":
             return False
@@ -89,6 +86,23 @@ def _given(action: "Any", parser: "Any", argv: "list[str]") -> bool:
     return False
 
 
+def _parsers(parser: "Any", namespace: "Any", argv: "list[str]", depth: int = 0
+             ) -> "list[Any]":
+    """The parser and the sub-parsers the command line chose (``train --lr 1``): by the
+    namespace when the sub-parsers have a ``dest``, else the first name on the line."""
+    import argparse
+
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and depth < 8:
+            picked = getattr(namespace, action.dest, None)
+            names = [picked] if picked in action.choices else [w for w in argv
+                                                             if w in action.choices][:1]
+            for name in names:
+                found += _parsers(action.choices[name], namespace, argv, depth + 1)
+    return found
+
+
 def _capture(parser: "Any", namespace: "Any", argv: "list[str]", preset: "set[str]",
              extras: "Any") -> None:
     import argparse
@@ -96,26 +110,46 @@ def _capture(parser: "Any", namespace: "Any", argv: "list[str]", preset: "set[st
     params: dict[str, Any] = {}
     sources: dict[str, str] = {}
     launcher = False
-    configured = _CONFIGURED.get(id(parser), set())
     dropped = 0
-    for action in parser._actions:
-        dest = action.dest
-        if (isinstance(action, (argparse._HelpAction, argparse._VersionAction))
-                or dest == argparse.SUPPRESS or not hasattr(namespace, dest) or dest in params):
+    chosen = _parsers(parser, namespace, argv)
+    configured = set(preset)
+    for each in chosen:
+        configured |= _CONFIGURED.get(id(each), set())
+    skip = (argparse._HelpAction, argparse._VersionAction)
+    covered: set[str] = set()  # every destination an action of a chosen parser has
+    for each in chosen:
+        longs = [o for a in each._actions for o in a.option_strings if o.startswith("--")]
+        for action in each._actions:
+            dest = action.dest
+            covered.add(dest)
+            if (isinstance(action, skip) or dest == argparse.SUPPRESS
+                    or not hasattr(namespace, dest) or dest in params):
+                continue
+            if len(params) >= MAX_PARAMS:
+                dropped += 1
+                continue
+            value = getattr(namespace, dest)
+            if action.nargs == argparse.REMAINDER and value:
+                launcher = True
+            params[dest] = _plain(value)
+            if action.option_strings:
+                typed = _given(action, each, longs, argv)
+            else:  # a positional is typed unless optional and left at its default
+                typed = action.nargs not in ("?", "*") or value != action.default
+            if typed:
+                sources[dest] = "typed"
+            elif dest in configured:
+                sources[dest] = "config"
+            else:
+                sources[dest] = "default"
+    for dest, value in sorted(vars(namespace).items()):  # set_defaults(func=...) alone
+        if dest in params or dest in covered:
             continue
         if len(params) >= MAX_PARAMS:
             dropped += 1
             continue
-        value = getattr(namespace, dest)
-        if action.nargs == argparse.REMAINDER and value:
-            launcher = True
         params[dest] = _plain(value)
-        if _given(action, parser, argv):
-            sources[dest] = "typed"
-        elif dest in configured or dest in preset:
-            sources[dest] = "config"
-        else:
-            sources[dest] = "default"
+        sources[dest] = "config" if dest in configured else "default"
     left = [_text(w) for w in extras[:MAX_PARAMS] if isinstance(w, str)]
     _SEEN.update(params=params, sources=sources, launcher=launcher, dropped=dropped, extras=left,
                  pid=os.getpid(), ppid=os.getppid(), at=time.time_ns())
