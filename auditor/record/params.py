@@ -64,7 +64,8 @@ def _value(value: Any) -> tuple[bool, Any]:
 
 
 def clean(data: Any) -> ProbeParams | None:
-    """The well-typed part of one params file's JSON, or None when it holds no parse."""
+    """The well-typed part of one params file's JSON, or None when it holds no parse (or
+    one of nothing)."""
     if not isinstance(data, dict):
         return None
     params, sources = data.get("params"), data.get("sources")
@@ -77,15 +78,17 @@ def clean(data: Any) -> ProbeParams | None:
             keep[key] = plain
     where = {k: str(sources.get(k)) if sources.get(k) in SOURCES else "default" for k in keep}
     extras = data.get("extras")
+    left = tuple(w for w in extras[:MAX_PARAMS] if isinstance(w, str)) if isinstance(
+        extras, list) else ()
+    if not keep and not left:
+        return None  # a parser without arguments: the command line's params say more
 
     def number(name: str) -> int:
         got = data.get(name)
         return got if isinstance(got, int) and not isinstance(got, bool) else 0
 
     return ProbeParams(
-        params=keep, sources=where,
-        extras=tuple(w for w in extras[:MAX_PARAMS] if isinstance(w, str))
-        if isinstance(extras, list) else (),
+        params=keep, sources=where, extras=left,
         dropped=number("dropped") + len(params) - len(keep),
         pid=number("pid"), ppid=number("ppid"), at=number("at"),
         launcher=data.get("launcher") is True)
