@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -192,3 +193,35 @@ def test_combined_keeps_the_words_a_known_args_parse_left() -> None:
                             normalised(parse_argv_params(list(found.extras))))
     assert params == {"lr": 0.3, "config": "c.yaml"} and note == "typed: config, lr"
     assert combined(None, {"lr": 1}, {}) == ({"lr": 1}, None)
+
+
+def _rerun_params(original_notes: dict[str, str], staged: Path) -> tuple[dict[str, Any],
+                                                                           dict[str, str]]:
+    from auditor.core.schema import Code
+    from auditor.rerun.record import _params
+    from auditor.rerun.sandbox import Executed
+    from tests.factories import make_record
+
+    code = Code(vcs="git", root="/home/u/proj", tree_sha256="0" * 64)
+    original = make_record(params={"batch-size": 8}, not_captured=original_notes, code=code)
+    rerun = make_record(params=dict(original.params), code=code)
+    done = Executed(0, "", "", 1.0, staged, seen_as="/work")
+    notes: dict[str, str] = {}
+    return _params(original, rerun, staged, done, notes), notes
+
+
+def test_the_rerun_takes_its_probe_params_only_when_the_original_did(tmp_path: Path) -> None:
+    """Like for like: an original recorded from the command line (or before the probe)
+    keeps its params in the rerun; one recorded from the probe is compared with the
+    rerun's own parse, a path under the rerun's tree (/work) mapped back to the original's;
+    a rerun whose parse was not seen says so and shows the original's."""
+    (tmp_path / "params-3.json").write_text(json.dumps(
+        {"params": {"batch_size": 8, "data": "/work/data", "out": ["/work", "/workx"]},
+         "sources": {"batch_size": "typed"}, "pid": 3}))
+    assert _rerun_params({}, tmp_path) == ({"batch-size": 8}, {})
+    params, notes = _rerun_params({"params": "typed: batch_size"}, tmp_path)
+    assert params == {"batch_size": 8, "data": "/home/u/proj/data",
+                      "out": ["/home/u/proj", "/workx"]}
+    assert notes == {"params": "default: data, out; typed: batch_size"}
+    params, notes = _rerun_params({"params": "typed: batch_size"}, tmp_path / "none")
+    assert params == {"batch-size": 8} and "was not seen" in notes["params"]
