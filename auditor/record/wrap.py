@@ -48,6 +48,7 @@ from auditor.record.capture.secrets import redact_params, redacted_env_value
 from auditor.record.capture.streams import OwnLogs, find_own_logs
 from auditor.record.childio import ingest_api, pump, store_logs
 from auditor.record.outputs import DEFAULT_MAX_OUTPUT_BYTES
+from auditor.record.params import combined, normalised, read_probe_params
 from auditor.store import MetricPoint, RunStore, store_dir_of
 
 PROBE_PATH = container.PROBE_PATH
@@ -307,7 +308,7 @@ def _record(store: RunStore, opts: WrapOptions, signals: _Signals) -> WrapResult
         reproduces=opts.reproduces,
         env_allow=opts.env_allow,
         code_dir=opts.code_dir,
-        params=redact_params(parse_argv_params(list(opts.argv[1:]))),
+        params=redact_params(normalised(parse_argv_params(list(opts.argv[1:])))),
         metrics_regex=opts.metrics_regex,
         own_logs=own_logs,
         image=image,
@@ -563,6 +564,7 @@ def _finish(
     obs = (det.read_probe(probe, None, parent_pid=container.INIT_PARENT_PID)
            if child.image else det.read_probe(probe, pid))
     determinism, seeds, environment = observed(record, obs, env, api)
+    params = probe_params(probe, record.params, notes)
     if obs is None:
         notes["determinism"] = (
             "the command was not observed from inside (not Python, or it "
@@ -591,7 +593,7 @@ def _finish(
         status=status,
         exit_code=code,
         updates={
-            "params": {**record.params, **api["params"]},
+            "params": {**params, **api["params"]},
             "seeds": seeds,
             "determinism": determinism,
             "metrics": metrics,
@@ -616,6 +618,34 @@ def _finish(
         failures=tuple(failures),
         rescued=rescued,
     )
+
+
+def probe_params(probe: Path, typed: dict[str, Any], notes: dict[str, str],
+                 rebase: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The run's params: argparse's whole namespace as the probe saw it inside the command
+    (secrets redacted; where each value came from noted under ``not_captured["params"]``),
+    else ``typed``, the command line's (already normalised and redacted). ``rebase``
+    (the rerun's tree path, the original's) maps a path-valued default back to the
+    original's tree, so a rerun's params compare like for like. Shared by ``audit record``
+    and the rerun's record."""
+    found = read_probe_params(probe)
+    extras = normalised(parse_argv_params(list(found.extras))) if found else {}
+    params, note = combined(found, typed, extras)
+    if note is None:
+        return typed
+    notes["params"] = note
+    if rebase is not None:
+        params = {k: _rebased(v, *rebase) for k, v in params.items()}
+    return dict(redact_params(params))
+
+
+def _rebased(value: Any, seen_as: str, root: str) -> Any:
+    if isinstance(value, str) and seen_as and seen_as != root:
+        return value.replace(seen_as.rstrip("/") + "/", root.rstrip("/") + "/") if (
+            value != seen_as) else root
+    if isinstance(value, list):
+        return [_rebased(v, seen_as, root) for v in value]
+    return value
 
 
 def observed(record: RunRecord, obs: dict[str, Any] | None, env: dict[str, str],

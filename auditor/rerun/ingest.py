@@ -2,7 +2,7 @@
 
 A hostile training script controls everything its rerun writes: the files in its copy of
 the tree and the probe folder (``artifacts.jsonl``, ``api-*.json``, ``metrics-*.jsonl``,
-``determinism-*.json``). The host only ever reads
+``determinism-*.json``, ``params-*.json``). The host only ever reads
 
 - regular files **inside the rerun's own tree**, opened component by component from the
   tree's root with ``O_NOFOLLOW`` (so no symlink, at any depth, leads out of it; a link
@@ -19,6 +19,7 @@ original run's output on the host, ``..``) is refused with a warning and never o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -33,6 +34,7 @@ from auditor.core.errors import InputError
 from auditor.core.schema import ArtifactRef
 from auditor.record.capture.secrets import scan_stream
 from auditor.record.outputs import validate_artifact_name
+from auditor.record.params import clean
 from auditor.store.blobs import BlobStore
 
 PROBE_FILE_LIMIT = 256 << 20  # one probe file (metric points of a very long run)
@@ -149,7 +151,8 @@ def stage_probe(probe: Path, dest: Path) -> tuple[list[dict[str, Any]], list[str
 
     Returns the artifact lines (``{"path": str, "name": str | None}``, not yet judged) and
     warnings. ``api-*.json`` keeps only well-typed params/seed/seeded, ``metrics-*.jsonl``
-    only ``[key, step, bits, time]`` rows, ``determinism-*.json`` only JSON objects.
+    only ``[key, step, bits, time]`` rows, ``determinism-*.json`` only JSON objects,
+    ``params-*.json`` only well-typed fields (``record.params.clean``).
     """
     warnings: list[str] = []
     artifacts: list[dict[str, Any]] = []
@@ -173,6 +176,11 @@ def stage_probe(probe: Path, dest: Path) -> tuple[list[dict[str, Any]], list[str
         elif kind == "metrics":
             rows = [r for r in _json_lines(text) if _metric_row(r)]
             (dest / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        elif kind == "params":
+            with contextlib.suppress(ValueError, RecursionError):
+                found = clean(json.loads(text))
+                if found is not None:
+                    (dest / name).write_text(json.dumps(dataclasses.asdict(found)))
         elif kind == "determinism":
             with contextlib.suppress(ValueError):
                 data = json.loads(text)
@@ -198,6 +206,7 @@ def _probe_kind(name: str) -> str | None:
         ("api-", ".json", "api"),
         ("metrics-", ".jsonl", "metrics"),
         ("determinism-", ".json", "determinism"),
+        ("params-", ".json", "params"),
     ):
         if name.startswith(prefix) and name.endswith(suffix):
             return kind

@@ -41,7 +41,7 @@ from auditor.record.capture import determinism as det
 from auditor.record.capture.gpu import capture_gpus, gpu_signature
 from auditor.record.capture.secrets import redact_env, redact_text
 from auditor.record.childio import ingest_api, rerun_logs
-from auditor.record.wrap import MetricSink, compile_regex, observed
+from auditor.record.wrap import MetricSink, compile_regex, observed, probe_params
 from auditor.rerun import lease
 from auditor.rerun.bwrap import ISOLATED
 from auditor.rerun.ingest import collect_api_artifacts, collect_changed, stage_probe
@@ -164,13 +164,14 @@ def _complete(
         lines, warnings = stage_probe(done.probe_dir, staged)
         api = ingest_api(store, rerun.identity.id, staged, sink)
         obs = det.read_probe(staged, None)
+        notes = dict(rerun.not_captured)
+        params = _params(prep.record, rerun, staged, done, notes)
     cwd_rel = prep.cwd.relative_to(prep.tree).as_posix()
     produced = collect_changed(store.blobs, prep.tree, cwd_rel, prep.snapshot.changed(), max_bytes)
     logged = collect_api_artifacts(store.blobs, prep.tree, done.seen_as, lines, max_bytes)
     taken = {a.name for a in produced.artifacts}
     warnings += [*produced.warnings, *logged.warnings]
     determinism, seeds, environment = observed(rerun, obs, dict(prep.env), api)
-    notes = dict(rerun.not_captured)
     notes.update(produced.withheld + logged.withheld)  # outputs holding a secret
     if done.notes:
         notes["sandbox"] = "; ".join(done.notes)
@@ -181,7 +182,7 @@ def _complete(
         status=status,
         exit_code=done.exit_code,
         updates={
-            "params": {**rerun.params, **api["params"]},
+            "params": {**params, **api["params"]},
             "seeds": seeds,
             "determinism": determinism,
             "environment": environment,
@@ -198,6 +199,23 @@ def _complete(
             "not_captured": notes,
         },
     )
+
+
+def _params(original: RunRecord, rerun: RunRecord, staged: Path, done: Executed,
+            notes: dict[str, str]) -> dict[str, Any]:
+    """The rerun's params, like for like with its original's: when the original's came from
+    the probe (its note of sources), the rerun's own probe's (paths under the rerun's tree
+    mapped back to the original's); else, or when the rerun's parse was not seen (noted),
+    the original's as recorded (the same command line)."""
+    if "params" not in original.not_captured:  # the command line's, or an older record
+        return dict(rerun.params)
+    root = original.code.root if original.code else ""
+    params = probe_params(staged, rerun.params, notes,
+                          rebase=(done.seen_as, root) if root else None)
+    if "params" not in notes:
+        notes["params"] = ("the rerun's argparse parse was not seen; the original's params "
+                           "are shown")
+    return params
 
 
 def check_gpus(

@@ -51,7 +51,10 @@ def test_record_torch_fixture_completely(train_repo: Path, tmp_path: Path) -> No
     assert res.stdout.count('"loss"') == 3  # streamed live to our stdout
     opened, rec = only_run(store_dir)
     assert rec.identity.status == "finished" and rec.identity.exit_code == 0
-    assert rec.params == {"epochs": 3, "lr": 0.1, "seed": 7}
+    # argparse's whole namespace, as the script sees it (--seed has no type: text)
+    assert {k: rec.params[k] for k in ("epochs", "lr", "seed", "batch_size")} == {
+        "epochs": 3, "lr": 0.1, "seed": "7", "batch_size": 32}
+    assert rec.not_captured["params"].endswith("typed: epochs, lr, seed")
     assert rec.code and rec.code.commit and not rec.code.dirty and rec.code.vcs == "git"
     assert rec.data[0].path == "data/blobs.csv" and len(rec.data[0].sha256) == 64
     assert rec.metrics.points == 6 and set(rec.metrics.final) == {"loss", "accuracy"}

@@ -13,6 +13,10 @@ opens for writing, renames or links onto, truncates or touches, one absolute pat
 what it wrote), and the two native writers of weights that raise no audit event
 (``torch.save`` to a path, safetensors' ``save_file``) are wrapped to note their target the
 same way. The recorder attributes changed files to the run with it (``record/concurrent``).
+
+The first argparse parse of the process's own command line is captured whole, defaults and
+each value's source included (``_auditor_params``, beside this module), to
+``$AUDITOR_PROBE_DIR/params-<pid>.json`` at exit.
 """
 
 import _thread
@@ -224,6 +228,15 @@ def _watch_writes() -> None:
         pass
 
 
+def _capture_params() -> None:
+    try:
+        import _auditor_params
+
+        _auditor_params.install()
+    except Exception:  # noqa: BLE001 - the probe is best effort by design
+        pass
+
+
 def _chain() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     ours = sys.modules.pop("sitecustomize", None)
@@ -243,4 +256,5 @@ def _chain() -> None:
 if os.environ.get("AUDITOR_PROBE_DIR") and __name__ == "sitecustomize":
     atexit.register(_dump)
     _watch_writes()
+    _capture_params()
     _chain()
