@@ -58,10 +58,9 @@ from auditor.certify.certificate import (
     verify_envelope,
 )
 from auditor.core.errors import AuditorError, InputError, IntegrityError
-from auditor.core.safefile import atomic_write
+from auditor.core.safefile import atomic_write, fsync_dir
 from auditor.store import RunStore, store_dir_of
 from auditor.store.base import LogParts
-from auditor.store.blobs import fsync_dir
 
 LOG_NAME = "certs.jsonl"
 HEAD_NAME = "certs.head.json"

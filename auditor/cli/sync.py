@@ -77,6 +77,19 @@ def _run_ids(store: RunStore, runs: tuple[str, ...], every: bool) -> list[str]:
     return [store.resolve(ref) for ref in runs]
 
 
+def _checked_ids(source: RunStore, runs: tuple[str, ...], every: bool,
+                 trust: tuple[Path, ...]) -> list[str]:
+    """The ids of the runs to move, once the source holds no discrepancy for them; the
+    source is closed when it does (or the runs are bad input)."""
+    try:
+        ids = _run_ids(source, runs, every)
+        _check_source(source, ids, trust)
+    except BaseException:
+        source.close()
+        raise
+    return ids
+
+
 def _check_source(source: RunStore, ids: list[str], trust: tuple[Path, ...]) -> None:
     """``IntegrityError`` (exit 3) naming the first discrepancy at the source, if any."""
     from auditor.core.errors import IntegrityError
@@ -142,12 +155,7 @@ def push(c: Ctx, runs: tuple[str, ...], every: bool, to: str, to_blobs: str | No
     from auditor.store import open_store_at
 
     source = c.store(create=False)
-    try:
-        ids = _run_ids(source, runs, every)
-        _check_source(source, ids, trust)
-    except BaseException:
-        source.close()
-        raise
+    ids = _checked_ids(source, runs, every, trust)
     _move(c, source, open_store_at(to, blobs=to_blobs), ids, key, "pushed")
 
 
@@ -169,10 +177,5 @@ def pull(c: Ctx, runs: tuple[str, ...], every: bool, from_: str, from_blobs: str
     from auditor.store import open_store_at
 
     source = open_store_at(from_, blobs=from_blobs, create=False)
-    try:
-        ids = _run_ids(source, runs, every)
-        _check_source(source, ids, trust)
-    except BaseException:
-        source.close()
-        raise
+    ids = _checked_ids(source, runs, every, trust)
     _move(c, source, c.store(), ids, key, "pulled")

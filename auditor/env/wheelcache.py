@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import re
 import shutil
@@ -52,6 +51,7 @@ from auditor.core.errors import BuildFailed, InputError
 from auditor.core.lockfile import Lock, LockedPackage
 from auditor.core.progress import Counter, Say, counter, stage
 from auditor.env.spec import ImageBuildFailed, install_failure
+from auditor.store.blobs import sha256_file
 
 DEFAULT_MAX_BYTES = 20 << 30
 FETCH_TIMEOUT_S = 3600
@@ -129,7 +129,7 @@ class WheelCache:
             if not files:
                 continue
             wheel = files[0]
-            if not _names(wheel.name, package) or file_sha256(wheel) != sha:
+            if not _names(wheel.name, package) or sha256_file(wheel) != sha:
                 say(f"wheel cache: {wheel.name} is corrupt (its sha256 is no longer "
                     f"{sha[:12]}…); removed, fetching it again")
                 self._remove_entry(folder)
@@ -177,7 +177,7 @@ class WheelCache:
             package = by_name.get(_wheel_name(path.name))
             if package is None:
                 continue
-            sha = file_sha256(path)
+            sha = sha256_file(path)
             if sha not in _sha256s(package):
                 raise BuildFailed(
                     f"fetching {package.name}=={package.version} failed: {path.name} does "
@@ -359,15 +359,6 @@ def requirement_lines(packages: Sequence[LockedPackage]) -> str:
 
 
 # ---- small helpers -------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _sha256s(package: LockedPackage) -> list[str]:

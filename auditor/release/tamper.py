@@ -45,7 +45,7 @@ from auditor.certify.issue import RESULT_ARTIFACT
 from auditor.core.errors import AuditorError, IntegrityError, RunNotFound
 from auditor.core.schema import ArtifactRef, RunRecord, record_sha256
 from auditor.store import CertificateRow, RunStore, signatures
-from auditor.store.base import series_digest
+from auditor.store.base import runs_to_move, series_digest
 
 
 @dataclass(frozen=True)
@@ -220,13 +220,7 @@ def transfer_problems(store: RunStore, run_ids: Sequence[str],
     """What is wrong at a push's or pull's source, for the runs it would move (see the
     module contract): nothing may be copied when this is not empty."""
     problems = index_problems(store, trusted)
-    wanted = list(dict.fromkeys(run_ids))
-    certified: dict[str, CertificateRow] = {}
-    for run_id in list(wanted):
-        for row in store.certificates(run_id=run_id):
-            certified[row.sha256] = row
-            if row.rerun_id and row.rerun_id not in wanted:
-                wanted.append(row.rerun_id)
+    wanted, certified = runs_to_move(store, run_ids)
     for run_id in wanted:
         problems += _record_problems(store, run_id, trusted)
     for sha, row in certified.items():

@@ -252,3 +252,17 @@ class RunStore(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def runs_to_move(store: RunStore, run_ids: Sequence[str]
+                 ) -> tuple[list[str], dict[str, CertificateRow]]:
+    """What a push or pull of ``run_ids`` moves: the runs (each once, in order) followed by
+    the reruns their certificates name, and those certificates by sha256."""
+    wanted = list(dict.fromkeys(run_ids))
+    certified: dict[str, CertificateRow] = {}
+    for run_id in list(wanted):
+        for row in store.certificates(run_id=run_id):
+            certified[row.sha256] = row
+            if row.rerun_id and row.rerun_id not in wanted:
+                wanted.append(row.rerun_id)
+    return wanted, certified

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from auditor.core.errors import IntegrityError, StoreError
+from auditor.core.safefile import fsync_dir
 
 CHUNK = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -32,15 +33,6 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or create in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _private_dir(path: Path, *, create: bool = True) -> None:

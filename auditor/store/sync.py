@@ -44,7 +44,13 @@ import sqlalchemy as sa
 
 from auditor.core.errors import IntegrityError, RunConflict, StoreError, StoreUnavailable
 from auditor.core.schema import RunRecord, record_sha256
-from auditor.store.base import CertificateRow, MetricPoint, RunStore, series_digest
+from auditor.store.base import (
+    CertificateRow,
+    MetricPoint,
+    RunStore,
+    runs_to_move,
+    series_digest,
+)
 from auditor.store.signatures import PREFIX as SIG_PREFIX
 from auditor.store.sql import (
     SqlStore,
@@ -109,13 +115,7 @@ def sync(
 def _sync(source: SqlStore, target: SqlStore, run_ids: Sequence[str],
           log: CertificateLog | None, progress: Callable[[str], None]) -> SyncReport:
     report = SyncReport()
-    wanted = list(dict.fromkeys(run_ids))
-    certificates: dict[str, CertificateRow] = {}
-    for run_id in list(wanted):
-        for row in source.certificates(run_id=run_id):
-            certificates[row.sha256] = row
-            if row.rerun_id and row.rerun_id not in wanted:
-                wanted.append(row.rerun_id)
+    wanted, certificates = runs_to_move(source, run_ids)
     moved: set[str] = set()
     for run_id in wanted:
         state = _sync_run(source, target, run_id, report)

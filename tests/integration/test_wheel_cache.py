@@ -18,7 +18,8 @@ import pytest
 from auditor.core.errors import BuildFailed
 from auditor.core.lockfile import Lock, parse_requirements_lock
 from auditor.core.progress import Counter, Reporter
-from auditor.env.wheelcache import Fetcher, WheelCache, file_sha256, requirement_lines
+from auditor.env.wheelcache import Fetcher, WheelCache, requirement_lines
+from auditor.store.blobs import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_LOCK = ROOT / "fixtures" / "train" / "requirements.lock"
@@ -61,7 +62,7 @@ def assert_consistent(cache: WheelCache) -> None:
         for entry in shard.iterdir():
             files = list(entry.iterdir())
             assert len(files) == 1 and files[0].name.endswith(".whl"), files
-            assert file_sha256(files[0]) == entry.name
+            assert sha256_file(files[0]) == entry.name
     leftovers = [p.name for p in cache.tmp.iterdir()] if cache.tmp.exists() else []
     assert not [n for n in leftovers if n.startswith(("download-", "entry-"))], leftovers
 
@@ -101,7 +102,7 @@ def test_a_corrupt_entry_is_detected_refetched_and_reported_once(tmp_path: Path)
     again = cache.ensure(lock, fetcher(), seen)
     corrupt = [line for line in seen.lines if "corrupt" in line]
     assert len(corrupt) == 1 and wheel.path.name in corrupt[0], seen.lines
-    assert seen.fetched() == 1 and file_sha256(again[0].path) == again[0].sha256
+    assert seen.fetched() == 1 and sha256_file(again[0].path) == again[0].sha256
     later = Recorder()
     cache.ensure(lock, fetcher(), later)
     assert later.lines == [] and later.fetched() == 0
