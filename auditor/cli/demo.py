@@ -202,7 +202,8 @@ def _demo() -> int:
         gate_policy = ["--policy", str(policy)]
     from auditor.rerun.bwrap import find_bwrap
 
-    unisolated = bool(backend) and find_bwrap()[0] is None
+    bwrap, no_bwrap = find_bwrap() if backend else (None, "")  # probed only for a venv
+    unisolated = bool(backend) and bwrap is None
     code = sh(audit, "gate", "outputs/model.safetensors", "--key",
               str(OUT / "keys" / "auditor.pub"), *gate_policy, cwd=project, env=env,
               check=not unisolated)
@@ -211,7 +212,7 @@ def _demo() -> int:
             print(f"\nerror: the demo stopped: the gate passed an unisolated rerun (exit "
                   f"{code}, not 1)", file=sys.stderr)
             return 1
-        print(f"\n(exit 1: the rerun was unisolated ({find_bwrap()[1]}), which no gate "
+        print(f"\n(exit 1: the rerun was unisolated ({no_bwrap}), which no gate "
               "accepts, as expected; install bubblewrap or start dockerd to pass it)")
     print("\nNow a run that cannot reproduce: seeded from the clock.")
     sh(audit, "record", "--name", "mlp-clock", "--input", "data/blobs.csv", *train,

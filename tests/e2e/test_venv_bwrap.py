@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import audit, git
+from tests.conftest import audit, commit_repo
 from tests.e2e.test_hostile_rerun import PY, SIX_LOCK
 
 pytestmark = [pytest.mark.slow]
@@ -110,14 +110,8 @@ def listener() -> Iterator[tuple[int, list[bytes]]]:
 
 
 def _repo(root: Path, script: str) -> Path:
-    root.mkdir(parents=True)
-    git(root, "init", "-q", "-b", "main")
-    (root / "train.py").write_text(script)
-    (root / "requirements.lock").write_text(SIX_LOCK)
-    (root / ".gitignore").write_text("outputs/\n")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "train")
-    return root
+    return commit_repo(root, {"train.py": script, "requirements.lock": SIX_LOCK,
+                              ".gitignore": "outputs/\n"})
 
 
 def _record(repo: Path, env: dict[str, str], *args: str) -> str:
