@@ -41,7 +41,6 @@ import functools
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import tarfile
@@ -69,6 +68,7 @@ from auditor.env.wheelcache import (
     Fetcher,
     WheelCache,
     default_root,
+    link_or_copy,
     max_bytes_from_env,
     requirement_lines,
 )
@@ -497,14 +497,7 @@ def _write_context(context: Path, inputs: BuildInputs, sizes: Mapping[str, int],
         (context / "wheelhouse").mkdir()
         for wheel in sorted(inputs.wheelhouse.iterdir()):
             if wheel.is_file():
-                _link_or_copy(wheel, context / "wheelhouse" / wheel.name)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+                link_or_copy(wheel, context / "wheelhouse" / wheel.name)
 
 
 def _follow(stream: Iterable[dict[str, Any]], lines: list[str], say: Progress) -> str | None:

@@ -209,7 +209,7 @@ class WheelCache:
         folder = Path(tempfile.mkdtemp(prefix="serve-", dir=self._tmp()))
         try:
             for wheel in wheels:
-                _link_or_copy(wheel.path, folder / wheel.path.name)
+                link_or_copy(wheel.path, folder / wheel.path.name)
             yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -393,7 +393,8 @@ def _touch(folder: Path) -> None:
         os.utime(folder)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source``, or a copy where a link cannot be made."""
     try:
         os.link(source, target)
     except OSError:
