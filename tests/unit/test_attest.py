@@ -60,7 +60,7 @@ def test_securesystemslib_verifies_our_envelope(tmp_path: Path, kind: str) -> No
     key, pub = load_private_key(private), load_public_key(public)
     data = envelope_bytes(seal(_statement(), key))  # type: ignore[arg-type]
     open_envelope(data, [pub], require_signature=True)  # ours accepts it
-    theirs = SslibKey_for(pub)
+    theirs = sslib_key(pub)
     envelope = SslibEnvelope.from_dict(json.loads(data))
     assert theirs.keyid in envelope.verify([theirs], 1)
     # one flipped byte of the payload: securesystemslib refuses it too
@@ -74,7 +74,7 @@ def test_securesystemslib_verifies_our_envelope(tmp_path: Path, kind: str) -> No
         open_envelope(json.dumps(parsed).encode(), [pub], require_signature=True)
 
 
-def SslibKey_for(pub: object) -> SSlibKey:  # noqa: N802 - reads as the type it makes
+def sslib_key(pub: object) -> SSlibKey:
     return SSlibKey.from_crypto(pub, keyid=keyid(pub))  # type: ignore[arg-type]
 
 
@@ -151,8 +151,8 @@ def test_vsa_round_trip_and_refusals(tmp_path: Path, kind: str) -> None:
     assert payload["predicate"]["verifiedLevels"] == ["AUDITOR_REPRODUCED_BITWISE"]
     assert payload["subject"] == [{"name": "model/w.safetensors", "digest": {"sha256": "ab" * 32}}]
     assert certificate_of_vsa(data, [pub], "vsa") == "cd" * 32
-    assert SslibEnvelope.from_dict(json.loads(data)).verify([SslibKey_for(pub)], 1)
-    other_private, other_public = generate_keypair(tmp_path, "other", kind)
+    assert SslibEnvelope.from_dict(json.loads(data)).verify([sslib_key(pub)], 1)
+    _, other_public = generate_keypair(tmp_path, "other", kind)
     with pytest.raises(IntegrityError, match="does not verify"):
         certificate_of_vsa(data, [load_public_key(other_public)], "vsa")
     failed = envelope_bytes(seal_vsa(vsa_statement(_statement(verdict="not-reproduced"),  # type: ignore[arg-type]
