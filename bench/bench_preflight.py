@@ -42,6 +42,8 @@ REPO = HERE.parent
 RESULTS = HERE / "results"
 FIXTURES = REPO / "fixtures"
 DEFAULT_EXAMPLES = Path("/work/.mirror/pytorch+examples/repo")
+SPARSE = ("/.gitignore", "/mnist/", "/imagenet/", "/word_language_model/*.py",
+          "/word_language_model/requirements.txt")
 GIT_ENV = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.invalid",
            "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.invalid"}
 
@@ -70,7 +72,10 @@ def examples_repo(parent: Path, source: Path) -> tuple[Path, str] | None:
     if not source.exists():
         return None
     dest = parent / "examples"
-    git(parent, "clone", "-q", str(source), str(dest))
+    git(parent, "clone", "-q", "--no-checkout", str(source), str(dest))
+    # only what the cases read (the mirror leaves out the largest data files)
+    git(dest, "sparse-checkout", "set", "--no-cone", *SPARSE)
+    git(dest, "checkout", "-q")
     return dest, git(dest, "rev-parse", "HEAD").strip()
 
 

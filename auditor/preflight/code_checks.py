@@ -167,11 +167,13 @@ def seeds(p: Project) -> list[Finding]:
                            fix="call torch.manual_seed(SEED) (or auditor.seed_everything(SEED)) "
                            "before the model and data loaders are built"))
     given = {w.split("=", 1)[0] for w in p.argv if w.startswith("-")}
+    named: set[str] = set()
     for site, dest in f.seed_options if p.argv else []:
         option = next((o for o in f.options if o.dest == dest), None)
         if option is None or (option.has_default and option.default is not None) or \
-                given & set(option.flags):
+                given & set(option.flags) or dest in named:
             continue
+        named.add(dest)  # one finding per option, at its first seeding call
         out.append(Finding(check="seed", where=str(site),
                            problem=f"{site} seeds from {option.flags[-1]}, which defaults to "
                            "None and the command does not set: the run is unseeded",

@@ -284,6 +284,23 @@ def test_json_schema(tmp_path: Path, venv_lock: tuple[Path, str]) -> None:
         assert "\n" not in finding["problem"] + finding["fix"]
 
 
+def test_preflight_reads_the_code_and_never_runs_it(tmp_path: Path,
+                                                     venv_lock: tuple[Path, str]) -> None:
+    python, lock = venv_lock
+    boom = "import pathlib\npathlib.Path('RAN').write_text('x')\nraise SystemExit(9)\n"
+    root = make_project(tmp_path, lock, train=boom + TRAIN,
+                        extra={"helpers/optim.py": boom + OPTIM})
+    code, report, _ = preflight(root, python, skip=CODE_ONLY)
+    assert (code, report["findings"]) == (0, []) and not (root / "RAN").exists()
+    # without a command: every Python file of the project is read
+    res = audit("preflight", "--json", "--skip", "engine", "--skip", "lockfile", cwd=root)
+    project = json.loads(res.stdout)
+    assert res.returncode == 0 and project["entry"] is None, res.stdout
+    assert sorted(project["source_files"]) == ["helpers/__init__.py", "helpers/model.py",
+                                               "helpers/optim.py", "train.py"]
+    assert not (root / "RAN").exists()
+
+
 def test_a_missing_script_is_one_line_exit_2(tmp_path: Path,
                                              venv_lock: tuple[Path, str]) -> None:
     python, lock = venv_lock

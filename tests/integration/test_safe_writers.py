@@ -66,6 +66,7 @@ READS = {
     ("certificate verify", "artifacts"),
     ("record", "inputs"), ("record", "outputs"), ("record", "code_dir"),
     ("fsck", "keys"), ("push", "key"), ("pull", "key"), ("push", "trust"), ("pull", "trust"),
+    ("preflight", "inputs"), ("init", "inputs"), ("init", "find_links"),
 }
 
 # folders auditor manages with a writer of their own (content-addressed entries written to a
