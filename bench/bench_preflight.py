@@ -4,9 +4,11 @@ training scripts we did not write.
 Cases:
 
 - ``fixtures/train/train_mlp.py``, ``train_api.py``, ``train_timed.py`` and
-  ``fixtures/sweep/train_sweep.py``, each copied with the lockfile and data into a fresh
-  git repository (``.gitignore``: ``outputs/``, ``.auditor/``), run by this venv's Python
-  (which holds far more than the fixture's lock: the lockfile check reports that drift).
+  ``fixtures/sweep/train_sweep.py``, each copied with ``requirements.lock`` and the data
+  into a fresh git repository (``.gitignore``: ``outputs/``, ``.auditor/``), run by a venv
+  installed from that lock (``pip install --require-hashes --no-deps``; made once, about
+  2 minutes, kept in ``~/.cache/auditor-bench/``; ``--fixture-python`` names another), and
+  once more by this venv's Python, which holds far more than the lock (the drift case).
 - pytorch/examples (https://github.com/pytorch/examples, BSD-3-Clause), cloned from a
   local mirror (``--examples``, default ``/work/.mirror/pytorch+examples/repo``; the
   commit is recorded): ``mnist/main.py`` (DataLoader workers built in a dict,
@@ -26,6 +28,7 @@ Usage: ``python bench/bench_preflight.py [--repeat 5] [--examples PATH]``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -68,6 +71,24 @@ def fixture_repo(parent: Path) -> Path:
     return root
 
 
+def fixture_python(given: Path | None) -> Path:
+    """A venv installed from fixtures/train/requirements.lock (made once, then reused)."""
+    if given is not None:
+        return given
+    lock = FIXTURES / "train" / "requirements.lock"
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = cache / "auditor-bench" / f"fixture-env-{digest}"
+    python = folder / "bin" / "python"
+    if not (folder / "done").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--require-hashes",
+                        "--no-deps", "-r", str(lock)], check=True)
+        (folder / "done").write_text("")
+    return python
+
+
 def examples_repo(parent: Path, source: Path) -> tuple[Path, str] | None:
     if not source.exists():
         return None
@@ -105,13 +126,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--examples", type=Path, default=DEFAULT_EXAMPLES)
+    parser.add_argument("--fixture-python", type=Path, default=None)
     args = parser.parse_args()
     python = sys.executable
+    own = str(fixture_python(args.fixture_python))
     cases: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = fixture_repo(Path(tmp))
         for script in ("train_mlp.py", "train_api.py", "train_timed.py", "train_sweep.py"):
-            cases[f"fixtures/{script}"] = measure(root, [python, script], args.repeat)
+            cases[f"fixtures/{script}"] = measure(root, [own, script], args.repeat)
+        cases["fixtures/train_mlp.py, drifted venv"] = measure(root, [python, "train_mlp.py"],
+                                                               args.repeat)
         cloned = examples_repo(Path(tmp), args.examples)
         commit = None
         if cloned is not None:
@@ -124,6 +149,7 @@ def main() -> None:
         "examples_source": "https://github.com/pytorch/examples",
         "examples_commit": commit,
         "python": python,
+        "fixture_python": own,
         "base_image": os.environ.get("AUDITOR_BASE_IMAGE"),
         "repeat": args.repeat,
         "cpus": os.cpu_count(),

@@ -10,6 +10,7 @@ git repository (nothing written).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from auditor.cli.options import PathArg, is_quiet, json_option, quiet_option, wants_json
+from auditor.preflight import CHECKS
 
 if TYPE_CHECKING:
     from auditor.preflight import PreflightReport
 
-CHECK_NAMES = ("ignored-source", "lockfile", "inputs", "seed", "determinism", "dataloader",
-               "engine")
+CHECK_NAMES = tuple(CHECKS)
 SYMBOL = {"ok": "ok  ", "failed": "FAIL", "skipped": "skip"}
 
 _preflight_options = [
@@ -87,9 +88,12 @@ def init_cmd(ctx: click.Context, /, command: tuple[str, ...], ci_provider: str, 
     store (.auditor/) in .gitignore; then audit preflight [-- COMMAND]. A file already there
     is never overwritten; running it again changes nothing and says so."""
     from auditor.preflight import run_preflight
+    from auditor.preflight.code_checks import checked_entry
     from auditor.preflight.setup import InitOptions, init_project, project_root
 
     root = project_root(Path.cwd())
+    if not no_preflight:  # a command that cannot run is refused before anything is written
+        checked_entry(tuple(_argv(command)), Path.cwd(), dict(os.environ))
     steps = init_project(root, InitOptions(ci=None if ci_provider == "none" else ci_provider,
                                            lock=not no_lock, find_links=find_links))
     changed = any(s.action == "wrote" for s in steps)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from auditor.core.errors import InputError
 from auditor.preflight.model import Finding, Project
-from auditor.preflight.source import entry_of, import_closure, scan
+from auditor.preflight.source import Entry, entry_of, import_closure, scan
 
 _OUTPUT_NAME = re.compile(r"out|save|ckpt|checkpoint|log|result|dump|export|cache|tmp|dest",
                           re.IGNORECASE)
@@ -28,11 +28,7 @@ class Skip(Exception):  # a check's "could not look", not an error
 def load_code(p: Project) -> None:
     """The local files the command imports (or, without a command, every Python file of
     the project) and what they say."""
-    entry = entry_of(p.argv, p.cwd, p.env)
-    p.entry = entry
-    if entry.script is not None and not entry.script.is_file():
-        raise InputError(f"the command's script {entry.script} does not exist",
-                         hint="run audit preflight from the folder the training runs in")
+    entry = p.entry = checked_entry(p.argv, p.cwd, p.env)
     if entry.script is None and entry.module is None:
         if p.argv:
             p.notes.append(f"{p.argv[0]} runs no Python script preflight can read: the code "
@@ -47,6 +43,15 @@ def load_code(p: Project) -> None:
     for path in broken:
         p.notes.append(f"{p.label(path)} does not parse as Python: its facts are not read")
     p.facts = scan(p.files, {f: p.label(f) for f in p.files})
+
+
+def checked_entry(argv: tuple[str, ...], cwd: Path, env: dict[str, str]) -> Entry:
+    """What ``argv`` runs; ``InputError`` (exit 2) when its script does not exist."""
+    entry = entry_of(argv, cwd, env)
+    if entry.script is not None and not entry.script.is_file():
+        raise InputError(f"the command's script {entry.script} does not exist",
+                         hint="run it from the folder the training runs in")
+    return entry
 
 
 def _project_files(p: Project) -> list[Path]:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from auditor.core import lockfile as lockmod
 from auditor.core.errors import EngineUnavailable, InputError
-from auditor.preflight.code_checks import Skip
 from auditor.preflight.model import Finding, Project
 from auditor.record.capture import python_env
 
@@ -52,8 +51,10 @@ def lockfile(p: Project) -> list[Finding]:
     if note:
         p.notes.append(note)
     py, _artifacts, reason = python_env.capture_python(python, _discard)
-    if py is None:
-        raise Skip(reason or f"{python} did not answer")
+    if py is None:  # the command itself would fail the same way
+        return [Finding(check="lockfile", problem=reason or f"{python} did not answer",
+                        fix="run the command with an interpreter that exists here (or "
+                        "activate its environment)")]
     p.python_version = py.version
     path = next((f for d in _lock_dirs(p) if (f := lockmod.find_project_lockfile(d))), None)
     if path is None:

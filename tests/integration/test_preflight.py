@@ -308,6 +308,10 @@ def test_a_missing_script_is_one_line_exit_2(tmp_path: Path,
     res = audit("preflight", "--", str(python), "nope.py", cwd=root)
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.startswith("error: the command's script") and res.stderr.count("\n") == 1
+    before = _snapshot(root)
+    res = audit("init", "--no-lock", "--", str(python), "nope.py", cwd=root)
+    assert res.returncode == 2 and res.stderr.startswith("error: the command's script")
+    assert _snapshot(root) == before  # refused before anything was written
 
 
 # ---- audit init -----------------------------------------------------------------------
