@@ -124,11 +124,16 @@ def _ours_lock(path: Path) -> bool:
 
 
 def _workflow(root: Path, provider: str) -> Step:
+    """``audit ci init PROVIDER`` (``release.ci.write_workflow``) unless a workflow is there:
+    the same text as it would write is ``unchanged``, another the user's (``kept``)."""
     from auditor.release import ci
 
     path = root / ci.PROVIDERS[provider]
-    return _ours(path, ci.render_workflow(provider), root,
-                 f"the nightly {provider} workflow of `audit ci init {provider}`")
+    what = f"the nightly {provider} workflow of `audit ci init {provider}`"
+    if path.is_symlink() or path.exists():
+        return _ours(path, ci.render_workflow(provider), root, what)
+    ci.write_workflow(provider, output=path)
+    return Step(path=str(path.relative_to(root)), action="wrote", detail=what)
 
 
 def _gitignore(root: Path) -> Step:
