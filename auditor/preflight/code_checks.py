@@ -11,8 +11,9 @@ import shutil
 from pathlib import Path
 
 from auditor.core.errors import InputError
+from auditor.preflight.facts import scan
 from auditor.preflight.model import Finding, Project
-from auditor.preflight.source import Entry, entry_of, import_closure, scan
+from auditor.preflight.source import Entry, entry_of, import_closure
 
 _OUTPUT_NAME = re.compile(r"out|save|ckpt|checkpoint|log|result|dump|export|cache|tmp|dest",
                           re.IGNORECASE)

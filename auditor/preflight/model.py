@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from auditor.preflight.source import Entry, Facts
+from auditor.preflight.facts import Facts
+from auditor.preflight.source import Entry
 
 SCHEMA_VERSION = 1
 GIT_TIMEOUT_S = 30

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from auditor.preflight.source import entry_of, import_closure, scan
+from auditor.preflight.facts import scan
+from auditor.preflight.source import entry_of, import_closure
 
 
 def write(root: Path, files: dict[str, str]) -> None:
