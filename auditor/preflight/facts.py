@@ -90,7 +90,10 @@ def scan(files: Iterable[Path], label: dict[Path, str] | None = None) -> Facts:
         if tree is None:
             facts.unparsed.append(name)
             continue
-        _Scanner(name, _aliases(tree), facts).visit(tree)
+        try:
+            _Scanner(name, _aliases(tree), facts).visit(tree)
+        except RecursionError:  # nested deeper than the visitor goes: named, not read
+            facts.unparsed.append(name)
     return facts
 
 

@@ -84,7 +84,7 @@ def read_tree(path: Path) -> ast.Module | None:
         if path.stat().st_size > MAX_SOURCE_BYTES:
             return None
         return ast.parse(path.read_bytes(), filename=str(path))
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 
 

@@ -65,6 +65,20 @@ def test_a_file_that_does_not_parse_is_named(tmp_path: Path) -> None:
     assert broken == [(tmp_path / "bad.py").resolve()] and len(files) == 2
 
 
+def test_a_hostile_file_is_named_not_a_crash(tmp_path: Path) -> None:
+    # nested beyond the parser's depth, not UTF-8, and a FIFO posing as a module
+    import os
+
+    write(tmp_path, {"train.py": "import deep, latin, pipe\n",
+                     "deep.py": "x = " + "(" * 100_000 + ")" * 100_000 + "\n"})
+    (tmp_path / "latin.py").write_bytes(b"x = '\xff\xfe'\n")
+    os.mkfifo(tmp_path / "pipe.py")
+    files, broken = import_closure([tmp_path / "train.py"], [tmp_path])
+    names = {p.name for p in broken}
+    assert {"deep.py", "latin.py"} <= names and "pipe.py" not in {p.name for p in files}
+    assert scan(files).unparsed
+
+
 def facts_of(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
     write(tmp_path, {"t.py": text})
     return scan([tmp_path / "t.py"], {tmp_path / "t.py": "t.py"})
