@@ -61,7 +61,7 @@ LAZY_HELP: dict[str, str] = {
     "Markdown, JUnit.",
     "gate": "Pass (exit 0) only when every ARTIFACT has a trusted, recent, good-enough "
     "certificate.",
-    "keys": "Ed25519 signing keys for certificates.",
+    "keys": "Signing keys for certificates (Ed25519, or ECDSA for OpenSSF model signing).",
     "certificate": "Inspect and check certificates.",
     "ci": "Scheduled reproducibility checks in CI.",
     "ui": "Serve the dashboard: runs table, comparison, importance, run pages (read-only).",

@@ -50,6 +50,12 @@ CASES: dict[tuple[str, str], Argv] = {
     ("keys generate", "directory"): lambda t, _: ["keys", "generate", "--dir", t],
     ("ci init", "output"): lambda t, _: ["ci", "init", "--output", t, "--force"],
     ("checkout", "dest"): lambda t, r: ["checkout", r[RUN_A], t],
+    ("certificate export", "cert_out"): lambda t, r: ["certificate", "export", r[RUN_A],
+                                                       "--certificate", t],
+    ("certificate export", "vsa_out"): lambda t, r: ["certificate", "export", r[RUN_A],
+                                                      "--vsa", t],
+    ("certificate export", "model_out"): lambda t, r: ["certificate", "export", r[RUN_A],
+                                                        "--model-signature", t],
 }
 
 # path options that are only read (a new path option must be classified here or above)
@@ -61,7 +67,8 @@ READS = {
     ("verify", "wheelhouse"), ("verify", "ca_bundle"), ("verify", "policy_path"),
     ("verify", "sign_key"),
     ("report", "from_json"), ("report", "keys"),
-    ("gate", "artifacts"), ("gate", "policy_path"), ("gate", "keys"),
+    ("gate", "artifacts"), ("gate", "policy_path"), ("gate", "keys"), ("gate", "attestations"),
+    ("certificate export", "key"), ("certificate export", "trust"),
     ("certificate verify", "cert"), ("certificate verify", "keys"),
     ("certificate verify", "artifacts"),
     ("record", "inputs"), ("record", "outputs"), ("record", "code_dir"),
