@@ -41,6 +41,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "ui": "auditor.cli.ui:ui_cmd",
     "push": "auditor.cli.sync:push", "pull": "auditor.cli.sync:pull",
     "import": "auditor.cli.imports:import_group",
+    "init": "auditor.cli.init:init_cmd",
+    "preflight": "auditor.cli.init:preflight_cmd",
     "batch": "auditor.cli.batch:batch_group",
 }
 
@@ -68,6 +70,8 @@ LAZY_HELP: dict[str, str] = {
     "pull": "Copy runs (record, metrics, artifacts, certificates) from another store, "
     "verified.",
     "import": "Import runs logged elsewhere (MLflow); each says what it lacks to be verified.",
+    "init": "Set this git project up (auditor.toml, lockfile, CI, .gitignore), then preflight.",
+    "preflight": "Is this run re-runnable? Static checks before any GPU hour (exit 0 yes, 1 no).",
     "batch": "Batches of verifications (CI shards, executors): verdicts, nodes, GPUs, reports.",
 }
 

@@ -49,6 +49,8 @@ CASES: dict[tuple[str, str], Argv] = {
     ("report", "junit_path"): lambda t, _: ["report", "--from-json", str(RESULT), "--junit", t],
     ("keys generate", "directory"): lambda t, _: ["keys", "generate", "--dir", t],
     ("ci init", "output"): lambda t, _: ["ci", "init", "--output", t, "--force"],
+    ("batch show", "junit"): lambda t, _: ["batch", "show", "nightly-1", "--junit", t],
+    ("batch show", "markdown"): lambda t, _: ["batch", "show", "nightly-1", "--markdown", t],
     ("checkout", "dest"): lambda t, r: ["checkout", r[RUN_A], t],
     ("certificate export", "cert_out"): lambda t, r: ["certificate", "export", r[RUN_A],
                                                        "--certificate", t],
@@ -73,6 +75,7 @@ READS = {
     ("certificate verify", "artifacts"),
     ("record", "inputs"), ("record", "outputs"), ("record", "code_dir"),
     ("fsck", "keys"), ("push", "key"), ("pull", "key"), ("push", "trust"), ("pull", "trust"),
+    ("preflight", "inputs"), ("init", "inputs"), ("init", "find_links"),
 }
 
 # folders auditor manages with a writer of their own (content-addressed entries written to a

@@ -30,6 +30,7 @@ RANKS: dict[str, int] = {
     "release": 7,
     "verify": 8,
     "ui": 8,
+    "preflight": 8,
     "cli": 9,
 }
 # The package itself is the public Python API: it may use `record` and `core`, and nothing
