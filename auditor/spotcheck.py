@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -361,14 +362,19 @@ def checkpoint_differences(store: RunStore, left: CheckpointRef, right: Checkpoi
     lfiles, rfiles = _files(store, lm), _files(store, rm)
     diffs: list[Difference] = []
     tensor_files = [n for n in lfiles if n.endswith((".safetensors", ".pt", ".pth", ".bin"))]
-    for name in tensor_files:
-        if name not in rfiles:
-            diffs.append(Difference(where=f"{at}/{name}", kind="missing",
-                                    comments=(f"the replay's checkpoint has no {name}",)))
-            continue
-        diffs += compare_weight_files(lfiles[name], rfiles[name], policy.compare,
-                                      where=f"{at}/{name.rsplit('.', 1)[0]}",
-                                      left_sha256=_sha(lm, name), right_sha256=_sha(rm, name))
+    with tempfile.TemporaryDirectory(prefix="auditor-ckpt-") as tmp:
+        for name in tensor_files:
+            if name not in rfiles:
+                diffs.append(Difference(where=f"{at}/{name}", kind="missing",
+                                        comments=(f"the replay's checkpoint has no {name}",)))
+                continue
+            # the readers pick the format by suffix: blobs are named by digest
+            named = [_named(path, name, Path(tmp) / side)
+                     for path, side in ((lfiles[name], "recorded"), (rfiles[name], "replay"))]
+            diffs += compare_weight_files(named[0], named[1], policy.compare,
+                                          where=f"{at}/{name.rsplit('.', 1)[0]}",
+                                          left_sha256=_sha(lm, name),
+                                          right_sha256=_sha(rm, name))
     for found in ck.diff_states(lm.state, rm.state):
         if found.part in ("model", "tensors") or (found.part == "optimizer"
                                                    and "/" in found.name):
@@ -382,6 +388,14 @@ def _files(store: RunStore, manifest: ck.Manifest) -> dict[str, Path]:
     """A checkpoint's files (name -> verified local blob path)."""
     return {name: store.blobs.verified_path(sha, name)
             for name, (sha, _size) in manifest.files.items()}
+
+
+def _named(path: Path, name: str, folder: Path) -> Path:
+    """A link to ``path`` under the file name ``name`` (its suffix picks the reader)."""
+    folder.mkdir(exist_ok=True)
+    link = folder / Path(name).name
+    link.symlink_to(path.resolve())
+    return link
 
 
 def _sha(manifest: ck.Manifest, name: str) -> str | None:

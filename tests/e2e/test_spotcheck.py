@@ -41,6 +41,28 @@ def project(tmp_path_factory: pytest.TempPathFactory,
     root = parent / "proj"
     shutil.copytree(FIXTURES / "ckpt", root)
     shutil.copy(FIXTURES / "train" / "train_mlp.py", root)  # a training without checkpoints
+    # the model's width from a variable a rerun does not get: recorded checkpoints whose
+    # tensors do not fit the model the replay builds
+    (root / "train_ckpt_wide.py").write_text(
+        "import os, sys\n"
+        "sys.argv += ['--hidden', os.environ.get('CKPT_TEST_HIDDEN', '32')]\n"
+        "from train_ckpt import main\n"
+        "main()\n")
+    # a learning rate the script sets itself before every update from step N on, from a
+    # variable a rerun does not get (a hand-written schedule the record does not show)
+    (root / "train_ckpt_lr.py").write_text(
+        "import os\n"
+        "from torch.optim.optimizer import register_optimizer_step_pre_hook\n"
+        "after = os.environ.get('CKPT_TEST_LR_AFTER')\n"
+        "count = [0]\n"
+        "def hook(opt, args, kwargs):\n"
+        "    if after and count[0] >= int(after):\n"
+        "        for group in opt.param_groups:\n"
+        "            group['lr'] = 0.05 + 0.01 * (count[0] - int(after))\n"
+        "    count[0] += 1\n"
+        "register_optimizer_step_pre_hook(hook)\n"
+        "from train_ckpt import main\n"
+        "main()\n")
     (root / "data").mkdir(exist_ok=True)
     shutil.copy(FIXTURES / "data" / "blobs.csv", root / "data")
     (root / ".gitignore").write_text("outputs/\n.auditor/\n__pycache__/\n")
@@ -66,9 +88,11 @@ def verify(project: dict[str, Any], run_id: str, *args: str) -> tuple[int, dict[
     return res.returncode, result, res.stderr
 
 
-def seed_for(segment: int, q: int = 1) -> str:
-    """A seed whose choice of ``q`` segments of N includes ``segment`` (the test aims)."""
-    return next(f"aim-{i}" for i in range(10_000) if segment in choose_segments(f"aim-{i}", N, q))
+def seed_for(*segments: int) -> str:
+    """A seed whose choice of ``len(segments)`` of N segments is exactly these (the test
+    aims, as a verifier's recorded seed would replay)."""
+    return next(f"aim-{i}" for i in range(100_000)
+                if choose_segments(f"aim-{i}", N, len(segments)) == sorted(segments))
 
 
 def reruns(project: dict[str, Any], run_id: str) -> list[str]:
@@ -116,17 +140,24 @@ def test_a_checkpoint_from_other_data_fails_its_segment(project: dict[str, Any])
 
 
 def test_later_segments_with_another_learning_rate_fail(project: dict[str, Any]) -> None:
-    run_id = record(project, env={"CKPT_FIXTURE_LR_AFTER": "50:0.5"})
-    late = 15  # steps 75 -> 80
-    code, result, err = verify(project, run_id, "--segments", "1",
-                               "--segment-seed", seed_for(late))
+    run_id = record(project, "train_ckpt_lr.py", env={"CKPT_TEST_LR_AFTER": "50"})
+    early, late = 4, 16  # steps 20 -> 25 (before the change), 80 -> 85 (after it)
+    code, result, err = verify(project, run_id, "--segments", "2",
+                               "--segment-seed", seed_for(early, late))
     assert code == 1, err
-    assert result["segments"][0]["level"] == "not-reproduced"
-    where = " ".join(d["where"] for d in result["segments"][0]["differences"])
-    assert "checkpoint@80/" in where
+    before, after = result["segments"]
+    assert before["index"] == early and before["level"] == "reproduced-bitwise"
+    assert after["index"] == late and after["level"] == "not-reproduced"
+    where = " ".join(d["where"] for d in after["differences"])
+    assert "checkpoint@85/" in where, where
+    assert "lr" in json.dumps(after["differences"]), after["differences"]
 
 
-def test_an_altered_checkpoint_is_exit_3_before_any_replay(project: dict[str, Any]) -> None:
+def test_an_altered_checkpoint_is_exit_3_before_any_replay(project: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    # a store of its own: checkpoints are content-addressed, and the honest runs of the
+    # other tests share these very bytes
+    project = {**project, "env": {**project["env"], "AUDITOR_STORE": str(tmp_path / "store")}}
     run_id = record(project)
     shown = json.loads(audit("--json", "show", run_id, cwd=project["root"],
                              env=project["env"]).stdout)
@@ -161,10 +192,13 @@ def test_resume_without_the_loader_generator_names_the_data_loader(
     verdict = result["verdict"]
     assert "@step 5" in (verdict["first_divergence"] or ""), verdict["first_divergence"]
     step = int(verdict["first_divergence"].rsplit("@step ", 1)[1])
-    assert step > 50  # the first update after the resume
+    assert step >= 50  # at or after the first resumed update (the fixture logs from 0)
     lead = verdict["causes"][0]
     text = f"{lead['what']} {lead['right']} {lead['explanation']}".lower()
     assert "data-loader" in text or "generator" in text, lead
+    # named before the first resumed update, not only found as a diverging loss
+    assert any("data-loader generator" in r for r in result["spot_check"]["restored"]), \
+        result["spot_check"]
 
 
 def test_bad_input_is_one_line_each(project: dict[str, Any], honest: str) -> None:
@@ -182,3 +216,12 @@ def test_bad_input_is_one_line_each(project: dict[str, Any], honest: str) -> Non
     assert code == 2 and "only 20 segment" in err, err
     code, _, err = verify(project, honest, "--segment-seed", "x")
     assert code == 2 and "--segments" in err, err
+
+
+def test_checkpoint_tensors_that_do_not_fit_the_model_are_named(
+        project: dict[str, Any]) -> None:
+    run_id = record(project, "train_ckpt_wide.py", env={"CKPT_TEST_HIDDEN": "48"})
+    code, _, err = verify(project, run_id, "--segments", "1", "--segment-seed",
+                          seed_for(4))
+    assert code == 2, err
+    assert "tensor `0.weight`" in err and "Traceback" not in err, err
