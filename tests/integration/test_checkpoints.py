@@ -101,7 +101,7 @@ def test_standalone_run_resumes_bitwise_and_a_forgotten_loader_is_named(
     found = ck.diff_states(state_of(fstore, ck.checkpoint_at(forgot, 50)),
                            ck.load_manifest(fstore.blobs, snap).state)
     assert [d.part for d in found] == ["untracked_generator"], found
-    assert "DataLoader #0 (TensorDataset, batch_size=40)" in found[0].message
+    assert "DataLoader `loader` (TensorDataset, batch_size=40)" in found[0].message
     assert "not checkpointed" in found[0].message
     # ...and it does diverge: other batches, other weights at the next checkpoint
     later = ck.diff_states(state_of(fstore, ck.checkpoint_at(forgot, 55)),

@@ -6,7 +6,6 @@ or is absent ends the process with one line and its exit code."""
 
 from __future__ import annotations
 
-import gc
 import json
 import random
 import tracemalloc
@@ -126,8 +125,6 @@ def test_files_are_safetensors_and_json_written_tensor_by_tensor(tmp_path: Path)
     opt.step()
     run = Probe(tmp_path)
     size = sum(p.numel() * 4 for p in model.parameters())
-    run.checkpoint(0, model=model)  # the first call scans for DataLoaders once (gc list)
-    run.wait_checkpoints()
     tracemalloc.start()
     run.checkpoint(1, model=model, optimizer=opt)
     _, peak = tracemalloc.get_traced_memory()
@@ -258,16 +255,18 @@ def test_diff_names_the_optimizer_tensor_the_rng_and_an_untracked_loader(
     run.wait_checkpoints()
     forgot = json.loads((tmp_path / "forgot" / "step-00000003" / "manifest.json").read_bytes())
     assert list(forgot["state"]["untracked_generators"]) == [
-        "DataLoader #0 (TensorDataset, batch_size=20)"]
+        "DataLoader `loader` (TensorDataset, batch_size=20)"]
     del loader  # the original's loader is gone, as in a new process
-    gc.collect()
-    model2, opt2, sched2, gen2, loader2 = build()  # the restart: a fresh loader generator
-    step = run_resume(tmp_path, monkeypatch, tmp_path / "forgot" / "step-00000003",
-                      model2, opt2, scheduler=sched2)
-    assert step == 3
+    assert restart(tmp_path, monkeypatch, tmp_path / "forgot" / "step-00000003") == 3
     resumed = json.loads((tmp_path / "resumer" / "resumed-00000003" / "manifest.json")
                          .read_bytes())
     found = diff_states(forgot["state"], resumed["state"])
     assert [d.part for d in found] == ["untracked_generator"], found
     assert "not checkpointed" in found[0].message
-    assert loader2 is not None and gen2 is not None
+
+
+def restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: Path) -> int:
+    """A restarted script: a fresh loader (its generator at its seed), resumed."""
+    model, opt, sched, _gen, loader = build()
+    assert loader is not None
+    return run_resume(tmp_path, monkeypatch, folder, model, opt, scheduler=sched)
