@@ -33,6 +33,7 @@ import mmap
 import os
 import queue
 import random
+import shutil
 import struct
 import sys
 import threading
@@ -756,18 +757,8 @@ class CheckpointMixin:
         folder = self._spool_root() / step_dir(checked)
         (folder / "files").mkdir(parents=True, exist_ok=True)
         dest = folder / "files" / source.name
-        with contextlib.suppress(FileExistsError):
-            dest.unlink()
-        try:
-            os.link(source, dest)  # no copy when on the same filesystem
-            # the script may rewrite its file in place: keep our own bytes
-            if dest.stat().st_nlink > 1:
-                dest.unlink()
-                raise OSError
-        except OSError:
-            import shutil
-
-            shutil.copyfile(source, dest)
+        # a copy, now: scripts overwrite their "last.pt" at the next save
+        shutil.copyfile(source, dest)
         self._hand(folder, checked, "registered", {f"files/{source.name}": dest})
 
     def resume(self, model: Any = None, optimizer: Any = None, *, scheduler: Any = None,

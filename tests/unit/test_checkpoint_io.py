@@ -270,3 +270,33 @@ def restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: Path) -> in
     model, opt, sched, _gen, loader = build()
     assert loader is not None
     return run_resume(tmp_path, monkeypatch, folder, model, opt, scheduler=sched)
+
+
+@pytest.mark.parametrize("fmt", ["torch", "safetensors"])
+def test_a_registered_checkpoint_file_is_kept_with_per_tensor_digests(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    from safetensors.torch import save_file
+
+    model, _opt, *_ = build()
+    path = tmp_path / ("last.pt" if fmt == "torch" else "last.safetensors")
+    if fmt == "torch":
+        torch.save({"model": model.state_dict(), "rng": torch.get_rng_state()}, path)
+    else:
+        save_file(model.state_dict(), str(path))
+    run = Probe(tmp_path / "spool")
+    run.log_checkpoint(path, 7)
+    path.write_bytes(b"overwritten by the next save")  # our copy was taken at the call
+    run.wait_checkpoints()
+    folder = tmp_path / "spool" / "step-00000007"
+    manifest = json.loads((folder / "manifest.json").read_bytes())
+    assert manifest["kind"] == "registered" and list(manifest["files"]) == [f"files/{path.name}"]
+    tensors = manifest["state"]["tensors"]
+    key = "model/0.weight" if fmt == "torch" else "0.weight"
+    assert tensors[key]["shape"] == [16, 4]
+    if fmt == "torch":
+        assert "rng" in tensors  # the script's own RNG tensor, digested like any other
+    monkeypatch.setenv(cio.RESUME_ENV, str(folder))
+    again = Probe(tmp_path / "again")
+    restored = again.resume_file()
+    assert restored is not None and again.resumed_step == 7
+    assert restored.read_bytes() != b"overwritten by the next save"
