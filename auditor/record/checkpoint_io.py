@@ -415,24 +415,50 @@ def _b64_digest(value: str | None) -> str | None:
     return None if value is None else sha256_bytes(base64.b64decode(value))
 
 
-def spool_api(folder: Path, step: int, *, model: Any, optimizer: Any, scheduler: Any,
-              generators: Sequence[Any], extra: Mapping[str, Any] | None,
-              metrics: Mapping[str, tuple[int, float]],
-              loaders: _LoaderScan | None) -> dict[str, Path]:
-    """Write one checkpoint's files into ``folder`` (the hot path: no hashing)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    state: dict[str, Any] = {"format": FORMAT, "step": step}
-    if model is not None:
-        tensors = list(model.state_dict().items())
-        write_safetensors(folder / MODEL_FILE, tensors)
-        files[MODEL_FILE] = folder / MODEL_FILE
-    state["optimizer"] = None
+SMALL_CHECKPOINT = 8 << 20  # up to this many tensor bytes a checkpoint is copied, then
+# written by the background thread; larger ones are streamed from the live tensors
+
+
+class Captured:
+    """One checkpoint's content, taken in the caller's thread: the tensors (the live ones,
+    or copies for a small checkpoint) and the JSON state."""
+
+    def __init__(self, model: list[tuple[str, Any]] | None,
+                 optimizer: list[tuple[str, Any]] | None, state: dict[str, Any]) -> None:
+        self.model, self.optimizer, self.state = model, optimizer, state
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size()
+                   for part in (self.model or [], self.optimizer or []) for _, t in part)
+
+    def detach(self) -> None:
+        """Copy the tensors, so the training may change its own while they are written."""
+        for part in (self.model, self.optimizer):
+            if part is not None:
+                part[:] = [(n, _cpu(t).clone()) for n, t in part]
+
+    def write(self, folder: Path) -> dict[str, Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        files: dict[str, Path] = {}
+        for name, part in ((MODEL_FILE, self.model), (OPTIMIZER_FILE, self.optimizer)):
+            if part is not None:
+                write_safetensors(folder / name, part)
+                files[name] = folder / name
+        (folder / STATE_FILE).write_bytes(canonical(self.state))
+        files[STATE_FILE] = folder / STATE_FILE
+        return files
+
+
+def capture_api(step: int, *, model: Any, optimizer: Any, scheduler: Any,
+                generators: Sequence[Any], extra: Mapping[str, Any] | None,
+                metrics: Mapping[str, tuple[int, float]],
+                loaders: _LoaderScan | None) -> Captured:
+    """What one checkpoint holds, now (no file written, nothing hashed)."""
+    state: dict[str, Any] = {"format": FORMAT, "step": step, "optimizer": None}
+    model_part = list(model.state_dict().items()) if model is not None else None
+    opt_part = None
     if optimizer is not None:
-        tensors, other = optimizer_parts(optimizer, model)
-        write_safetensors(folder / OPTIMIZER_FILE, tensors)
-        files[OPTIMIZER_FILE] = folder / OPTIMIZER_FILE
-        state["optimizer"] = other
+        opt_part, state["optimizer"] = optimizer_parts(optimizer, model)
     state["scheduler"] = (None if scheduler is None else
                           _jsonround(scheduler.state_dict(), "the scheduler's state"))
     state["rng"] = rng_states()
@@ -441,9 +467,17 @@ def spool_api(folder: Path, step: int, *, model: Any, optimizer: Any, scheduler:
     state["untracked_generators"] = {k: _b64(g.get_state()) for k, g in untracked.items()}
     state["extra"] = None if extra is None else _jsonround(dict(extra), "extra")
     state["metrics"] = {k: [s, float_bits(v)] for k, (s, v) in metrics.items()}
-    (folder / STATE_FILE).write_bytes(canonical(state))
-    files[STATE_FILE] = folder / STATE_FILE
-    return files
+    return Captured(model_part, opt_part, state)
+
+
+def spool_api(folder: Path, step: int, *, model: Any, optimizer: Any, scheduler: Any,
+              generators: Sequence[Any], extra: Mapping[str, Any] | None,
+              metrics: Mapping[str, tuple[int, float]],
+              loaders: _LoaderScan | None) -> dict[str, Path]:
+    """Write one checkpoint's files into ``folder`` now (no hashing)."""
+    return capture_api(step, model=model, optimizer=optimizer, scheduler=scheduler,
+                       generators=generators, extra=extra, metrics=metrics,
+                       loaders=loaders).write(folder)
 
 
 def finish_spool(folder: Path, step: int, kind: str, files: Mapping[str, Path]) -> bytes:
@@ -733,12 +767,15 @@ class CheckpointMixin:
         if self._ckpt_loaders is None:
             self._ckpt_loaders = _LoaderScan()
         folder = self._spool_root() / step_dir(step)
+        captured = capture_api(step, model=model, optimizer=optimizer, scheduler=scheduler,
+                               generators=gens, extra=extra, metrics=self._metrics_so_far(),
+                               loaders=self._ckpt_loaders)
+        if captured.nbytes() <= SMALL_CHECKPOINT:
+            captured.detach()  # a copy: the files are written in the background
+            self._hand(folder, step, "api", captured)
+            return True
         try:
-            files = spool_api(folder, step, model=model, optimizer=optimizer,
-                              scheduler=scheduler, generators=gens, extra=extra,
-                              metrics=self._metrics_so_far(), loaders=self._ckpt_loaders)
-        except AuditorError:
-            raise
+            files = captured.write(folder)  # streamed from the live tensors
         except OSError as exc:
             raise InputError(f"checkpoint step {step}: cannot write {folder}: "
                              f"{exc.strerror or exc}") from None
@@ -803,13 +840,15 @@ class CheckpointMixin:
         self._ckpt_last = step
         return step
 
-    def _hand(self, folder: Path, step: int, kind: str, files: Mapping[str, Path]) -> None:
+    def _hand(self, folder: Path, step: int, kind: str,
+              files: Mapping[str, Path] | Captured) -> None:
         if self._ckpt_worker is None:
             self._ckpt_worker = Worker()
 
         def job() -> None:
-            finish_spool(folder, step, kind, files)
-            self._stored(folder, step, kind, files)
+            written = files.write(folder) if isinstance(files, Captured) else files
+            finish_spool(folder, step, kind, written)
+            self._stored(folder, step, kind, written)
 
         self._ckpt_worker.put(job)
         target = stop_at()

@@ -421,13 +421,12 @@ def ingest_spool(blobs: BlobStore, root: Path, *, opener: Opener | None = None,
 
 def _ingest_one(blobs: BlobStore, root: Path, name: str, step: int, prefix: str,
                 open_file: Opener, max_bytes: int, result: SpoolResult) -> None:
-    try:
-        with open_file(root, f"{name}/{MANIFEST}") as fh:
-            data = fh.read(MANIFEST_LIMIT + 1)
-    except FileNotFoundError:
+    if not os.path.lexists(root / name / MANIFEST):  # only for the message: opened below
         result.warnings.append(f"checkpoint {name} not stored: no manifest (the process "
                                "ended while writing it)")
         return
+    with open_file(root, f"{name}/{MANIFEST}") as fh:
+        data = fh.read(MANIFEST_LIMIT + 1)
     if len(data) > MANIFEST_LIMIT:
         raise InputError(f"its manifest is over {MANIFEST_LIMIT} bytes")
     manifest = parse_manifest(data, f"checkpoint {name}")

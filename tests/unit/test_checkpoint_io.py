@@ -125,12 +125,16 @@ def test_files_are_safetensors_and_json_written_tensor_by_tensor(tmp_path: Path)
     opt.step()
     run = Probe(tmp_path)
     size = sum(p.numel() * 4 for p in model.parameters())
-    tracemalloc.start()
+    small = torch.nn.Linear(2, 2)
+    run.checkpoint(0, model=small, optimizer=torch.optim.SGD(small.parameters()))  # warm
+    run.wait_checkpoints()  # (lazy imports and caches of a first call are not the point)
+    tracemalloc.start()  # the call, and the background thread hashing it (1 MB chunks)
     run.checkpoint(1, model=model, optimizer=opt)
+    run.wait_checkpoints()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    run.wait_checkpoints()
-    assert peak < size // 20, f"{peak} bytes of Python buffers for a {size}-byte model"
+    # model + momentum: 2 x 16.8 MB; a serialiser building the file in memory needs more
+    assert peak < 4 << 20, f"{peak} bytes of Python buffers for a 2 x {size}-byte checkpoint"
     folder = tmp_path / "step-00000001"
     for name in ("model.safetensors", "optimizer.safetensors"):
         head = (folder / name).read_bytes()[:2]
