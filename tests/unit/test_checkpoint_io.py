@@ -304,3 +304,31 @@ def test_a_registered_checkpoint_file_is_kept_with_per_tensor_digests(
     restored = again.resume_file()
     assert restored is not None and again.resumed_step == 7
     assert restored.read_bytes() != b"overwritten by the next save"
+
+
+def test_the_attached_api_loads_and_checkpoints_with_the_standard_library_alone(
+        tmp_path: Path) -> None:
+    """Inside a rerun only the mounted package is on the path: no pydantic, SQLAlchemy,
+    numpy or torch. `python -S` with the repository alone on its path stands for it."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    code = ("import sys, auditor\n"
+            "run = auditor.start_run(params={'a': 1})\n"
+            "assert type(run).__name__ == 'AttachedRun', run\n"
+            "assert run.resume() == 0\n"
+            "assert run.checkpoint(4, extra={'epoch': 0})\n"
+            "run.end()\n"
+            "heavy = {'pydantic', 'sqlalchemy', 'numpy', 'torch'} & set(sys.modules)\n"
+            "assert not heavy, heavy\n")
+    env = {"PYTHONPATH": str(repo), "AUDITOR_RUN_ID": "0" * 26,
+           "AUDITOR_PROBE_DIR": str(probe), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((probe / "checkpoints" / "step-00000004" / "manifest.json")
+                          .read_bytes())
+    assert manifest["step"] == 4 and list(manifest["files"]) == ["state.json"]
