@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from auditor.record import checkpoint_io as cio
-from auditor.record.checkpoints import diff_states
+from auditor.record.checkpoints import checkpoint_error, diff_states
 
 
 class Probe(cio.CheckpointMixin):
@@ -191,6 +191,12 @@ def test_a_forgotten_generator_and_a_missing_checkpoint_exit_2(
         run_resume(tmp_path, monkeypatch, tmp_path / "empty", model, opt)
     assert exc.value.code == 2
     assert "resume requested but no checkpoint in" in capsys.readouterr().err
+    # under a recorder the same line is left in the probe folder for the verifier
+    monkeypatch.setenv("AUDITOR_PROBE_DIR", str(tmp_path))
+    with pytest.raises(SystemExit):
+        run_resume(tmp_path, monkeypatch, tmp_path / "empty", model, opt)
+    found = checkpoint_error(tmp_path)
+    assert found is not None and found[0] == 2 and "no checkpoint in" in found[1]
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
