@@ -46,9 +46,23 @@ from auditor.record.checkpoint_io import (
 from auditor.store.blobs import BlobStore
 
 __all__ = [
-    "RESUME_ENV", "STOP_ENV", "Manifest", "NoCheckpointAt", "NoCheckpoints", "SpoolResult",
-    "StateDifference", "checkpoint_at", "diff_states", "ingest_spool", "list_checkpoints",
-    "load_manifest", "materialise", "parse_manifest", "resumed_snapshot", "verify_checkpoint",
+    "RESUME_ENV",
+    "STOP_ENV",
+    "Manifest",
+    "NoCheckpointAt",
+    "NoCheckpoints",
+    "SpoolResult",
+    "StateDifference",
+    "checkpoint_at",
+    "checkpoint_error",
+    "diff_states",
+    "ingest_spool",
+    "list_checkpoints",
+    "load_manifest",
+    "materialise",
+    "parse_manifest",
+    "resumed_snapshot",
+    "verify_checkpoint",
 ]
 
 MANIFEST_LIMIT = 64 << 20
@@ -421,13 +435,12 @@ def ingest_spool(blobs: BlobStore, root: Path, *, opener: Opener | None = None,
 
 def _ingest_one(blobs: BlobStore, root: Path, name: str, step: int, prefix: str,
                 open_file: Opener, max_bytes: int, result: SpoolResult) -> None:
-    try:
-        with open_file(root, f"{name}/{MANIFEST}") as fh:
-            data = fh.read(MANIFEST_LIMIT + 1)
-    except FileNotFoundError:
+    if not os.path.lexists(root / name / MANIFEST):  # only for the message: opened below
         result.warnings.append(f"checkpoint {name} not stored: no manifest (the process "
                                "ended while writing it)")
         return
+    with open_file(root, f"{name}/{MANIFEST}") as fh:
+        data = fh.read(MANIFEST_LIMIT + 1)
     if len(data) > MANIFEST_LIMIT:
         raise InputError(f"its manifest is over {MANIFEST_LIMIT} bytes")
     manifest = parse_manifest(data, f"checkpoint {name}")
@@ -456,6 +469,21 @@ def _ingest_one(blobs: BlobStore, root: Path, name: str, step: int, prefix: str,
     result.checkpoints.append(CheckpointRef(step=step, manifest=msha,
                                             kind=cast(CheckpointKind, manifest.kind),
                                             size=size, files=len(manifest.files)))
+
+
+def checkpoint_error(probe: Path, *, opener: Opener | None = None) -> tuple[int, str] | None:
+    """The error a resume or stop met in the training process (``checkpoint_io.fail``
+    leaves ``<probe>/checkpoint-error.json``): (exit code, message), or None."""
+    open_file = opener or _plain_open
+    try:
+        with open_file(probe, "checkpoint-error.json") as fh:
+            data = json.loads(fh.read(1 << 16))
+    except Exception:  # noqa: BLE001 - absent, a link, garbage: no error to report
+        return None
+    if (isinstance(data, dict) and isinstance(data.get("exit_code"), int)
+            and isinstance(data.get("message"), str)):
+        return data["exit_code"], " ".join(data["message"].split())[:500]
+    return None
 
 
 def spool_name(step: int, kind: str) -> str:

@@ -78,7 +78,8 @@ class Run(MetricLogger, CheckpointMixin):
     # -- checkpoints (checkpoint, log_checkpoint, resume come from CheckpointMixin) ----
     def _spool_root(self) -> Path:
         root = self._store.blobs.root / "spool" / self.id
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not root.is_dir():
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
         return root
 
     def _stored(self, folder: Path, step: int, kind: str, files: Mapping[str, Path]) -> None:
