@@ -29,7 +29,6 @@ generator, a sampler, an RNG the script did not hand over).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -71,8 +70,6 @@ from auditor.store import RunStore, store_dir_of
 
 Progress = Callable[[str], None]
 RESUME_FOLDER = "resume"  # inside the rerun's probe folder
-ERROR_FILE = "checkpoint-error.json"  # the API's one-line error, written in the probe folder
-ERROR_LIMIT = 64 << 10
 DATA_STATE_CAUSE = (
     "Everything the checkpoint restored matched the state recorded at that step, yet the "
     "resumed training diverged: the difference lies in state the checkpoint does not hold "
@@ -315,16 +312,13 @@ def _readable(folder: Path) -> None:
 
 def _raise_api_error(probe: Path) -> None:
     """The checkpoint API's own error in the rerun (a tensor that does not match the model,
-    a missing or altered file), with its exit code, in place of a verdict."""
-    try:
-        with open_inside(probe, ERROR_FILE) as handle:
-            data = json.loads(handle.read(ERROR_LIMIT))
-    except Exception:  # noqa: BLE001 - no such file, or not what the API writes
+    a missing or altered file), with its exit code, in place of a verdict; the file is the
+    rerun's, read as untrusted input (``open_inside``)."""
+    found = ck.checkpoint_error(probe, opener=open_inside)
+    if found is None:
         return
-    if not isinstance(data, dict) or not isinstance(data.get("message"), str):
-        return
-    message = " ".join(data["message"].split())[:600]
-    if data.get("exit_code") == 2:
+    code, message = found
+    if code == 2:
         raise InputError(f"the replay stopped: {message}",
                          hint="the checkpoint does not fit the model the script builds")
     raise CouldNotVerify(f"the replay stopped: {message}")
