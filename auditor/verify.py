@@ -136,6 +136,16 @@ def _check_verifiable(store: RunStore, record: RunRecord, policy: RerunPolicy) -
     return check_gpus(record, allow_mismatch=policy.allow_gpu_mismatch)
 
 
+def preflight(store: RunStore, original: RunRecord, policy: Policy, opts: VerifyOptions
+              ) -> list[str]:
+    """The checks every verification makes before it builds anything (a full one, or a
+    partial one of ``spotcheck``): the run verifiable, the signing key and the certificate
+    target usable; the notes for the certificate."""
+    notes = _check_verifiable(store, original, policy.rerun)
+    _check_outputs(opts)
+    return notes
+
+
 def _check_outputs(opts: VerifyOptions) -> None:
     """The signing key and the certificate target, checked before any build: a bad key or
     an unwritable target is exit 2 now, not after a cold image build and a rerun."""

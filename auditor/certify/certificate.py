@@ -58,6 +58,38 @@ class Subject(BaseModel):
     digest: dict[str, str] = Field(min_length=1)
 
 
+class SegmentRow(BaseModel):
+    """One replayed segment, as the certificate states it."""
+
+    model_config = _READER
+    index: int
+    start: int
+    end: int
+    verdict: str
+    first_difference: str | None = None
+
+
+class PartialCheck(BaseModel):
+    """A spot-check or resume check: what was replayed, from what seed, what it catches
+    (``certify.segments``: anyone re-derives ``chosen`` from ``seed`` and
+    ``segments_total``)."""
+
+    model_config = _READER
+    segments_total: int
+    chosen: list[int] = Field(default_factory=list)
+    seed: str | None = None
+    seed_source: str = ""
+    replayed_steps: int = 0
+    total_steps: int = 0
+    fraction: float = 0.0
+    catch_one: float | None = None
+    catch_tenth_k: int | None = None
+    catch_tenth: float | None = None
+    resume_at: int | None = None
+    restored: list[str] = Field(default_factory=list)
+    segments: list[SegmentRow] = Field(default_factory=list)
+
+
 class ReproductionPredicate(BaseModel):
     """What was reproduced, how well, and the evidence (records, image, policy) behind it."""
 
@@ -83,6 +115,11 @@ class ReproductionPredicate(BaseModel):
     not_compared: list[Subject] = Field(default_factory=list)
     issued_at: datetime
     auditor_version: str
+    # "full": the whole training was rerun; "spot-check": sampled segments between
+    # checkpoints were replayed (a lower level: gates refuse it unless accept_spot_check);
+    # "resume": resumed from a checkpoint to the end (never release evidence)
+    check: Literal["full", "spot-check", "resume"] = "full"
+    partial: PartialCheck | None = None
 
     @field_validator("issued_at")
     @classmethod

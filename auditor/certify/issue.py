@@ -22,7 +22,9 @@ from pathlib import Path
 from auditor.certify import log as certlog
 from auditor.certify.attest import model_subject
 from auditor.certify.certificate import (
+    PartialCheck,
     ReproductionPredicate,
+    SegmentRow,
     Subject,
     envelope_bytes,
     make_statement,
@@ -59,6 +61,34 @@ def subjects_of(original: RunRecord, verdict: Verdict) -> list[Subject]:
     return subjects
 
 
+def partial_subjects(original: RunRecord, result: VerifyResult) -> list[Subject]:
+    """What a spot-check certifies: the run's outputs (every ``output`` artifact the policy
+    does not ignore) and its record, on the evidence of the replayed segments; the
+    predicate's ``check`` says so, and gates refuse it unless they accept spot-checks. A
+    resume check certifies the record only: it says the script resumes equivalently."""
+    subjects = []
+    if result.check == "spot-check":
+        from auditor.core.policy import Policy
+
+        policy = Policy.from_table(dict(result.policy)).compare
+        subjects = [Subject(name=a.name, digest={"sha256": a.sha256})
+                    for a in original.outputs() if not policy.is_ignored(a.name)]
+    subjects.append(
+        Subject(name=f"record:{original.identity.id}", digest={"sha256": record_sha256(original)})
+    )
+    return subjects
+
+
+def partial_of(result: VerifyResult) -> PartialCheck | None:
+    """The certificate's statement of a spot-check or resume check."""
+    spot = result.spot_check
+    if result.check == "full" or spot is None:
+        return None
+    rows = [SegmentRow(index=s.index, start=s.start, end=s.end, verdict=s.level,
+                       first_difference=s.first_difference) for s in result.segments]
+    return PartialCheck(**spot.model_dump(), segments=rows)
+
+
 def issue_certificate(
     store: RunStore,
     result: VerifyResult,
@@ -72,7 +102,8 @@ def issue_certificate(
     if level == "could-not-verify":  # never certified: verify raises before it gets here
         why = result.verdict.notes[-1] if result.verdict.notes else "see the notes"
         raise CouldNotVerify(f"run {original.identity.id} could not be verified: {why}")
-    subjects = subjects_of(original, result.verdict)
+    subjects = (subjects_of(original, result.verdict) if result.check == "full"
+                else partial_subjects(original, result))
     predicate = ReproductionPredicate(
         verdict=level,
         original_run=original.identity.id,
@@ -94,6 +125,8 @@ def issue_certificate(
                       for a in uncertified_outputs(original.outputs(), result.verdict)],
         issued_at=datetime.now(UTC),
         auditor_version=__version__,
+        check=result.check,
+        partial=partial_of(result),
     )
     key = load_private_key(key_path) if key_path else None
     envelope = seal(make_statement(subjects, predicate), key)

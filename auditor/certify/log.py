@@ -226,6 +226,17 @@ def verify_log(where: Path | LogParts, trusted: list[PublicKey] | None = None) -
     return len(lines)
 
 
+def log_head(store: RunStore) -> str:
+    """The sha256 of the store's certificate log's last line (``GENESIS`` when empty), after
+    the chain is checked: what a spot-check's segment seed is derived from."""
+    log = log_of(store)
+    if not has_log(log):
+        return GENESIS
+    verify_log(log)
+    head = _read_head(log)
+    return head.line_sha256 if head else GENESIS
+
+
 def read_entries(where: Path | LogParts) -> list[LogEntry]:
     """The log's entries, after ``verify_log`` (unsigned head) has passed."""
     verify_log(where)

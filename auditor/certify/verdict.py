@@ -68,6 +68,42 @@ class Verdict(BaseModel):
         return EXIT_CODES[self.level]
 
 
+Check = Literal["full", "spot-check", "resume"]
+
+
+class SegmentOutcome(BaseModel):
+    """One replayed segment of a spot-check (or the resumed stretch of a resume check):
+    from the checkpoint at ``start`` to the one at ``end``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
+    index: int  # segment k: checkpoint k -> k + 1 (0-based); -1 for a resume check
+    start: int  # step of the starting checkpoint
+    end: int  # step of the checkpoint it must reach (the run's last step for a resume)
+    level: Level
+    first_difference: str | None = None
+    differences: list[Difference] = Field(default_factory=list)
+    rerun_run: str | None = None
+    seconds: float = 0.0
+
+
+class SpotCheck(BaseModel):
+    """What a partial verification replayed, chosen how, and what it could catch."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
+    segments_total: int  # n: segments between consecutive recorded checkpoints
+    chosen: list[int] = Field(default_factory=list)  # segment indexes replayed
+    seed: str | None = None  # the text choose_segments ranked by
+    seed_source: str = ""  # "given" or "certificate-log head <sha256> + fresh randomness"
+    replayed_steps: int = 0
+    total_steps: int = 0
+    fraction: float = 0.0  # replayed_steps / total_steps
+    catch_one: float | None = None  # chance to catch 1 bad segment of n
+    catch_tenth_k: int | None = None  # k = 10% of n (at least 1)
+    catch_tenth: float | None = None  # chance to catch catch_tenth_k bad segments of n
+    resume_at: int | None = None  # a resume check: the step resumed from
+    restored: list[str] = Field(default_factory=list)  # restored-state differences, named
+
+
 class VerifyResult(BaseModel):
     """A whole verification: what was compared with what, and the conclusion."""
 
@@ -88,3 +124,8 @@ class VerifyResult(BaseModel):
     seconds: dict[str, float] = Field(default_factory=dict)  # build, rerun, compare, total
     metric_series: dict[str, dict[str, list[tuple[int, float]]]] = Field(default_factory=dict)
     # ^ {"original": {"loss": [(step, value), ...]}, "rerun": {...}}, downsampled for plots
+    # what was replayed: the whole training ("full"), sampled segments ("spot-check"), or
+    # from a checkpoint to the end ("resume"); partial checks carry their segments
+    check: Check = "full"
+    spot_check: SpotCheck | None = None
+    segments: list[SegmentOutcome] = Field(default_factory=list)

@@ -193,6 +193,16 @@ def rerun_cmd(ctx: click.Context, /, run: str, **kw: Any) -> None:
 @click.option("--certificate", type=OutFile, help="Also write the certificate here.")
 @click.option("--report-dir", type=OutFolder, help="Write each run's HTML report here.")
 @report_options
+@click.option("--segments", "segments", type=int, metavar="Q",
+              help="Spot-check: replay Q segments between the run's checkpoints, chosen by "
+                   "the verifier (a lower level than a full rerun).")
+@click.option("--segment-seed", metavar="SEED",
+              help="With --segments: replay the choice a certificate records.")
+@click.option("--resume-at", "resume_at", type=int, metavar="STEP",
+              help="Resume equivalence: resume from the checkpoint at STEP, train to the "
+                   "end and compare with the uninterrupted run.")
+@click.option("--profile", metavar="NAME",
+              help="Tolerance profile: strict, standard, relaxed (or the project's own).")
 @click.option("--timeout", default=3600, show_default=True, help="Rerun wall-clock limit (s).")
 @click.option("--memory", default="8g", show_default=True, help="Rerun memory limit.")
 @click.option(
@@ -205,18 +215,27 @@ def rerun_cmd(ctx: click.Context, /, run: str, **kw: Any) -> None:
 @quiet_option
 @click.pass_context
 def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any) -> None:
-    """Rebuild, rerun, compare and certify: exit 0 reproduced, 1 not, 3 could not verify."""
+    """Rebuild, rerun, compare and certify: exit 0 reproduced, 1 not, 3 could not verify.
+
+    With --segments Q, a spot-check replays Q segments between the run's checkpoints; with
+    --resume-at STEP, the run resumes from its checkpoint at STEP and must match the
+    uninterrupted run."""
     from auditor.store.query import verifiable_runs
 
     if bool(run) == all_runs:
         raise InputError("give exactly one of RUN or --all")
     if kw.get("shard") and not all_runs:
         raise InputError("--shard splits --all", hint="use --all --shard I/N")
+    partial = _partial(kw, all_runs)
+    if partial is not None and (kw.get("batch_id") or kw.get("shard")):
+        raise InputError("--segments and --resume-at are not part of a batch",
+                         hint="leave out --batch/--shard")
     targets = report_targets(kw)
     if all_runs and "html" in targets:
         raise InputError("--html writes one run's report", hint="with --all use --report-dir")
     _check_inputs(targets, kw)  # before the store, any build or rerun: bad input is exit 2 now
-    policy = policy_from(kw)
+    profile = kw.pop("profile", None)
+    policy = policy_from(kw) if profile is None else _profiled(kw, profile)
     opts = _verify_options(kw)
     opts = replace(
         opts, limits=replace(opts.limits, timeout_s=kw["timeout"], mem_limit=kw["memory"])
@@ -226,7 +245,10 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
     ids = (verifiable_runs(store, since=kw.get("since"), tags=kw.get("tags") or (),
                            name=kw.get("name_glob"))
            if all_runs else [store.resolve(run or "")])
-    if batch is not None:
+    failures: list[tuple[str, int, str]] = []
+    if partial is not None:
+        results = [_verify_partial(ctx, store, ids[0], policy, opts, partial)]
+    elif batch is not None:
         results, failures = _verify_batch(ctx, store, ids, policy, opts, batch, kw,
                                           single=not all_runs)
     else:
@@ -267,6 +289,52 @@ def _verify_batch(ctx: click.Context, store: RunStore, ids: list[str], policy: P
         for run_id, why in done.skipped:
             click.echo(f"{run_id}: skipped: {why}", err=True)
     return done.results, done.failures
+
+
+def _partial(kw: dict[str, Any], all_runs: bool) -> tuple[str, int, str | None] | None:
+    """``("segments", Q, seed)`` or ``("resume", STEP, None)`` from the options; None for
+    a full verification. Combinations that mean nothing are exit 2."""
+    q, seed, step = kw.pop("segments", None), kw.pop("segment_seed", None), \
+        kw.pop("resume_at", None)
+    if seed is not None and q is None:
+        raise InputError("--segment-seed needs --segments Q")
+    if q is not None and step is not None:
+        raise InputError("give one of --segments and --resume-at")
+    if (q is not None or step is not None) and all_runs:
+        raise InputError("--segments and --resume-at verify one run", hint="give RUN, not --all")
+    if q is not None:
+        if q < 1:
+            raise InputError(f"--segments {q}: replay at least one segment")
+        return ("segments", q, seed)
+    if step is not None:
+        if step < 0:
+            raise InputError(f"--resume-at {step}: a step is a count of updates, 0 or more")
+        return ("resume", step, None)
+    return None
+
+
+def _profiled(kw: dict[str, Any], profile: str) -> Policy:
+    """``policy_from`` with a tolerance profile chosen on the command line."""
+    from auditor.core.policy import load_policy, policy_path
+
+    policy = load_policy(policy_path(kw.pop("policy_path", None)),
+                         bitwise=bool(kw.pop("bitwise", False)), profile=profile)
+    return policy.with_gpu_mismatch() if kw.pop("allow_gpu_mismatch", False) else policy
+
+
+def _verify_partial(ctx: click.Context, store: RunStore, run_id: str, policy: Policy,
+                    opts: VerifyOptions, partial: tuple[str, int, str | None]
+                    ) -> VerifyResult:
+    from auditor.spotcheck import resume_check, spot_check
+    from auditor.verify import preflight
+
+    record = store.get_record(run_id)
+    kind, number, seed = partial
+    notes = preflight(store, record, policy, opts)
+    if kind == "segments":
+        return spot_check(store, record, policy, opts, number, seed, notes=notes,
+                          progress=say(ctx))
+    return resume_check(store, record, policy, opts, number, notes=notes, progress=say(ctx))
 
 
 def _check_inputs(targets: dict[str, Path], kw: dict[str, Any]) -> None:

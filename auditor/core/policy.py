@@ -9,6 +9,12 @@ this). Tolerances are dtype-aware (fp32 rtol 1.3e-6 / atol 1e-5 as in ``torch.te
 fp16 and bf16 looser), with per-tensor and per-metric overrides matched by glob.
 ``bitwise = true`` demands bit identity everywhere. Unknown keys are refused
 (``extra="forbid"``) so a typo never silently loosens a policy.
+
+Tolerance profiles are policy entries, not code: ``profile = "strict" | "standard" |
+"relaxed"`` (or a name the project defines under ``[verify.profiles.NAME]``) takes that
+profile's keys from ``templates/profiles.toml`` (shipped) or the project's table; keys
+written beside ``profile`` win. The resolved table is what results and certificates store
+(with ``profile`` naming where it came from), so a gate judges the values, not the name.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import fnmatch
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -106,6 +112,8 @@ class ComparePolicy(BaseModel):
     # records. Such a difference is then within tolerance (a loosening), never bitwise;
     # without it, it counts beyond tolerance.
     metadata_outputs: tuple[str, ...] = ()
+    # the tolerance profile the table was resolved from (informational: its keys are set)
+    profile: str | None = None
 
     @field_validator("compare_logs", mode="before")
     @classmethod
@@ -214,8 +222,39 @@ def policy_path(given: Path | None, root: Path | None = None) -> Path | None:
     return default if default.is_file() else None
 
 
-def load_policy(path: Path | None = None, *, bitwise: bool = False) -> Policy:
-    """Read a policy file (``[verify]`` table of auditor.toml, or a whole policy file)."""
+PROFILES_PATH = Path(__file__).resolve().parents[1] / "templates" / "profiles.toml"
+
+
+def builtin_profiles() -> dict[str, dict[str, Any]]:
+    """The shipped tolerance profiles (``templates/profiles.toml``), by name."""
+    return {k: dict(v) for k, v in tomllib.loads(PROFILES_PATH.read_text("utf-8")).items()
+            if isinstance(v, dict)}
+
+
+def apply_profile(table: dict[str, Any], profile: str | None = None,
+                  where: object = "policy") -> dict[str, Any]:
+    """``table`` with its ``profile`` (or the one given, which wins) resolved: the profile's
+    keys first, the table's own on top; ``profiles`` (the project's definitions) removed.
+    An unknown profile is ``InputError`` naming the known ones."""
+    table = dict(table)
+    defined = table.pop("profiles", {})
+    if not isinstance(defined, dict) or not all(isinstance(v, dict) for v in defined.values()):
+        raise InputError(f"{where}: 'profiles' must hold tables ([verify.profiles.NAME])")
+    name = profile or table.pop("profile", None)
+    table.pop("profile", None)
+    if name is None:
+        return table
+    known = {**builtin_profiles(), **defined}
+    if not isinstance(name, str) or name not in known:
+        raise InputError(f"{where}: unknown tolerance profile {name!r}",
+                         hint=f"known profiles: {', '.join(sorted(known))}")
+    return {**known[name], **table, "profile": name}
+
+
+def load_policy(path: Path | None = None, *, bitwise: bool = False,
+                profile: str | None = None) -> Policy:
+    """Read a policy file (``[verify]`` table of auditor.toml, or a whole policy file);
+    ``profile`` (``--profile``) picks a tolerance profile over the file's own."""
     data: dict[str, object] = {}
     if path is not None:
         if not path.exists():
@@ -229,6 +268,7 @@ def load_policy(path: Path | None = None, *, bitwise: bool = False) -> Policy:
             raise InputError(f"{path}: 'verify' must be a table ([verify]), not "
                              f"{type(table).__name__} {table!r:.40}")
         data = dict(table)
+    data = apply_profile(data, profile, path or "policy")
     if bitwise:
         data["bitwise"] = True
     try:

@@ -18,7 +18,12 @@ run's record and every subject re-hash to the signed digests, else ``IntegrityEr
    key, or is at least well formed when ``require_signature`` is off.
 4. ``subject``: the *signed* statement names the artifact's sha256 (the index alone is
    not trusted; a certificate for v1 presented for v2 fails here).
-5. ``level``: the signed verdict ranks at least ``min_level`` (``LEVEL_RANK``).
+5. ``level``: the signed verdict ranks at least ``min_level`` (``LEVEL_RANK``); for a
+   spot-check that verdict is the worst replayed segment's. ``check``: the certificate's
+   check is a full rerun, or a spot-check when ``accept_spot_check`` is on and its chance
+   of catching a run with 10% bad segments (``partial.catch_tenth``) is at least
+   ``min_catch_chance``; a resume-equivalence check (it replays from a checkpoint the run
+   itself wrote) never passes.
    ``isolation``: the rerun was isolated at least as ``min_isolation`` says
    (``ISOLATION_RANK``; default ``container``; a venv-level, unstated or unknown level
    fails with what to do; ``none``, a venv rerun without bubblewrap, fails every gate).
@@ -83,8 +88,8 @@ from auditor.release.tamper import evidence_problems, index_problems, raise_firs
 from auditor.store.base import CertificateRow, RunStore
 
 CLOCK_SKEW = timedelta(minutes=5)
-REQUIREMENTS = ("registered", "certificate", "signature", "subject", "level", "isolation",
-                "loosening", "age", "latest")
+REQUIREMENTS = ("registered", "certificate", "signature", "subject", "level", "check",
+                "isolation", "loosening", "age", "latest")
 # how well each isolation level a certificate may state keeps the rerun from the host;
 # a level not listed here (unstated, or one this gate does not know) ranks 0: it fails
 ISOLATION_RANK = {"container": 2, "venv": 1}
@@ -110,6 +115,11 @@ class GatePolicy(BaseModel):
     # with "tolerance" allowed (and only then): the widest loosened rtol and atol accepted
     max_rtol: Annotated[float, Field(ge=0, strict=True)] | None = None
     max_atol: Annotated[float, Field(ge=0, strict=True)] | None = None
+    # a spot-check certificate (sampled segments replayed between recorded checkpoints)
+    # passes only with accept_spot_check, and only when its chance of catching a run with
+    # 10% bad segments is at least min_catch_chance
+    accept_spot_check: StrictBool = False
+    min_catch_chance: Annotated[float, Field(ge=0, le=1, strict=True)] = 0.0
 
     @field_validator("allowed_loosenings")
     @classmethod
@@ -306,8 +316,9 @@ def _check_certificate(store: RunStore, row: CertificateRow, path: Path, sha: st
     if failed:
         return GateFinding(path, sha, False, failed[0], f"{source}: {failed[1]}", row.sha256,
                            pred.verdict, pred.original_run)
-    message = (f"{pred.verdict} (run {pred.original_run}, certificate {row.sha256[:12]}…, "
-               f"issued {pred.issued_at:%Y-%m-%d})")
+    kind = "" if pred.check == "full" else f" by {pred.check}"
+    message = (f"{pred.verdict}{kind} (run {pred.original_run}, certificate "
+               f"{row.sha256[:12]}…, issued {pred.issued_at:%Y-%m-%d})")
     return GateFinding(path, sha, True, "", message, row.sha256, pred.verdict, pred.original_run)
 
 
@@ -321,9 +332,32 @@ def _statement_failure(store: RunStore, statement: Statement, sha: str, policy: 
                            f"{names} (a certificate of another file: replay?)")
     if LEVEL_RANK[pred.verdict] < LEVEL_RANK[policy.min_level]:
         return "level", f"verdict {pred.verdict} is below the policy's {policy.min_level}"
-    return _isolation_failure(statement, policy) or _loosening_failure(statement, policy) or \
-        _age_failure(pred.issued_at, policy, now) or _latest_failure(store, statement,
-                                                                        policy)
+    return (_check_failure(statement, policy) or _isolation_failure(statement, policy)
+            or _loosening_failure(statement, policy) or _age_failure(pred.issued_at, policy, now)
+            or _latest_failure(store, statement, policy))
+
+
+def _check_failure(statement: Statement, policy: GatePolicy) -> tuple[str, str] | None:
+    """A partial check where the gate wants a full rerun (see the module contract)."""
+    pred = statement.predicate
+    if pred.check == "full":
+        return None
+    partial = pred.partial
+    if pred.check == "resume" or partial is None:
+        return "check", (f"a {pred.check} check (it replays from a checkpoint the run wrote) "
+                         "is no release evidence: verify the run in full, or with --segments")
+    what = (f"a spot-check ({len(partial.chosen)} of {partial.segments_total} segments, "
+            f"{partial.fraction:.1%} of the training replayed)")
+    if not policy.accept_spot_check:
+        return "check", (f"{what}; the gate requires a full rerun (accept_spot_check = true "
+                         "in the gate policy accepts spot-checks)")
+    chance = partial.catch_tenth or 0.0
+    if chance < policy.min_catch_chance:
+        return "check", (f"{what} had a {chance:.1%} chance to catch a run with "
+                         f"{partial.catch_tenth_k} bad segment(s); the gate requires "
+                         f"{policy.min_catch_chance:.1%} (min_catch_chance): replay more "
+                         "segments")
+    return None
 
 
 def _isolation_failure(statement: Statement, policy: GatePolicy) -> tuple[str, str] | None:

@@ -16,13 +16,17 @@ unexplained divergence) gives the first sentence of its explanation.
 JSON keeps its keys (``compared_metrics``, …). ``environment_line(diffs)`` names the first
 few environment changes ("5 changes (python 3.11.7 → 3.11.9, numpy 2.4.6 → 2.2.6, …)")
 for a report whose likely causes do not already name them (a bitwise verdict has none).
+
+``check_line(result)`` / ``segment_rows(result)``: what a spot-check or resume check
+replayed (segments, seed, fraction, chance to catch bad segments) and one row per
+replayed segment (segment, replayed steps, verdict, first difference), for every format.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from auditor.certify.verdict import Cause
+from auditor.certify.verdict import Cause, SegmentOutcome, VerifyResult
 from auditor.compare.difference import Difference
 
 MAX_ROWS = 3
@@ -150,3 +154,41 @@ def first_sentence(text: str, limit: int = 200) -> str:
     """The text up to its first ". " (a version such as 2.4.6 has no space after its dots)."""
     head = text.split(". ", 1)[0].rstrip(".")
     return head if len(head) <= limit else head[: limit - 1] + "…"
+
+
+# -- partial checks (spot-check segments, resume equivalence) ----------------------------
+
+SEGMENT_HEADER = ("segment", "replayed steps", "verdict", "first difference")
+
+
+def check_line(result: VerifyResult) -> str | None:
+    """What a partial verification replayed and could catch, one line; None for a full
+    rerun. ``spot-check: 2 of 20 segments (10.0% of 2000 steps), seed 3f2a…(given);
+    catches 1 bad segment 10.0%, 2 bad 19.5%``."""
+    spot = result.spot_check
+    if result.check == "full" or spot is None:
+        return None
+    seed = f"seed {spot.seed[:12]}…" if spot.seed and len(spot.seed) > 12 else \
+        f"seed {spot.seed}"
+    if result.check == "resume":
+        return (f"resume equivalence: resumed at step {spot.resume_at} and trained to the end "
+                f"({spot.fraction:.1%} of {spot.total_steps} steps replayed)")
+    line = (f"spot-check: {len(spot.chosen)} of {spot.segments_total} segments "
+            f"({spot.fraction:.1%} of {spot.total_steps} steps replayed), {seed} "
+            f"({spot.seed_source or 'given'})")
+    if spot.catch_one is not None:
+        line += f"; chance to catch 1 bad segment {spot.catch_one:.1%}"
+    if spot.catch_tenth is not None and spot.catch_tenth_k is not None:
+        line += f", {spot.catch_tenth_k} bad {spot.catch_tenth:.1%}"
+    return line
+
+
+def segment_label(segment: SegmentOutcome) -> str:
+    """``segment 3`` (a spot-check) or ``resumed`` (a resume check)."""
+    return "resumed" if segment.index < 0 else f"segment {segment.index}"
+
+
+def segment_rows(result: VerifyResult) -> list[tuple[str, str, str, str]]:
+    """One row per replayed segment: (segment, replayed steps, verdict, first difference)."""
+    return [(segment_label(s), f"{s.start} → {s.end}", s.level, s.first_difference or "-")
+            for s in result.segments]

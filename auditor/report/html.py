@@ -41,7 +41,14 @@ from auditor.certify.verdict import Cause, VerifyResult
 from auditor.compare.difference import Difference
 from auditor.core.version import __version__
 from auditor.report import plots
-from auditor.report.grouping import environment_line, grouped, summary_rows
+from auditor.report.grouping import (
+    SEGMENT_HEADER,
+    check_line,
+    environment_line,
+    grouped,
+    segment_rows,
+    summary_rows,
+)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"  # shipped in the wheel
 TEMPLATE_NAME = "report.html.j2"
@@ -96,6 +103,9 @@ def report_context(result: VerifyResult, original_url: str | None,
         "tables": _tables(verdict.differences),
         "notes": [*verdict.notes, *plot_notes, *tensor_notes],
         "version": __version__,
+        "check": check_line(result), "segment_header": SEGMENT_HEADER,
+        "segment_rows": [tuple(clip(c) for c in row) for row in segment_rows(result)],
+        "restored": result.spot_check.restored if result.spot_check else [],
     }
 
 

@@ -12,7 +12,10 @@ Contract (the Jenkins ``junit-10.xsd`` dialect every CI reads):
 - Each suite has a testcase ``verdict`` that fails for ``not-reproduced`` and errors for
   ``could-not-verify``; one testcase per difference a comparer reported (failing when
   beyond tolerance, passing when within); and one passing testcase per comparer for what
-  it found identical; many package changes are one testcase (``grouping.grouped``). So
+  it found identical; many package changes are one testcase (``grouping.grouped``); a
+  spot-check or resume check has one testcase per replayed segment instead of its
+  segments' comparer cases (``auditor.segments``, failing when it did not reach its
+  checkpoint). So
   failures per suite = 1 + differences beyond tolerance when the verdict failed, and 0
   when it reproduced.
 - ``tests``/``failures``/``errors``/``skipped``/``time`` are filled on every suite and
@@ -29,7 +32,7 @@ from xml.etree import ElementTree as ET
 from auditor.certify.loosen import log_notes, shown_loosenings
 from auditor.certify.verdict import VerifyResult
 from auditor.compare.difference import Difference
-from auditor.report.grouping import grouped
+from auditor.report.grouping import check_line, grouped, segment_label
 
 _XML_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 MAX_TEXT = 4000
@@ -58,7 +61,7 @@ def testsuite(result: VerifyResult) -> ET.Element:
     suite = ET.Element("testsuite", name=xml_text(f"{result.original_name} "
                                                    f"({result.original_run})"))
     suite.append(_properties(result))
-    cases = [_verdict_case(result), *_comparer_cases(result)]
+    cases = [_verdict_case(result), *_segment_cases(result), *_comparer_cases(result)]
     suite.extend(cases)
     suite.set("tests", str(len(cases)))
     suite.set("failures", str(sum(c.find("failure") is not None for c in cases)))
@@ -78,6 +81,7 @@ def _properties(result: VerifyResult) -> ET.Element:
     values = {"original_run": result.original_run, "rerun_run": result.rerun_run,
               "verdict": result.verdict.level,
               "first_divergence": result.verdict.first_divergence,
+              "check": check_line(result),
               "certificate": result.certificate_path,
               "certificate_sha256": result.certificate_sha256}
     for name, value in values.items():
@@ -126,8 +130,25 @@ def _summary_text(result: VerifyResult) -> str:
     return ", ".join(f"{k} {v}" for k, v in result.verdict.summary.items()) or "no counts"
 
 
+def _segment_cases(result: VerifyResult) -> Iterator[ET.Element]:
+    """One testcase per replayed segment: failing when it did not reach its checkpoint."""
+    for seg in result.segments:
+        name = f"{segment_label(seg)}: steps {seg.start} -> {seg.end}"
+        case = _case("auditor.segments", name, seg.seconds)
+        if seg.level == "not-reproduced":
+            failure = ET.SubElement(case, "failure", type="not-reproduced", message=xml_text(
+                f"not reproduced: first difference at {seg.first_difference or 'unknown'}"))
+            failure.text = xml_text("\n".join(
+                f"{d.where}: {d.kind}: {d.left} vs {d.right}" for d in seg.differences[:50]))
+        else:
+            _system_out(case, f"{seg.level}: replayed steps {seg.start} -> {seg.end}")
+        yield case
+
+
 def _comparer_cases(result: VerifyResult) -> Iterator[ET.Element]:
     for comparer, diffs in result.verdict.differences.items():
+        if comparer.startswith("segment"):  # one testcase per segment says it
+            continue
         classname = f"auditor.{comparer}"
         for diff in grouped(diffs):
             yield _difference_case(classname, diff)

@@ -6,7 +6,9 @@ Contract:
   first of all every policy loosening of each result (``loosen.shown_loosenings``: ignored
   outputs, wider tolerances, logs left out; never the default policy's own settings), then
   a table (run, name, verdict, first divergence, top cause) with the failures first, then
-  the likely causes of the first failures while room remains.
+  for each spot-check or resume check what it replayed and one row per segment (segment,
+  replayed steps, verdict, first difference), then the likely causes of the first
+  failures while room remains.
 - Every cell is escaped: ``|`` cannot split a cell, newlines cannot end a row, and
   Markdown/HTML punctuation (``* _ [ ] < > ` $ @ ~ & # !``) is backslash-escaped so a
   run name cannot format, link, mention, inject HTML or start math. Cells are cut to
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 
 from auditor.certify.loosen import shown_loosenings
 from auditor.certify.verdict import LEVEL_RANK, Cause, VerifyResult
-from auditor.report.grouping import cause_line
+from auditor.report.grouping import SEGMENT_HEADER, cause_line, check_line, segment_rows
 
 DEFAULT_LIMIT = 900 * 1024
 MAX_CELL = 160
@@ -58,6 +60,7 @@ def render_markdown(results: Sequence[VerifyResult], *, limit_bytes: int = DEFAU
     shown = sum(1 for row in map(table_row, ordered) if budget.add(row))
     budget.add("")
     if shown == len(ordered):
+        _add_segments(budget, ordered)
         _add_causes(budget, ordered)
     if shown < len(ordered):  # room for these two lines was reserved
         budget.lines += ["", truncation_note(len(ordered) - shown, len(ordered))]
@@ -117,6 +120,23 @@ def table_row(result: VerifyResult) -> str:
     return _row((f"`{result.original_run}`", escape_cell(result.original_name),
                  VERDICT_TEXT[verdict.level], escape_cell(verdict.first_divergence or ""),
                  escape_cell(cause)))
+
+
+def _add_segments(budget: _Budget, ordered: Sequence[VerifyResult]) -> None:
+    """Each partial check: what it replayed, then one row per segment."""
+    for result in ordered:
+        line = check_line(result)
+        if line is None:
+            continue
+        lines = [f"### Segments: {escape_cell(result.original_name)} "
+                 f"(`{result.original_run}`)", "", escape_cell(line, 400), "",
+                 _row(SEGMENT_HEADER), _row(("---",) * len(SEGMENT_HEADER)),
+                 *(_row(tuple(escape_cell(c) for c in row)) for row in segment_rows(result))]
+        if result.spot_check and result.spot_check.restored:
+            lines += ["", *(f"- restored state: {escape_cell(r, 300)}"
+                            for r in result.spot_check.restored)]
+        if not all(budget.add(line) for line in [*lines, ""]):
+            return
 
 
 def _add_causes(budget: _Budget, ordered: Sequence[VerifyResult]) -> None:

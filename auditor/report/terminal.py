@@ -8,7 +8,9 @@ Contract:
   and exit code, both runs (id and name), compared counts in words, logs that differed
   without counting (the default policy's note), the environment changes by name when no
   likely cause names them (a bitwise verdict), the first divergence, the top three likely
-  causes, the certificate and the time per stage. ``print_summary(results)`` prints one row per
+  causes, the certificate and the time per stage. A spot-check or resume check adds what it
+  replayed (``grouping.check_line``), one row per segment and the restored-state
+  differences. ``print_summary(results)`` prints one row per
   verification (``audit verify --all``).
 - Output goes through ``auditor.report.records.console``: no ANSI escapes when stdout is not a
   terminal (CI logs, pipes), no colour when ``NO_COLOR`` is set.
@@ -26,7 +28,13 @@ from rich.text import Text
 
 from auditor.certify.loosen import log_notes, shown_loosenings
 from auditor.certify.verdict import Cause, VerifyResult
-from auditor.report.grouping import cause_line, counts_text, environment_line
+from auditor.report.grouping import (
+    cause_line,
+    check_line,
+    counts_text,
+    environment_line,
+    segment_rows,
+)
 from auditor.report.records import console
 
 LEVEL_STYLE = {"reproduced-bitwise": "bold green", "reproduced-within-tolerance": "bold cyan",
@@ -55,6 +63,17 @@ def result_rows(result: VerifyResult) -> list[tuple[str, Text]]:
              ("rerun", Text(f"{result.rerun_run}  {result.rerun_name or ''}".rstrip()
                             if result.rerun_run else "(none)")),
              ("compared", Text(counts_text(verdict.summary)))]
+    checked = check_line(result)
+    if checked:
+        rows.append(("check", Text(checked)))
+    for i, (label, steps, level, first) in enumerate(segment_rows(result)):
+        shown = f"{label}: steps {steps}  {level}" + (f"  first difference {first}"
+                                                      if first != "-" else "")
+        rows.append(("segments" if i == 0 else "",
+                     Text(shown, style=LEVEL_STYLE.get(level, ""))))
+    if result.spot_check is not None:
+        rows += [("restored state" if i == 0 else "", Text(line, style="yellow"))
+                 for i, line in enumerate(result.spot_check.restored)]
     rows += [("logs" if i == 0 else "", Text(line)) for i, line in enumerate(log_notes(verdict))]
     changes = environment_line(verdict.differences.get("environment", []))
     if changes and not verdict.causes:

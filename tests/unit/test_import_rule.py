@@ -29,6 +29,7 @@ RANKS: dict[str, int] = {
     "report": 7,
     "release": 7,
     "verify": 8,
+    "spotcheck": 8,
     "ui": 8,
     "preflight": 8,
     "cli": 9,
