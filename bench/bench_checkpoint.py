@@ -10,8 +10,8 @@ the recording overhead per step of the bundled checkpoint fixture.
    (``wait_checkpoints``); beside ``torch.save`` of the same state dicts and
    ``safetensors.torch.save_file`` of the model, in the same process. Median of 5.
 2. The fixture's training loop (``fixtures/ckpt/train_ckpt.py``: tiny MLP, Adam, StepLR,
-   a shuffled DataLoader with its own generator), 2,000 steps, three ways, interleaved and
-   repeated 5 times (median): no recording; ``run.log_metric`` every step; and log_metric
+   a shuffled DataLoader with its own generator), 6,000 steps, three ways, interleaved and
+   repeated 3 times (median): no recording; ``run.log_metric`` every step; and log_metric
    plus ``run.checkpoint(..., every=100)``, the background thread drained before the
    clock stops. Wall time and process CPU time (every thread) per step; on a shared,
    loaded machine the CPU time is the steadier figure.
@@ -139,7 +139,7 @@ def _loop(steps: int, mode: str, store_dir: str) -> tuple[float, float]:
     return elapsed, cpu
 
 
-def bench_fixture(steps: int = 2000, repeats: int = 5) -> dict[str, Any]:
+def bench_fixture(steps: int = 6000, repeats: int = 3) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)

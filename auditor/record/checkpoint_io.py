@@ -374,17 +374,24 @@ class _LoaderScan:
         return out
 
 
-def snapshot_state(step: int, files: Mapping[str, Path],
-                   state: Mapping[str, Any]) -> dict[str, Any]:
+def snapshot_state(step: int, files: Mapping[str, Path], state: Mapping[str, Any],
+                   listed: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The state snapshot of a spooled checkpoint (see docs: the same shape for an original
-    checkpoint and for the state a resumed run restored)."""
+    checkpoint and for the state a resumed run restored). The tensor files are read once:
+    their whole-file digests go into ``listed`` when given."""
+    def tensors(name: str) -> dict[str, dict[str, Any]]:
+        per_tensor, digest, size = safetensors_digests(files[name], name)
+        if listed is not None:
+            listed[name] = {"sha256": digest, "size": size}
+        return per_tensor
+
     snap: dict[str, Any] = {"step": step, "model": None, "optimizer": None}
     if MODEL_FILE in files:
-        snap["model"] = safetensors_digests(files[MODEL_FILE], MODEL_FILE)[0]
+        snap["model"] = tensors(MODEL_FILE)
     opt = state.get("optimizer")
     if OPTIMIZER_FILE in files and opt is not None:
         snap["optimizer"] = {
-            "tensors": safetensors_digests(files[OPTIMIZER_FILE], OPTIMIZER_FILE)[0],
+            "tensors": tensors(OPTIMIZER_FILE),
             "param_groups": [{k: v for k, v in g.items() if k != "params"}
                              for g in opt["param_groups"]],
             "other_sha256": sha256_bytes(canonical(opt)),
@@ -480,22 +487,28 @@ def spool_api(folder: Path, step: int, *, model: Any, optimizer: Any, scheduler:
                        loaders=loaders).write(folder)
 
 
-def finish_spool(folder: Path, step: int, kind: str, files: Mapping[str, Path]) -> bytes:
+def finish_spool(folder: Path, step: int, kind: str, files: Mapping[str, Path],
+                 state: Mapping[str, Any] | None = None) -> bytes:
     """Hash the spooled files, build the manifest (with the state snapshot) and write it
-    last, atomically. Returns the manifest's bytes."""
+    last, atomically; ``state`` is ``state.json``'s content when the caller has it.
+    Returns the manifest's bytes."""
     listed: dict[str, dict[str, Any]] = {}
-    for name, path in files.items():
-        if kind == "resumed":  # a snapshot only: its files are not kept
-            break
-        digest, size = file_digest(path)
-        listed[name] = {"sha256": digest, "size": size}
     if kind == "registered":
         (name, path), = files.items()
-        state: dict[str, Any] = {"step": step, "tensors": registered_digests(path)}
+        snap: dict[str, Any] = {"step": step, "tensors": registered_digests(path)}
     else:
-        raw = json.loads(files[STATE_FILE].read_bytes()) if STATE_FILE in files else {}
-        state = snapshot_state(step, files, raw)
-    manifest = {"format": FORMAT, "kind": kind, "step": step, "files": listed, "state": state}
+        if state is None:
+            state = json.loads(files[STATE_FILE].read_bytes()) if STATE_FILE in files else {}
+        snap = snapshot_state(step, files, state, listed)
+    if kind == "resumed":  # a snapshot only: its files are not kept
+        listed = {}
+    else:
+        for name, path in files.items():
+            if name not in listed:
+                digest, size = file_digest(path)
+                listed[name] = {"sha256": digest, "size": size}
+    manifest = {"format": FORMAT, "kind": kind, "step": step,
+                "files": dict(sorted(listed.items())), "state": snap}
     data = canonical(manifest)
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_bytes(data)
@@ -846,8 +859,13 @@ class CheckpointMixin:
             self._ckpt_worker = Worker()
 
         def job() -> None:
-            written = files.write(folder) if isinstance(files, Captured) else files
-            finish_spool(folder, step, kind, written)
+            written: Mapping[str, Path]
+            if isinstance(files, Captured):
+                written = files.write(folder)
+                finish_spool(folder, step, kind, written, files.state)
+            else:
+                written = files
+                finish_spool(folder, step, kind, written)
             self._stored(folder, step, kind, written)
 
         self._ckpt_worker.put(job)

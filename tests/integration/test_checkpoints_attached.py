@@ -78,3 +78,29 @@ def test_attached_checkpoints_resume_and_bad_input(repo: Path, tmp_path: Path) -
     with pytest.raises(IntegrityError):
         ck.materialise(store.blobs, refs[3], tmp_path / "bad")
     shutil.rmtree(tmp_path / "bad", ignore_errors=True)
+
+
+def test_checkpoints_go_to_the_s3_artifact_location(repo: Path, tmp_path: Path,
+                                                    s3_bucket: str) -> None:
+    """A standalone run whose store keeps its artifacts in S3 (moto's server): every
+    checkpoint object is in the bucket, and reads back verified and materialised."""
+    import os
+    import subprocess
+
+    import s3fs
+
+    env = {**os.environ, "AUDITOR_STORE": str(tmp_path / "meta"), "AUDITOR_BLOBS": s3_bucket,
+           "AUDITOR_QUIET": "1"}
+    res = subprocess.run([PY, "train_ckpt.py", "--epochs", "2"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    store = open_store(str(tmp_path / "meta"), blobs=s3_bucket, create=False)
+    rec = newest(store)
+    refs = ck.list_checkpoints(rec)
+    assert [c.step for c in refs] == [5, 10]
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    for art in rec.artifacts:
+        if art.kind == "checkpoint":
+            assert fs.exists(store.blobs.key_for(art.sha256)), art.name  # type: ignore[attr-defined]
+    out = ck.materialise(store.blobs, refs[1], tmp_path / "at10")
+    assert (out / "model.safetensors").is_file() and (out / "manifest.json").is_file()
