@@ -124,6 +124,8 @@ def test_reader_reads_recorder_records_only_verifier_certifies(
     run_id = runs[0]["id"]
     shown = audit("show", run_id, cwd=repo, env=env("reader"))
     assert shown.returncode == 0 and "by-recorder" in shown.stdout, shown.stderr
+    checked = audit("fsck", cwd=repo, env=env("reader"))
+    assert checked.returncode == 0, checked.stderr
     with serve(team["reader"]) as base:  # the dashboard, as the reader's role
         assert httpx.get(base + "/", timeout=60).status_code == 200
         assert httpx.get(f"{base}/runs/{run_id}", timeout=60).status_code == 200
