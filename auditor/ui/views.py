@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -257,54 +256,6 @@ def seed_groups(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
-def band(members: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std of a group's curves on the first curve's steps (the others
-    interpolated onto them where their steps differ; no extrapolation past a curve's
-    last step, so a shorter run does not flatten the band)."""
-    base = np.asarray(members[0]["steps"], dtype=float)
-    stack = []
-    for m in members:
-        xs = np.asarray(m["steps"], dtype=float)
-        ys = np.asarray([np.nan if v is None else v for v in m["values"]], dtype=float)
-        ok = np.isfinite(ys)
-        if not ok.any():
-            continue
-        xs, ys = xs[ok], ys[ok]
-        if len(xs) == len(base) and np.array_equal(xs, base):
-            stack.append(ys)
-        else:
-            row = np.interp(base, xs, ys)
-            row[(base < xs[0]) | (base > xs[-1])] = np.nan
-            stack.append(row)
-    if not stack:
-        return {"steps": [], "mean": [], "std": [], "n": 0}
-    grid = np.vstack(stack)
-    counts = np.sum(np.isfinite(grid), axis=0)
-    keep = counts > 0
-    grid = grid[:, keep]
-    with warnings.catch_warnings():  # a step only one run reached: std NaN, shown as 0
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(grid, axis=0)
-        std = np.nanstd(grid, axis=0, ddof=1) if len(stack) > 1 else np.zeros_like(mean)
-    return {"steps": base[keep].tolist(), "mean": mean.tolist(),
-            "std": [float(x) if np.isfinite(x) else 0.0 for x in std],
-            "n": len(stack)}
-
-
-def grouped_curves(curves_: dict[str, list[dict[str, Any]]], groups: Sequence[dict[str, Any]]
-                   ) -> dict[str, list[dict[str, Any]]]:
-    """metric -> one mean ± std band per seed group of two runs or more (``band``); a
-    group of one is drawn from its run's own curve (nothing sent twice)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for metric, per_run in curves_.items():
-        by_run = {c["run"]: c for c in per_run}
-        for i, g in enumerate(groups):
-            members = [by_run[r] for r in g["runs"] if r in by_run]
-            if len(members) > 1:
-                out.setdefault(metric, []).append({"group": i, **band(members)})
-    return out
-
-
 def compare_view(store: RunStore, run_ids: Sequence[str], metric: str | None,
                  verdicts: dict[str, str], population: Sequence[Row] | None = None
                  ) -> dict[str, Any]:
@@ -322,8 +273,7 @@ def compare_view(store: RunStore, run_ids: Sequence[str], metric: str | None,
                   "started": r.started_at.isoformat(), "label": labels[r.id]} for r in rows],
         "sections": comparison(records),
         "curves": per_run,
-        "groups": groups,
-        "grouped": grouped_curves(per_run, groups),
+        "groups": groups,  # the bands are drawn from the runs' curves (app.js: bandOf)
         "metric": chosen,
         "metrics": sorted({k for r in rows for k in r.metrics}),
         "parallel": parallel(rows, chosen),

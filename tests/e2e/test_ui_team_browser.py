@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -138,6 +140,22 @@ def test_runs_table_grouped_compare_and_importance(page: Any, url: str,  # noqa:
     legend = attr(page, "#curves", "data-legend").split("|")
     assert "dummy=a · lr=0.01 (n=3)" in legend and not any("sweep ·" in x for x in legend)
     assert attr(page, "#parallel", "data-color") == "loss"  # coloured by the chosen metric
+    # the band drawn is the group's mean ± sample std, recomputed here from the API's curves
+    api = httpx.get(url + "/api/compare", params={"where": "tag = sweep", "metric": "loss",
+                                                    "sort": "-metrics.loss"},
+                    timeout=60).json()
+    first = api["groups"][0]
+    curves = [c for c in api["curves"]["loss"] if c["run"] in first["runs"]]
+    assert len(curves) == 3 and all(c["steps"] == curves[0]["steps"] for c in curves)
+    drawn = page.evaluate(
+        "() => echarts.getInstanceByDom(document.getElementById('curves')).getOption()"
+        ".series.slice(0, 3).map(s => [s.name, s.data.map(p => p[1])])")
+    assert drawn[0][0] == first["label"] + " (n=3)"
+    values = np.array([c["values"] for c in curves])
+    mean, std = values.mean(axis=0), values.std(axis=0, ddof=1)
+    assert np.allclose(drawn[0][1], mean)
+    assert np.allclose(drawn[1][1], mean - std)  # the band's lower edge, then its width
+    assert np.allclose(drawn[2][1], 2 * std)
     keep(page.locator("#curves").locator("xpath=.."), "compare-grouped", tmp_path)
     page.uncheck("#group-seeds")
     assert attr(page, "#curves", "data-mode") == "runs"

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from auditor.certify.decide import decide
@@ -21,7 +20,7 @@ from auditor.certify.verdict import VerifyResult
 from auditor.compare import compare_runs, evidence_from_store
 from auditor.core.policy import DEFAULT_POLICY
 from auditor.store import SqlStore, open_store
-from auditor.ui.views import band, compare_view, live_divergence, rows_for, run_labels
+from auditor.ui.views import compare_view, live_divergence, rows_for, run_labels
 from tests.factories import metric_points
 from tests.uifactory import put_run, sweep
 from tests.uiserver import serve
@@ -49,34 +48,19 @@ def test_seed_groups_make_one_band_each_and_legends_name_the_params(store: SqlSt
     assert [g["label"] for g in groups] == ["dummy=a · lr=0.01", "dummy=b · lr=0.01",
                                             "dummy=a · lr=0.1", "dummy=b · lr=0.1"]
     assert all(len(g["runs"]) == 3 for g in groups)
-    bands = view["grouped"]["loss"]
-    assert len(bands) == 4 and all(b["n"] == 3 for b in bands)
-    members = [c for c in view["curves"]["loss"] if c["run"] in groups[0]["runs"]]
-    values = np.array([c["values"] for c in members])
-    assert np.allclose(bands[0]["mean"], values.mean(axis=0))
-    assert np.allclose(bands[0]["std"], values.std(axis=0, ddof=1))
     labels = [r["label"] for r in view["runs"]]
     assert labels[0] == "dummy=a · lr=0.01 · seed=0" and len(set(labels)) == len(labels)
     assert not any("·" in lab and re.search(r"· [0-9a-z]{6}$", lab) for lab in labels)
 
 
-def test_no_seed_groups_sends_no_band_twice(store: SqlStore) -> None:
+def test_runs_differing_in_more_than_seed_are_groups_of_one(store: SqlStore) -> None:
     runs = [put_run(store, name=f"r{i}", params={"lr": i}, series={"loss": [1.0, 0.5]})
             for i in range(3)]
     view = compare_view(store, [r.identity.id for r in runs], "loss", {})
-    assert len(view["groups"]) == 3 and view["grouped"] == {}
+    assert [len(g["runs"]) for g in view["groups"]] == [1, 1, 1]
     same = [put_run(store, name="same", series={"loss": [1.0]}) for _ in range(2)]
     rows = rows_for(same, {})
     assert run_labels(rows) == {r.id: f"same · {r.id[-6:]}" for r in rows}
-
-
-def test_band_interpolates_other_steps_and_never_extrapolates() -> None:
-    out = band([{"steps": [0, 10, 20], "values": [1.0, 2.0, 3.0]},
-                {"steps": [0, 20], "values": [3.0, 5.0]},
-                {"steps": [0, 5], "values": [2.0, None]}])
-    assert out["steps"] == [0.0, 10.0, 20.0] and out["n"] == 3
-    assert out["mean"] == pytest.approx([2.0, 3.0, 4.0])  # run 3 stops at step 0
-    assert out["std"][0] == pytest.approx(1.0) and out["std"][1] == pytest.approx(1.4142135)
 
 
 def test_sixteen_run_diff_table_cuts_long_values_keeping_them_whole(

@@ -53,16 +53,45 @@
                data: pairs(s.steps, smooth(s.values, opts.smoothing), opts.log) };
     });
   }
-  function groupSeries(curves, grouped, metric, groups, opts) {
-    var out = [], bands = (grouped[metric] || []).slice();
-    groups.forEach(function (g, i) {  /* a group of one: its run's own curve */
-      if (g.runs.length !== 1) { return; }
-      (curves[metric] || []).forEach(function (s) {
-        if (s.run === g.runs[0]) {
-          bands.push({ group: i, n: 1, steps: s.steps, mean: s.values,
-                       std: s.values.map(function () { return 0; }) });
-        }
+  function bandOf(members, group) {
+    /* mean ± std (sample) of a group's curves on its first curve's steps, the others
+       interpolated linearly onto them, never extrapolated past a curve's ends */
+    var base = members[0].steps, per = base.map(function () { return []; });
+    members.forEach(function (m) {
+      var xs = [], ys = [];
+      m.steps.forEach(function (x, j) {
+        var v = m.values[j];
+        if (v !== null && isFinite(v)) { xs.push(x); ys.push(v); }
       });
+      if (!xs.length) { return; }
+      var k = 0;
+      base.forEach(function (x, i) {
+        if (x < xs[0] || x > xs[xs.length - 1]) { return; }
+        while (k < xs.length - 1 && xs[k + 1] <= x) { k += 1; }
+        var v = ys[k];
+        if (xs[k] !== x && k < xs.length - 1) {
+          v = ys[k] + (ys[k + 1] - ys[k]) * (x - xs[k]) / (xs[k + 1] - xs[k]);
+        }
+        per[i].push(v);
+      });
+    });
+    var out = { group: group, n: members.length, steps: [], mean: [], std: [] };
+    per.forEach(function (vals, i) {
+      if (!vals.length) { return; }
+      var mean = vals.reduce(function (a, b) { return a + b; }, 0) / vals.length, sq = 0;
+      vals.forEach(function (v) { sq += (v - mean) * (v - mean); });
+      out.steps.push(base[i]); out.mean.push(mean);
+      out.std.push(vals.length > 1 ? Math.sqrt(sq / (vals.length - 1)) : 0);
+    });
+    return out;
+  }
+  function groupSeries(curves, metric, groups, opts) {
+    var out = [], bands = [], byRun = {};
+    (curves[metric] || []).forEach(function (s) { byRun[s.run] = s; });
+    groups.forEach(function (g, i) {
+      var members = g.runs.map(function (r) { return byRun[r]; })
+        .filter(function (m) { return m; });
+      if (members.length) { bands.push(bandOf(members, i)); }
     });
     bands.sort(function (a, b) { return a.group - b.group; });
     bands.forEach(function (b) {
@@ -87,7 +116,7 @@
   function drawCurves(c, curves, metric, runs, opts) {
     opts = opts || {};
     var grouped = opts.grouped && opts.groups;
-    var series = grouped ? groupSeries(curves, opts.grouped, metric, opts.groups, opts)
+    var series = grouped ? groupSeries(curves, metric, opts.groups, opts)
                          : runSeries(curves, metric, runs, opts);
     var marks = opts.divergence && opts.divergence[metric];
     if (marks && series.length) {
@@ -122,7 +151,7 @@
     panel.opts = function () {
       var o = { smoothing: smoothing ? Number(smoothing.value) : 0,
                 log: !!(log && log.checked) };
-      if (group && group.checked && d.groups) { o.grouped = d.grouped; o.groups = d.groups; }
+      if (group && group.checked && d.groups) { o.grouped = true; o.groups = d.groups; }
       Object.keys(panel.extra).forEach(function (k) { o[k] = panel.extra[k]; });
       return o;
     };
