@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from auditor.cli.options import QUIET_HELP, Ctx, OutFolder, json_option, pass_ctx, quiet_option
+from auditor.cli.store import roles_cmd
 from auditor.core.errors import AuditorError, IntegrityError
 from auditor.core.version import __version__
 
@@ -41,7 +42,6 @@ LAZY_COMMANDS: dict[str, str] = {
     "ui": "auditor.cli.ui:ui_cmd",
     "push": "auditor.cli.sync:push", "pull": "auditor.cli.sync:pull",
     "import": "auditor.cli.imports:import_group",
-    "store": "auditor.cli.store:store_group",
 }
 
 
@@ -68,7 +68,6 @@ LAZY_HELP: dict[str, str] = {
     "pull": "Copy runs (record, metrics, artifacts, certificates) from another store, "
     "verified.",
     "import": "Import runs logged elsewhere (MLflow); each says what it lacks to be verified.",
-    "store": "Team store administration: PostgreSQL roles (reader, recorder, verifier).",
 }
 
 
@@ -464,7 +463,10 @@ def fsck(c: Ctx, repair: bool, keys: tuple[Path, ...]) -> None:
 
 @main.group()
 def store() -> None:
-    """Store maintenance."""
+    """Store maintenance: schema upgrade, a team store's PostgreSQL roles."""
+
+
+store.add_command(roles_cmd)  # audit store roles (cli/store.py)
 
 
 @store.command()

@@ -1,4 +1,5 @@
-"""``audit store``: the team store's administration (PostgreSQL roles)."""
+"""``audit store roles``: a team store's PostgreSQL roles (registered on ``audit store``
+in cli/main.py; the roles module loads only when the command runs)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,7 @@ from auditor.cli.options import hint, quiet_option, store_of
 from auditor.core.errors import InputError
 
 
-@click.group("store")
-def store_group() -> None:
-    """Team store administration: PostgreSQL roles (reader, recorder, verifier)."""
-
-
-@store_group.command("roles")
+@click.command("roles")
 @click.option("--prefix", default="auditor", show_default=True,
               help="Role names: PREFIX_reader, PREFIX_recorder, PREFIX_verifier.")
 @click.option("--print-sql", "print_sql", is_flag=True,
