@@ -4,7 +4,7 @@ a dummy param does not, 3 seeds per setting (24 runs).
 
 Without chromium the tests are skipped locally but FAIL under ``CI`` (``.ci/run`` installs
 it). Screenshots are kept under the test's temp folder; set ``AUDITOR_SCREENSHOT_DIR`` to
-keep copies (the README's screenshot comes from here).
+keep copies (the README's screenshots come from test_ui_team_browser.py, over PostgreSQL).
 """
 
 from __future__ import annotations
