@@ -51,7 +51,7 @@ DO \$\$ BEGIN
     CREATE ROLE auditor_ci LOGIN;
   END IF;
 END \$\$;
-ALTER ROLE auditor_ci PASSWORD '$pg_password' CREATEDB;
+ALTER ROLE auditor_ci PASSWORD '$pg_password' CREATEDB CREATEROLE;  -- CREATEROLE: the tests of audit store roles
 SQL
 _pg "'$pg_bin/psql' -qAt -h '$pg_sock' -p $pg_port -c \"select 1 from pg_database where datname='auditor_ci'\"" \
   | grep -q 1 || _pg "'$pg_bin/createdb' -h '$pg_sock' -p $pg_port -O auditor_ci auditor_ci"

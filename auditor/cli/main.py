@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from auditor.cli.options import QUIET_HELP, Ctx, OutFolder, json_option, pass_ctx, quiet_option
+from auditor.cli.store import roles_cmd
 from auditor.core.errors import AuditorError, IntegrityError
 from auditor.core.version import __version__
 
@@ -468,7 +469,10 @@ def fsck(c: Ctx, repair: bool, keys: tuple[Path, ...]) -> None:
 
 @main.group()
 def store() -> None:
-    """Store maintenance."""
+    """Store maintenance: schema upgrade, a team store's PostgreSQL roles."""
+
+
+store.add_command(roles_cmd)  # audit store roles (cli/store.py)
 
 
 @store.command()

@@ -163,11 +163,13 @@ def base_image_build(ctx: click.Context, release: str, tag: str | None) -> None:
 @click.pass_context
 def rerun_cmd(ctx: click.Context, /, run: str, **kw: Any) -> None:
     """Rebuild and rerun a run hermetically; the rerun is recorded as a new run."""
+    from auditor.store.roles import require
     from auditor.verify import rerun_only
 
     policy = policy_from(kw)  # the repo's auditor.toml, as verify and compare read it
     _check_build_inputs(kw)
     store = store_of(ctx)
+    require(store, "record")  # a reader's role fails now, not after the rerun
     rec = store.get_record(store.resolve(run))
     rerun = rerun_only(store, rec, policy.rerun, _verify_options(kw), say(ctx))
     click.echo(
@@ -221,6 +223,7 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
     --resume-at STEP, the run resumes from its checkpoint at STEP and must match the
     uninterrupted run."""
     from auditor.store.query import verifiable_runs
+    from auditor.store.roles import require
 
     if bool(run) == all_runs:
         raise InputError("give exactly one of RUN or --all")
@@ -242,6 +245,7 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
     )
     batch = _batch_args(kw)
     store = store_of(ctx)
+    require(store, "verify")  # only a verifier's role appends certificates: fail now
     ids = (verifiable_runs(store, since=kw.get("since"), tags=kw.get("tags") or (),
                            name=kw.get("name_glob"))
            if all_runs else [store.resolve(run or "")])

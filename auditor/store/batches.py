@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from auditor.core.errors import InputError, StoreUnavailable
+from auditor.core.errors import InputError, StoreError
 
 if TYPE_CHECKING:
     from auditor.core.schema import RunRecord
@@ -250,7 +250,7 @@ class BatchTables:
     """Batches, items and claims in a store's database (``RunStore.batches()``)."""
 
     def __init__(self, engine: Engine,
-                 unavailable: Callable[[sa.exc.SQLAlchemyError], StoreUnavailable],
+                 unavailable: Callable[[sa.exc.SQLAlchemyError], StoreError],
                  clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
         self._unavailable = unavailable

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from auditor.core.errors import StoreUnavailable
+from auditor.core.errors import StoreError
 
 LOG_NAME = "certs.jsonl"  # certify/log.py's names: the same parts as the file log
 # pg_advisory_xact_lock key: "auditor certlog" folded into a signed 64-bit integer
@@ -43,7 +43,7 @@ class TableLog:
     """The certificate log's parts in a server store's database."""
 
     def __init__(self, engine: Engine, shown_url: str,
-                 unavailable: Callable[[sa.exc.SQLAlchemyError], StoreUnavailable]) -> None:
+                 unavailable: Callable[[sa.exc.SQLAlchemyError], StoreError]) -> None:
         self._engine = engine
         self._url = shown_url  # password hidden
         self._unavailable = unavailable

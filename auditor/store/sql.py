@@ -317,9 +317,13 @@ class SqlStore:
         found = sa.engine.make_url(self._url).password
         return None if found is None else str(found)
 
-    def unavailable(self, exc: sa.exc.SQLAlchemyError) -> StoreUnavailable:
-        """The one-line error for a database failure during an operation."""
-        return StoreUnavailable(f"store {self.url}: {_reason(exc, self.password())}")
+    def unavailable(self, exc: sa.exc.SQLAlchemyError) -> StoreError:
+        """The one-line error for a database failure during an operation (a role's
+        missing privilege named as such: store/roles.py)."""
+        from auditor.store.denied import denial
+
+        return denial(exc, self.url) or StoreUnavailable(
+            f"store {self.url}: {_reason(exc, self.password())}")
 
     def _write(self, run_id: str) -> AbstractContextManager[Connection]:
         """A write transaction; on PostgreSQL it also serialises writers of one run."""

@@ -108,6 +108,11 @@ def sync(
     try:
         return _sync(source, target, run_ids, log, progress)
     except sa.exc.SQLAlchemyError as exc:  # the direct queries below; methods translate
+        from auditor.store.denied import denial
+
+        denied = denial(exc, target.url)  # the target's role may not write: one line, exit 2
+        if denied is not None:
+            raise denied from None
         reason = _reason(exc, source.password(), target.password())
         raise StoreUnavailable(f"moving runs from {source.url} to {target.url}: {reason}") from None
 

@@ -41,7 +41,15 @@ from auditor.store.query import (
     sort_rows,
 )
 from auditor.ui import pages
-from auditor.ui.views import MAX_COMPARE, compare_view, curves, importance_view
+from auditor.ui.views import (
+    MAX_COMPARE,
+    compare_view,
+    curves,
+    explained,
+    importance_view,
+    run_curves,
+    stored_verification,
+)
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
@@ -221,8 +229,18 @@ def _routes(app: FastAPI, store: RunStore) -> None:
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(run_id: str) -> str:
         rec = store.get_record(store.resolve(run_id))
-        certs = [c for c in getattr(store, "certificates", lambda **_: [])(run_id=rec.identity.id)]
-        return pages.run_page(rec, certs, curves(store, [rec.identity.id]))
+        certs = explained(store, store.certificates(run_id=rec.identity.id))
+        return pages.run_page(rec, certs, run_curves(store, rec))
+
+    @app.get("/runs/{run_id}/report", response_class=HTMLResponse)
+    def report_page(run_id: str) -> str:
+        """The HTML report of the run's latest verification (an original or its rerun),
+        rendered from the result stored with the rerun."""
+        from auditor.report.html import render_html
+
+        result = stored_verification(store, store.resolve(run_id))
+        return render_html(result, original_url=f"/runs/{result.original_run}",
+                           rerun_url=f"/runs/{result.rerun_run}" if result.rerun_run else None)
 
     @app.get("/api/runs/{run_id}")
     def api_run(run_id: str) -> dict[str, Any]:
@@ -236,8 +254,8 @@ def _routes(app: FastAPI, store: RunStore) -> None:
     def api_curves(run_id: str) -> Response:
         full = store.resolve(run_id)
         rec = store.get_record(full)
-        return _json({"id": full, "status": rec.identity.status,
-                      "curves": pages.jsonable(curves(store, [full]))})
+        return _json(pages.jsonable({"id": full, "status": rec.identity.status,
+                                     **run_curves(store, rec)}))
 
     @app.get("/api/runs/{run_id}/artifacts/{sha256}")
     def artifact(run_id: str, sha256: str) -> Response:

@@ -21,7 +21,6 @@ from urllib.parse import urlencode
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from auditor.core.schema import RunRecord
-from auditor.store.base import CertificateRow
 from auditor.store.query import Page, Row
 from auditor.ui.importance import best_run
 from auditor.ui.views import SECTIONS, flatten
@@ -169,9 +168,12 @@ def _bounded(rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [*rows[:MAX_ROWS], ("…", f"and {len(rows) - MAX_ROWS} more (audit show --json)")]
 
 
-def run_page(rec: RunRecord, certs: Sequence[CertificateRow],
-             curves: dict[str, Any]) -> str:
-    """One run: record sections, artifacts, certificates, live curves."""
+def run_page(rec: RunRecord, certs: Sequence[dict[str, Any]],
+             live: dict[str, Any]) -> str:
+    """One run: record sections, artifacts, certificates (each explained: verdict, first
+    divergence, top cause, report link; ``views.explained``), live curves (a rerun's with
+    its original's overlaid and the first divergence marked: ``views.run_curves``)."""
+    curves: dict[str, Any] = live["curves"]
     flat = flatten(rec)
     sections: dict[str, list[tuple[str, str]]] = {}
     for (section, key), value in sorted(
@@ -188,7 +190,8 @@ def run_page(rec: RunRecord, certs: Sequence[CertificateRow],
                 ("command", " ".join(rec.command.argv))]
     shown_curves = dict(list(curves.items())[:MAX_CURVES])
     data = {"id": ident.id, "status": ident.status, "curves": jsonable(shown_curves),
-            "more_curves": len(curves) - len(shown_curves)}
+            "more_curves": len(curves) - len(shown_curves), "original": live["original"],
+            "divergence": jsonable(live["divergence"])}
     return _page("run.html.j2", ident=ident, identity=identity,
                  sections={name: _bounded(rows) for name, rows in sections.items()},
                  artifacts=rec.artifacts[:MAX_ROWS],

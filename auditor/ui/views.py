@@ -226,6 +226,36 @@ def importance_view(rows: Sequence[Row], metric: str | None) -> dict[str, Any]:
     }
 
 
+def run_labels(rows: Sequence[Row]) -> dict[str, str]:
+    """Each run named by the params that differ between ``rows`` (``lr=0.1 · seed=2``),
+    seeds last; a run's name and id tail where no param differs."""
+    keys = sorted({k for r in rows for k in r.params})
+    differing = [k for k in keys if len({repr(r.params.get(k)) for r in rows}) > 1]
+    differing.sort(key=lambda k: (is_seed_key(k), k))
+    out = {}
+    for r in rows:
+        parts = [f"{k}={_text(r.params.get(k))[:24]}" for k in differing]
+        out[r.id] = " · ".join(parts) if parts else f"{r.name} · {r.id[-6:]}"
+    return out
+
+
+def seed_groups(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Runs that differ only in seed, grouped (W&B grouping): each group's setting, label
+    (the params that differ between groups) and run ids, in the runs' order."""
+    keys = sorted({k for r in rows for k in r.params if not is_seed_key(k)})
+    groups: dict[tuple[str, ...], list[Row]] = {}
+    for r in rows:
+        groups.setdefault(tuple(repr(r.params.get(k)) for k in keys), []).append(r)
+    differing = [k for i, k in enumerate(keys) if len({g[i] for g in groups}) > 1]
+    out = []
+    for members in groups.values():
+        first = members[0]
+        setting = {k: first.params.get(k) for k in differing}
+        label = " · ".join(f"{k}={_text(v)[:24]}" for k, v in setting.items()) or "all runs"
+        out.append({"label": label, "setting": setting, "runs": [r.id for r in members]})
+    return out
+
+
 def compare_view(store: RunStore, run_ids: Sequence[str], metric: str | None,
                  verdicts: dict[str, str], population: Sequence[Row] | None = None
                  ) -> dict[str, Any]:
@@ -235,11 +265,15 @@ def compare_view(store: RunStore, run_ids: Sequence[str], metric: str | None,
     rows = rows_for(records, verdicts)
     weighed = list(population) if population is not None else rows
     chosen = choose_metric(weighed, metric)
+    labels = run_labels(rows)
+    groups = seed_groups(rows)
+    per_run = curves(store, run_ids)
     return {
         "runs": [{"id": r.id, "name": r.name, "status": r.status, "verified": r.verified,
-                  "started": r.started_at.isoformat()} for r in rows],
+                  "started": r.started_at.isoformat(), "label": labels[r.id]} for r in rows],
         "sections": comparison(records),
-        "curves": curves(store, run_ids),
+        "curves": per_run,
+        "groups": groups,  # the bands are drawn from the runs' curves (app.js: bandOf)
         "metric": chosen,
         "metrics": sorted({k for r in rows for k in r.metrics}),
         "parallel": parallel(rows, chosen),
@@ -251,3 +285,100 @@ def compare_view(store: RunStore, run_ids: Sequence[str], metric: str | None,
 def badge(verdict: str) -> str:
     """A certificate verdict as its short badge name."""
     return BADGES.get(verdict, verdict)
+
+
+def explained(store: RunStore, certs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Each certificate with what its stored verification says: the verdict, the first
+    divergence, the most likely cause, and where its HTML report is served (from the
+    result stored with the rerun; a certificate whose result cannot be read says so)."""
+    from auditor.certify.issue import stored_result
+    from auditor.core.errors import AuditorError
+
+    out = []
+    for c in certs:
+        row: dict[str, Any] = {"verdict": c.verdict, "issued": c.issued_at.isoformat(),
+                               "rerun": c.rerun_id, "sha256": c.sha256,
+                               "first_divergence": None, "cause": None, "report": None,
+                               "problem": None}
+        if c.rerun_id:
+            try:
+                result = stored_result(store, store.get_record(c.rerun_id))
+            except AuditorError as exc:
+                row["problem"] = " ".join(str(exc).split())
+            else:
+                verdict = result.verdict
+                row["first_divergence"] = verdict.first_divergence
+                if verdict.causes:
+                    top = verdict.causes[0]
+                    change = (f": {top.left or '(none)'} → {top.right or '(none)'}"
+                              if top.left is not None or top.right is not None else "")
+                    row["cause"] = f"{top.category} {top.what}{change}"
+                    row["cause_why"] = top.explanation
+                row["report"] = f"/runs/{c.rerun_id}/report"
+        out.append(row)
+    return out
+
+
+def stored_verification(store: RunStore, run_id: str) -> Any:
+    """The result stored with a rerun by its verification (``VerifyResult``): the run's
+    own for a rerun, its newest rerun's for an original."""
+    from auditor.certify.issue import stored_result
+    from auditor.core.errors import RunNotFound
+
+    record = store.get_record(run_id)
+    if record.identity.reproduces is None:
+        reruns = store.run_ids_reproducing(run_id)
+        if not reruns:
+            raise RunNotFound(f"{run_id}: a verification report (never verified)")
+        record = store.get_record(reruns[0])
+    return stored_result(store, record)
+
+
+def live_divergence(store: RunStore, rerun_id: str, original_id: str
+                    ) -> dict[str, dict[str, Any]]:
+    """metric -> the first step where a rerun's series leaves its original's beyond the
+    default metric tolerance (``|a - b| <= atol + rtol·|a|``), over every point logged so
+    far (not the downsampled curves): what a running rerun's page marks as it happens.
+    The certificate's first divergence, under the verification's policy, is the verdict."""
+    from auditor.core.policy import DEFAULT_POLICY
+
+    original = store.metric_arrays(original_id)
+    out: dict[str, dict[str, Any]] = {}
+    for key, (steps, values) in store.metric_arrays(rerun_id).items():
+        if key not in original:
+            continue
+        o_steps, o_values = original[key]
+        common, i_r, i_o = np.intersect1d(steps, o_steps, assume_unique=False,
+                                          return_indices=True)
+        if not len(common):
+            continue
+        a, b = o_values[i_o], values[i_r]
+        tol = DEFAULT_POLICY.compare.metric_tolerance_for(key)
+        both_nan = np.isnan(a) & np.isnan(b)
+        with np.errstate(invalid="ignore"):
+            bad = ~both_nan & ~(np.abs(a - b) <= tol.atol + tol.rtol * np.abs(a))
+        hits = np.flatnonzero(bad)
+        if len(hits):
+            j = int(hits[0])
+            out[key] = {"step": int(common[j]), "original": _finite_or_none(a[j]),
+                        "rerun": _finite_or_none(b[j])}
+    return out
+
+
+def _finite_or_none(v: Any) -> float | None:
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def run_curves(store: RunStore, rec: RunRecord) -> dict[str, Any]:
+    """A run page's curves; for a rerun, its original's overlaid (dashed) and the first
+    divergence so far."""
+    own = curves(store, [rec.identity.id])
+    original = rec.identity.reproduces
+    if not original:
+        return {"curves": own, "original": None, "divergence": {}}
+    theirs = curves(store, [original])  # an original not in this store: none, no overlay
+    merged = {k: [*v, *({**c, "dashed": True} for c in theirs.get(k, []))]
+              for k, v in own.items()}
+    return {"curves": merged, "original": original,
+            "divergence": live_divergence(store, rec.identity.id, original)}

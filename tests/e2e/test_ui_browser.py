@@ -4,7 +4,7 @@ a dummy param does not, 3 seeds per setting (24 runs).
 
 Without chromium the tests are skipped locally but FAIL under ``CI`` (``.ci/run`` installs
 it). Screenshots are kept under the test's temp folder; set ``AUDITOR_SCREENSHOT_DIR`` to
-keep copies (the README's screenshot comes from here).
+keep copies (the README's screenshots come from test_ui_team_browser.py, over PostgreSQL).
 """
 
 from __future__ import annotations
@@ -173,6 +173,10 @@ def test_table_filter_sort_select_compare(page: Any, url: str, shots: Path) -> N
     assert "torch" in visible_keys(page, "packages")
     page.click("#show-all")
     assert visible_keys(page, "packages") == []
+    # seed 1 and seed 2 at the smallest lr differ only in seed: one band, and the other run
+    assert page.get_attribute("#curves", "data-mode") == "grouped"
+    assert page.get_attribute("#curves", "data-series") == "2"
+    page.uncheck("#group-seeds")
     assert page.get_attribute("#curves", "data-series") == "3"
     assert int(page.get_attribute("#curves", "data-points") or 0) == 3 * 30
     assert page.text_content("#importance-message") is not None  # 3 runs: too few
@@ -197,7 +201,7 @@ def test_importance_ranks_lr_first(page: Any, url: str, sweep: dict[str, Any],
     page.goto(url + f"/compare?runs={ids}&metric=loss")
     page.wait_for_selector("#importance canvas")
     check_importance(page)
-    assert page.get_attribute("#curves", "data-series") == "24"
+    assert page.get_attribute("#curves", "data-series") == "8"  # 4 lrs x 2 dummies, 3 seeds each
     keep(page, shots, "compare")
 
 
@@ -212,7 +216,7 @@ def test_compare_and_importance_of_all_filtered_runs_in_one_click(
     assert page.text_content("#where-shown") == "params.lr >= 0.01"
     assert (page.text_content("#scope") or "").startswith(
         "Computed over 18 comparable run(s) (train_sweep.py at commit ")
-    assert page.get_attribute("#curves", "data-series") == "18"
+    assert page.get_attribute("#curves", "data-series") == "6"  # grouped: 3 seeds a setting
     best = page.text_content("#best") or ""
     assert best.startswith("best setting dummy=") and ", lr=" in best and " ± " in best
     check_importance(page)

@@ -8,7 +8,7 @@ from auditor.store import SqlStore
 from auditor.store.query import page_runs, parse_query
 from auditor.ui import pages
 from auditor.ui.pages import MAX_COLUMN_KEYS, MAX_CURVES, MAX_ROWS
-from auditor.ui.views import curves
+from auditor.ui.views import run_curves
 from tests.uifactory import put_run
 
 KEYS = 20_000
@@ -19,7 +19,7 @@ def test_run_page_lists_a_bounded_number_of_rows(store: SqlStore) -> None:
                   final={f"m{i:05d}": float(i) for i in range(KEYS)},
                   series={f"m{i:05d}": [1.0, 0.5] for i in range(MAX_CURVES + 30)})
     # what the app's /runs/{id} and / routes render
-    html = pages.run_page(rec, [], curves(store, [rec.identity.id]))
+    html = pages.run_page(rec, [], run_curves(store, rec))
     assert len(html) < 600_000, len(html)  # unbounded, it was megabytes
     assert f"and {KEYS - MAX_ROWS} more (audit show --json)" in html  # params and metrics
     assert html.count("<th>p0") == MAX_ROWS and html.count("<th>m0") == MAX_ROWS
