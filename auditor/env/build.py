@@ -7,8 +7,10 @@ Contract:
   A hashed pip lock installs from the verified wheel cache (``auditor.env.wheelcache``):
   the host fetches each wheel once (the CA bundle and the wheelhouse are inputs of that
   fetch only), the build reads them over HTTP from the host (``auditor.env.wheelserve``)
-  with ``pip install --no-index --require-hashes``, so no wheel, CA bundle or index
-  reaches any layer. The heaviest packages (``is_heavy``: torch, the CUDA libraries, any
+  with ``uv pip install --no-index --require-hashes --compile-bytecode`` (``UV_REQUIREMENT``:
+  uv is a pinned build input, fetched into the wheel cache, served beside the wheels and
+  checked against its pinned sha256 inside the ``RUN`` that uses it, which removes it), so
+  no wheel, CA bundle, index or installer reaches any layer. The heaviest packages (``is_heavy``: torch, the CUDA libraries, any
   wheel of ``HEAVY_WHEEL_BYTES``) go first into an image of their own, one layer each,
   tagged ``auditor-env-heavy:<heavy digest[:16]>`` and named by the base and their pins
   only, so a lock that differs elsewhere starts from it; the rest of the lock is one layer
@@ -23,7 +25,9 @@ Contract:
   lock's hashes make irrelevant); the tag is ``auditor-env:<digest[:16]>``.
   Run id and auditor version are labels only: runs with equal inputs share one image, whose
   run-id label names the run it was first built for.
-- ``build_docker(...)``: an image that exists for the digest is a cache hit. Otherwise
+- ``build_docker(...)``: an image that exists for the digest is a cache hit (its probe
+  read from the image's top layer on disk where the engine is local overlay2, else from a
+  created container). Otherwise
   the image is built untagged and tagged only once the build, the probe and the T20 check
   succeeded; a failure tags nothing and raises ``ImageBuildFailed`` (``BuildFailed``, exit
   3) carrying the full log in ``log`` and its cause in one line (``auditor.env.inputs``
