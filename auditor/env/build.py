@@ -10,11 +10,12 @@ Contract:
   with ``uv pip install --no-index --require-hashes --compile-bytecode`` (``UV_REQUIREMENT``:
   uv is a pinned build input, fetched into the wheel cache, served beside the wheels and
   checked against its pinned sha256 inside the ``RUN`` that uses it, which removes it), so
-  no wheel, CA bundle, index or installer reaches any layer. The heaviest packages (``is_heavy``: torch, the CUDA libraries, any
-  wheel of ``HEAVY_WHEEL_BYTES``) go first into an image of their own, one layer each,
-  tagged ``auditor-env-heavy:<heavy digest[:16]>`` and named by the base and their pins
-  only, so a lock that differs elsewhere starts from it; the rest of the lock is one layer
-  on top. A conda or unhashed lock keeps the older three stages: ``base``, ``install``
+  no wheel, CA bundle, index or installer reaches any layer. The heaviest packages
+  (``is_heavy``: torch, the CUDA libraries, any wheel of ``HEAVY_WHEEL_BYTES``) go first
+  into an image of their own, one layer each, tagged
+  ``auditor-env-heavy:<heavy digest[:16]>`` and named by the base and their pins only, so
+  a lock that differs elsewhere starts from it; the rest of the lock is one layer on top.
+  A conda or unhashed lock keeps the older three stages: ``base``, ``install``
   (copies the lock, CA bundle and wheelhouse; pip or micromamba from the index) and the
   final stage, which copies only ``/opt/auditor`` from ``install``. Either way the final
   image records ``pip inspect`` and the Python version, as seen inside it, in
