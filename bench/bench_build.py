@@ -19,7 +19,9 @@ Needs a docker engine, the base image ``auditor-base:bookworm`` (``.ci/docker-se
 builds it), the torch wheel in ``$PIP_FIND_LINKS`` (default /opt/wheels) and the index's CA
 bundle (``$PIP_CERT``, else the system bundle). Writes ``bench/results/build.json``.
 Images it tags are removed at the end. Usage: ``python bench/bench_build.py [--skip-builds]
-[--skip-verify]``.
+[--skip-verify] [--baseline DIR]`` (``--baseline``: the same benchmark of another checkout,
+e.g. the code before a change, run first in the same process tree and kept under
+``baseline``, so a ratio before/after is measured under the same load).
 """
 
 from __future__ import annotations
@@ -247,15 +249,34 @@ def removing(tags: list[str]) -> Iterator[None]:
             client.close()
 
 
+def baseline(checkout: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The figures of ``checkout``'s own benchmark (its code imported first), run now."""
+    flags = [f for f, on in (("--skip-builds", args.skip_builds),
+                             ("--skip-verify", args.skip_verify)) if on]
+    commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], text=True,
+                            capture_output=True).stdout.strip()
+    env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
+    subprocess.run([sys.executable, str(checkout / "bench" / "bench_build.py"), *flags],
+                   env=env, check=True, stdout=subprocess.DEVNULL)
+    figures = json.loads((checkout / "bench" / "results" / "build.json").read_text())
+    return {"checkout": str(checkout), "commit": commit or "(not a git checkout)", **figures}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--skip-builds", action="store_true", help="only the warm verify")
     parser.add_argument("--skip-verify", action="store_true", help="only the builds")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="first run DIR's own bench/bench_build.py (a checkout of the "
+                        "code before a change, with this venv) and keep its figures under "
+                        "'baseline', so before and after are measured in one run")
     args = parser.parse_args()
     base = build_base_image()
     report: dict[str, Any] = {"benchmark": "build", "when": datetime.now(UTC).isoformat(),
                               "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                        "load_1m": round(os.getloadavg()[0], 1)}}
+    if args.baseline is not None:
+        report["baseline"] = baseline(args.baseline, args)
     made: list[str] = []
     with removing(made):
         if not args.skip_builds:

@@ -2,13 +2,14 @@
 
 The classic builder (the only one the docker SDK drives) cannot mount a host folder into
 a ``RUN``, and a wheel copied into the build context lands in a layer. So the build's
-``pip install --no-index --find-links http://auditor-wheels:8765/`` reads the wheels from
+``uv pip install --no-index --find-links http://auditor-wheels:8765/`` reads the wheels from
 a tiny HTTP server on this host: builds use the host's network, and the builder maps the
 name ``auditor-wheels`` (``extra_hosts``, not part of any layer's cache key) to an address
 of 127.0.0.0/8 drawn per build, so concurrent builds each reach their own folder while the
 Dockerfile, and thus the layer cache, stays the same. The wheels never enter an image.
 
-Each wheel served is one ``Counter`` step (the package being installed, its bytes).
+Each wheel of the lock served is one ``Counter`` step (the package being installed, its
+bytes); the installer's wheel, in a subfolder (``auditor.env.build.UV_SERVED``), is not.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         super().do_GET()
         name = self.path.rsplit("/", 1)[-1]
-        if name.endswith(".whl"):
+        if name.endswith(".whl") and self.path.count("/") == 1:  # not the installer's
             path = Path(self.translate_path(self.path))
             size = path.stat().st_size if path.is_file() else 0
             self.served.advance(current=name.split("-", 1)[0], nbytes=size)

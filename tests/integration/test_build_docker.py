@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import tarfile
 import time
 from collections.abc import Iterator
@@ -22,6 +23,9 @@ from auditor.core.errors import BuildFailed, EngineUnavailable, LockfileError
 from auditor.core.lockfile import Lock, parse_requirements_lock
 from auditor.core.progress import Counter, Reporter
 from auditor.env.build import (
+    ENVIRONMENT_JSON,
+    _read_environment,
+    _top_layer_file,
     build_docker,
     build_inputs_digest,
     cached_sizes,
@@ -123,8 +127,10 @@ def small_build(docker_client: Any, small_inputs: BuildInputs,
     seen = Recorder()
     result = build_docker(small_inputs, progress=seen)
     assert "building the image" in seen.stages
-    assert seen.counted["fetching"] == ["six-1.17.0-py2.py3-none-any.whl"]
-    assert seen.counted["installing"] == ["six"], "each wheel the build reads is counted"
+    six, *installer = seen.counted["fetching"]  # the installer, uv, is a build input too
+    assert six == "six-1.17.0-py2.py3-none-any.whl"
+    assert len(installer) == 1 and installer[0].startswith("uv-0.13.8-"), installer
+    assert seen.counted["installing"] == ["six"], "each wheel of the lock is counted, once"
     return result
 
 
@@ -186,19 +192,36 @@ def test_no_cached_wheel_reaches_any_layer_of_the_image(
     with saved.open("wb") as out:
         for chunk in docker_client.images.get(small_build.image_id).save(named=False):
             out.write(chunk)
-    wheels = []
+    wheels, installers = [], []
     with tarfile.open(saved) as image:
         for member in image.getmembers():
             if member.name.endswith("layer.tar"):
                 layer = image.extractfile(member)
                 assert layer is not None
                 with tarfile.open(fileobj=layer) as files:
-                    wheels += [n for n in files.getnames() if n.endswith(".whl")]
-    cached = [p.name for p in (small_inputs.wheel_cache or tmp_path).rglob("*.whl")]
-    assert cached == ["six-1.17.0-py2.py3-none-any.whl"]  # it was there, served
+                    names = files.getnames()
+                    wheels += [n for n in names if n.endswith(".whl")]
+                    installers += [n for n in names if Path(n).name in ("uv", "auditor-uv")]
+    cached = sorted(p.name for p in (small_inputs.wheel_cache or tmp_path).rglob("*.whl"))
+    assert cached[0] == "six-1.17.0-py2.py3-none-any.whl"  # it was there, served
+    assert [c[:10] for c in cached[1:]] == ["uv-0.13.8-"]  # and the installer's wheel
+    assert installers == [], "the installer ran from /tmp of its RUN and left no layer"
     # the only wheels in any layer are the OS's own (Debian's python3-venv ensurepip)
     assert [w for w in wheels if not w.startswith("./usr/share/python-wheels/")] == []
     assert not any(Path(w).name in cached for w in wheels)
+
+
+@pytest.mark.docker
+def test_a_cache_hit_reads_the_probe_from_the_top_layer_as_a_container_would(
+    docker_client: Any, small_build: BuildResult
+) -> None:
+    """Issue 17 (d): a warm verify's cache hit reads environment.json from the image's top
+    layer on disk instead of creating a container; both ways give the same bytes."""
+    image = docker_client.images.get(small_build.image_id)
+    from_layer = _top_layer_file(image, ENVIRONMENT_JSON)
+    assert from_layer is not None, "overlay2 on this host: the fast path must be taken"
+    assert json.loads(from_layer) == _read_environment(docker_client, image.id)  # container
+    assert _top_layer_file(image, "/opt/auditor/nothing.json") is None
 
 
 @pytest.mark.docker

@@ -262,3 +262,30 @@ def test_missing_package_log_maps_to_a_wheelhouse_hint() -> None:
     error = install_failure(["ERROR: No matching distribution found for torch==2.13.0+cpu"],
                            "image build")
     assert "no wheel for torch==2.13.0+cpu" in str(error) and "--wheelhouse" in str(error)
+
+
+# ---- the cache hit's probe, read from the image's top layer (issue 17 (d)) -----------
+
+
+class _Image:
+    """An image as the docker SDK describes it: only its ``attrs`` are read."""
+
+    def __init__(self, upper: Path, driver: str = "overlay2") -> None:
+        self.attrs = {"GraphDriver": {"Name": driver, "Data": {"UpperDir": str(upper)}}}
+
+
+def test_the_top_layer_probe_is_read_without_following_any_link(tmp_path: Path) -> None:
+    upper = tmp_path / "diff"
+    (upper / "opt" / "auditor").mkdir(parents=True)
+    probe = upper / "opt" / "auditor" / "environment.json"
+    probe.write_text('{"python": "3.11.2"}')
+    assert build._top_layer_file(_Image(upper), build.ENVIRONMENT_JSON) == probe.read_bytes()
+    assert build._top_layer_file(_Image(upper, "vfs"), build.ENVIRONMENT_JSON) is None
+    secret = tmp_path / "host-secret"
+    secret.write_text("not for the build")
+    probe.unlink()
+    probe.symlink_to(secret)  # a layer whose probe is a link: never followed
+    assert build._top_layer_file(_Image(upper), build.ENVIRONMENT_JSON) is None
+    (upper / "opt" / "auditor").rename(tmp_path / "elsewhere")
+    (upper / "opt" / "auditor").symlink_to(tmp_path / "elsewhere")  # a linked folder too
+    assert build._top_layer_file(_Image(upper), build.ENVIRONMENT_JSON) is None
