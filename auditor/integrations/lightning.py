@@ -48,7 +48,8 @@ SUPPORTED = ("2.0", "2.7")  # >=2.0,<2.7; checked before anything else of Lightn
 _run.check_version("auditor.integrations.lightning", "lightning", lightning.__version__,
                    *SUPPORTED)
 
-from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment  # noqa: E402
+from lightning.fabric.loggers.logger import rank_zero_experiment  # noqa: E402
+from lightning.pytorch.loggers.logger import Logger  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
 
 # The Trainer's settings recorded as params (attribute of the Trainer -> param name).

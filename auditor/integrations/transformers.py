@@ -45,7 +45,7 @@ TIMING_SUFFIXES = ("_runtime", "_per_second")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors")
 
 
-class AuditorCallback(TrainerCallback):  # type: ignore[misc]
+class AuditorCallback(TrainerCallback):
     """A ``TrainerCallback`` recording into auditor's run (see the module's docstring).
 
     ``name`` names a standalone run; ``store`` is its store (default ``AUDITOR_STORE`` /
