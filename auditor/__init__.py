@@ -5,8 +5,15 @@ Public Python API::
     import auditor
     auditor.seed_everything(42, deterministic=True)
     with auditor.start_run(name="mlp", params=cfg, seed=42) as run:
+        start = run.resume(model, optimizer, scheduler=sched, generators=[g])  # 0 unless resuming
         run.log_metric("loss", 0.41, step=3)
+        run.checkpoint(100, model=model, optimizer=optimizer, scheduler=sched, generators=[g])
         run.log_artifact("model.safetensors")
+
+Checkpoints: ``run.checkpoint`` (every N steps with ``every=N``, or on demand),
+``run.log_checkpoint(path, step)`` for a file the script saves itself, ``run.resume`` to
+continue from the checkpoint named by ``AUDITOR_RESUME_FROM``; ``AUDITOR_STOP_AT`` ends the
+process at that step's checkpoint (``auditor.record.checkpoint_io``, standard library).
 
 Under ``audit record`` (and inside a rerun) the API attaches to the surrounding run instead
 of creating one, through ``auditor.record.attached``, which needs only the standard library.

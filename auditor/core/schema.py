@@ -29,7 +29,10 @@ SCHEMA_VERSION = 1
 RECORD_MEDIA_TYPE = "application/vnd.auditor.run+json"
 
 RunStatus = Literal["running", "finished", "failed", "crashed", "killed"]
-ArtifactKind = Literal["output", "log", "code", "lock", "env", "data", "build", "report"]
+ArtifactKind = Literal[
+    "output", "log", "code", "lock", "env", "data", "build", "report", "checkpoint"
+]
+CheckpointKind = Literal["api", "registered", "resumed"]
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 RUN_ID_LENGTH = 26
@@ -241,6 +244,19 @@ class ArtifactRef(Model):
         return name
 
 
+class CheckpointRef(Model):
+    """One checkpoint of the run (``run.checkpoint`` / ``run.log_checkpoint``), or, in a
+    rerun, the snapshot of the state ``run.resume`` restored ("resumed"). ``manifest`` is
+    the digest of its manifest object, which names every file's digest and holds the
+    per-tensor / per-RNG digests of the state (``auditor/record/checkpoints.py``)."""
+
+    step: int = Field(ge=0)
+    manifest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    kind: CheckpointKind = "api"
+    size: int = Field(default=0, ge=0)  # bytes of its files (the manifest not counted)
+    files: int = Field(default=0, ge=0)
+
+
 class MetricsSummary(Model):
     """Final values and where the full series lives."""
 
@@ -265,6 +281,9 @@ class RunRecord(Model):
     metrics: MetricsSummary = MetricsSummary()
     artifacts: tuple[ArtifactRef, ...] = ()
     not_captured: dict[str, str] = Field(default_factory=dict)
+    # issue 19: checkpoints in step order (their files are also artifacts of kind
+    # "checkpoint"); absent from the canonical bytes while empty (old digests hold)
+    checkpoints: tuple[CheckpointRef, ...] = Field(default=(), exclude_if=lambda v: not v)
 
     def artifact(self, name: str) -> ArtifactRef | None:
         """The artifact stored under ``name``, if any."""

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from auditor.core.errors import InputError  # imports nothing: safe inside a rerun image
+from auditor.record.checkpoint_io import CheckpointMixin  # standard library only
 
 FLUSH_POINTS = 1000
 SEED_STATE: dict[str, Any] = {}
@@ -122,14 +123,25 @@ class MetricLogger:
             self.log_metric(name, value, step)
 
 
-class AttachedRun(MetricLogger):
-    """A run of the surrounding ``audit record`` (or rerun); same methods as ``Run``."""
+class AttachedRun(MetricLogger, CheckpointMixin):
+    """A run of the surrounding ``audit record`` (or rerun); same methods as ``Run``.
+    Checkpoints are spooled into ``<probe>/checkpoints/step-…/`` (manifest last), where the
+    recorder stores them when the command ends."""
 
     def __init__(self, run_id: str, probe_dir: Path) -> None:
         super().__init__()
         self.id = run_id
         self._probe = probe_dir
         self._closed = False
+
+    def _spool_root(self) -> Path:
+        return self._probe / "checkpoints"
+
+    def _stored(self, folder: Path, step: int, kind: str, files: Mapping[str, Path]) -> None:
+        pass  # the recorder reads the spool folder
+
+    def _metrics_so_far(self) -> dict[str, tuple[int, float]]:
+        return {k: (self._steps[k], v) for k, v in self._final.items()}
 
     def _full(self) -> None:
         self.flush()
@@ -165,6 +177,7 @@ class AttachedRun(MetricLogger):
         self._closed = True
         atexit.unregister(self.end)
         self.flush()
+        self.wait_checkpoints()
         data = {"params": self._params, "seed": SEED_STATE.get("seed"),
                 "seeded": SEED_STATE.get("seeded", []), "pid": os.getpid()}
         tmp = self._probe / f"api-{os.getpid()}.json.tmp"

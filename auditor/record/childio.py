@@ -18,6 +18,7 @@ from auditor.core.errors import StoreError
 from auditor.core.schema import ArtifactRef
 from auditor.record import outputs
 from auditor.record.capture.secrets import redact_bytes, redact_params
+from auditor.record.checkpoints import ingest_spool
 from auditor.store import MetricPoint, RunStore
 from auditor.store.base import bits_to_float
 
@@ -87,7 +88,8 @@ def ingest_api(
 ) -> dict[str, Any]:
     """Merge what the Python API wrote from inside the child (``path_map`` turns the paths
     it reported into paths on this host)."""
-    found: dict[str, Any] = {"params": {}, "seed": None, "seeded": [], "artifacts": []}
+    found: dict[str, Any] = {"params": {}, "seed": None, "seeded": [], "artifacts": [],
+                             "checkpoints": [], "warnings": []}
     for path in sorted(probe.glob("api-*.json")):
         data = json.loads(path.read_text())
         found["params"].update(redact_params(data.get("params", {})))
@@ -112,6 +114,10 @@ def ingest_api(
             if failures is None:
                 raise
             failures.append(f"{name}: {exc}")
+    spool = ingest_spool(store.blobs, probe / "checkpoints")  # run.checkpoint's folders
+    found["artifacts"] += spool.artifacts
+    found["checkpoints"] = spool.checkpoints
+    found["warnings"] = spool.warnings
     return found
 
 

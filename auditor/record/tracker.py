@@ -21,14 +21,22 @@ import atexit
 import json
 import os
 import queue
+import shutil
 import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
-from auditor.core.schema import ArtifactRef, MetricsSummary, RunRecord, Seeds
+from auditor.core.schema import (
+    ArtifactRef,
+    CheckpointKind,
+    CheckpointRef,
+    MetricsSummary,
+    RunRecord,
+    Seeds,
+)
 from auditor.record import session
 from auditor.record.attached import (
     SEED_STATE,
@@ -39,6 +47,7 @@ from auditor.record.attached import (
 )
 from auditor.record.capture import determinism as det
 from auditor.record.capture.secrets import redact_params, redacted_env_value
+from auditor.record.checkpoint_io import MANIFEST, CheckpointMixin
 from auditor.record.outputs import store_artifact
 from auditor.store import RunStore, open_store, store_dir_of
 
@@ -46,8 +55,9 @@ FLUSH_POINTS = 1000
 __all__ = ["AttachedRun", "Run", "seed_everything", "start_run"]
 
 
-class Run(MetricLogger):
-    """A run being recorded. Use as a context manager; see ``start_run``."""
+class Run(MetricLogger, CheckpointMixin):
+    """A run being recorded. Use as a context manager; see ``start_run``. Checkpoints are
+    spooled under the store's local folder, then stored as blobs by a background thread."""
 
     def __init__(self, record: RunRecord, *, store: RunStore, seed: int | None = None,
                  quiet: bool = False) -> None:
@@ -61,6 +71,36 @@ class Run(MetricLogger):
         self._artifacts: list[ArtifactRef] = []
         self._seed: tuple[int | None, list[str]] = (seed, [])
         self._closed = False
+        self._checkpoints: list[CheckpointRef] = []
+        self._ckpt_error: str | None = None
+        self._ckpt_artifacts: list[ArtifactRef] = []
+
+    # -- checkpoints (checkpoint, log_checkpoint, resume come from CheckpointMixin) ----
+    def _spool_root(self) -> Path:
+        root = self._store.blobs.root / "spool" / self.id
+        if not root.is_dir():
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return root
+
+    def _stored(self, folder: Path, step: int, kind: str, files: Mapping[str, Path]) -> None:
+        """In the checkpoint thread: every file and the manifest into the blob store."""
+        prefix = f"checkpoints/{folder.name}"
+        size = 0
+        for name, path in files.items():
+            sha, n = self._store.blobs.put_file(path)
+            size += n
+            self._ckpt_artifacts.append(ArtifactRef(name=f"{prefix}/{name}", sha256=sha,
+                                                    size=n, kind="checkpoint"))
+        sha, n = self._store.blobs.put_file(folder / MANIFEST)
+        self._ckpt_artifacts.append(ArtifactRef(name=f"{prefix}/{MANIFEST}", sha256=sha,
+                                                size=n, kind="checkpoint"))
+        self._checkpoints.append(CheckpointRef(step=step, manifest=sha,
+                                               kind=cast(CheckpointKind, kind),
+                                               size=size, files=len(files)))
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _metrics_so_far(self) -> dict[str, tuple[int, float]]:
+        return {k: (self._steps[k], v) for k, v in self._final.items()}
 
     # -- logging (log_param(s) and log_metric(s) come from MetricLogger) ---------------
     def _param(self, key: str, value: Any) -> Any:
@@ -116,6 +156,13 @@ class Run(MetricLogger):
         self._closed = True
         atexit.unregister(self._at_exit)
         self.flush()
+        try:
+            self.wait_checkpoints()
+        except Exception as exc:  # noqa: BLE001 - the run is still stored, the loss named
+            self._ckpt_error = str(exc)
+            print(f"auditor: checkpoints not stored: {exc}", file=sys.stderr, flush=True)
+        finally:
+            shutil.rmtree(self._store.blobs.root / "spool" / self.id, ignore_errors=True)
         self.record = self._finish(status)
         if not self._quiet:
             print(f"auditor: recorded run {self.id} ({status}); `audit show {self.id}` shows it",
@@ -158,8 +205,12 @@ class Run(MetricLogger):
             "determinism": determinism,
             "environment": environment,
             "metrics": metrics,
-            "artifacts": (*self.record.artifacts, *self._artifacts),
+            "artifacts": (*self.record.artifacts, *self._artifacts, *self._ckpt_artifacts),
+            "checkpoints": tuple(sorted(self._checkpoints, key=lambda c: (c.step, c.kind))),
         }
+        if self._ckpt_error:
+            updates["not_captured"] = {**self.record.not_captured,
+                                       "checkpoints": f"not all stored: {self._ckpt_error}"}
         return session.finish(
             self._store,
             self.record,

@@ -583,7 +583,8 @@ def _finish(
     metrics = MetricsSummary(
         final=sink.final,
         points=sink.points,
-        warnings=tuple(sink.warnings + list(sink.capped.values()) + sink.malformed + warnings),
+        warnings=tuple(sink.warnings + list(sink.capped.values()) + sink.malformed + warnings
+                       + api["warnings"]),
     )
     status = "finished" if code == 0 else ("killed" if code < 0 else "failed")
     changed_data = {d.path for d in child.code.data} - {d.path for d in capture.data}
@@ -598,6 +599,7 @@ def _finish(
             "determinism": determinism,
             "metrics": metrics,
             "artifacts": tuple(_dedupe(artifacts)),
+            "checkpoints": tuple(api["checkpoints"]),
             "environment": environment,
             "not_captured": notes,
             "code": capture.code if changed else record.code,

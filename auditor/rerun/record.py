@@ -40,11 +40,12 @@ from auditor.record import outputs, session
 from auditor.record.capture import determinism as det
 from auditor.record.capture.gpu import capture_gpus, gpu_signature
 from auditor.record.capture.secrets import redact_env, redact_text
+from auditor.record.checkpoints import ingest_spool
 from auditor.record.childio import ingest_api, rerun_logs
 from auditor.record.wrap import MetricSink, compile_regex, observed, probe_params
 from auditor.rerun import lease
 from auditor.rerun.bwrap import ISOLATED
-from auditor.rerun.ingest import collect_api_artifacts, collect_changed, stage_probe
+from auditor.rerun.ingest import collect_api_artifacts, collect_changed, open_inside, stage_probe
 from auditor.rerun.sandbox import Executed, Prepared
 from auditor.store import RunStore
 
@@ -170,7 +171,9 @@ def _complete(
     produced = collect_changed(store.blobs, prep.tree, cwd_rel, prep.snapshot.changed(), max_bytes)
     logged = collect_api_artifacts(store.blobs, prep.tree, done.seen_as, lines, max_bytes)
     taken = {a.name for a in produced.artifacts}
-    warnings += [*produced.warnings, *logged.warnings]
+    # the rerun's checkpoints (a segment's end) and its resumed-state snapshot, untrusted
+    spool = ingest_spool(store.blobs, done.probe_dir / "checkpoints", opener=open_inside)
+    warnings += [*produced.warnings, *logged.warnings, *spool.warnings]
     determinism, seeds, environment = observed(rerun, obs, dict(prep.env), api)
     notes.update(produced.withheld + logged.withheld)  # outputs holding a secret
     if done.notes:
@@ -195,7 +198,9 @@ def _complete(
                 *produced.artifacts,
                 # a logged file the rerun also wrote is kept once, as the tree holds it
                 *(a for a in logged.artifacts if a.name not in taken),
+                *spool.artifacts,
             ),
+            "checkpoints": tuple(spool.checkpoints),
             "not_captured": notes,
         },
     )
