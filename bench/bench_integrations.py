@@ -8,7 +8,10 @@ probe folder), and with the integration opening a standalone run (a fresh SQLite
 The plain loop (a hand-written torch loop, the same MLP, ``run.log_metric`` each step) is
 measured the same way for reference. Each (case, mode) runs ``--repeats`` times,
 interleaved, in this process after one warm-up; the median per-step time is reported, and
-the overhead is the median with auditor minus the median without it.
+the overhead is the median with auditor minus the median without it. On a shared machine
+that difference is within the noise of a training step, so the cost of the hooks
+themselves is also timed alone (``hook_us_per_logged_step``: 20,000 calls of what the
+integration runs at each logged step, median of 3).
 
 Writes ``bench/results/integrations.json``. Usage:
 ``python bench/bench_integrations.py [--steps 300] [--repeats 5]``.
@@ -150,6 +153,48 @@ def hf_train(steps: int, mode: str) -> float:
         return time.perf_counter() - start
 
 
+def hook_cost(case: str, mode: str, calls: int = 20_000) -> float:
+    """Microseconds per call of what the integration runs at each logged step, alone:
+    Lightning's ``log_metrics`` with a tensor loss and the epoch, the Trainer callback's
+    ``on_log`` with the four numbers the Trainer logs, ``run.log_metric`` for the loop."""
+    import torch
+
+    from auditor.integrations import _run
+
+    if case == "lightning":
+        from auditor.integrations.lightning import AuditorLogger
+
+        logger = AuditorLogger()
+        loss = torch.tensor(0.69)
+
+        def call(step: int) -> None:
+            logger.log_metrics({"train_loss": loss, "epoch": 0.0}, step)
+    elif case == "transformers":
+        from transformers import TrainerState, TrainingArguments
+
+        from auditor.integrations.transformers import AuditorCallback
+
+        callback = AuditorCallback()
+        state = TrainerState(is_world_process_zero=True)
+        with tempfile.TemporaryDirectory() as out:
+            args = TrainingArguments(output_dir=out, report_to="none", use_cpu=True)
+
+        def call(step: int) -> None:
+            state.global_step = step
+            callback.on_log(args, state, None, logs={"loss": 0.69, "grad_norm": 0.2,
+                                                     "learning_rate": 1e-3, "epoch": 0.5})
+    else:
+        run = _run.process_run("bench-hook")
+
+        def call(step: int) -> None:
+            run.log_metric("loss", 0.69, step)
+    start = time.perf_counter()
+    for step in range(calls):
+        call(step)
+    _run.process_run().flush()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
 CASES: dict[str, Callable[[int, str], float]] = {
     "plain-loop": plain, "lightning": lightning_fit, "transformers": hf_train}
 
@@ -176,10 +221,17 @@ def main() -> None:
                     if rep:  # the first round warms imports and caches
                         times[mode].append(seconds)
             per_step = {m: statistics.median(t) / opts.steps * 1e6 for m, t in times.items()}
+            hooks = {}
+            for mode in MODES[1:]:
+                _mode(mode, Path(tmp))
+                hooks[mode] = round(statistics.median(
+                    hook_cost(case, mode) for _ in range(3)), 2)
+                _end()
             row = {"case": case, "steps": opts.steps, "repeats": opts.repeats,
                    "us_per_step": {m: round(v, 1) for m, v in per_step.items()},
                    "overhead_us_per_step": {m: round(per_step[m] - per_step["none"], 1)
                                             for m in MODES[1:]},
+                   "hook_us_per_logged_step": hooks,
                    "overhead_percent": {m: round(100 * (per_step[m] / per_step["none"] - 1), 1)
                                         for m in MODES[1:]},
                    "spread_us_per_step": {m: round((max(t) - min(t)) / opts.steps * 1e6, 1)

@@ -49,10 +49,10 @@ def note_seed(seed: int | None, seeded: Iterable[str], *, deterministic: bool) -
 
 
 def log_checkpoint(run: Any, path: str | os.PathLike[str], step: int) -> None:
-    """Register a checkpoint file the framework wrote, as the checkpoint API defines it."""
-    register = getattr(run, "log_checkpoint", None)
-    if register is not None:  # an older auditor's run has none: the file is an output still
-        register(Path(path), int(step))
+    """Register a checkpoint file the framework wrote, as the checkpoint API defines it
+    (a step not after the last registered one is skipped there: ``last.ckpt`` beside the
+    epoch's checkpoint)."""
+    run.log_checkpoint(Path(path), int(step))
 
 
 def params_from(source: str, values: Mapping[str, Any]) -> dict[str, Any]:

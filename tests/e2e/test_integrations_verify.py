@@ -4,7 +4,8 @@
 Each fixture script (fixtures/integrations/) resumes from its own checkpoint in a second
 Trainer, loads batches in worker processes from a seeded generator, and asks its framework
 for determinism; the integration must attach to the run `audit record` opened (one run in
-the store, not two) and the rerun must reproduce it bitwise. One lock (torch, lightning,
+the store, not two) and the rerun must reproduce it bitwise (the Hugging Face run recorded
+in its pinned image: see the test). One lock (torch, lightning,
 transformers, accelerate) and so one image serve the whole module. A data loader whose
 workers draw from an unseeded generator must not reproduce, and the verdict must say so.
 """
@@ -53,9 +54,12 @@ def run_ids(project: dict[str, Any]) -> list[str]:
 
 
 def record(project: dict[str, Any], name: str, *argv: str) -> tuple[str, dict[str, Any]]:
-    """`audit record` of one fixture script: the run id and its record."""
+    """`audit record` of one fixture script (``argv``: the script and its arguments, run by
+    this interpreter; or record options, ``--``, and a whole command): the run id and its
+    record."""
     before = set(run_ids(project))
-    res = audit("--json", "record", "--name", name, "--", PY, *argv,
+    command = list(argv) if "--" in argv else ["--", PY, *argv]
+    res = audit("--json", "record", "--name", name, *command,
                 cwd=project["root"], env=project["env"], timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     run_id = str(json.loads(res.stdout.strip().splitlines()[-1])["id"])
@@ -97,16 +101,19 @@ def test_lightning_training_is_recorded_and_reproduces_bitwise(project: dict[str
     assert locked(rec, "lightning", "torch") == "env/lock/requirements.lock"
     names = {a["name"] for a in rec["artifacts"]}
     assert "outputs/lightning_logs/auditor/checkpoints/last.ckpt" in names
+    # each saved checkpoint registered at its step (last.ckpt at the same step is not new)
+    assert [(c["step"], c["kind"]) for c in rec["checkpoints"]] == [
+        (6, "registered"), (12, "registered"), (18, "registered")]
 
     code, data, err = verify(project, run_id)
-    assert code == 0, err[-3000:]
+    assert code == 0, (err[-3000:], data)
     result = data["results"][0]
     assert result["verdict"]["level"] == "reproduced-bitwise", result["verdict"]
     assert result["backend"] == "docker"
 
 
 def test_hf_training_is_recorded_and_reproduces_bitwise(project: dict[str, Any]) -> None:
-    run_id, rec = record(project, "hf", "train_hf.py", "--workers", "2")
+    host_id, rec = record(project, "hf", "train_hf.py", "--workers", "2")
     params = rec["params"]
     assert params["args.seed"] == 0 and params["args.dataloader_num_workers"] == 2
     assert params["args.full_determinism"] is True
@@ -118,8 +125,37 @@ def test_hf_training_is_recorded_and_reproduces_bitwise(project: dict[str, Any])
     assert locked(rec, "transformers", "accelerate", "torch") == "env/lock/requirements.lock"
     names = {a["name"] for a in rec["artifacts"]}
     assert "outputs/hf-out/checkpoint-12/model.safetensors" in names
+    assert [(c["step"], c["kind"]) for c in rec["checkpoints"]] == [
+        (4, "registered"), (8, "registered"), (12, "registered")]
+
+    # Every checkpoint holds training_args.bin, a pickle of TrainingArguments whose enums
+    # Python 3.11.2 (the image's) and this host's 3.11 pickle differently: bitwise needs the
+    # run recorded in the environment its lock describes, the image `audit build` makes.
+    built = audit("--json", "build", host_id, cwd=project["root"], env=project["env"],
+                  timeout=1800)
+    assert built.returncode == 0, built.stderr[-3000:]
+    image = json.loads(built.stdout)["image_id"]
+    shutil.rmtree(project["root"] / "hf-out")
+    run_id, rec = record(project, "hf-in-image", "--in-image", image, "--", "python",
+                         "train_hf.py", "--workers", "2")
+    assert [c["step"] for c in rec["checkpoints"]] == [4, 8, 12]
+    assert rec["environment"]["python"]["lock"]["drift"] == []
 
     code, data, err = verify(project, run_id)
-    assert code == 0, err[-3000:]
+    assert code == 0, (err[-3000:], data)
     result = data["results"][0]
     assert result["verdict"]["level"] == "reproduced-bitwise", result["verdict"]
+
+
+def test_lightning_run_seeded_from_the_clock_is_caught_and_explained(
+        project: dict[str, Any]) -> None:
+    shutil.rmtree(project["root"] / "lightning_logs", ignore_errors=True)  # a fresh folder
+    run_id, rec = record(project, "lightning-clock", "train_lightning.py", "--seed", "clock",
+                         "--epochs", "1", "--resume-epochs", "0", "--workers", "0")
+    assert isinstance(rec["seeds"]["seed"], int)  # the seed Lightning set, recorded
+    code, data, err = verify(project, run_id)
+    assert code == 1, err[-3000:]
+    verdict = data["results"][0]["verdict"]
+    assert verdict["level"] == "not-reproduced"
+    assert verdict["first_divergence"].startswith("metrics/"), verdict
+    assert verdict["causes"][0]["category"] == "seed", verdict["causes"][:3]

@@ -39,6 +39,7 @@ def standalone(tmp_path: Path, script: str, *argv: str) -> tuple[str, dict[str, 
     return runs[0]["id"], json.loads(shown.stdout)
 
 
+@pytest.mark.slow
 def test_lightning_script_alone_opens_its_one_run(tmp_path: Path) -> None:
     _, rec = standalone(tmp_path, "train_lightning.py", "--epochs", "1", "--resume-epochs",
                         "1", "--workers", "0")
@@ -48,16 +49,19 @@ def test_lightning_script_alone_opens_its_one_run(tmp_path: Path) -> None:
     assert rec["seeds"]["seed"] == 0
     assert rec["determinism"]["torch_deterministic_algorithms"] is True
     assert rec["metrics"]["points"] >= 12 and "train_loss_step" in rec["metrics"]["final"]
+    assert [c["step"] for c in rec["checkpoints"]] == [6, 12]  # one per epoch, both fits
 
 
+@pytest.mark.slow
 def test_hf_script_alone_opens_its_one_run(tmp_path: Path) -> None:
     _, rec = standalone(tmp_path, "train_hf.py", "--steps", "4", "--resume-steps", "2",
                         "--save-steps", "2", "--workers", "0")
     assert rec["identity"]["status"] == "finished"
-    assert rec["params"]["args.max_steps"] == 6 and rec["params"]["model.num_labels"] == 2
+    assert rec["params"]["args.max_steps"] == 6 and rec["params"]["model.hidden_size"] == 16
     assert rec["params"]["trainer.resumed_from_step"] == 4
     assert rec["seeds"]["seed"] == 0
     assert "loss" in rec["metrics"]["final"]
+    assert [c["step"] for c in rec["checkpoints"]] == [2, 4, 6]
 
 
 @pytest.mark.parametrize(("package", "module", "old"), [
