@@ -8,7 +8,9 @@ probe folder), and with the integration opening a standalone run (a fresh SQLite
 The plain loop (a hand-written torch loop, the same MLP, ``run.log_metric`` each step) is
 measured the same way for reference. Each (case, mode) runs ``--repeats`` times,
 interleaved, in this process after one warm-up; the median per-step time is reported, and
-the overhead is the median with auditor minus the median without it. On a shared machine
+the overhead is the median with auditor minus the median without it. The run is opened
+before the steps are timed (``run_open_s``: once per run; a standalone run captures the
+code, the environment and the lock there). On a shared machine
 that difference is within the noise of a training step, so the cost of the hooks
 themselves is also timed alone (``hook_us_per_logged_step``: 20,000 calls of what the
 integration runs at each logged step, median of 3).
@@ -36,8 +38,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "integrations.json"
 MODES = ("none", "attached", "standalone")
 
 
-def _mode(mode: str, folder: Path) -> None:
-    """Point auditor at a probe folder (attached) or a fresh store (standalone)."""
+def _mode(mode: str, folder: Path) -> float:
+    """Point auditor at a probe folder (attached) or a fresh store (standalone) and open
+    the process's run there, outside the timed steps; the seconds that took."""
     from auditor.integrations import _run
 
     _run._RUN = None
@@ -49,6 +52,11 @@ def _mode(mode: str, folder: Path) -> None:
         os.environ.update(AUDITOR_PROBE_DIR=str(probe), AUDITOR_RUN_ID="bench")
     elif mode == "standalone":
         os.environ["AUDITOR_STORE"] = tempfile.mkdtemp(dir=folder)
+    if mode == "none":
+        return 0.0
+    start = time.perf_counter()
+    _run.process_run("bench")  # the integration records into this run: opened once
+    return time.perf_counter() - start
 
 
 def _end() -> None:
@@ -206,6 +214,9 @@ def main() -> None:
     opts = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     warnings.filterwarnings("ignore")
+    import torch
+
+    torch.set_num_threads(1)  # a tiny model: one thread, so a shared machine adds less noise
     import logging
 
     logging.disable(logging.WARNING)
@@ -213,13 +224,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for case, fn in CASES.items():
             times: dict[str, list[float]] = {m: [] for m in MODES}
+            opens: dict[str, list[float]] = {m: [] for m in MODES[1:]}
             for rep in range(opts.repeats + 1):
                 for mode in MODES:
-                    _mode(mode, Path(tmp))
+                    opened = _mode(mode, Path(tmp))
                     seconds = fn(opts.steps, mode)
                     _end()
                     if rep:  # the first round warms imports and caches
                         times[mode].append(seconds)
+                        if mode != "none":
+                            opens[mode].append(opened)
             per_step = {m: statistics.median(t) / opts.steps * 1e6 for m, t in times.items()}
             hooks = {}
             for mode in MODES[1:]:
@@ -232,6 +246,7 @@ def main() -> None:
                    "overhead_us_per_step": {m: round(per_step[m] - per_step["none"], 1)
                                             for m in MODES[1:]},
                    "hook_us_per_logged_step": hooks,
+                   "run_open_s": {m: round(statistics.median(t), 3) for m, t in opens.items()},
                    "overhead_percent": {m: round(100 * (per_step[m] / per_step["none"] - 1), 1)
                                         for m in MODES[1:]},
                    "spread_us_per_step": {m: round((max(t) - min(t)) / opts.steps * 1e6, 1)
@@ -239,7 +254,6 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             results.append(row)
     import lightning
-    import torch
     import transformers
 
     RESULTS.write_text(json.dumps({

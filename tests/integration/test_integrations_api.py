@@ -131,7 +131,7 @@ def test_lightning_logger_records_nothing_off_rank_zero(tmp_path: Path,
     assert logger._run is None and not list(tmp_path.iterdir())
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     logger.log_metrics({"loss": 0.5}, step=1)
-    logger.save()
+    logger.finalize("success")
     assert list(tmp_path.glob("metrics-*.jsonl"))
 
 
