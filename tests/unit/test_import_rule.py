@@ -23,6 +23,7 @@ RANKS: dict[str, int] = {
     "store": 1,
     "record": 2,
     "env": 3,
+    "integrations": 3,
     "rerun": 4,
     "compare": 5,
     "certify": 6,
@@ -37,6 +38,9 @@ RANKS: dict[str, int] = {
 # The package itself is the public Python API: it may use `record` and `core`, and nothing
 # inside auditor imports it (a module that did would drag the recorder into the rerun).
 ROOT_MAY_IMPORT = {"core", "record"}
+# The framework integrations (Lightning, Hugging Face) stand beside the API: they run inside
+# training scripts and reruns, use `record` and `core` only, and nothing imports them.
+INTEGRATIONS_MAY_IMPORT = {"core", "record"}
 
 
 def _modules() -> dict[str, Path]:
@@ -88,6 +92,12 @@ def _violations(edges: dict[str, set[str]]) -> list[str]:
                 continue
             if dst == "<api>":
                 found.append(f"{source} -> {target}: nothing inside auditor imports the API")
+            elif dst == "integrations":
+                found.append(f"{source} -> {target}: nothing inside auditor imports the "
+                             "integrations")
+            elif src == "integrations" and dst not in INTEGRATIONS_MAY_IMPORT:
+                found.append(f"{source} -> {target}: the integrations use record and core "
+                             "only")
             elif src == "<api>":
                 if dst not in ROOT_MAY_IMPORT:
                     found.append(f"{source} -> {target}: the API uses record and core only")
@@ -166,6 +176,9 @@ def test_the_rule_catches_an_upward_import_and_a_circle() -> None:
     assert _circles(edges) == [["auditor.certify.issue", "auditor.store.sql"]]
     assert _violations({"auditor.report.html": {"auditor.release.gate"}})  # same rank
     assert _violations({"auditor.env.lock": {"auditor"}})  # the API from inside
+    assert _violations({"auditor.cli.main": {"auditor.integrations.lightning"}})
+    assert _violations({"auditor.integrations.lightning": {"auditor.store.sql"}})
+    assert not _violations({"auditor.integrations._run": {"auditor.record.attached"}})
 
 
 # `record` runs inside every `audit record`: it reaches the store only through its public,
