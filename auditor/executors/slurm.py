@@ -1,0 +1,131 @@
+"""Slurm: a batch's jobs as job arrays submitted through ``submitit`` (one array per GPU
+model, one task per run).
+
+- Each task runs ``audit verify RUN --batch B`` (``VerifyTask``) with the store URLs in its
+  environment and returns the exit code and the node (``SLURMD_NODENAME``).
+- ``--gres=gpu:<type>:<count>`` from the recorded GPU (``base.gpu_short``: "NVIDIA
+  A100-SXM4-80GB" → ``gpu:a100:1``), the time limit from the original's duration with a
+  margin (``base.job_for``), ``--requeue``.
+- Requeue on preemption, never on a verdict: ``VerifyTask`` is a submitit
+  ``Checkpointable``, so the signal Slurm sends before preempting or timing out a task
+  requeues it; a task that returns (whatever its exit code: a verdict, bad input,
+  could-not-verify) is done. The rerun a preemption killed issued no certificate (a
+  certificate is issued only after the comparison).
+- A task past its wall limit is cancelled (``scancel``): could-not-verify.
+- The controller not answering (``sbatch`` fails) is could-not-verify (exit 3), one line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from auditor.core.errors import CouldNotVerify
+from auditor.executors.base import Job, Outcome, Submission, gpu_short, verdict_of
+
+Say = Callable[[str], None]
+POLL_S = 1.0
+
+
+class VerifyTask(submitit.helpers.Checkpointable):
+    """One array task: the verification of one run. Requeued (``checkpoint``) only when
+    Slurm signals a preemption or its time limit; a returned exit code is final."""
+
+    def __init__(self, argv: dict[str, list[str]], env: dict[str, str]) -> None:
+        self.argv = argv
+        self.env = env
+
+    def __call__(self, run_id: str) -> dict[str, Any]:
+        started = time.monotonic()
+        done = subprocess.run(self.argv[run_id], env={**os.environ, **self.env},
+                              check=False, stdin=subprocess.DEVNULL)
+        return {"exit": done.returncode,
+                "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+                "seconds": time.monotonic() - started}
+
+
+def gres(job: Job) -> str | None:
+    """The ``--gres`` of a job's GPU: ``gpu:a100:1``."""
+    return f"gpu:{gpu_short(job.gpu)}:{job.gpu_count}" if job.gpu else None
+
+
+class SlurmExecutor:
+    """Submits a batch's jobs to the Slurm controller ``sbatch`` reaches."""
+
+    def __init__(self, folder: Path, *, partition: str | None = None,
+                 say: Say = lambda _line: None) -> None:
+        self.folder = folder
+        self.partition = partition
+        self.say = say
+
+    def scripts(self, jobs: Sequence[Job], submission: Submission) -> list[str]:
+        """The sbatch script of each array, as submitit writes it (for ``--test-only``)."""
+        return [self._executor(group)._make_submission_file_text("true", "%A_%a")
+                for group in self._groups(jobs)]
+
+    def _groups(self, jobs: Sequence[Job]) -> list[list[Job]]:
+        groups: dict[str | None, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(gres(job), []).append(job)
+        return list(groups.values())
+
+    def _executor(self, group: Sequence[Job]) -> Any:
+        executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=1)
+        params: dict[str, Any] = {
+            "time": math.ceil(max(j.wall_s for j in group) / 60),
+            "array_parallelism": len(group), "job_name": "audit-verify",
+            "cpus_per_task": 1, "stderr_to_stdout": True,
+            "additional_parameters": {"requeue": True}}
+        if gres(group[0]):
+            params["gres"] = gres(group[0])
+        if self.partition:
+            params["partition"] = self.partition
+        executor.update_parameters(**params)
+        return executor
+
+    def run(self, jobs: Sequence[Job], submission: Submission) -> list[Outcome]:
+        argv = {job.run_id: submission.argv(job) for job in jobs}
+        task = VerifyTask(argv, submission.env)
+        started = time.monotonic()
+        submitted: list[tuple[Job, Any]] = []
+        for group in self._groups(jobs):
+            try:
+                array = self._executor(group).map_array(task, [j.run_id for j in group])
+            except Exception as exc:  # noqa: BLE001 - sbatch failing comes in many kinds
+                raise CouldNotVerify(f"Slurm refused the batch: {_first_line(exc)}",
+                                     hint="is slurmctld running and reachable?") from None
+            submitted += list(zip(group, array, strict=True))
+            self.say(f"Slurm array {array[0].job_id.split('_')[0]}: {len(group)} task(s)"
+                     + (f", --gres={gres(group[0])}" if gres(group[0]) else ""))
+        return [self._wait(job, handle, started) for job, handle in submitted]
+
+    def _wait(self, job: Job, handle: Any, started: float) -> Outcome:
+        while not handle.done():
+            if time.monotonic() - started > job.wall_s:
+                handle.cancel(check=False)
+                return Outcome(job.run_id, 3, "could-not-verify",
+                               message=f"no answer within {job.wall_s} s: Slurm task "
+                               f"{handle.job_id} cancelled")
+            time.sleep(POLL_S)
+        try:
+            result = handle.result()
+        except Exception as exc:  # noqa: BLE001 - submitit's failed/uncompleted job errors
+            return Outcome(job.run_id, 3, "could-not-verify",
+                           message=f"Slurm task {handle.job_id} failed: {_first_line(exc)}")
+        code = int(result["exit"])
+        return Outcome(job.run_id, code, verdict_of(code), node=str(result["node"]),
+                       message=f"Slurm task {handle.job_id}", seconds=float(result["seconds"]))
+
+
+def _first_line(exc: object) -> str:
+    text = str(exc).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
