@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from auditor.certify.decide import decide, environment_digest
 from auditor.certify.verdict import VerifyResult
 from auditor.compare import compare_runs, evidence_from_store, plot_series
-from auditor.core.errors import CouldNotVerify, InputError
+from auditor.core.errors import AuditorError, CouldNotVerify, InputError
 from auditor.core.keys import load_private_key
 from auditor.core.policy import Policy, RerunPolicy
 from auditor.core.progress import stage
@@ -32,6 +33,10 @@ from auditor.rerun.record import check_gpus, sandbox_notes
 from auditor.rerun.run import rerun as rerun_in
 from auditor.rerun.sandbox import Limits
 from auditor.store import RunStore
+
+if TYPE_CHECKING:
+    from auditor.store.batches import ItemResult as ItemResultT
+    from auditor.store.batches import Shard as ShardT
 
 Progress = Callable[[str], None]
 
@@ -182,3 +187,146 @@ def load_verify_result(store: RunStore, ref: str) -> VerifyResult:
             )
         record = store.get_record(reruns[0])
     return stored_result(store, record)
+
+
+# -- batches (store/batches.py): shards, claims, one row per run --------------------------
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What one worker of a batch did: its verifications, its runs that could not be
+    verified (id, exit code, message), and the runs it left to others (id, why)."""
+
+    batch_id: str
+    results: list[VerifyResult]
+    failures: list[tuple[str, int, str]]
+    skipped: list[tuple[str, str]]
+
+
+def current_certificate(store: RunStore, record: RunRecord, policy_sha256: str) -> str | None:
+    """The sha256 of a certificate of ``record`` issued under the policy whose digest is
+    ``policy_sha256`` for this very record (its digest, hence its lockfile), if any: such
+    a run is not verified again by a batch."""
+    from auditor.certify.certificate import open_envelope
+    from auditor.core.schema import record_sha256
+    from auditor.store.batches import policy_digest
+
+    digest = record_sha256(record)
+    for row in store.certificates(run_id=record.identity.id):
+        try:
+            predicate = open_envelope(store.blobs.read_bytes(row.sha256, "certificate"), None,
+                                      require_signature=False).predicate
+        except AuditorError:
+            continue  # unreadable: not a current certificate (fsck names it)
+        if predicate.original_record_sha256 == digest and policy_digest(
+                predicate.policy) == policy_sha256:
+            return row.sha256
+    return None
+
+
+def lacking_certificate(store: RunStore, run_ids: list[str], policy: Policy
+                        ) -> tuple[list[str], list[tuple[str, str]]]:
+    """The runs of ``run_ids`` without a current certificate under ``policy`` (no batch
+    verified them under it and lockfile, and no certificate of theirs was issued under
+    it), and the others with the reason."""
+    from auditor.store.batches import lock_digest, policy_digest
+
+    psha = policy_digest(policy.table())
+    records = {i: store.get_record(i) for i in run_ids}
+    open_ids = store.batches().needs_verification(
+        run_ids, psha, {i: lock_digest(r) for i, r in records.items()})
+    skipped = [(i, "verified by an earlier batch under this policy")
+               for i in run_ids if i not in set(open_ids)]
+    lacking = []
+    for run_id in open_ids:
+        cert = current_certificate(store, records[run_id], psha)
+        if cert is None:
+            lacking.append(run_id)
+        else:
+            skipped.append((run_id, f"has certificate {cert[:12]}… under this policy"))
+    return lacking, skipped
+
+
+def verify_in_batch(store: RunStore, record: RunRecord, policy: Policy, opts: VerifyOptions,
+                    batch_id: str, *, worker: str, node: str | None = None,
+                    reports: tuple[str, ...] = (), progress: Progress = lambda _line: None,
+                    ) -> tuple[VerifyResult | None, ItemResultT | None, str]:
+    """Claim ``record`` in batch ``batch_id`` and, when this worker owns the claim, verify
+    it and record the item's result (verdict, node, GPU, duration, reports). Returns the
+    result (None when not verified), the item result (None when another worker holds the
+    claim), and why it was skipped ("" when verified). A could-not-verify is recorded
+    (the claim stays open to a later batch) and raised again."""
+    from auditor.store.batches import ItemResult, lock_digest, policy_digest
+
+    tables = store.batches()
+    psha, lsha = policy_digest(policy.table()), lock_digest(record)
+    run_id = record.identity.id
+    lease = float(opts.limits.timeout_s) * 2 + 3600  # a killed worker's claim expires
+    claim = tables.claim(batch_id, run_id, psha, lsha, worker=worker, lease_s=lease)
+    if not claim.owned:
+        why = (f"verified by batch {claim.batch_id}" if claim.state == "done"
+               else f"being verified by batch {claim.batch_id} ({claim.worker})")
+        tables.skip(batch_id, run_id, why, certificate_sha256=claim.certificate_sha256)
+        return None, None, why
+    here = node or os.environ.get("AUDITOR_NODE") or os.uname().nodename
+    started = datetime.now(UTC)
+    try:
+        result = verify(store, record, policy, opts, progress)
+    except BaseException as exc:
+        code = exc.exit_code if isinstance(exc, AuditorError) else 3
+        verdict = "bad-input" if code == 2 else "could-not-verify"
+        message = str(exc) if isinstance(exc, AuditorError) else f"interrupted: {exc!r}"
+        item = ItemResult(verdict, code, node=here, gpu=None,
+                          seconds=(datetime.now(UTC) - started).total_seconds(),
+                          message=message)
+        tables.finish(batch_id, run_id, psha, lsha, item, worker=worker)
+        raise
+    item = ItemResult(result.verdict.level, result.verdict.exit_code, node=here,
+                      gpu=_gpu_of(store, result.rerun_run),
+                      seconds=result.seconds.get("total"), rerun_id=result.rerun_run,
+                      certificate_sha256=result.certificate_sha256, reports=reports)
+    tables.finish(batch_id, run_id, psha, lsha, item, worker=worker)
+    return result, item, ""
+
+
+def _gpu_of(store: RunStore, rerun_id: str | None) -> str:
+    """The GPU models the rerun saw (``cpu`` for none)."""
+    if rerun_id is None:
+        return "cpu"
+    acc = store.get_record(rerun_id).environment.accelerators
+    names = sorted({g.name for g in acc.gpus}) if acc else []
+    return ", ".join(names) if names else "cpu"
+
+
+def verify_batch(store: RunStore, run_ids: list[str], policy: Policy, opts: VerifyOptions, *,
+                 batch_id: str, shard: ShardT, executor: str = "local",
+                 selection: dict[str, object] | None = None, worker: str | None = None,
+                 report_dir: Path | None = None, progress: Progress = lambda _line: None,
+                 ) -> BatchOutcome:
+    """``audit verify --all --batch ID --shard I/N``: this shard's runs that lack a
+    current certificate, each claimed, verified and recorded in the batch."""
+    from auditor.store.batches import default_worker, partition, policy_digest, shard_of
+
+    mine = partition(run_ids, shard)
+    lacking, skipped = lacking_certificate(store, mine, policy)
+    tables = store.batches()
+    tables.create(batch_id, policy_sha256=policy_digest(policy.table()), shards=shard.count,
+                  executor=executor, selection=selection or {})
+    tables.add_items(batch_id, [(i, shard_of(i, shard.count)) for i in mine])
+    for run_id, why in skipped:
+        tables.skip(batch_id, run_id, why)
+    results: list[VerifyResult] = []
+    failures: list[tuple[str, int, str]] = []
+    me = worker or default_worker()
+    for run_id in lacking:
+        links = (str(report_dir / f"{run_id}.html"),) if report_dir else ()
+        try:
+            result, _item, why = verify_in_batch(store, store.get_record(run_id), policy, opts,
+                                                 batch_id, worker=me, reports=links,
+                                                 progress=progress)
+        except AuditorError as exc:
+            failures.append((run_id, exc.exit_code, str(exc)))
+            continue
+        if result is None:
+            skipped.append((run_id, why))
+        else:
+            results.append(result)
+    return BatchOutcome(batch_id, results, failures, skipped)

@@ -41,6 +41,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "ui": "auditor.cli.ui:ui_cmd",
     "push": "auditor.cli.sync:push", "pull": "auditor.cli.sync:pull",
     "import": "auditor.cli.imports:import_group",
+    "batch": "auditor.cli.batch:batch_group",
 }
 
 
@@ -67,6 +68,7 @@ LAZY_HELP: dict[str, str] = {
     "pull": "Copy runs (record, metrics, artifacts, certificates) from another store, "
     "verified.",
     "import": "Import runs logged elsewhere (MLflow); each says what it lacks to be verified.",
+    "batch": "Batches of verifications (CI shards, executors): verdicts, nodes, GPUs, reports.",
 }
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from auditor.certify.verdict import VerifyResult
     from auditor.core.policy import Policy
     from auditor.store import RunStore
+    from auditor.store.batches import Shard
     from auditor.verify import VerifyOptions
 
 
@@ -183,6 +184,10 @@ def rerun_cmd(ctx: click.Context, /, run: str, **kw: Any) -> None:
 @click.option("--since", metavar="AGE", help="With --all: runs started within AGE (7d, 12h).")
 @click.option("--tag", "tags", multiple=True, help="With --all: runs with this tag.")
 @click.option("--name", "name_glob", metavar="PATTERN", help="With --all: run names (glob).")
+@click.option("--shard", metavar="I/N", help="With --all: only shard I of N (by run id; "
+              "implies a batch: runs with a current certificate are skipped).")
+@click.option("--batch", "batch_id", metavar="ID", help="Record in batch ID (shared by all "
+              "shards; claims in the store keep a run from being verified twice).")
 @policy_options()
 @click.option("--sign-key", type=PathArg, help="Ed25519 private key to sign the certificate.")
 @click.option("--certificate", type=OutFile, help="Also write the certificate here.")
@@ -205,6 +210,8 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
 
     if bool(run) == all_runs:
         raise InputError("give exactly one of RUN or --all")
+    if kw.get("shard") and not all_runs:
+        raise InputError("--shard splits --all", hint="use --all --shard I/N")
     targets = report_targets(kw)
     if all_runs and "html" in targets:
         raise InputError("--html writes one run's report", hint="with --all use --report-dir")
@@ -214,15 +221,51 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
     opts = replace(
         opts, limits=replace(opts.limits, timeout_s=kw["timeout"], mem_limit=kw["memory"])
     )
+    batch = _batch_args(kw)
     store = store_of(ctx)
     ids = (verifiable_runs(store, since=kw.get("since"), tags=kw.get("tags") or (),
                            name=kw.get("name_glob"))
            if all_runs else [store.resolve(run or "")])
-    results, failures = _verify_many(ctx, store, ids, policy, opts)
+    if batch is not None:
+        results, failures = _verify_batch(ctx, store, ids, policy, opts, batch, kw)
+    else:
+        results, failures = _verify_many(ctx, store, ids, policy, opts)
     _write_reports(results, targets, kw.get("report_dir"))
     _render(ctx, results, failures, single=not all_runs)
     codes = [r.verdict.exit_code for r in results] + [code for _, code, _ in failures]
     sys.exit(max(codes) if codes else 0)
+
+
+def _batch_args(kw: dict[str, Any]) -> tuple[str, Shard] | None:
+    """``--batch ID`` and ``--shard I/N``, checked before the store opens (exit 2)."""
+    from auditor.store.batches import ALL, new_batch_id, parse_shard, validate_batch_id
+
+    if not kw.get("batch_id") and not kw.get("shard"):
+        return None
+    shard = parse_shard(kw["shard"]) if kw.get("shard") else ALL
+    return validate_batch_id(kw["batch_id"]) if kw.get("batch_id") else new_batch_id(), shard
+
+
+def _verify_batch(ctx: click.Context, store: RunStore, ids: list[str], policy: Policy,
+                  opts: VerifyOptions, batch: tuple[str, Shard], kw: dict[str, Any]
+                  ) -> tuple[list[VerifyResult], list[tuple[str, int, str]]]:
+    from auditor.verify import verify_batch
+
+    selection = {k: kw.get(k) for k in ("since", "tags", "name_glob") if kw.get(k)}
+    done = verify_batch(store, ids, policy, opts, batch_id=batch[0], shard=batch[1],
+                        selection=selection, report_dir=kw.get("report_dir"),
+                        progress=say(ctx))
+    if len(ids) == 1 and not kw.get("shard") and done.failures:  # one RUN: its own error
+        error = AuditorError(done.failures[0][2])
+        error.exit_code = done.failures[0][1]
+        raise error
+    if not wants_json(ctx):
+        click.echo(f"batch {done.batch_id} shard {batch[1]}: {len(done.results)} verified, "
+                   f"{len(done.failures)} could not be verified, {len(done.skipped)} skipped",
+                   err=True)
+        for run_id, why in done.skipped:
+            click.echo(f"{run_id}: skipped: {why}", err=True)
+    return done.results, done.failures
 
 
 def _check_inputs(targets: dict[str, Path], kw: dict[str, Any]) -> None:

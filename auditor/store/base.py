@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pydantic's schema is not imported by `audit list`
     import numpy as np
 
     from auditor.core.schema import RunRecord
+    from auditor.store.batches import BatchTables
     from auditor.store.blobs import BlobStore
     from auditor.store.migrate import Upgrade
 
@@ -237,6 +238,9 @@ class RunStore(Protocol):
     def certificate_log(self) -> LogParts | None:
         """The certificate log the store keeps itself (a server store's database); None
         when it lives in the store folder (``log/``, SQLite)."""
+
+    def batches(self) -> BatchTables:
+        """Batches of verifications and their claims (``store/batches.py``)."""
 
     def put_build(self, inputs_digest: str, run_id: str, result_json: str) -> None:
         """Remember a build result (JSON) by its inputs digest."""

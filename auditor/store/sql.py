@@ -44,6 +44,7 @@ from auditor.store.base import (
 from auditor.store.base import (
     float_to_bits as float_to_bits,  # kept importable from here (sync, tests)
 )
+from auditor.store.batches import BATCH_TABLES, BatchTables
 from auditor.store.blobs import BlobStore
 from auditor.store.certlog import CERT_LOG_TABLES, TableLog
 from auditor.store.location import not_a_database
@@ -146,6 +147,8 @@ t_imports = sa.Table(
 )
 
 for _table in CERT_LOG_TABLES:  # the certificate log's tables (store/certlog.py), revision 0003
+    _table.to_metadata(meta)
+for _table in BATCH_TABLES:  # batches, their items and claims (store/batches.py), revision 0005
     _table.to_metadata(meta)
 t_values = sa.Table(  # store/values.py: what the runs table filters and sorts on, in SQL
     "run_values",
@@ -727,6 +730,10 @@ class SqlStore:
         if self.is_sqlite:
             return None
         return TableLog(self.engine, self.url, self.unavailable)
+
+    def batches(self) -> BatchTables:
+        """Batches of verifications and their claims in this database (revision 0005)."""
+        return BatchTables(self.engine, self.unavailable)
 
     @_db
     def put_build(self, inputs_digest: str, run_id: str, result_json: str) -> None:
