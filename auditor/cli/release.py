@@ -246,7 +246,8 @@ def ci() -> None:
 
 
 @ci.command("init")
-@click.argument("provider", type=click.Choice(["github", "gitlab"]), default="github")
+@click.argument("provider", type=click.Choice(["github", "gitlab", "kubernetes"]),
+                default="github")
 @click.option("--output", type=OutFile,
               help="Where to write (default .github/workflows/audit.yml or .gitlab-ci.yml).")
 @click.option("--schedule", default=None, metavar="CRON",
@@ -254,13 +255,22 @@ def ci() -> None:
 @click.option("--install", default=None, metavar="CMD",
               help='How the job installs the project (default "python -m pip install .").')
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.option("--image", default=None, help="kubernetes: the image with auditor installed.")
+@click.option("--shards", default=4, show_default=True, help="kubernetes: Job indexes.")
 @quiet_option
 @click.pass_context
 def ci_init(ctx: click.Context, provider: str, output: Path | None, schedule: str | None,
-            install: str | None, force: bool) -> None:
+            install: str | None, force: bool, image: str | None, shards: int) -> None:
     """Write a scheduled workflow that re-verifies recent runs and publishes the reports."""
     from auditor.release import ci as ci_module
 
+    if provider == "kubernetes":  # a CronJob of an Indexed Job (auditor/executors/kubernetes)
+        from auditor.executors.kubernetes import write_cronjob
+
+        path = write_cronjob(output, force=force, image=image, shards=shards,
+                             schedule=schedule or ci_module.DEFAULT_SCHEDULE)
+        click.echo(f"wrote {path}")
+        return
     path = ci_module.write_workflow(provider, output=output, force=force,
                                     schedule=schedule or ci_module.DEFAULT_SCHEDULE,
                                     install=install or ci_module.DEFAULT_INSTALL)

@@ -30,6 +30,9 @@ from auditor.cli.options import (
     store_of,
     wants_json,
 )
+from auditor.cli.executors import executor_options
+from auditor.cli.executors import run as run_on_executor
+from auditor.cli.executors import take as take_executor
 from auditor.core.errors import AuditorError, InputError
 
 if TYPE_CHECKING:
@@ -202,6 +205,7 @@ def rerun_cmd(ctx: click.Context, /, run: str, **kw: Any) -> None:
     help="TEST ONLY: do not replay a setting (pythonhashseed, threads, env).",
 )
 @build_options
+@executor_options
 @quiet_option
 @click.pass_context
 def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any) -> None:
@@ -212,6 +216,7 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
         raise InputError("give exactly one of RUN or --all")
     if kw.get("shard") and not all_runs:
         raise InputError("--shard splits --all", hint="use --all --shard I/N")
+    executor = take_executor(kw)  # before policy_from: jobs repeat the policy switches
     targets = report_targets(kw)
     if all_runs and "html" in targets:
         raise InputError("--html writes one run's report", hint="with --all use --report-dir")
@@ -226,6 +231,9 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
     ids = (verifiable_runs(store, since=kw.get("since"), tags=kw.get("tags") or (),
                            name=kw.get("name_glob"))
            if all_runs else [store.resolve(run or "")])
+    if executor is not None:
+        run_on_executor(ctx, store, ids, policy, executor, batch[0] if batch else None,
+                        kw["timeout"])
     if batch is not None:
         results, failures = _verify_batch(ctx, store, ids, policy, opts, batch, kw)
     else:

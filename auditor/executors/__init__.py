@@ -50,23 +50,23 @@ def engine_of(spec: str) -> str:
     raise InputError(f"unknown executor {spec!r}", hint=f"one of: {', '.join(ENGINES)}")
 
 
-def prepare(store: RunStore, run_ids: Sequence[str], policy: Policy, *, batch_id: str | None,
+def prepare(store: RunStore, run_ids: Sequence[str], lacking: Sequence[str],
+            skipped: Sequence[tuple[str, str]], policy: Policy, *, batch_id: str,
             engine: str, verify_args: Sequence[str] = (), timeout_s: int | None = None,
             needs_env: bool = True) -> Planned:
-    """Record the batch and its items in the store, and plan the runs it still needs."""
-    from auditor.store.batches import lock_digest, new_batch_id, policy_digest
+    """Record the batch and its items in the store (the runs that need no verification,
+    ``skipped`` with the reason, as ``auditor.verify.lacking_certificate`` tells), and plan
+    a job for each run of ``lacking``."""
+    from auditor.store.batches import policy_digest
 
-    batch_id = batch_id or new_batch_id()
-    digest = policy_digest(policy.table())
     batches = store.batches()
-    batches.create(batch_id, policy_sha256=digest, executor=engine,
+    batches.create(batch_id, policy_sha256=policy_digest(policy.table()), executor=engine,
                    selection={"runs": len(run_ids)})
     batches.add_items(batch_id, [(run_id, 1) for run_id in run_ids])
-    locks = {r: lock_digest(store.get_record(r)) for r in run_ids}
-    todo = batches.needs_verification(list(run_ids), digest, locks)
-    skipped = [r for r in run_ids if r not in set(todo)]
+    for run_id, why in skipped:
+        batches.skip(batch_id, run_id, why)
     env = store_env(store, dict(os.environ)) if needs_env else {}
-    return Planned(batch_id, plan(store, todo, timeout_s), skipped,
+    return Planned(batch_id, plan(store, lacking, timeout_s), [r for r, _ in skipped],
                    Submission(batch_id, tuple(verify_args), env))
 
 

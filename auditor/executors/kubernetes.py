@@ -99,11 +99,21 @@ def dns_name(*parts: str) -> str:
     return text[:52].rstrip("-") or "audit"
 
 
+_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
+
+
 def _check(settings: Settings) -> None:
-    for what, value in (("image", settings.image), ("secret", settings.secret),
-                        ("key secret", settings.key_secret), ("queue", settings.queue or "x")):
-        if not value or any(c.isspace() for c in value) or len(value) > 253:
-            raise InputError(f"invalid {what} name {value!r}")
+    """Names as Kubernetes takes them (a Secret, a LocalQueue: DNS-1123 names; an image
+    reference): anything else is exit 2, so no value reaches the manifest unchecked."""
+    if not _IMAGE.fullmatch(settings.image):
+        raise InputError(f"invalid image reference {settings.image!r}")
+    for what, value in (("secret", settings.secret), ("key secret", settings.key_secret),
+                        ("queue", settings.queue)):
+        if value is not None and (not _DNS_NAME.fullmatch(value) or
+                                  (what == "queue" and len(value) > 63)):
+            raise InputError(f"invalid {what} name {value!r}",
+                             hint="lower-case letters, digits, '-' and '.'")
     if settings.parallelism < 1:
         raise InputError("--parallelism must be at least 1")
 
@@ -197,6 +207,22 @@ def cronjob(*, schedule: str, shards: int, settings: Settings, timeout_s: int = 
         j=asdict(values), name="audit-verify", schedule=validate_cron(schedule))
     yaml.safe_load(text)
     return text
+
+
+CRONJOB_PATH = Path("k8s/audit-verify.yaml")
+
+
+def write_cronjob(output: Path | None, *, force: bool, image: str | None, shards: int,
+                  schedule: str) -> Path:
+    """``audit ci init kubernetes``: write the CronJob (never over a file without force)."""
+    text = cronjob(schedule=schedule, shards=shards,
+                   settings=Settings(image=image or DEFAULT_IMAGE))
+    path = output or CRONJOB_PATH
+    if path.exists() and not force:
+        raise InputError(f"{path} already exists", hint="pass --output PATH or --force")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_target(path, text.encode("utf-8"))
+    return path
 
 
 def documents(text: str) -> list[dict[str, Any]]:

@@ -129,13 +129,22 @@ class RayExecutor:
     def run(self, jobs: Sequence[Job], submission: Submission) -> list[Outcome]:
         """Submit every job, follow them, and return their outcomes in order."""
         cluster = self.cluster()
-        placed = [(job, *self.resources(job, cluster)) for job in jobs]  # every check first
+        placed: list[tuple[Job, dict[str, float], float] | Outcome] = []
+        for job in jobs:  # every placement checked before anything is submitted
+            try:
+                placed.append((job, *self.resources(job, cluster)))
+            except CouldNotVerify as exc:
+                self.say(f"{job.run_id}: could not verify: {exc}")
+                placed.append(Outcome(job.run_id, 3, "could-not-verify", attempts=0,
+                                      message=str(exc)))
         return asyncio.run(self._all(placed, submission))
 
-    async def _all(self, placed: list[tuple[Job, dict[str, float], float]],
+    async def _all(self, placed: Sequence[tuple[Job, dict[str, float], float] | Outcome],
                    submission: Submission) -> list[Outcome]:
-        return list(await asyncio.gather(*(self._one(job, res, gpus, submission)
-                                           for job, res, gpus in placed)))
+        async def one(item: tuple[Job, dict[str, float], float] | Outcome) -> Outcome:
+            return item if isinstance(item, Outcome) else await self._one(*item, submission)
+
+        return list(await asyncio.gather(*(one(item) for item in placed)))
 
     async def _one(self, job: Job, resources: dict[str, float], gpus: float,
                    submission: Submission) -> Outcome:
