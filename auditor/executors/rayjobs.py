@@ -81,16 +81,21 @@ class RayExecutor:
     """Submits a batch's jobs to one Ray cluster and waits for them."""
 
     def __init__(self, address: str, *, allow_gpu_mismatch: bool = False,
-                 say: Say = lambda _line: None, follow_logs: bool = True) -> None:
+                 say: Say = lambda _line: None, follow_logs: bool = True,
+                 on_lost: Callable[[str, str], None] = lambda _run, _why: None) -> None:
         self.url = job_server(address)
         self.allow_gpu_mismatch = allow_gpu_mismatch
         self.say = say
+        self.on_lost = on_lost  # an attempt died without a verdict: release its claim
         self.follow_logs = follow_logs
         self.client = self._connect()
 
     def _connect(self) -> Any:
-        from ray.job_submission import JobSubmissionClient
-
+        try:
+            from ray.job_submission import JobSubmissionClient
+        except ImportError:
+            raise InputError("--executor ray needs Ray's job client",
+                             hint="pip install 'auditor[executors]'") from None
         try:
             return JobSubmissionClient(self.url)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, …
@@ -172,6 +177,7 @@ class RayExecutor:
                 return Outcome(job.run_id, code, verdict_of(code), node, attempt, message,
                                time.monotonic() - started)
             self.say(f"{job.run_id}: attempt {attempt} ended without a verdict ({message})")
+            await asyncio.to_thread(self.on_lost, job.run_id, message)
         return Outcome(job.run_id, 3, "could-not-verify", None, MAX_ATTEMPTS,
                        f"no verdict after {MAX_ATTEMPTS} attempts: {message}",
                        time.monotonic() - started)

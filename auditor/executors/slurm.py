@@ -66,11 +66,6 @@ class SlurmExecutor:
         self.partition = partition
         self.say = say
 
-    def scripts(self, jobs: Sequence[Job], submission: Submission) -> list[str]:
-        """The sbatch script of each array, as submitit writes it (for ``--test-only``)."""
-        return [self._executor(group)._make_submission_file_text("true", "%A_%a")
-                for group in self._groups(jobs)]
-
     def _groups(self, jobs: Sequence[Job]) -> list[list[Job]]:
         groups: dict[str | None, list[Job]] = {}
         for job in jobs:
@@ -95,19 +90,31 @@ class SlurmExecutor:
         argv = {job.run_id: submission.argv(job) for job in jobs}
         task = VerifyTask(argv, submission.env)
         started = time.monotonic()
+        outcomes: dict[str, Outcome] = {}
         submitted: list[tuple[Job, Any]] = []
         for group in self._groups(jobs):
+            asked = f" (--gres={gres(group[0])})" if gres(group[0]) else ""
             try:
                 array = self._executor(group).map_array(task, [j.run_id for j in group])
             except Exception as exc:  # noqa: BLE001 - sbatch failing comes in many kinds
-                raise CouldNotVerify(f"Slurm refused the batch: {_first_line(exc)}",
-                                     hint="is slurmctld running and reachable?") from None
+                why = _first_line(exc)
+                if "Unable to contact" in why or "Connection refused" in why:
+                    raise CouldNotVerify(f"the Slurm controller did not answer: {why}",
+                                         hint="is slurmctld running and reachable?") from None
+                for job in group:
+                    outcomes[job.run_id] = Outcome(
+                        job.run_id, 3, "could-not-verify", attempts=0,
+                        message=f"Slurm refused the job{asked}: {why}"
+                        + (f" (the run was recorded on {job.gpu})" if job.gpu else ""))
+                continue
             submitted += list(zip(group, array, strict=True))
-            self.say(f"Slurm array {array[0].job_id.split('_')[0]}: {len(group)} task(s)"
-                     + (f", --gres={gres(group[0])}" if gres(group[0]) else ""))
-        return [self._wait(job, handle, started) for job, handle in submitted]
+            self.say(f"Slurm array {array[0].job_id.split('_')[0]}: {len(group)} task(s){asked}")
+        for job, handle in submitted:
+            outcomes[job.run_id] = self._wait(job, handle, started)
+        return [outcomes[job.run_id] for job in jobs]
 
     def _wait(self, job: Job, handle: Any, started: float) -> Outcome:
+        gone = 0
         while not handle.done():
             if time.monotonic() - started > job.wall_s:
                 handle.cancel(check=False)
@@ -115,6 +122,11 @@ class SlurmExecutor:
                                message=f"no answer within {job.wall_s} s: Slurm task "
                                f"{handle.job_id} cancelled")
             time.sleep(POLL_S)
+            gone = gone + 1 if not _queued(handle.job_id) else 0
+            if gone > 5 and not handle.done():  # left the queue without a result
+                return Outcome(job.run_id, 3, "could-not-verify",
+                               message=f"Slurm task {handle.job_id} ended without a result "
+                               "(killed, or its node was lost)")
         try:
             result = handle.result()
         except Exception as exc:  # noqa: BLE001 - submitit's failed/uncompleted job errors
@@ -123,6 +135,19 @@ class SlurmExecutor:
         code = int(result["exit"])
         return Outcome(job.run_id, code, verdict_of(code), node=str(result["node"]),
                        message=f"Slurm task {handle.job_id}", seconds=float(result["seconds"]))
+
+
+def _queued(job_id: str) -> bool:
+    """Whether Slurm still lists the task (pending, running, completing); True when
+    squeue cannot say (no answer is not an end)."""
+    try:
+        shown = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", job_id],
+                               capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    if shown.returncode != 0:
+        return "Invalid job id" not in shown.stderr
+    return bool(shown.stdout.strip())
 
 
 def _first_line(exc: object) -> str:
