@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from auditor.cli.executors import executor_options
+from auditor.cli.executors import run as run_on_executor
+from auditor.cli.executors import take as take_executor
 from auditor.cli.options import (
     OutFile,
     OutFolder,
@@ -30,9 +33,6 @@ from auditor.cli.options import (
     store_of,
     wants_json,
 )
-from auditor.cli.executors import executor_options
-from auditor.cli.executors import run as run_on_executor
-from auditor.cli.executors import take as take_executor
 from auditor.core.errors import AuditorError, InputError
 
 if TYPE_CHECKING:

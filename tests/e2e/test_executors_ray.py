@@ -14,6 +14,7 @@ check verdicts and the store, not the gate), results in a SQLite store on the sh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -182,10 +183,8 @@ def _kill_when_rerunning(run_id: str, killed: list[int], stop: threading.Event) 
                 if any("train.py" in " ".join(c.cmdline()) for c in tree
                        if c.is_running()):
                     for victim in [proc, *tree]:
-                        try:
+                        with contextlib.suppress(psutil.NoSuchProcess):
                             victim.kill()
-                        except psutil.NoSuchProcess:
-                            pass
                     killed.append(proc.pid)
                     return
         time.sleep(0.2)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import audit, commit_repo, skip_or_fail
-from tests.e2e.test_executors_ray import TRAIN, T4_XML
+from tests.e2e.test_executors_ray import T4_XML, TRAIN
 from tests.e2e.test_hostile_rerun import PY, SIX_LOCK
 from tests.engines import A100_XML, slurm_cluster, slurm_missing
 
@@ -101,7 +101,7 @@ def test_a_job_array_verifies_the_batch_with_gres_and_never_twice(
 
 
 def test_a_gpu_no_node_has_is_refused_by_slurm_exit_3_naming_it(world: dict[str, Any]) -> None:
-    code, shown, err = _verify(world, "--all", "--tag", "t4", "--batch", "slurm-t4")
+    code, shown, _err = _verify(world, "--all", "--tag", "t4", "--batch", "slurm-t4")
     (job,) = shown["jobs"]
     assert code == 3 and job["exit"] == 3
     assert "gpu:t4:1" in job["message"] and "Tesla T4" in job["message"], job

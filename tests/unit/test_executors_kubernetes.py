@@ -34,7 +34,6 @@ from auditor.executors.kubernetes import (
     QUEUE_LABEL,
     Settings,
     batch_manifests,
-    cronjob,
     documents,
 )
 from auditor.release.ci import check_command
