@@ -17,12 +17,15 @@ model, one task per run).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +48,14 @@ class VerifyTask(submitit.helpers.Checkpointable):
 
     def __call__(self, run_id: str) -> dict[str, Any]:
         started = time.monotonic()
-        done = subprocess.run(self.argv[run_id], env={**os.environ, **self.env},
-                              check=False, stdin=subprocess.DEVNULL)
-        return {"exit": done.returncode,
-                "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
-                "seconds": time.monotonic() - started}
+        node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        try:
+            done = subprocess.run(self.argv[run_id], env={**os.environ, **self.env},
+                                  check=False, stdin=subprocess.DEVNULL)
+        except OSError as exc:  # the worker has no `audit`: infrastructure, not a verdict
+            return {"exit": 127, "node": node, "seconds": time.monotonic() - started,
+                    "error": f"cannot run {self.argv[run_id][0]}: {exc}"}
+        return {"exit": done.returncode, "node": node, "seconds": time.monotonic() - started}
 
 
 def gres(job: Job) -> str | None:
@@ -87,6 +93,10 @@ class SlurmExecutor:
         return executor
 
     def run(self, jobs: Sequence[Job], submission: Submission) -> list[Outcome]:
+        logging.getLogger("submitit").setLevel(logging.ERROR)  # its warnings go to stdout
+        here = Path(sys.executable).parent / "audit"  # submitit runs this interpreter there
+        if submission.audit == "audit" and here.is_file():
+            submission = replace(submission, audit=str(here))
         argv = {job.run_id: submission.argv(job) for job in jobs}
         task = VerifyTask(argv, submission.env)
         started = time.monotonic()
@@ -134,7 +144,8 @@ class SlurmExecutor:
                            message=f"Slurm task {handle.job_id} failed: {_first_line(exc)}")
         code = int(result["exit"])
         return Outcome(job.run_id, code, verdict_of(code), node=str(result["node"]),
-                       message=f"Slurm task {handle.job_id}", seconds=float(result["seconds"]))
+                       message=result.get("error") or f"Slurm task {handle.job_id}",
+                       seconds=float(result["seconds"]))
 
 
 def _queued(job_id: str) -> bool:
@@ -151,6 +162,8 @@ def _queued(job_id: str) -> bool:
 
 
 def _first_line(exc: object) -> str:
-    text = str(exc).strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:300]
+    """sbatch's own error line where there is one (submitit quotes its stderr), else the
+    first line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    said = [ln for ln in lines if "error:" in ln]
+    return (said[-1] if said else lines[0] if lines else type(exc).__name__)[:300]

@@ -260,3 +260,80 @@ def test_a_hanging_job_is_stopped_at_our_limit_and_could_not_verify(
         (ray_job,) = [j for j in _ray_jobs(world["cluster"])
                       if (j.metadata or {}).get("auditor_run") == "r-hang"]
     assert str(ray_job.status.value) in ("STOPPED", "FAILED")
+
+
+class CuttingProxy:
+    """A TCP proxy to the job server that cuts every connection after ``cut_s`` seconds:
+    a flaky network between the submitter and Ray (Ray's log tail then ends early)."""
+
+    def __init__(self, upstream_port: int, cut_s: float) -> None:
+        import asyncio
+
+        self.upstream_port, self.cut_s, self.cuts = upstream_port, cut_s, 0
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        self.ready.wait(10)
+
+    def _serve(self) -> None:
+        import asyncio
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            both = asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+            try:
+                await asyncio.wait_for(both, self.cut_s)
+            except TimeoutError:
+                self.cuts += 1
+            for w in (writer, up_w):
+                w.close()
+
+        async def main() -> None:
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            self.ready.set()
+            async with server:
+                await server.serve_forever()
+
+        asyncio.set_event_loop(self.loop)
+        with contextlib.suppress(Exception):
+            self.loop.run_until_complete(main())
+
+    def close(self) -> None:
+        for task in list(__import__("asyncio").all_tasks(self.loop)):
+            self.loop.call_soon_threadsafe(task.cancel)
+        self.thread.join(10)
+
+
+def test_logs_are_followed_through_dropped_connections_without_loss_or_repeats(
+        world: dict[str, Any], tmp_path: Path) -> None:
+    """A job printing 12 numbered lines over ~12 s, followed through a proxy that cuts
+    each connection after 3 s: every line is shown once, in order."""
+    from urllib.parse import urlsplit
+
+    from auditor.executors.base import Job, Submission
+    from auditor.executors.rayjobs import RayExecutor
+
+    talker = tmp_path / "audit-talks"
+    talker.write_text("#!/bin/sh\nfor i in $(seq 1 12); do echo \"line-$i\"; sleep 1; done\n")
+    talker.chmod(0o755)
+    proxy = CuttingProxy(int(urlsplit(world["cluster"].url).port or 0), cut_s=3.0)
+    try:
+        lines: list[str] = []
+        executor = RayExecutor(f"ray://127.0.0.1:{proxy.port}", say=lines.append)
+        job = Job(run_id="r-talks", name="t", gpu=None, gpu_count=0, timeout_s=60, wall_s=120)
+        (outcome,) = executor.run([job], Submission("b-talks", audit=str(talker)))
+    finally:
+        proxy.close()
+    assert outcome.exit_code == 0, outcome
+    shown = [ln.split("] ", 1)[1] for ln in lines if ln.startswith("[r-talks")]
+    numbered = [ln for ln in shown if ln.startswith("line-")]
+    assert numbered == [f"line-{i}" for i in range(1, 13)], lines
+    assert proxy.cuts >= 2  # the tail was cut, and followed again
