@@ -6,6 +6,7 @@ job must get too) and hands over to ``run`` once the runs are selected."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -67,6 +68,10 @@ def take(kw: dict[str, Any]) -> ExecutorArgs | None:
     engine = engine_of(spec)
     if engine == "kubernetes" and not emit:
         raise InputError("--executor kubernetes writes manifests", hint="give --emit DIR")
+    if emit:
+        from auditor.core.safefile import check_folder
+
+        check_folder(Path(emit))  # a link, FIFO or device: exit 2 before the store opens
     if engine != "kubernetes" and (emit or image or queue):
         raise InputError("--emit, --image and --queue go with --executor kubernetes")
     if kw.get("shard"):
@@ -118,19 +123,20 @@ def run(ctx: click.Context, store: RunStore, ids: list[str], policy: Policy,
         outcomes = submit(ex.spec, planned, allow_gpu_mismatch=ex.allow_gpu_mismatch,
                           say=say(ctx), folder=Path("."), on_lost=lambda run_id, why:
                           release_lost(store, planned.batch_id, run_id, policy, why))
-    _show(ctx, planned.batch_id, outcomes, planned.skipped)
+    _show(ctx, store, planned.batch_id, outcomes, planned.skipped)
     sys.exit(max((o.exit_code for o in outcomes), default=0))
 
 
 def _shared_tmp() -> str | None:
-    """Where submitit's job folder goes: the current folder's ``.auditor-jobs`` when it
-    can be made (a cluster's nodes share the submit folder, not /tmp), else /tmp."""
-    folder = Path(".auditor-jobs")
+    """Where submitit's job folders go: ``$AUDITOR_CACHE`` or ``~/.cache/auditor``, under
+    ``slurm-jobs`` (a cluster's nodes share home folders, not /tmp; never the project)."""
+    base = Path(os.environ.get("AUDITOR_CACHE") or Path.home() / ".cache" / "auditor")
+    folder = base / "slurm-jobs"
     try:
-        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         return None
-    return str(folder.resolve())
+    return str(folder)
 
 
 def _emit(ctx: click.Context, batch_id: str, jobs: list[Any], ex: ExecutorArgs) -> NoReturn:
@@ -151,18 +157,30 @@ def _emit(ctx: click.Context, batch_id: str, jobs: list[Any], ex: ExecutorArgs) 
     sys.exit(0)
 
 
-def _show(ctx: click.Context, batch_id: str, outcomes: list[Outcome],
+def _show(ctx: click.Context, store: RunStore, batch_id: str, outcomes: list[Outcome],
           skipped: list[str]) -> None:
-    if wants_json(ctx):
-        click.echo(json.dumps({"batch": batch_id, "skipped": skipped, "jobs": [
-            {"run": o.run_id, "exit": o.exit_code, "verdict": o.verdict, "node": o.node,
-             "attempts": o.attempts, "seconds": o.seconds, "message": o.message}
-            for o in outcomes]}, indent=1))
-        return
+    """Each job's outcome beside what its worker recorded in the batch (the store is the
+    truth: a job whose run another worker held exits 0 and is ``skipped`` there)."""
+    items = {i.run_id: i for i in store.batches().get(batch_id).items}
+    rows: list[dict[str, Any]] = []
     for o in outcomes:
-        where = f" on {o.node[:12]}" if o.node else ""
-        tries = f", {o.attempts} attempts" if o.attempts > 1 else ""
-        click.echo(f"{o.run_id}: {o.verdict} (exit {o.exit_code}{where}{tries})"
-                   + (f": {o.message}" if o.exit_code not in (0, 1) and o.message else ""))
+        item = items.get(o.run_id)
+        rows.append({"run": o.run_id, "exit": o.exit_code, "verdict": o.verdict,
+                     "state": item.state if item else None,
+                     "recorded_verdict": item.verdict if item else None, "node": o.node,
+                     "attempts": o.attempts, "seconds": o.seconds,
+                     "message": o.message or (item.message if item else "")})
+    if wants_json(ctx):
+        click.echo(json.dumps({"batch": batch_id, "skipped": skipped, "jobs": rows}, indent=1))
+        return
+    for row in rows:
+        where = f" on {str(row['node'])[:12]}" if row["node"] else ""
+        tries = f", {row['attempts']} attempts" if row["attempts"] > 1 else ""
+        said = row["recorded_verdict"] or row["verdict"]
+        if row["state"] == "skipped":
+            said = f"skipped ({row['message']})"
+        click.echo(f"{row['run']}: {said} (exit {row['exit']}{where}{tries})"
+                   + (f": {row['message']}" if row["exit"] not in (0, 1) and row["message"]
+                      else ""))
     click.echo(f"batch {batch_id}: {len(outcomes)} job(s), {len(skipped)} skipped")
     hint(ctx, f"see `audit batch show {batch_id}`")

@@ -165,9 +165,10 @@ class RayExecutor:
                     entrypoint_num_cpus=1, entrypoint_num_gpus=gpus or None,
                     entrypoint_resources=resources or None)
             except Exception as exc:  # noqa: BLE001 - a lost server, a refused submission
-                return Outcome(job.run_id, 3, "could-not-verify", attempts=attempt,
-                               message=f"Ray refused the job: {_first_line(exc)}",
-                               seconds=time.monotonic() - started)
+                # tried again: were it submitted after all, the claim keeps it to one rerun
+                message = f"Ray did not take the job: {_first_line(exc)}"
+                self.say(f"{job.run_id}: attempt {attempt}: {message}")
+                continue
             self.say(f"{job.run_id}: Ray job {job_id} (attempt {attempt})")
             status, code, node, message = await self._wait(job, job_id, started)
             if status == "TIMEOUT":

@@ -14,6 +14,7 @@ check verdicts and the store, not the gate), results in a SQLite store on the sh
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -263,22 +264,19 @@ def test_a_hanging_job_is_stopped_at_our_limit_and_could_not_verify(
 
 
 class CuttingProxy:
-    """A TCP proxy to the job server that cuts every connection after ``cut_s`` seconds:
-    a flaky network between the submitter and Ray (Ray's log tail then ends early)."""
+    """A TCP proxy to the job server that cuts each log-tail connection after ``cut_s``
+    seconds (other requests pass whole): a flaky network between the submitter and Ray,
+    under which Ray's log tail ends early."""
 
     def __init__(self, upstream_port: int, cut_s: float) -> None:
-        import asyncio
-
         self.upstream_port, self.cut_s, self.cuts = upstream_port, cut_s, 0
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
-        self.ready.wait(10)
+        assert self.ready.wait(10)
 
     def _serve(self) -> None:
-        import asyncio
-
         async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while data := await reader.read(65536):
@@ -287,28 +285,35 @@ class CuttingProxy:
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            first = await reader.read(65536)
+            up_w.write(first)
             both = asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
             try:
-                await asyncio.wait_for(both, self.cut_s)
+                await asyncio.wait_for(both, self.cut_s if b"/logs/tail" in first else None)
             except TimeoutError:
                 self.cuts += 1
             for w in (writer, up_w):
                 w.close()
+                with contextlib.suppress(Exception):
+                    await w.wait_closed()
 
         async def main() -> None:
             server = await asyncio.start_server(handle, "127.0.0.1", 0)
             self.port = server.sockets[0].getsockname()[1]
+            self.stop = asyncio.Event()
             self.ready.set()
             async with server:
-                await server.serve_forever()
+                await self.stop.wait()
 
-        asyncio.set_event_loop(self.loop)
-        with contextlib.suppress(Exception):
-            self.loop.run_until_complete(main())
+        self.loop.run_until_complete(main())
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
 
     def close(self) -> None:
-        for task in list(__import__("asyncio").all_tasks(self.loop)):
-            self.loop.call_soon_threadsafe(task.cancel)
+        self.loop.call_soon_threadsafe(self.stop.set)
         self.thread.join(10)
 
 
