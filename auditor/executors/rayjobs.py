@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ Say = Callable[[str], None]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 POLL_S = 0.5
 RECONNECT_S = 1.0
+FLUSH_S = 30.0  # how long the last log lines may take once the job ended
 
 
 def job_server(address: str) -> str:
@@ -200,7 +202,9 @@ class RayExecutor:
                             f"no answer within {job.wall_s} s: the Ray job was stopped")
                 await asyncio.sleep(POLL_S)
         finally:
-            if follow is not None:
+            if follow is not None:  # it ends by itself once it has shown the whole log
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(follow), FLUSH_S)
                 follow.cancel()
                 await asyncio.gather(follow, return_exceptions=True)
         code = getattr(info, "driver_exit_code", None)

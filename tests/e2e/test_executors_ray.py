@@ -14,11 +14,11 @@ check verdicts and the store, not the gate), results in a SQLite store on the sh
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -228,7 +228,8 @@ def test_no_node_with_the_gpu_is_exit_3_naming_it_unless_the_policy_allows(
 
 
 def test_an_unreachable_cluster_is_one_line_exit_3(world: dict[str, Any]) -> None:
-    res = audit("verify", world["runs"]["cpu0"], "--executor", "ray://127.0.0.1:9",
+    fresh = _record(world["repo"], world["env"], "11")  # a run no batch verified yet
+    res = audit("verify", fresh, "--executor", "ray://127.0.0.1:9",
                 "--batch", "ray-down-1", cwd=world["repo"], env=world["env"], timeout=120)
     assert res.returncode == 3, res.stderr
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
@@ -270,53 +271,55 @@ class CuttingProxy:
 
     def __init__(self, upstream_port: int, cut_s: float) -> None:
         self.upstream_port, self.cut_s, self.cuts = upstream_port, cut_s, 0
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-        assert self.ready.wait(10)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.open: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _serve(self) -> None:
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-            first = await reader.read(65536)
-            up_w.write(first)
-            both = asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+    def _accept(self) -> None:
+        while True:
             try:
-                await asyncio.wait_for(both, self.cut_s if b"/logs/tail" in first else None)
-            except TimeoutError:
-                self.cuts += 1
-            for w in (writer, up_w):
-                w.close()
-                with contextlib.suppress(Exception):
-                    await w.wait_closed()
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
 
-        async def main() -> None:
-            server = await asyncio.start_server(handle, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
-            self.stop = asyncio.Event()
-            self.ready.set()
-            async with server:
-                await self.stop.wait()
+    def _handle(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        with self.lock:
+            self.open += [client, upstream]
+        first = client.recv(65536)
+        upstream.sendall(first)
+        if b"/logs/tail" in first:
+            threading.Timer(self.cut_s, self._cut, (client, upstream)).start()
+        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+        self._pump(client, upstream)
 
-        self.loop.run_until_complete(main())
-        pending = asyncio.all_tasks(self.loop)
-        for task in pending:
-            task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self.loop.close()
+    def _cut(self, *socks: socket.socket) -> None:
+        self.cuts += 1
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(10)
+        self.server.close()
+        with self.lock:
+            for sock in self.open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
 
 
+@pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")  # Ray's aiohttp
 def test_logs_are_followed_through_dropped_connections_without_loss_or_repeats(
         world: dict[str, Any], tmp_path: Path) -> None:
     """A job printing 12 numbered lines over ~12 s, followed through a proxy that cuts
