@@ -249,35 +249,55 @@ def ci() -> None:
 @click.argument("provider", type=click.Choice(["github", "gitlab", "kubernetes"]),
                 default="github")
 @click.option("--output", type=OutFile,
-              help="Where to write (default .github/workflows/audit.yml or .gitlab-ci.yml).")
+              help="Where to write (default .github/workflows/audit.yml, .gitlab-ci.yml or "
+              "k8s/audit-verify.yaml).")
 @click.option("--schedule", default=None, metavar="CRON",
               help='Cron schedule in UTC (default "17 3 * * *": nightly).')
-@click.option("--install", default=None, metavar="CMD",
-              help='How the job installs the project (default "python -m pip install .").')
+@click.option("--auditor", "pip_spec", default=None, metavar="SPEC",
+              help="The pip requirement the jobs install (default auditor[team]==<this "
+              "version>; e.g. 'auditor[team] @ https://host/auditor-X-py3-none-any.whl').")
+@click.option("--shards", default=None, type=int, metavar="N",
+              help="Parallel verify jobs of the scheduled batch (default 4).")
+@click.option("--models", default=None, metavar="GLOB",
+              help="The model files the release gate checks and whose changes in a pull "
+              "request trigger it (default models/*.safetensors).")
+@click.option("--branch", "branches", multiple=True, metavar="NAME",
+              help="Protected branch whose pushes are gated (repeatable; default main).")
+@click.option("--runner-tag", default=None, metavar="TAG",
+              help="GitLab: the tag of a shell-executor runner with docker (default docker).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @click.option("--image", default=None, help="kubernetes: the image with auditor installed.")
-@click.option("--shards", default=4, show_default=True, help="kubernetes: Job indexes.")
 @quiet_option
 @click.pass_context
 def ci_init(ctx: click.Context, provider: str, output: Path | None, schedule: str | None,
-            install: str | None, force: bool, image: str | None, shards: int) -> None:
-    """Write a scheduled workflow that re-verifies recent runs and publishes the reports."""
+            pip_spec: str | None, shards: int | None, models: str | None,
+            branches: tuple[str, ...], runner_tag: str | None, force: bool,
+            image: str | None) -> None:
+    """Write a CI workflow: scheduled sharded verification, one report, a release gate."""
     from auditor.release import ci as ci_module
 
+    default = ci_module.CiSettings()
     if provider == "kubernetes":  # a CronJob of an Indexed Job (auditor/executors/kubernetes)
         from auditor.executors.kubernetes import write_cronjob
 
-        path = write_cronjob(output, force=force, image=image, shards=shards,
-                             schedule=schedule or ci_module.DEFAULT_SCHEDULE)
+        path = write_cronjob(output, force=force, image=image,
+                             shards=default.shards if shards is None else shards,
+                             schedule=schedule or default.schedule)
         click.echo(f"wrote {path}")
         return
-    path = ci_module.write_workflow(provider, output=output, force=force,
-                                    schedule=schedule or ci_module.DEFAULT_SCHEDULE,
-                                    install=install or ci_module.DEFAULT_INSTALL)
+    settings = ci_module.CiSettings(
+        schedule=schedule or default.schedule, pip_spec=pip_spec or default.pip_spec,
+        shards=default.shards if shards is None else shards,
+        models=models or default.models, branches=branches or default.branches,
+        runner_tag=runner_tag or default.runner_tag)
+    path = ci_module.write_workflow(provider, settings, output=output, force=force)
     click.echo(f"wrote {path}")
+    secrets = "repository secrets" if provider == "github" else "CI/CD variables"
+    hint(ctx, f"next: set the {secrets} AUDITOR_STORE, AUDITOR_BLOBS, the artifact "
+         "credentials, AUDITOR_SIGNING_KEY and AUDITOR_PUBLIC_KEY (see the file's header)")
     if provider == "gitlab":
         hint(ctx, "next: create a pipeline schedule (Build > Pipeline schedules) with cron "
-             f"{schedule or ci_module.DEFAULT_SCHEDULE!r}")
+             f"{settings.schedule!r}")
 
 
 COMMANDS: tuple[click.Command, ...] = (report, gate, keys, certificate, ci)

@@ -269,7 +269,8 @@ class BatchTables:
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
             stmt = sqlite_insert(table).values(**row).on_conflict_do_nothing()  # type: ignore[assignment]
-        return conn.execute(stmt).rowcount == 1
+        first = next(iter(table.primary_key.columns))
+        return conn.execute(stmt.returning(first)).first() is not None  # RETURNING: inserted
 
     # batches
     def create(self, batch_id: str, *, policy_sha256: str, shards: int = 1,

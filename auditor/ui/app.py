@@ -113,6 +113,9 @@ def create_app(store: RunStore, *, token: str | None = None) -> FastAPI:
         return HTMLResponse(pages.error_page(message, code), status_code=code)
 
     _routes(app, store)
+    from auditor.ui.batches import batch_routes  # the batch pages (ui/batches.py)
+
+    batch_routes(app, store)
     return app
 
 

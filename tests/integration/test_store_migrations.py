@@ -44,7 +44,8 @@ def test_upgrade_command_reports_the_current_revision(
     again.close()
 
 
-@pytest.mark.parametrize("table", ["runs", "metrics", "artifacts", "certificates", "imports"])
+@pytest.mark.parametrize("table", ["runs", "metrics", "artifacts", "certificates", "imports",
+                                   "batches", "batch_items", "verify_claims"])
 def test_fresh_store_has_every_table(any_store: SqlStore, table: str) -> None:
     assert table in sa.inspect(any_store.engine).get_table_names()
 
@@ -144,9 +145,9 @@ def test_audit_store_upgrade_command(tmp_path: Path) -> None:
     location = str(_copy_v1(tmp_path / "v1"))
     first = audit("--store", location, "store", "upgrade", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip().endswith("upgraded from revision 0001 to 0004")
+    assert first.stdout.strip().endswith(f"upgraded from revision 0001 to {migrate_mod.HEAD}")
     second = audit("--store", location, "store", "upgrade", cwd=tmp_path)
-    assert second.stdout.strip().endswith("is at the current revision 0004")
+    assert second.stdout.strip().endswith(f"is at the current revision {migrate_mod.HEAD}")
 
 
 def _open_and_report(loc: tuple[str, str | None], queue: mp.Queue) -> None:  # type: ignore[type-arg]

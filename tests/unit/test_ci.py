@@ -1,7 +1,11 @@
-"""``audit ci init``: valid YAML, the schedule, the reports, and only real audit commands."""
+"""``audit ci init``: valid YAML with a schedule, sharded verification, one aggregate
+report, a release gate; secrets only by reference; hostile settings cannot add YAML; and
+only real audit commands. (The files are validated against the published schemas and
+their shell is run in ``tests/e2e/test_ci_run.py``.)"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -9,79 +13,86 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from auditor.cli.main import AuditGroup, main
-from auditor.cli.release import COMMANDS, ci_init
+from auditor.cli.main import main
+from auditor.cli.release import ci_init
 from auditor.core.errors import InputError
+from auditor.core.version import __version__
 from auditor.release.ci import (
     DEFAULT_SCHEDULE,
     JUNIT,
-    REPORT_DIR,
-    SUMMARY,
-    VERIFY_ARGV,
+    STEPS,
+    CiSettings,
     audit_commands,
     check_command,
     render_workflow,
+    shell_steps,
     validate_cron,
     write_workflow,
 )
 
 
-def audit_tree(*extra: click.Command) -> click.Group:
-    """``audit`` as the lead wires it: main's commands plus this issue's commands."""
-    root = AuditGroup(name="audit", callback=main.callback, params=list(main.params),
-                      commands=dict(main.commands))
-    for command in (*COMMANDS, *extra):
-        if command.name not in root.commands:
-            root.add_command(command)
-    return root
-
-
-@click.command("verify")
-@click.argument("run", required=False)
-@click.option("--all", "all_", is_flag=True)
-@click.option("--since")
-@click.option("--report-dir", type=click.Path())
-@click.option("--markdown", type=click.Path())
-@click.option("--junit", type=click.Path())
-def verify_stand_in(**_: object) -> None:
-    """Stand-in with the options issue 5 asks `audit verify` to have."""
-
-
-def test_github_workflow_is_valid_yaml_with_schedule_and_reports() -> None:
-    data = yaml.safe_load(render_workflow("github", schedule="0 4 * * 1"))
+def test_github_workflow_schedule_matrix_summary_and_gate() -> None:
+    data = yaml.safe_load(render_workflow("github", CiSettings(schedule="0 4 * * 1",
+                                                               shards=3)))
     assert data["on"]["schedule"] == [{"cron": "0 4 * * 1"}]
-    steps = data["jobs"]["reproduce"]["steps"]
-    runs = [s.get("run", "") for s in steps]
-    assert "python -m pip install ." in runs
-    assert any('>> "$GITHUB_STEP_SUMMARY"' in r and SUMMARY in r for r in runs)
-    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact"))
-    assert upload["with"]["path"] == f"{REPORT_DIR}/" and upload["if"] == "always()"
+    assert data["on"]["push"]["tags"] == ["v*"] and data["on"]["push"]["branches"] == ["main"]
+    assert data["on"]["pull_request"]["paths"] == ["models/*.safetensors"]
+    verify = data["jobs"]["verify"]
+    assert verify["strategy"]["matrix"]["shard"] == [1, 2, 3]
+    assert data["env"]["AUDITOR_SHARDS"] == "3"
+    assert data["env"]["AUDITOR_PIP_SPEC"] == f"auditor[team]=={__version__}"
+    assert data["jobs"]["summary"]["needs"] == "verify"
+    assert "always()" in data["jobs"]["summary"]["if"]
+    assert data["jobs"]["gate"]["if"] == ("github.event_name == 'push' || "
+                                          "github.event_name == 'pull_request'")
 
 
-def test_gitlab_workflow_is_valid_yaml_with_schedule_and_junit() -> None:
-    data = yaml.safe_load(render_workflow("gitlab", schedule="*/30 2 * * *"))
+def test_gitlab_workflow_parallel_report_and_gate() -> None:
+    data = yaml.safe_load(render_workflow("gitlab", CiSettings(schedule="*/30 2 * * *",
+                                                               shards=5, runner_tag="gpu")))
     assert data["variables"]["AUDIT_SCHEDULE"] == "*/30 2 * * *"
-    job = data["audit-reproduce"]
-    assert any("schedule" in rule["if"] for rule in job["rules"])
-    assert job["artifacts"]["reports"]["junit"] == JUNIT
-    assert job["artifacts"]["when"] == "always"
+    assert data["audit-verify"]["parallel"] == 5 and data["audit-verify"]["tags"] == ["gpu"]
+    assert data["audit-report"]["artifacts"]["reports"]["junit"] == JUNIT
+    assert all(r.get("when") == "always" for r in data["audit-report"]["rules"])
+    gate_rules = data["audit-gate"]["rules"]
+    assert gate_rules[0]["if"] == "$CI_COMMIT_TAG"
+    assert gate_rules[2]["changes"] == ["models/*.safetensors"]
+    assert "docker:dind" in render_workflow("gitlab")  # the file says why not
 
 
 @pytest.mark.parametrize("provider", ["github", "gitlab"])
-def test_workflow_runs_verify_all(provider: str) -> None:
-    assert audit_commands(render_workflow(provider)) == [list(VERIFY_ARGV)]
+def test_no_secret_is_inline_only_references(provider: str) -> None:
+    text = render_workflow(provider)
+    data = yaml.safe_load(text)
+    if provider == "github":
+        envs = [job.get("env", {}) for job in data["jobs"].values()]
+        envs += [s.get("env", {}) for job in data["jobs"].values() for s in job["steps"]]
+        secret_names = {"AUDITOR_STORE", "AUDITOR_BLOBS", "AWS_ACCESS_KEY_ID",
+                        "AWS_SECRET_ACCESS_KEY", "AUDITOR_SIGNING_KEY", "AUDITOR_PUBLIC_KEY"}
+        values = {k: v for env in envs for k, v in env.items() if k in secret_names}
+        assert set(values) == secret_names
+        assert all(re.fullmatch(r"\$\{\{ secrets\.[A-Z0-9_]+ \}\}", v) for v in values.values())
+    else:  # GitLab: CI/CD variables reach the job's environment; the file sets none of them
+        assert not {"AUDITOR_STORE", "AWS_SECRET_ACCESS_KEY", "AUDITOR_SIGNING_KEY"} & set(
+            data["variables"])
+        shells = "\n".join(s.shell for s in shell_steps(provider, text))
+        assert '--sign-key "$AUDITOR_SIGNING_KEY"' in shells  # a File variable: its path
 
 
 @pytest.mark.parametrize("provider", ["github", "gitlab"])
-def test_workflow_commands_parse_with_the_audit_tree(provider: str) -> None:
-    root = audit_tree(verify_stand_in)
-    for argv in audit_commands(render_workflow(provider)):
-        check_command(root, argv)
+def test_steps_come_back_as_written(provider: str) -> None:
+    steps = shell_steps(provider, render_workflow(provider))
+    shells = "\n".join(s.shell for s in steps)
+    for name, snippet in STEPS[provider].items():
+        assert snippet.strip() in shells, name
 
 
 @pytest.mark.parametrize("provider", ["github", "gitlab"])
 def test_workflow_commands_parse_with_the_real_cli(provider: str) -> None:
-    for argv in audit_commands(render_workflow(provider)):
+    commands = audit_commands(render_workflow(provider))
+    assert {tuple(c[:2]) for c in commands} >= {("audit", "verify"), ("audit", "batch"),
+                                                ("audit", "gate")}
+    for argv in commands:
         check_command(main, argv)
 
 
@@ -92,11 +103,12 @@ def test_workflow_commands_parse_with_the_real_cli(provider: str) -> None:
     ["audit", "keys"],  # missing subcommand
     ["audit", "ci", "init", "bitbucket"],
     ["audit", "verify", "--all", "--sincе", "7d"],  # Cyrillic е
+    ["audit", "batch", "show"],  # missing BATCH
     ["python", "-m", "auditor"],
 ])
 def test_check_command_rejects_what_would_fail(argv: list[str]) -> None:
     with pytest.raises(click.UsageError):
-        check_command(audit_tree(verify_stand_in), argv)
+        check_command(main, argv)
 
 
 @pytest.mark.parametrize("argv", [
@@ -104,18 +116,24 @@ def test_check_command_rejects_what_would_fail(argv: list[str]) -> None:
     ["audit", "report", "01jd0x8k6m", "--html", "r.html", "--junit", "j.xml"],
     ["audit", "keys", "generate", "--dir", "keys"],
     ["audit", "certificate", "verify", "c.json", "--key", "k.pub", "--artifact", "m.bin"],
-    ["audit", "ci", "init", "gitlab", "--schedule", "0 1 * * *"],
+    ["audit", "ci", "init", "gitlab", "--schedule", "0 1 * * *", "--shards", "2"],
+    ["audit", "verify", "--all", "--batch", "b1", "--shard", "1/2"],
+    ["audit", "batch", "show", "b1", "--junit", "j.xml"],
 ])
 def test_check_command_accepts_real_command_lines(argv: list[str]) -> None:
-    check_command(audit_tree(), argv)
+    check_command(main, argv)
 
 
-def test_hostile_install_command_cannot_add_yaml() -> None:
-    hostile = 'pip install . # "}: {foo: [bar\\'
-    data = yaml.safe_load(render_workflow("github", install=hostile))
-    assert data["jobs"]["reproduce"]["steps"][2]["run"] == hostile
-    with pytest.raises(InputError):
-        render_workflow("github", install="a\nb")
+def test_hostile_settings_cannot_add_yaml() -> None:
+    hostile = 'auditor[team] @ https://x/a.whl # "}: {foo: [bar\\'
+    data = yaml.safe_load(render_workflow("github", CiSettings(pip_spec=hostile)))
+    assert data["env"]["AUDITOR_PIP_SPEC"] == hostile
+    assert set(data) == {"name", "on", "permissions", "env", "jobs"}
+    for bad in (CiSettings(pip_spec="a\nb"), CiSettings(models="m/*\nx: 1"),
+                CiSettings(models="$(rm -rf /)"), CiSettings(branches=("main", "a b")),
+                CiSettings(shards=0), CiSettings(shards=257), CiSettings(runner_tag="a:b")):
+        with pytest.raises(InputError):
+            render_workflow("gitlab", bad)
 
 
 @pytest.mark.parametrize("bad", ["", "* * * *", "0 3 * * * *", "0 3 * * *; rm -rf /",
@@ -137,17 +155,19 @@ def test_write_never_overwrites_without_force(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="already exists"):
         write_workflow("github", output=out)
     write_workflow("gitlab", output=out, force=True)
-    assert "audit-reproduce" in out.read_text()
+    assert "audit-verify" in out.read_text()
 
 
 def test_ci_init_command_writes_the_default_path(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
-    result = runner.invoke(ci_init, ["github", "--schedule", "5 1 * * *"])
+    result = runner.invoke(ci_init, ["github", "--schedule", "5 1 * * *", "--shards", "2",
+                                     "--branch", "main", "--branch", "release/*"])
     assert result.exit_code == 0, result.output
-    text = (tmp_path / ".github/workflows/audit.yml").read_text()
-    assert '"5 1 * * *"' in text
+    data = yaml.safe_load((tmp_path / ".github/workflows/audit.yml").read_text())
+    assert data["on"]["schedule"] == [{"cron": "5 1 * * *"}]
+    assert data["on"]["push"]["branches"] == ["main", "release/*"]
     result = runner.invoke(ci_init, ["gitlab"])
     assert result.exit_code == 0 and "pipeline schedule" in result.output
     assert (tmp_path / ".gitlab-ci.yml").is_file()
