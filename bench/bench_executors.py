@@ -117,6 +117,7 @@ def main() -> None:
             print(f"slurm: {wall:.1f} s, ratio {result['slurm']['ratio']:.2f}x", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    result["load_average_after"] = list(os.getloadavg())  # the 2 cores are shared
     (REPO / "bench" / "results").mkdir(exist_ok=True)
     (REPO / "bench" / "results" / "executors.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
