@@ -1,4 +1,4 @@
-"""Certificates: an in-toto Statement v1 in a DSSE envelope, signed with Ed25519.
+"""Certificates: an in-toto Statement v1 in a DSSE envelope, signed (Ed25519 or ECDSA).
 
 Contract:
 
@@ -30,17 +30,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from auditor.certify.loosen import Loosening
 from auditor.core.capped import read_capped
 from auditor.core.errors import InputError, IntegrityError
-from auditor.core.keys import keyid
+from auditor.core.keys import PrivateKey, PublicKey, keyid, sign, verifies
 from auditor.core.safefile import write_target
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -148,25 +143,25 @@ def make_statement(subjects: list[Subject], predicate: ReproductionPredicate) ->
     )
 
 
-def seal(statement: Statement, private_key: Ed25519PrivateKey | None) -> Envelope:
+def seal(statement: Statement, private_key: PrivateKey | None) -> Envelope:
     """Wrap ``statement`` in a DSSE envelope, signed when a key is given (else unsigned)."""
     return sign_payload(canonical_json(statement), PAYLOAD_TYPE, private_key)
 
 
 def sign_payload(
-    payload: bytes, payload_type: str, private_key: Ed25519PrivateKey | None
+    payload: bytes, payload_type: str, private_key: PrivateKey | None
 ) -> Envelope:
     """A DSSE envelope of any payload (the certificate log signs its head with this)."""
     signatures: list[Signature] = []
     if private_key is not None:
-        sig = private_key.sign(pae(payload_type, payload))
+        sig = sign(private_key, pae(payload_type, payload))
         signatures.append(Signature(keyid=keyid(private_key.public_key()), sig=_b64(sig)))
     return Envelope(payload=_b64(payload), payloadType=payload_type, signatures=signatures)
 
 
 def open_envelope(
     envelope_bytes: bytes,
-    trusted: list[Ed25519PublicKey] | None,
+    trusted: list[PublicKey] | None,
     *,
     require_signature: bool,
     source: str = "certificate",
@@ -199,7 +194,7 @@ def parse_envelope(envelope_bytes: bytes, source: str) -> Envelope:
 def verify_envelope(
     envelope: Envelope,
     payload_type: str,
-    trusted: list[Ed25519PublicKey] | None,
+    trusted: list[PublicKey] | None,
     *,
     require_signature: bool,
     source: str,
@@ -269,11 +264,11 @@ def read_certificate(path: Path) -> bytes:
 
 
 def _check_signatures(
-    envelope: Envelope, signed: bytes, trusted: list[Ed25519PublicKey], source: str
+    envelope: Envelope, signed: bytes, trusted: list[PublicKey], source: str
 ) -> None:
     for signature in envelope.signatures:
         raw = _try_unb64(signature.sig)
-        if raw is not None and any(_verifies(key, raw, signed) for key in trusted):
+        if raw is not None and any(verifies(key, raw, signed) for key in trusted):
             return
     signers = ", ".join(s.keyid[:12] or "?" for s in envelope.signatures)
     known = ", ".join(keyid(k)[:12] for k in trusted)
@@ -282,14 +277,6 @@ def _check_signatures(
         f"(signed by {signers}; trusted {known})",
         hint="the certificate was altered or signed by another key; do not trust it",
     )
-
-
-def _verifies(key: Ed25519PublicKey, sig: bytes, signed: bytes) -> bool:
-    try:
-        key.verify(sig, signed)
-    except InvalidSignature:
-        return False
-    return True
 
 
 def _parse_statement(payload: bytes, source: str) -> Statement:

@@ -1,7 +1,9 @@
 """Issue the certificate of a verification and keep the result.
 
 The certificate is an in-toto Statement v1 (subjects: the original run's *compared* output
-artifacts by sha256, plus its record digest as ``record:<run id>``) with auditor's
+artifacts by sha256, its record digest as ``record:<run id>``, and, when the weights sit in
+a folder whose every output was compared, ``model:<folder>`` with the digest OpenSSF
+model signing signs over that folder: ``certify/attest.py``) with auditor's
 reproduction predicate (verdict, evidence digests, the rerun's isolation level, every
 loosening the policy made and the outputs it did not compare), wrapped in a DSSE
 envelope (Ed25519-signed when a key is given). Its bytes are
@@ -18,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from auditor.certify import log as certlog
+from auditor.certify.attest import model_subject
 from auditor.certify.certificate import (
     ReproductionPredicate,
     Subject,
@@ -47,6 +50,9 @@ def subjects_of(original: RunRecord, verdict: Verdict) -> list[Subject]:
     """
     outputs = certified_outputs(list(original.artifacts), verdict)  # logs as evidence too
     subjects = [Subject(name=a.name, digest={"sha256": a.sha256}) for a in outputs]
+    model = model_subject(original.outputs(), outputs)  # model_signing's folder digest
+    if model is not None:
+        subjects.append(model)
     subjects.append(
         Subject(name=f"record:{original.identity.id}", digest={"sha256": record_sha256(original)})
     )

@@ -44,10 +44,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from auditor.certify.certificate import (
@@ -58,6 +54,7 @@ from auditor.certify.certificate import (
     verify_envelope,
 )
 from auditor.core.errors import AuditorError, InputError, IntegrityError
+from auditor.core.keys import PrivateKey, PublicKey
 from auditor.core.safefile import atomic_write, fsync_dir
 from auditor.store import RunStore, store_dir_of
 from auditor.store.base import LogParts
@@ -184,7 +181,7 @@ def append(
     where: Path | LogParts,
     cert_sha256: str,
     run_id: str,
-    key: Ed25519PrivateKey | None = None,
+    key: PrivateKey | None = None,
     *,
     read_certificate: Callable[[str], bytes] | None = None,
 ) -> LogEntry:
@@ -211,7 +208,7 @@ def append(
     return entry
 
 
-def verify_log(where: Path | LogParts, trusted: list[Ed25519PublicKey] | None = None) -> int:
+def verify_log(where: Path | LogParts, trusted: list[PublicKey] | None = None) -> int:
     """Check the chain, the head, and the signed head against the lines it covers (its
     signature too, and that it exists, when ``trusted`` is given); return the entry count."""
     if isinstance(where, Path) and not where.is_dir():
@@ -240,7 +237,7 @@ def read_entries(where: Path | LogParts) -> list[LogEntry]:
 # -- appending ---------------------------------------------------------------------
 
 
-def _checked_tail(log: LogParts, key: Ed25519PrivateKey | None,
+def _checked_tail(log: LogParts, key: PrivateKey | None,
                   read_certificate: Callable[[str], bytes] | None) -> LogHead:
     """The head of the log as its lines say (the whole chain checked, so an append never
     extends an edited or reordered log); it must agree with the head part, and the lines
@@ -269,7 +266,7 @@ def _checked_tail(log: LogParts, key: Ed25519PrivateKey | None,
     return actual
 
 
-def _refuse_lost_signed_head(log: LogParts, lines: list[bytes], key: Ed25519PrivateKey,
+def _refuse_lost_signed_head(log: LogParts, lines: list[bytes], key: PrivateKey,
                              read_certificate: Callable[[str], bytes]) -> None:
     """A log holding a certificate signed with ``key`` had a head signed with it: signing
     over it now, without that head, would bless whatever was done to the log meanwhile."""
@@ -306,7 +303,7 @@ def _append_line(path: Path, line: bytes) -> int:
     return size
 
 
-def _write_head(log: LogParts, head: LogHead, key: Ed25519PrivateKey | None) -> None:
+def _write_head(log: LogParts, head: LogHead, key: PrivateKey | None) -> None:
     data = canonical_json(head)
     log.write(HEAD_NAME, data)
     if key is not None:  # unsigned: the last signed head stays, covering a prefix
@@ -386,7 +383,7 @@ def _check_head(parts: LogParts, lines: list[bytes], size: int, head: LogHead | 
         )
 
 
-def _signed_head(log: LogParts, trusted: list[Ed25519PublicKey] | None,
+def _signed_head(log: LogParts, trusted: list[PublicKey] | None,
                  head: LogHead | None) -> LogHead | None:
     """The signed head (its signature checked with trusted keys; with them it must exist
     once the log has a head)."""
@@ -418,7 +415,7 @@ def _check_signed_prefix(log: LogParts, lines: list[bytes], signed: LogHead,
             "signed: lines it covers were edited, deleted or re-chained", hint=_VERIFY_HINT)
 
 
-def _open_signed_head(log: LogParts, trusted: list[Ed25519PublicKey] | None) -> LogHead:
+def _open_signed_head(log: LogParts, trusted: list[PublicKey] | None) -> LogHead:
     """The signed head's payload; its signature is checked only with ``trusted`` keys."""
     path = log.label(SIGNED_HEAD_NAME)
     try:

@@ -41,6 +41,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "ui": "auditor.cli.ui:ui_cmd",
     "push": "auditor.cli.sync:push", "pull": "auditor.cli.sync:pull",
     "import": "auditor.cli.imports:import_group",
+    "init": "auditor.cli.init:init_cmd",
+    "preflight": "auditor.cli.init:preflight_cmd",
     "batch": "auditor.cli.batch:batch_group",
 }
 
@@ -60,7 +62,7 @@ LAZY_HELP: dict[str, str] = {
     "Markdown, JUnit.",
     "gate": "Pass (exit 0) only when every ARTIFACT has a trusted, recent, good-enough "
     "certificate.",
-    "keys": "Ed25519 signing keys for certificates.",
+    "keys": "Signing keys for certificates (Ed25519, or ECDSA for OpenSSF model signing).",
     "certificate": "Inspect and check certificates.",
     "ci": "Scheduled reproducibility checks in CI.",
     "ui": "Serve the dashboard: runs table, comparison, importance, run pages (read-only).",
@@ -68,6 +70,8 @@ LAZY_HELP: dict[str, str] = {
     "pull": "Copy runs (record, metrics, artifacts, certificates) from another store, "
     "verified.",
     "import": "Import runs logged elsewhere (MLflow); each says what it lacks to be verified.",
+    "init": "Set this git project up (auditor.toml, lockfile, CI, .gitignore), then preflight.",
+    "preflight": "Is this run re-runnable? Static checks before any GPU hour (exit 0 yes, 1 no).",
     "batch": "Batches of verifications (CI shards, executors): verdicts, nodes, GPUs, reports.",
 }
 

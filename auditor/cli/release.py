@@ -142,15 +142,22 @@ def report(ctx: click.Context, /, run_or_cert: str | None, from_json: Path | Non
               help="Gate policy TOML (see templates/gate.toml); default: built-in defaults.")
 @click.option("--key", "keys", multiple=True, type=PathType,
               help="Trusted public key (.pub); repeatable, added to the policy's keys.")
+@click.option("--attestation", "attestations", multiple=True, type=PathType,
+              help="Pass only on this certificate, or the certificate this signed SLSA "
+                   "verification summary (VSA) stands for; repeatable.")
 @quiet_option
 @click.pass_context
 def gate(ctx: click.Context, artifacts: tuple[Path, ...], policy_path: Path | None,
-         keys: tuple[Path, ...]) -> None:
-    """Pass (exit 0) only when every ARTIFACT has a trusted, recent, good-enough certificate."""
+         keys: tuple[Path, ...], attestations: tuple[Path, ...]) -> None:
+    """Pass (exit 0) only when every ARTIFACT has a trusted, recent, good-enough certificate.
+
+    An ARTIFACT may be a model folder: it passes on a certificate whose `model:` subject is
+    the folder's digest (the one OpenSSF model signing signs)."""
     from auditor.release.gate import GatePolicy, check_artifacts, load_gate_policy
 
     policy = load_gate_policy(policy_path) if policy_path else GatePolicy()
-    result = check_artifacts(store_of(ctx), artifacts, policy, extra_keys=keys)
+    result = check_artifacts(store_of(ctx), artifacts, policy, extra_keys=keys,
+                             attestations=attestations)
     if wants_json(ctx):
         click.echo(json.dumps([f.as_json() for f in result.findings], indent=1))
     else:
@@ -166,19 +173,24 @@ def gate(ctx: click.Context, artifacts: tuple[Path, ...], policy_path: Path | No
 # -- audit keys ----------------------------------------------------------------------------
 @click.group("keys")
 def keys() -> None:
-    """Ed25519 signing keys for certificates."""
+    """Signing keys for certificates (Ed25519, or ECDSA for OpenSSF model signing)."""
 
 
 @keys.command("generate")
 @click.option("--dir", "directory", default=Path("keys"), show_default=True,
               type=OutFolder, help="Folder for the key pair.")
 @click.option("--name", default="auditor", show_default=True, help="File name of the pair.")
+@click.option("--type", "key_type", default="ed25519", show_default=True,
+              type=click.Choice(["ed25519", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521"]),
+              help="Key type. An ECDSA key also signs model folders in OpenSSF model_signing's "
+                   "format (`audit certificate export --model-signature`), which accepts only "
+                   "EC keys.")
 @quiet_option
-def generate(directory: Path, name: str) -> None:
+def generate(directory: Path, name: str, key_type: str) -> None:
     """Create NAME.key (private, 0600) and NAME.pub; never overwrites."""
     from auditor.core.keys import generate_keypair
 
-    private, public = generate_keypair(directory, name)
+    private, public = generate_keypair(directory, name, key_type)
     click.echo(f"private key: {private}  (keep it secret: audit verify RUN --sign-key {private})")
     click.echo(f"public key:  {public}  (share it: audit gate --key {public}, or trusted_keys "
                "in gate.toml)")
@@ -209,6 +221,45 @@ def verify_certificate(ctx: click.Context, cert: Path, keys: tuple[Path, ...],
         return
     for label, value in _check_lines(check):
         click.echo(f"{label:<16} {value}")
+
+
+@certificate.command("export")
+@click.argument("ref", metavar="RUN_OR_CERT")
+@click.option("--key", "key", type=PathType,
+              help="Private key that signs the VSA and the model signature (ECDSA for the "
+                   "model signature).")
+@click.option("--trust", "trust", multiple=True, type=PathType,
+              help="Public key the stored certificate must be signed with; repeatable.")
+@click.option("--certificate", "cert_out", type=OutFile,
+              help="Write the certificate (DSSE envelope) as stored.")
+@click.option("--vsa", "vsa_out", type=OutFile,
+              help="Write a SLSA Verification Summary Attestation, signed with --key.")
+@click.option("--model-signature", "model_out", type=OutFile,
+              help="Write an OpenSSF model_signing signature of the certified model folder "
+                   "(`model_signing verify key FOLDER --signature FILE --public_key KEY.pub`).")
+@quiet_option
+@click.pass_context
+def export_certificate(ctx: click.Context, ref: str, key: Path | None, trust: tuple[Path, ...],
+                       cert_out: Path | None, vsa_out: Path | None,
+                       model_out: Path | None) -> None:
+    """Export the newest certificate of RUN (or the certificate CERT) for other verifiers."""
+    from auditor.core.keys import load_public_key
+    from auditor.release.export import export
+
+    done = export(store_of(ctx), ref, key, [load_public_key(k) for k in trust],
+                  certificate=cert_out, vsa=vsa_out, model_signature=model_out)
+    if wants_json(ctx):
+        click.echo(json.dumps({"certificate_sha256": done.certificate_sha256,
+                               "run_id": done.run_id, "verdict": done.verdict,
+                               "model_subject": done.model_subject,
+                               "model_sha256": done.model_sha256,
+                               "written": {kind: str(p) for kind, p in done.written}}, indent=1))
+        return
+    click.echo(f"certificate {done.certificate_sha256[:16]}… of run {done.run_id}: {done.verdict}")
+    if done.model_subject:
+        click.echo(f"model       {done.model_subject} sha256:{done.model_sha256}")
+    for kind, path in done.written:
+        click.echo(f"wrote {kind}: {path}")
 
 
 def _check_json(check: Any) -> dict[str, object]:

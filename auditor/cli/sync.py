@@ -26,8 +26,7 @@ import click
 from auditor.cli.options import Ctx, pass_ctx, quiet_option
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+    from auditor.core.keys import PrivateKey
     from auditor.store import RunStore
     from auditor.store.sync import SyncReport
 
@@ -36,7 +35,7 @@ class _TargetLog:
     """The certificate log of the receiving store (its database, or ``log/`` beside its
     artifacts for SQLite)."""
 
-    def __init__(self, store: RunStore, key: Ed25519PrivateKey | None) -> None:
+    def __init__(self, store: RunStore, key: PrivateKey | None) -> None:
         from auditor.certify import log as certlog
 
         self.log = certlog.log_of(store)

@@ -235,7 +235,8 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
         run_on_executor(ctx, store, ids, policy, executor, batch[0] if batch else None,
                         kw["timeout"])
     if batch is not None:
-        results, failures = _verify_batch(ctx, store, ids, policy, opts, batch, kw)
+        results, failures = _verify_batch(ctx, store, ids, policy, opts, batch, kw,
+                                          single=not all_runs)
     else:
         results, failures = _verify_many(ctx, store, ids, policy, opts)
     _write_reports(results, targets, kw.get("report_dir"))
@@ -255,15 +256,15 @@ def _batch_args(kw: dict[str, Any]) -> tuple[str, Shard] | None:
 
 
 def _verify_batch(ctx: click.Context, store: RunStore, ids: list[str], policy: Policy,
-                  opts: VerifyOptions, batch: tuple[str, Shard], kw: dict[str, Any]
-                  ) -> tuple[list[VerifyResult], list[tuple[str, int, str]]]:
+                  opts: VerifyOptions, batch: tuple[str, Shard], kw: dict[str, Any], *,
+                  single: bool) -> tuple[list[VerifyResult], list[tuple[str, int, str]]]:
     from auditor.verify import verify_batch
 
     selection = {k: kw.get(k) for k in ("since", "tags", "name_glob") if kw.get(k)}
     done = verify_batch(store, ids, policy, opts, batch_id=batch[0], shard=batch[1],
                         selection=selection, report_dir=kw.get("report_dir"),
                         progress=say(ctx))
-    if len(ids) == 1 and not kw.get("shard") and done.failures:  # one RUN: its own error
+    if single and done.failures:  # one RUN: its own error, as without --batch
         error = AuditorError(done.failures[0][2])
         error.exit_code = done.failures[0][1]
         raise error

@@ -1,17 +1,24 @@
-"""Ed25519 signing keys for certificates and the certificate log.
+"""Signing keys for certificates, records and the certificate log: Ed25519 or ECDSA.
 
 Contract:
 
-- ``generate_keypair(dir, name)`` writes ``<name>.key`` (PEM PKCS#8, unencrypted, mode
-  0600) and ``<name>.pub`` (PEM SubjectPublicKeyInfo) and returns both paths. It never
-  overwrites: if either file exists it raises ``InputError`` and writes nothing. ``dir``
-  must be missing or a real folder (``core.safefile``: a device, FIFO or link is refused);
-  each file is written whole (temp file, fsync, hard link: never over anything).
-- ``load_private_key`` / ``load_public_key`` return Ed25519 keys or raise a one-line
+- ``generate_keypair(dir, name, key_type)`` writes ``<name>.key`` (PEM PKCS#8,
+  unencrypted, mode 0600) and ``<name>.pub`` (PEM SubjectPublicKeyInfo) and returns both
+  paths. ``key_type`` is one of ``KEY_TYPES``: ``ed25519`` (the default) or
+  ``ecdsa-p256`` / ``ecdsa-p384`` / ``ecdsa-p521`` (NIST curves: the only keys OpenSSF
+  model signing verifies, so a team that signs models with ``model_signing`` can use one
+  key for both). It never overwrites: if either file exists it raises ``InputError`` and
+  writes nothing. ``dir`` must be missing or a real folder (``core.safefile``: a device,
+  FIFO or link is refused); each file is written whole (temp file, fsync, hard link).
+- ``load_private_key`` / ``load_public_key`` return a supported key or raise a one-line
   ``InputError`` for a missing file, a file that is not PEM, the other half of the pair,
-  an encrypted private key, or a key of another algorithm.
-- ``keyid(public_key)`` is the sha256 hex of the 32 raw public key bytes: the DSSE
-  ``keyid`` hint we write. It is a hint only; verification tries every trusted key.
+  an encrypted private key, or a key of another algorithm or curve (RSA, secp256k1, ...).
+- ``sign(key, data)`` signs: Ed25519 as such; ECDSA over SHA-256 (P-256), SHA-384 (P-384)
+  or SHA-512 (P-521), DER-encoded (what DSSE, sigstore and model_signing use).
+  ``verifies(public_key, signature, data)`` is its check and never raises.
+- ``keyid(public_key)`` is the DSSE ``keyid`` hint we write: for Ed25519 the sha256 hex
+  of the 32 raw public key bytes (unchanged since 0.1), for ECDSA the sha256 hex of the
+  DER SubjectPublicKeyInfo. It is a hint only; verification tries every trusted key.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import hashlib
 import re
 from pathlib import Path
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -36,9 +44,23 @@ PUBLIC_SUFFIX = ".pub"
 KEYGEN_HINT = "generate a key pair with `audit keys generate`"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
+PrivateKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
+# key type name -> the NIST curve and the hash its ECDSA signatures use (None: Ed25519)
+_CURVES: dict[str, tuple[type[ec.EllipticCurve], type[hashes.HashAlgorithm]]] = {
+    "ecdsa-p256": (ec.SECP256R1, hashes.SHA256),
+    "ecdsa-p384": (ec.SECP384R1, hashes.SHA384),
+    "ecdsa-p521": (ec.SECP521R1, hashes.SHA512),
+}
+KEY_TYPES = ("ed25519", *_CURVES)
 
-def generate_keypair(dir: Path, name: str = "auditor") -> tuple[Path, Path]:
-    """Create a new Ed25519 key pair under ``dir``; return (private_path, public_path)."""
+
+def generate_keypair(dir: Path, name: str = "auditor",
+                     key_type: str = "ed25519") -> tuple[Path, Path]:
+    """Create a new key pair under ``dir``; return (private_path, public_path)."""
+    if key_type not in KEY_TYPES:
+        raise InputError(f"key type {key_type!r} is not supported",
+                         hint=f"use one of: {', '.join(KEY_TYPES)}")
     if not _NAME.fullmatch(name):
         raise InputError(
             f"key name {name!r} is not a plain file name", hint="use letters, digits, '.', '_', '-'"
@@ -52,7 +74,8 @@ def generate_keypair(dir: Path, name: str = "auditor") -> tuple[Path, Path]:
                 hint="choose another name or directory; keys are never overwritten",
             )
     check_folder(dir)  # /dev/full, a link, a FIFO: refused, nothing made
-    key = Ed25519PrivateKey.generate()
+    key: PrivateKey = (Ed25519PrivateKey.generate() if key_type == "ed25519"
+                       else ec.generate_private_key(_CURVES[key_type][0]()))
     write_new(private_path, _private_pem(key), 0o600)
     try:
         write_new(public_path, _public_pem(key.public_key()), 0o644)
@@ -62,8 +85,8 @@ def generate_keypair(dir: Path, name: str = "auditor") -> tuple[Path, Path]:
     return private_path, public_path
 
 
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """Read an unencrypted PEM PKCS#8 Ed25519 private key."""
+def load_private_key(path: Path) -> PrivateKey:
+    """Read an unencrypted PEM PKCS#8 private key of a supported type."""
     data = _read_key_file(path, "private")
     if b"PUBLIC KEY-----" in data:
         raise InputError(
@@ -77,15 +100,16 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         ) from None
     except (ValueError, UnsupportedAlgorithm):
         raise InputError(f"{path}: not a PEM private key", hint=KEYGEN_HINT) from None
-    if not isinstance(key, Ed25519PrivateKey):
+    if not isinstance(key, Ed25519PrivateKey) and not _supported_curve(key):
         raise InputError(
-            f"{path}: not an Ed25519 private key ({_algorithm(key)})", hint=KEYGEN_HINT
+            f"{path}: unsupported private key type ({_algorithm(key)})",
+            hint=f"keys must be one of {', '.join(KEY_TYPES)}; {KEYGEN_HINT}",
         )
-    return key
+    return key  # type: ignore[return-value]  # narrowed by the checks above
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Read a PEM SubjectPublicKeyInfo Ed25519 public key."""
+def load_public_key(path: Path) -> PublicKey:
+    """Read a PEM SubjectPublicKeyInfo public key of a supported type."""
     data = _read_key_file(path, "public")
     if b"PRIVATE KEY-----" in data:
         raise InputError(
@@ -96,24 +120,62 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm):
         raise InputError(f"{path}: not a PEM public key", hint=KEYGEN_HINT) from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise InputError(f"{path}: not an Ed25519 public key ({_algorithm(key)})", hint=KEYGEN_HINT)
-    return key
+    if not isinstance(key, Ed25519PublicKey) and not _supported_curve(key):
+        raise InputError(
+            f"{path}: unsupported public key type ({_algorithm(key)})",
+            hint=f"keys must be one of {', '.join(KEY_TYPES)}; {KEYGEN_HINT}",
+        )
+    return key  # type: ignore[return-value]  # narrowed by the checks above
 
 
-def keyid(public_key: Ed25519PublicKey) -> str:
-    """sha256 hex of the raw 32-byte public key."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def type_of(key: PrivateKey | PublicKey) -> str:
+    """The ``KEY_TYPES`` name of a key."""
+    if isinstance(key, Ed25519PrivateKey | Ed25519PublicKey):
+        return "ed25519"
+    return next(name for name, (curve, _) in _CURVES.items() if isinstance(key.curve, curve))
+
+
+def sign(key: PrivateKey, data: bytes) -> bytes:
+    """A signature of ``data``: Ed25519, or DER ECDSA over the curve's hash."""
+    if isinstance(key, Ed25519PrivateKey):
+        return key.sign(data)
+    return key.sign(data, ec.ECDSA(_CURVES[type_of(key)][1]()))
+
+
+def verifies(key: PublicKey, signature: bytes, data: bytes) -> bool:
+    """True when ``signature`` is ``key``'s signature of ``data``."""
+    try:
+        if isinstance(key, Ed25519PublicKey):
+            key.verify(signature, data)
+        else:
+            key.verify(signature, data, ec.ECDSA(_CURVES[type_of(key)][1]()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def keyid(public_key: PublicKey) -> str:
+    """Ed25519: sha256 hex of the raw 32-byte key; ECDSA: of the DER SubjectPublicKeyInfo."""
+    if isinstance(public_key, Ed25519PublicKey):
+        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    else:
+        raw = public_key.public_bytes(serialization.Encoding.DER,
+                                      serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(raw).hexdigest()
 
 
-def _private_pem(key: Ed25519PrivateKey) -> bytes:
+def _supported_curve(key: object) -> bool:
+    return isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) and any(
+        isinstance(key.curve, curve) for curve, _ in _CURVES.values())
+
+
+def _private_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
-def _public_pem(key: Ed25519PublicKey) -> bytes:
+def _public_pem(key: PublicKey) -> bytes:
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -126,6 +188,8 @@ def _read_key_file(path: Path, kind: str) -> bytes:
 
 
 def _algorithm(key: object) -> str:
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return f"ECDSA {key.curve.name}"
     return (
         type(key).__name__.lstrip("_").replace("PrivateKey", "").replace("PublicKey", "")
         or "unknown"

@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from auditor.core.errors import AuditorError
+from auditor.core.keys import PublicKey
 from auditor.release.tamper import (
     evidence_problems,
     index_problems,
@@ -41,7 +40,7 @@ class FsckReport:
 
 
 def check_store(store: RunStore, *, repair: bool = False,
-                keys: Sequence[Ed25519PublicKey] = ()) -> FsckReport:
+                keys: Sequence[PublicKey] = ()) -> FsckReport:
     """Check everything; with ``repair`` remove stray temp files."""
     report = FsckReport()
     result = store.integrity_check()
@@ -101,7 +100,7 @@ def _check_objects(store: RunStore, report: FsckReport) -> int:
 
 
 def _check_certificates(store: RunStore, report: FsckReport,
-                        keys: list[Ed25519PublicKey] | None) -> int:
+                        keys: list[PublicKey] | None) -> int:
     for problem in index_problems(store, keys):
         report.bad(problem)
     logged, _ = logged_certificates(store, None)

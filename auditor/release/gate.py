@@ -50,7 +50,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -71,7 +70,7 @@ from auditor.certify.loosen import KINDS, kind_of
 from auditor.certify.verdict import LEVEL_RANK
 from auditor.core.capped import POLICY_LIMIT, read_capped
 from auditor.core.errors import InputError, IntegrityError
-from auditor.core.keys import keyid, load_public_key
+from auditor.core.keys import PublicKey, keyid, load_public_key
 from auditor.core.policy import (
     DEFAULT_POLICY,
     DTYPE_TOLERANCES,
@@ -203,7 +202,7 @@ class GateReport:
         return next((f for f in self.findings if not f.passed), None)
 
 
-def trusted_keys(policy: GatePolicy, extra: Sequence[Path] = ()) -> list[Ed25519PublicKey]:
+def trusted_keys(policy: GatePolicy, extra: Sequence[Path] = ()) -> list[PublicKey]:
     """The policy's keys and the extra ones, loaded; ``InputError`` when one is unusable."""
     keys = [load_public_key(Path(p)) for p in (*policy.trusted_keys, *extra)]
     if policy.require_signature and not keys:
@@ -213,27 +212,63 @@ def trusted_keys(policy: GatePolicy, extra: Sequence[Path] = ()) -> list[Ed25519
 
 
 def check_artifacts(store: RunStore, paths: Sequence[Path], policy: GatePolicy, *,
-                    extra_keys: Sequence[Path] = (), now: datetime | None = None) -> GateReport:
-    """Check every artifact against the store's certificates (see the module contract)."""
+                    extra_keys: Sequence[Path] = (), now: datetime | None = None,
+                    attestations: Sequence[Path] = ()) -> GateReport:
+    """Check every artifact against the store's certificates (see the module contract).
+
+    An artifact may be a model folder (its ``model_signing`` digest is looked for among the
+    subjects). With ``attestations`` (certificate files, or signed SLSA VSAs naming one),
+    only the certificates they stand for may pass an artifact; each still passes every
+    check above against the store."""
     if not paths:
         raise InputError("no artifact given", hint="audit gate FILE...")
     for path in paths:
-        if not Path(path).is_file():
+        if not Path(path).is_file() and not Path(path).is_dir():
             raise InputError(f"{path}: artifact not found", hint="give the file to be released")
     keys = trusted_keys(policy, extra_keys)
+    only = _attested(attestations, keys) if attestations else None
     raise_first(index_problems(store, keys if policy.require_signature else None),
                 "certificate log")
     when = _aware(now or datetime.now(UTC))
-    return GateReport(tuple(_check_one(store, Path(p), policy, keys, when) for p in paths))
+    return GateReport(tuple(_check_one(store, Path(p), policy, keys, when, only)
+                            for p in paths))
+
+
+def _attested(paths: Sequence[Path], keys: list[PublicKey]) -> set[str]:
+    """The sha256 of the certificate each attestation file stands for (signatures checked)."""
+    from auditor.release.export import attestation_certificate
+
+    if not keys:
+        raise InputError("an attestation is checked only against trusted keys",
+                         hint="pass --key KEY.pub")
+    return {attestation_certificate(read_certificate(p), keys, str(p)) for p in paths}
+
+
+def _artifact_digest(path: Path) -> tuple[str, list[str]]:
+    """(the digest certificates name, the file digests that must be registered)."""
+    if not path.is_dir():
+        sha = file_sha256(path)
+        return sha, [sha]
+    from auditor.certify.attest import folder_files, model_digest
+
+    files = [(rel, file_sha256(file)) for rel, file in folder_files(path)]
+    return model_digest(files), [sha for _, sha in files]
 
 
 def _check_one(store: RunStore, path: Path, policy: GatePolicy,
-               keys: list[Ed25519PublicKey], now: datetime) -> GateFinding:
-    sha = file_sha256(path)
-    if policy.require_registered and not store.runs_with_artifact(sha):
-        return GateFinding(path, sha, False, "registered", f"sha256:{sha} belongs to no "
-                           "recorded run: every result must be recorded before it is shared")
+               keys: list[PublicKey], now: datetime, only: set[str] | None) -> GateFinding:
+    sha, files = _artifact_digest(path)
+    unregistered = [f for f in files if not store.runs_with_artifact(f)]
+    if policy.require_registered and unregistered:
+        return GateFinding(path, sha, False, "registered", f"sha256:{unregistered[0]} belongs "
+                           "to no recorded run: every result must be recorded before it is "
+                           "shared")
     rows = [r for r in store.certificates(subject=sha) if sha in r.subjects]
+    if only is not None:
+        rows = [r for r in rows if r.sha256 in only]
+        if not rows:
+            return GateFinding(path, sha, False, "certificate", "none of the given "
+                               f"attestations certifies sha256:{sha} in this store")
     if not rows:
         return GateFinding(path, sha, False, "certificate", f"no certificate for sha256:{sha}"
                            + _not_compared(store, sha))
@@ -256,7 +291,7 @@ def _not_compared(store: RunStore, sha: str) -> str:
 
 
 def _check_certificate(store: RunStore, row: CertificateRow, path: Path, sha: str,
-                       policy: GatePolicy, keys: list[Ed25519PublicKey],
+                       policy: GatePolicy, keys: list[PublicKey],
                        now: datetime) -> GateFinding:
     data = store.blobs.read_bytes(row.sha256, f"certificate {row.sha256[:12]}")
     source = f"certificate sha256:{row.sha256[:12]}…"

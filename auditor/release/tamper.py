@@ -37,12 +37,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from auditor.certify import log as certlog
+from auditor.certify.attest import MODEL_PREFIX, in_folder, model_digest
 from auditor.certify.certificate import Statement, open_envelope
 from auditor.certify.issue import RESULT_ARTIFACT
 from auditor.core.errors import AuditorError, IntegrityError, RunNotFound
+from auditor.core.keys import PublicKey
 from auditor.core.schema import ArtifactRef, RunRecord, record_sha256
 from auditor.store import CertificateRow, RunStore, signatures
 from auditor.store.base import runs_to_move, series_digest
@@ -58,7 +58,7 @@ class Logged:
 
 
 def logged_certificates(
-    store: RunStore, trusted: list[Ed25519PublicKey] | None
+    store: RunStore, trusted: list[PublicKey] | None
 ) -> tuple[list[Logged], list[str]]:
     """The log's certificates and the problems found reading them."""
     log = certlog.log_of(store)
@@ -90,7 +90,7 @@ def logged_certificates(
     return found, problems
 
 
-def index_problems(store: RunStore, trusted: list[Ed25519PublicKey] | None) -> list[str]:
+def index_problems(store: RunStore, trusted: list[PublicKey] | None) -> list[str]:
     """What is wrong with the log, or with the certificates table measured against it."""
     logged, problems = logged_certificates(store, trusted)
     if problems and not logged:
@@ -153,6 +153,9 @@ def evidence_problems(store: RunStore, statement: Statement, source: str) -> lis
                 problems.append(f"{source}: subject {subject.name} sha256:{sha[:16]}… is not "
                                 f"the record's digest sha256:{now[:16]}…")
             continue
+        if subject.name.startswith(MODEL_PREFIX):
+            problems += _model_problems(statement, record, subject.name, sha, source)
+            continue
         problems += _subject_problems(store, subject.name, sha, artifacts, source)
     return problems
 
@@ -168,6 +171,20 @@ def series_problems(store: RunStore, record: RunRecord) -> list[str]:
     return [f"run {record.identity.id}: the stored metric series does not match the record's "
             f"series_sha256 ({signed[:16]}…, now {now[:16]}…): metric points were changed, "
             "added or deleted behind auditor's back"]
+
+
+def _model_problems(statement: Statement, record: RunRecord, name: str, sha: str,
+                    source: str) -> list[str]:
+    """A ``model:<folder>`` subject: the folder's outputs in the record hash to it, and each
+    of them is itself a subject (a model digest never covers an uncompared output)."""
+    members = in_folder(record.outputs(), name.removeprefix(MODEL_PREFIX))
+    if not members or model_digest((rel, a.sha256) for rel, a in members) != sha:
+        return [f"{source}: subject {name} (sha256:{sha[:16]}…) is not the digest of that "
+                "folder's outputs in the certified run's record"]
+    named = {s.digest.get("sha256", "") for s in statement.subject}
+    missing = [a.name for _, a in members if a.sha256 not in named]
+    return [f"{source}: subject {name} covers {missing[0]}, which the certificate does not "
+            "certify"] if missing else []
 
 
 def _subject_problems(store: RunStore, name: str, sha: str, artifacts: dict[str, ArtifactRef],
@@ -216,7 +233,7 @@ def raise_first(problems: list[str], what: str) -> None:
 
 
 def transfer_problems(store: RunStore, run_ids: Sequence[str],
-                      trusted: list[Ed25519PublicKey] | None) -> list[str]:
+                      trusted: list[PublicKey] | None) -> list[str]:
     """What is wrong at a push's or pull's source, for the runs it would move (see the
     module contract): nothing may be copied when this is not empty."""
     problems = index_problems(store, trusted)
@@ -236,7 +253,7 @@ def transfer_problems(store: RunStore, run_ids: Sequence[str],
 
 
 def _record_problems(store: RunStore, run_id: str,
-                     trusted: list[Ed25519PublicKey] | None) -> list[str]:
+                     trusted: list[PublicKey] | None) -> list[str]:
     """The record against its digest and its stored signature."""
     try:
         record = store.get_record(run_id)

@@ -14,8 +14,11 @@ Contract (``/work/notes/batch-contract.md`` is the executors' copy):
   that only one worker can win, on SQLite and PostgreSQL alike (``ON CONFLICT DO
   NOTHING``; the row count says who won). A ``done`` claim (a verdict was certified) is
   never taken again: no run is verified twice under the same policy and lock, by any
-  batch. A ``failed`` claim (could-not-verify or bad input: nothing certified) or a
-  ``claimed`` one whose lease ran out (a worker killed mid-verify) is taken over by one
+  batch. A ``failed`` claim (could-not-verify or bad input: nothing certified) is taken
+  over by a later batch (never by another worker of the batch it failed in: one attempt
+  per run and batch), a ``claimed`` one whose lease ran out (a worker killed mid-verify)
+  by any, and a ``claimed`` one by the worker (same batch, same worker name) holding it:
+  a retried executor task with a stable worker name claims its run again. Each by one
   conditional ``UPDATE``, which again only one worker wins.
 - **Shards** partition runs by a stable hash of the run id: ``shard_of(id, N)`` depends
   on the id and N only, so every run is in exactly one shard and stays there as runs are
@@ -167,8 +170,10 @@ def new_batch_id() -> str:
 
 
 def default_worker() -> str:
-    """This process as a claim holder: host and pid."""
-    return f"{os.uname().nodename}:{os.getpid()}"
+    """This process as a claim holder: ``$AUDITOR_WORKER`` (an executor's stable name for
+    a task, so its retry claims the run again), else host and pid."""
+    given = os.environ.get("AUDITOR_WORKER", "").strip()
+    return given[:200] if given else f"{os.uname().nodename}:{os.getpid()}"
 
 
 # -- what callers get ---------------------------------------------------------------------
@@ -329,8 +334,10 @@ class BatchTables:
                 "lease_until": now + lease_s})
             if not won:  # taken over only when nothing is certified and no one holds it
                 won = conn.execute(t_claims.update().where(
-                    key, (t_claims.c.state == "failed")
+                    key, ((t_claims.c.state == "failed") & (t_claims.c.batch_id != batch_id))
                     | ((t_claims.c.state == "claimed") & (t_claims.c.lease_until < now))
+                    | ((t_claims.c.state == "claimed") & (t_claims.c.batch_id == batch_id)
+                       & (t_claims.c.worker == worker))  # the same worker, retried
                 ).values(batch_id=batch_id, worker=worker, state="claimed",
                          lease_until=now + lease_s, certificate_sha256=None)).rowcount == 1
             row = conn.execute(sa.select(t_claims).where(key)).one()

@@ -27,11 +27,8 @@ from auditor.store.base import RunStore
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (fast start-up)
     import sqlalchemy as sa
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-        Ed25519PrivateKey,
-        Ed25519PublicKey,
-    )
 
+    from auditor.core.keys import PrivateKey, PublicKey
     from auditor.core.schema import RunRecord
 
 PAYLOAD_TYPE = "application/vnd.auditor.record-sha256"
@@ -54,7 +51,7 @@ def _pae(digest: str) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
 
 
-def configured_key() -> Ed25519PrivateKey | None:
+def configured_key() -> PrivateKey | None:
     """The signing key named by ``AUDITOR_SIGN_KEY`` (``InputError`` when unusable)."""
     from auditor.core.keys import load_private_key
 
@@ -62,9 +59,10 @@ def configured_key() -> Ed25519PrivateKey | None:
     return load_private_key(Path(path)) if path else None
 
 
-def signer(key: Ed25519PrivateKey) -> Callable[[sa.Connection, RunRecord], None]:
+def signer(key: PrivateKey) -> Callable[[sa.Connection, RunRecord], None]:
     """A ``SqlStore.on_record`` hook that signs each record in its write transaction."""
     from auditor.core.keys import keyid
+    from auditor.core.keys import sign as sign_with
     from auditor.core.schema import record_sha256
     from auditor.store.sql import t_meta
 
@@ -72,7 +70,7 @@ def signer(key: Ed25519PrivateKey) -> Callable[[sa.Connection, RunRecord], None]
 
     def sign(conn: sa.Connection, record: RunRecord) -> None:
         digest = record_sha256(record)
-        sig = base64.b64encode(key.sign(_pae(digest))).decode()
+        sig = base64.b64encode(sign_with(key, _pae(digest))).decode()
         value = json.dumps({"record_sha256": digest, "keyid": ident, "sig": sig})
         where = t_meta.c.key == PREFIX + record.identity.id
         conn.execute(t_meta.delete().where(where))
@@ -122,10 +120,10 @@ def state(record: RunRecord, sig: RecordSignature | None) -> str:
     if sig.record_sha256 != record_sha256(record):
         return ("for another version of this record: it was rewritten after it was signed "
                 "(run `audit fsck --key KEY.pub`)")
-    return f"Ed25519, key {sig.keyid[:16]}… (check it with `audit fsck --key KEY.pub`)"
+    return f"signed, key {sig.keyid[:16]}… (check it with `audit fsck --key KEY.pub`)"
 
 
-def problems(store: RunStore, trusted: list[Ed25519PublicKey]) -> list[str]:
+def problems(store: RunStore, trusted: list[PublicKey]) -> list[str]:
     """Signatures that do not match their record, or (with keys) do not verify."""
     from auditor.core.schema import record_sha256
 
@@ -144,18 +142,12 @@ def problems(store: RunStore, trusted: list[Ed25519PublicKey]) -> list[str]:
     return found
 
 
-def verifies(sig: RecordSignature, trusted: list[Ed25519PublicKey]) -> bool:
+def verifies(sig: RecordSignature, trusted: list[PublicKey]) -> bool:
     """True when the signature verifies with one of the trusted keys."""
-    from cryptography.exceptions import InvalidSignature
+    from auditor.core.keys import verifies as checks
 
     try:
         raw = base64.b64decode(sig.sig, validate=True)
     except (binascii.Error, ValueError):
         return False
-    for key in trusted:
-        try:
-            key.verify(raw, _pae(sig.record_sha256))
-        except InvalidSignature:
-            continue
-        return True
-    return False
+    return any(checks(key, raw, _pae(sig.record_sha256)) for key in trusted)

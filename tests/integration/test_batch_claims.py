@@ -24,7 +24,7 @@ WORKER = textwrap.dedent("""
     from pathlib import Path
     from auditor.store import open_store
     from auditor.store.batches import ItemResult
-    location, blobs, batch, name, start, runs = sys.argv[1:7]
+    location, blobs, batch, name, start, runs, code = sys.argv[1:8]
     store = open_store(location, blobs=blobs or None)
     tables = store.batches()
     tables.create(batch, policy_sha256="p" * 64, shards=1)
@@ -34,19 +34,21 @@ WORKER = textwrap.dedent("""
     for run in json.loads(runs):
         if tables.claim(batch, run, "p" * 64, "l" * 64, worker=name, lease_s=600).owned:
             won.append(run)
+            verdict = "reproduced-bitwise" if code == "0" else "could-not-verify"
             tables.finish(batch, run, "p" * 64, "l" * 64,
-                          ItemResult("reproduced-bitwise", 0, certificate_sha256="c" * 64),
-                          worker=name)
+                          ItemResult(verdict, int(code), certificate_sha256="c" * 64
+                                     if code == "0" else None), worker=name)
     print(json.dumps(won))
 """)
 
 
-def _race(location: str, blobs: str | None, tmp_path: Path, batches: list[str]
-          ) -> list[list[str]]:
+def _race(location: str, blobs: str | None, tmp_path: Path, batches: list[str],
+          code: str = "0") -> list[list[str]]:
     runs = json.dumps([f"{i:026d}" for i in range(RUNS)])
     start = tmp_path / "start"
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, location, blobs or "",
-                               batches[i % len(batches)], f"worker-{i}", str(start), runs],
+                               batches[i % len(batches)], f"worker-{i}", str(start), runs,
+                               code],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(WORKERS)]
     start.touch()
@@ -79,3 +81,15 @@ def test_concurrent_workers_claim_each_run_exactly_once(
         assert again == [[]] * WORKERS
     finally:
         store.close()
+
+
+def test_runs_that_could_not_be_verified_are_taken_over_once(
+        store_location: tuple[str, str | None], tmp_path: Path) -> None:
+    """Every worker of a first batch fails (could-not-verify): nothing is certified, and
+    the workers of the next batch race to take each failed claim over, once each."""
+    location, blobs = store_location
+    open_store(location, blobs=blobs).close()
+    first = _race(location, blobs, tmp_path, ["night-1"], code="3")
+    assert sorted(r for w in first for r in w) == [f"{i:026d}" for i in range(RUNS)]
+    second = _race(location, blobs, tmp_path, ["night-2"])
+    assert sorted(r for w in second for r in w) == [f"{i:026d}" for i in range(RUNS)]

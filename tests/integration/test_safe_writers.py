@@ -51,7 +51,15 @@ CASES: dict[tuple[str, str], Argv] = {
     ("report", "junit_path"): lambda t, _: ["report", "--from-json", str(RESULT), "--junit", t],
     ("keys generate", "directory"): lambda t, _: ["keys", "generate", "--dir", t],
     ("ci init", "output"): lambda t, _: ["ci", "init", "--output", t, "--force"],
+    ("batch show", "junit"): lambda t, _: ["batch", "show", "nightly-1", "--junit", t],
+    ("batch show", "markdown"): lambda t, _: ["batch", "show", "nightly-1", "--markdown", t],
     ("checkout", "dest"): lambda t, r: ["checkout", r[RUN_A], t],
+    ("certificate export", "cert_out"): lambda t, r: ["certificate", "export", r[RUN_A],
+                                                       "--certificate", t],
+    ("certificate export", "vsa_out"): lambda t, r: ["certificate", "export", r[RUN_A],
+                                                      "--vsa", t],
+    ("certificate export", "model_out"): lambda t, r: ["certificate", "export", r[RUN_A],
+                                                        "--model-signature", t],
 }
 
 # path options that are only read (a new path option must be classified here or above)
@@ -63,11 +71,13 @@ READS = {
     ("verify", "wheelhouse"), ("verify", "ca_bundle"), ("verify", "policy_path"),
     ("verify", "sign_key"),
     ("report", "from_json"), ("report", "keys"),
-    ("gate", "artifacts"), ("gate", "policy_path"), ("gate", "keys"),
+    ("gate", "artifacts"), ("gate", "policy_path"), ("gate", "keys"), ("gate", "attestations"),
+    ("certificate export", "key"), ("certificate export", "trust"),
     ("certificate verify", "cert"), ("certificate verify", "keys"),
     ("certificate verify", "artifacts"),
     ("record", "inputs"), ("record", "outputs"), ("record", "code_dir"),
     ("fsck", "keys"), ("push", "key"), ("pull", "key"), ("push", "trust"), ("pull", "trust"),
+    ("preflight", "inputs"), ("init", "inputs"), ("init", "find_links"),
 }
 
 # folders auditor manages with a writer of their own (content-addressed entries written to a

@@ -141,8 +141,10 @@ def test_could_not_verify_and_an_expired_lease_are_taken_over(
     t.finish("b1", "r1", P, L, ItemResult("could-not-verify", 3, message="no engine"),
              worker="w1")
     assert t.needs_verification(["r1"], P, {"r1": L}) == ["r1"]  # nothing certified
+    assert not t.claim("b1", "r1", P, L, worker="w9", lease_s=60).owned  # one try a batch
     assert t.claim("b2", "r1", P, L, worker="w2", lease_s=60).owned  # taken over
     assert not t.claim("b3", "r1", P, L, worker="w3", lease_s=60).owned  # w2 holds it
+    assert t.claim("b2", "r1", P, L, worker="w2", lease_s=60).owned  # w2's retry
     clock.now += 61  # w2 was killed: its lease ran out
     assert t.claim("b3", "r1", P, L, worker="w3", lease_s=60).owned
     # the killed worker's late finish does not close w3's claim

@@ -32,6 +32,7 @@ RANKS: dict[str, int] = {
     "verify": 8,
     "executors": 8,
     "ui": 8,
+    "preflight": 8,
     "cli": 9,
 }
 # The package itself is the public Python API: it may use `record` and `core`, and nothing

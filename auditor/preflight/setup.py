@@ -1,0 +1,155 @@
+"""``audit init``: set a git project up for recording and verification, then check it.
+
+Steps, in order, at the repository root; each is ``wrote``, ``unchanged`` (ours, already
+there byte for byte), ``kept`` (the user's own file, never overwritten) or ``skipped``:
+
+1. ``auditor.toml`` with the documented defaults (``templates/auditor.toml``).
+2. A hashed lockfile through ``audit lock`` (``env.lock.compile_lock``) from
+   requirements.in or pyproject.toml, when the project has no lockfile.
+3. The scheduled CI workflow through ``audit ci init`` (``release.ci``).
+4. The store's line in ``.gitignore`` (``.auditor/``), unless git already ignores it.
+
+Running it again changes nothing and says so. A folder that is not inside a git work
+tree is refused (``InputError``, exit 2) before anything is written. Every file is written
+through ``core/safefile.py``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from auditor.core.errors import InputError
+from auditor.core.lockfile import find_project_lockfile
+from auditor.core.safefile import write_target
+from auditor.store import repo_root
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "auditor.toml"
+CONFIG = "auditor.toml"
+STORE_ENTRY = ".auditor/"
+GITIGNORE_BLOCK = f"\n# auditor's run store (audit init)\n{STORE_ENTRY}\n"
+Action = Literal["wrote", "unchanged", "kept", "skipped"]
+
+
+class Step(BaseModel):
+    """What one step of ``audit init`` did to one file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    path: str
+    action: Action
+    detail: str
+
+
+@dataclass(frozen=True)
+class InitOptions:
+    """``audit init``'s choices: the CI provider (or none), lock or not, wheel folders."""
+
+    ci: str | None = "github"
+    lock: bool = True
+    find_links: Sequence[Path] = field(default_factory=tuple)
+
+
+def project_root(cwd: Path) -> Path:
+    """The git work tree holding ``cwd``; ``InputError`` when there is none."""
+    root = repo_root(cwd)
+    if root is None:
+        raise InputError(f"{cwd} is not inside a git repository: audit init wrote nothing",
+                         hint="run `git init` first; audit record can snapshot a plain folder "
+                         "with --code-dir, and `audit preflight` checks it")
+    return root.resolve()
+
+
+def init_project(root: Path, opts: InitOptions) -> list[Step]:
+    """Every step at ``root``, in order."""
+    steps = [_config(root), _lock(root, opts)]
+    if opts.ci is not None:
+        steps.append(_workflow(root, opts.ci))
+    steps.append(_gitignore(root))
+    return steps
+
+
+def _ours(path: Path, text: str, root: Path, what: str) -> Step:
+    """Write ``text`` to ``path`` unless a file is there: the same bytes are ``unchanged``,
+    other bytes the user's (``kept``)."""
+    shown = str(path.relative_to(root))
+    if path.is_symlink() or path.exists():
+        try:
+            same = path.is_file() and not path.is_symlink() and path.read_bytes() == text.encode()
+        except OSError:
+            same = False
+        if same:
+            return Step(path=shown, action="unchanged", detail=f"{what}, as audit init wrote it")
+        return Step(path=shown, action="kept", detail=f"a {shown} is already there: left as it "
+                    "is, not overwritten")
+    write_target(path, text.encode("utf-8"), stdout=False)
+    return Step(path=shown, action="wrote", detail=what)
+
+
+def _config(root: Path) -> Step:
+    return _ours(root / CONFIG, TEMPLATE.read_text(encoding="utf-8"), root,
+                 "the verification policy with its documented defaults")
+
+
+def _lock(root: Path, opts: InitOptions) -> Step:
+    from auditor.env.lock import compile_lock
+
+    found = find_project_lockfile(root)
+    if found is not None:
+        return Step(path=found.name, action="unchanged" if _ours_lock(found) else "kept",
+                    detail="the project lockfile is there: left as it is")
+    source = next((root / n for n in ("requirements.in", "pyproject.toml")
+                   if (root / n).is_file()), None)
+    if source is None:
+        return Step(path="requirements.lock", action="skipped", detail="no requirements.in or "
+                    "pyproject.toml to lock: write one, then run `audit lock`")
+    if not opts.lock:
+        return Step(path="requirements.lock", action="skipped",
+                    detail=f"--no-lock: run `audit lock --from {source.name}` when online")
+    made = compile_lock(source, root / "requirements.lock", find_links=list(opts.find_links))
+    return Step(path="requirements.lock", action="wrote",
+                detail=f"`audit lock` of {source.name}: {len(made.packages)} packages, hashed")
+
+
+def _ours_lock(path: Path) -> bool:
+    """A lock pip-compile wrote (as ``audit lock`` does) counts as ours when run again."""
+    try:
+        return "autogenerated by pip-compile" in path.read_text(encoding="utf-8")[:400]
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _workflow(root: Path, provider: str) -> Step:
+    """``audit ci init PROVIDER`` (``release.ci.write_workflow``) unless a workflow is there:
+    the same text as it would write is ``unchanged``, another the user's (``kept``)."""
+    from auditor.release import ci
+
+    path = root / ci.PROVIDERS[provider]
+    what = f"the nightly {provider} workflow of `audit ci init {provider}`"
+    if path.is_symlink() or path.exists():
+        return _ours(path, ci.render_workflow(provider), root, what)
+    ci.write_workflow(provider, output=path)
+    return Step(path=str(path.relative_to(root)), action="wrote", detail=what)
+
+
+def _gitignore(root: Path) -> Step:
+    done = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "--no-index",
+                           STORE_ENTRY], capture_output=True, timeout=30, check=False)
+    if done.returncode == 0:
+        return Step(path=".gitignore", action="unchanged",
+                    detail=f"git already ignores the store ({STORE_ENTRY})")
+    path = root / ".gitignore"
+    old = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise InputError(f"{path} is not a regular file: audit init does not write through it")
+    text = old.decode("utf-8", errors="surrogateescape")
+    if not text:
+        text = GITIGNORE_BLOCK.lstrip("\n")
+    else:
+        text += ("" if text.endswith("\n") else "\n") + GITIGNORE_BLOCK
+    write_target(path, text.encode("utf-8", errors="surrogateescape"), stdout=False)
+    return Step(path=".gitignore", action="wrote", detail=f"added {STORE_ENTRY} (the store)")
