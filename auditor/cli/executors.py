@@ -101,7 +101,7 @@ def take(kw: dict[str, Any]) -> ExecutorArgs | None:
 def run(ctx: click.Context, store: RunStore, ids: list[str], policy: Policy,
         ex: ExecutorArgs, batch_id: str | None, timeout_s: int) -> NoReturn:
     """Record the batch, submit (or emit) its jobs, show each outcome, exit with the worst."""
-    from auditor.executors import prepare, release_lost, submit
+    from auditor.executors import prepare, submit
     from auditor.store.batches import new_batch_id
     from auditor.verify import lacking_certificate
 
@@ -121,8 +121,7 @@ def run(ctx: click.Context, store: RunStore, ids: list[str], policy: Policy,
                               say=say(ctx), folder=Path(folder))
     else:
         outcomes = submit(ex.spec, planned, allow_gpu_mismatch=ex.allow_gpu_mismatch,
-                          say=say(ctx), folder=Path("."), on_lost=lambda run_id, why:
-                          release_lost(store, planned.batch_id, run_id, policy, why))
+                          say=say(ctx), folder=Path("."))
     _show(ctx, store, planned.batch_id, outcomes, planned.skipped)
     sys.exit(max((o.exit_code for o in outcomes), default=0))
 

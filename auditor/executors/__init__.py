@@ -70,27 +70,8 @@ def prepare(store: RunStore, run_ids: Sequence[str], lacking: Sequence[str],
                    Submission(batch_id, tuple(verify_args), env))
 
 
-def release_lost(store: RunStore, batch_id: str, run_id: str, policy: Policy,
-                 why: str) -> None:
-    """An attempt died without an answer (a killed worker, a lost node): close the claim
-    it held as could-not-verify, so the retry (or a later batch) can take the run over.
-    Its rerun issued no certificate: a certificate is issued only after the comparison."""
-    from auditor.store.batches import ItemResult, lock_digest, policy_digest
-
-    batches = store.batches()
-    item = next((i for i in batches.get(batch_id).items if i.run_id == run_id), None)
-    if item is None or item.state != "running" or not item.worker:
-        return  # the attempt never claimed it, or closed its claim itself
-    batches.finish(batch_id, run_id, policy_digest(policy.table()),
-                   lock_digest(store.get_record(run_id)),
-                   ItemResult("could-not-verify", 3, node=item.node, gpu=None, seconds=None,
-                              rerun_id=None, certificate_sha256=None,
-                              message=f"the worker was lost: {why}"), worker=item.worker)
-
-
 def submit(spec: str, planned: Planned, *, allow_gpu_mismatch: bool, say: Say,
-           folder: Path, on_lost: Callable[[str, str], None] = lambda _r, _w: None,
-           ) -> list[Outcome]:
+           folder: Path) -> list[Outcome]:
     """Run the planned jobs on the engine ``spec`` names and wait for them."""
     if not planned.jobs:
         return []
@@ -98,8 +79,8 @@ def submit(spec: str, planned: Planned, *, allow_gpu_mismatch: bool, say: Say,
     if engine == "ray":
         from auditor.executors.rayjobs import RayExecutor
 
-        return RayExecutor(spec, allow_gpu_mismatch=allow_gpu_mismatch, say=say,
-                           on_lost=on_lost).run(planned.jobs, planned.submission)
+        return RayExecutor(spec, allow_gpu_mismatch=allow_gpu_mismatch,
+                           say=say).run(planned.jobs, planned.submission)
     if engine == "slurm":
         try:
             import submitit  # noqa: F401

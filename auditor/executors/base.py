@@ -77,6 +77,11 @@ class Submission:
     def shell(self, job: Job) -> str:
         return shlex.join(self.argv(job))
 
+    def worker(self, job: Job, engine: str) -> str:
+        """The job's stable claim-holder name (``AUDITOR_WORKER``): a retry or a requeue of
+        the same job claims its run again; another job or batch cannot."""
+        return f"{engine}:{self.batch_id}:{job.run_id}"
+
 
 def verdict_of(exit_code: int) -> str:
     """The verdict word of a job's exit code (infrastructure exits: could-not-verify)."""

@@ -150,6 +150,7 @@ def run_script(jobs: Sequence[Job], settings: Settings) -> str:
     return ("set -eu\n"
             f"set -- {runs}\n"
             'shift "$JOB_COMPLETION_INDEX"\n'
+            'export AUDITOR_WORKER="kubernetes:$AUDITOR_BATCH:$1"\n'  # a retried index
             f'exec audit verify "$1" --batch "$AUDITOR_BATCH" --timeout {timeout} '
             f"{KEY_ARG} {extra}".rstrip() + "\n")
 
@@ -158,6 +159,7 @@ def shard_script(shards: int, settings: Settings, timeout_s: int) -> str:
     """The container's shell for a scheduled batch: shard index+1 of ``shards``."""
     extra = shlex.join(settings.verify_args)
     return ("set -eu\n"
+            'export AUDITOR_WORKER="kubernetes:$AUDITOR_BATCH:$JOB_COMPLETION_INDEX"\n'
             f'exec audit verify --all --batch "$AUDITOR_BATCH" '
             f'--shard "$((JOB_COMPLETION_INDEX + 1))/{shards}" --timeout {timeout_s} '
             f"{KEY_ARG} {extra}".rstrip() + "\n")

@@ -15,7 +15,8 @@
   (Ray's tail ends silently when the connection drops) it reconnects, skipping what was
   already shown.
 - Exit codes map to verdicts (``base.verdict_of``); an infrastructure exit (a killed
-  worker, a lost node, exit 3) is submitted again once, as a new Ray job. A job past its
+  worker, a lost node, exit 3) is submitted again once, as a new Ray job under the same
+  claim-holder name (``AUDITOR_WORKER``), so it claims the run its lost attempt held. A job past its
   wall limit is stopped: could-not-verify. Idempotency is the store's claim rows, never
   Ray's ``submission_id`` (every attempt gets a fresh one).
 """
@@ -83,12 +84,10 @@ class RayExecutor:
     """Submits a batch's jobs to one Ray cluster and waits for them."""
 
     def __init__(self, address: str, *, allow_gpu_mismatch: bool = False,
-                 say: Say = lambda _line: None, follow_logs: bool = True,
-                 on_lost: Callable[[str, str], None] = lambda _run, _why: None) -> None:
+                 say: Say = lambda _line: None, follow_logs: bool = True) -> None:
         self.url = job_server(address)
         self.allow_gpu_mismatch = allow_gpu_mismatch
         self.say = say
-        self.on_lost = on_lost  # an attempt died without a verdict: release its claim
         self.follow_logs = follow_logs
         self.client = self._connect()
 
@@ -161,7 +160,8 @@ class RayExecutor:
             try:
                 job_id = await asyncio.to_thread(
                     self.client.submit_job, entrypoint=submission.shell(job),
-                    runtime_env={"env_vars": submission.env},
+                    runtime_env={"env_vars": {**submission.env,
+                                              "AUDITOR_WORKER": submission.worker(job, "ray")}},
                     metadata={"auditor_batch": submission.batch_id, "auditor_run": job.run_id,
                               "auditor_attempt": str(attempt)},
                     entrypoint_num_cpus=1, entrypoint_num_gpus=gpus or None,
@@ -180,7 +180,6 @@ class RayExecutor:
                 return Outcome(job.run_id, code, verdict_of(code), node, attempt, message,
                                time.monotonic() - started)
             self.say(f"{job.run_id}: attempt {attempt} ended without a verdict ({message})")
-            await asyncio.to_thread(self.on_lost, job.run_id, message)
         return Outcome(job.run_id, 3, "could-not-verify", None, MAX_ATTEMPTS,
                        f"no verdict after {MAX_ATTEMPTS} attempts: {message}",
                        time.monotonic() - started)

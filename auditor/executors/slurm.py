@@ -42,16 +42,19 @@ class VerifyTask(submitit.helpers.Checkpointable):
     """One array task: the verification of one run. Requeued (``checkpoint``) only when
     Slurm signals a preemption or its time limit; a returned exit code is final."""
 
-    def __init__(self, argv: dict[str, list[str]], env: dict[str, str]) -> None:
+    def __init__(self, argv: dict[str, list[str]], env: dict[str, str],
+                 workers: dict[str, str]) -> None:
         self.argv = argv
         self.env = env
+        self.workers = workers  # per run: a requeued task claims its run again
 
     def __call__(self, run_id: str) -> dict[str, Any]:
         started = time.monotonic()
         node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
         try:
-            done = subprocess.run(self.argv[run_id], env={**os.environ, **self.env},
-                                  check=False, stdin=subprocess.DEVNULL)
+            done = subprocess.run(self.argv[run_id], env={
+                **os.environ, **self.env, "AUDITOR_WORKER": self.workers[run_id]},
+                check=False, stdin=subprocess.DEVNULL)
         except OSError as exc:  # the worker has no `audit`: infrastructure, not a verdict
             return {"exit": 127, "node": node, "seconds": time.monotonic() - started,
                     "error": f"cannot run {self.argv[run_id][0]}: {exc}"}
@@ -98,7 +101,8 @@ class SlurmExecutor:
         if submission.audit == "audit" and here.is_file():
             submission = replace(submission, audit=str(here))
         argv = {job.run_id: submission.argv(job) for job in jobs}
-        task = VerifyTask(argv, submission.env)
+        task = VerifyTask(argv, submission.env,
+                          {job.run_id: submission.worker(job, "slurm") for job in jobs})
         started = time.monotonic()
         outcomes: dict[str, Outcome] = {}
         submitted: list[tuple[Job, Any]] = []
