@@ -297,9 +297,11 @@ def ci() -> None:
 
 
 @ci.command("init")
-@click.argument("provider", type=click.Choice(["github", "gitlab"]), default="github")
+@click.argument("provider", type=click.Choice(["github", "gitlab", "kubernetes"]),
+                default="github")
 @click.option("--output", type=OutFile,
-              help="Where to write (default .github/workflows/audit.yml or .gitlab-ci.yml).")
+              help="Where to write (default .github/workflows/audit.yml, .gitlab-ci.yml or "
+              "k8s/audit-verify.yaml).")
 @click.option("--schedule", default=None, metavar="CRON",
               help='Cron schedule in UTC (default "17 3 * * *": nightly).')
 @click.option("--auditor", "pip_spec", default=None, metavar="SPEC",
@@ -315,15 +317,25 @@ def ci() -> None:
 @click.option("--runner-tag", default=None, metavar="TAG",
               help="GitLab: the tag of a shell-executor runner with docker (default docker).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.option("--image", default=None, help="kubernetes: the image with auditor installed.")
 @quiet_option
 @click.pass_context
 def ci_init(ctx: click.Context, provider: str, output: Path | None, schedule: str | None,
             pip_spec: str | None, shards: int | None, models: str | None,
-            branches: tuple[str, ...], runner_tag: str | None, force: bool) -> None:
+            branches: tuple[str, ...], runner_tag: str | None, force: bool,
+            image: str | None) -> None:
     """Write a CI workflow: scheduled sharded verification, one report, a release gate."""
     from auditor.release import ci as ci_module
 
     default = ci_module.CiSettings()
+    if provider == "kubernetes":  # a CronJob of an Indexed Job (auditor/executors/kubernetes)
+        from auditor.executors.kubernetes import write_cronjob
+
+        path = write_cronjob(output, force=force, image=image,
+                             shards=default.shards if shards is None else shards,
+                             schedule=schedule or default.schedule)
+        click.echo(f"wrote {path}")
+        return
     settings = ci_module.CiSettings(
         schedule=schedule or default.schedule, pip_spec=pip_spec or default.pip_spec,
         shards=default.shards if shards is None else shards,

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from auditor.cli.executors import executor_options
+from auditor.cli.executors import run as run_on_executor
+from auditor.cli.executors import take as take_executor
 from auditor.cli.options import (
     OutFile,
     OutFolder,
@@ -214,6 +217,7 @@ def rerun_cmd(ctx: click.Context, /, run: str, **kw: Any) -> None:
     help="TEST ONLY: do not replay a setting (pythonhashseed, threads, env).",
 )
 @build_options
+@executor_options
 @quiet_option
 @click.pass_context
 def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any) -> None:
@@ -233,6 +237,10 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
     if partial is not None and (kw.get("batch_id") or kw.get("shard")):
         raise InputError("--segments and --resume-at are not part of a batch",
                          hint="leave out --batch/--shard")
+    executor = take_executor(kw)  # before policy_from: jobs repeat the policy switches
+    if partial is not None and executor is not None:
+        raise InputError("--segments and --resume-at run here, not on an executor",
+                         hint="leave out --executor")
     targets = report_targets(kw)
     if all_runs and "html" in targets:
         raise InputError("--html writes one run's report", hint="with --all use --report-dir")
@@ -249,6 +257,9 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
     ids = (verifiable_runs(store, since=kw.get("since"), tags=kw.get("tags") or (),
                            name=kw.get("name_glob"))
            if all_runs else [store.resolve(run or "")])
+    if executor is not None:
+        run_on_executor(ctx, store, ids, policy, executor, batch[0] if batch else None,
+                        kw["timeout"])
     failures: list[tuple[str, int, str]] = []
     if partial is not None:
         results = [_verify_partial(ctx, store, ids[0], policy, opts, partial)]

@@ -43,6 +43,8 @@ CASES: dict[tuple[str, str], Argv] = {
     ("verify", "junit_path"): lambda t, r: ["verify", r[RUN_A], "--junit", t],
     ("verify", "certificate"): lambda t, r: ["verify", r[RUN_A], "--certificate", t],
     ("verify", "report_dir"): lambda t, r: ["verify", r[RUN_A], "--report-dir", t],
+    ("verify", "emit"): lambda t, r: ["verify", r[RUN_A], "--executor", "kubernetes",
+                                      "--emit", t],
     ("report", "html_path"): lambda t, _: ["report", "--from-json", str(RESULT), "--html", t],
     ("report", "markdown_path"): lambda t, _: ["report", "--from-json", str(RESULT),
                                                 "--markdown", t],
