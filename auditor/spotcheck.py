@@ -28,7 +28,6 @@ generator, a sampler, an RNG the script did not hand over).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -56,7 +55,7 @@ from auditor.compare.metrics import compare_series
 from auditor.compare.weights import compare_weight_files
 from auditor.core.errors import AuditorError, CouldNotVerify, InputError
 from auditor.core.policy import Policy, loosenings
-from auditor.core.progress import stage
+from auditor.core.progress import stage, timed
 from auditor.core.schema import CheckpointRef, RunRecord
 from auditor.env.inputs import BuildOptions, build_for, build_notes
 from auditor.env.spec import BuildResult
@@ -116,11 +115,11 @@ def spot_check(store: RunStore, original: RunRecord, policy: Policy, opts: Repla
              f"{', '.join(map(str, chosen))} of {n} (seed {seed[:12]}…)")
     backend = choose(opts.backend, progress)
     timings: dict[str, float] = {}
-    with _timed(timings, "build", progress, "environment"):
+    with timed(timings, "build", progress, "environment"):
         built = build_for(store, original, opts, backend, progress)
     outcomes: list[SegmentOutcome] = []
     last: RunRecord | None = None
-    with _timed(timings, "rerun", progress, f"replaying {q} segment(s)"):
+    with timed(timings, "rerun", progress, f"replaying {q} segment(s)"):
         for k in chosen:
             start = refs[k - 1] if k > 0 else None
             end = refs[k]
@@ -168,12 +167,12 @@ def resume_check(store: RunStore, original: RunRecord, policy: Policy, opts: Rep
     progress(f"resume check of run {original.identity.id} from step {step}")
     backend = choose(opts.backend, progress)
     timings: dict[str, float] = {}
-    with _timed(timings, "build", progress, "environment"):
+    with timed(timings, "build", progress, "environment"):
         built = build_for(store, original, opts, backend, progress)
-    with _timed(timings, "rerun", progress, f"resuming at step {step}"):
+    with timed(timings, "rerun", progress, f"resuming at step {step}"):
         rerun = _replay(store, original, built, backend, opts, policy, ref, None, progress)
     notes += [*build_notes(store, original, built), *sandbox_notes(rerun)]
-    with _timed(timings, "compare", progress, "comparing restored state, checkpoints, "
+    with timed(timings, "compare", progress, "comparing restored state, checkpoints, "
                 "metrics and outputs"):
         restored = _restored_differences(store, expected, rerun, step)
         whole = evidence_from_store(store, original)
@@ -539,17 +538,6 @@ def _resume_causes(verdict: Verdict, restored: list[Difference], step: int) -> V
                       left=f"resumed at step {step}", right=verdict.first_divergence,
                       score=150.0, explanation=DATA_STATE_CAUSE)]
     return verdict.model_copy(update={"causes": [*lead, *verdict.causes]})
-
-
-@contextlib.contextmanager
-def _timed(timings: dict[str, float], name: str, progress: Progress, label: str
-           ) -> Iterator[None]:
-    start = datetime.now(UTC)
-    try:
-        with stage(progress, label):
-            yield
-    finally:
-        timings[name] = (datetime.now(UTC) - start).total_seconds()
 
 
 __all__ = ["AuditorError", "ReplayOptions", "checkpoint_differences", "resume_check",

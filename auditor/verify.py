@@ -10,9 +10,8 @@ engine, a failed build, a GPU mismatch, a timeout.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +23,7 @@ from auditor.compare import compare_runs, evidence_from_store, plot_series
 from auditor.core.errors import AuditorError, CouldNotVerify, InputError
 from auditor.core.keys import load_private_key
 from auditor.core.policy import Policy, RerunPolicy
-from auditor.core.progress import stage
+from auditor.core.progress import stage, timed
 from auditor.core.safefile import check_target
 from auditor.core.schema import RunRecord
 from auditor.env.inputs import build_for, build_notes
@@ -78,14 +77,14 @@ def verify(
     _check_outputs(opts)
     progress(f"verifying run {original.identity.id} ({original.identity.name})")
     backend = choose(opts.backend, progress)
-    with _timed(timings, "build", progress, "environment"):
+    with timed(timings, "build", progress, "environment"):
         built = build_for(store, original, opts, backend, progress)
-    with _timed(timings, "rerun", progress, "rerun"):
+    with timed(timings, "rerun", progress, "rerun"):
         rerun = rerun_in(store, original, built, backend, limits=opts.limits,
                          skip_replay=opts.skip_replay, pass_env=policy.rerun.pass_env, say=progress)
     notes += [*build_notes(store, original, built), *sandbox_notes(rerun),
               *(f"setting not replayed (test switch): {s}" for s in opts.skip_replay)]
-    with _timed(timings, "compare", progress, "comparing metrics, weights, files and environment"):
+    with timed(timings, "compare", progress, "comparing metrics, weights, files and environment"):
         left, right = evidence_from_store(store, original), evidence_from_store(store, rerun)
         verdict = decide(compare_runs(left, right, policy.compare), original, rerun, policy, notes)
     timings["total"] = (datetime.now(UTC) - started).total_seconds()
@@ -99,18 +98,6 @@ def verify(
 
     with stage(progress, "certificate"):
         return issue_certificate(store, result, original, rerun, opts.sign_key, opts.certificate)
-
-
-@contextlib.contextmanager
-def _timed(timings: dict[str, float], name: str, progress: Progress, label: str
-           ) -> Iterator[None]:
-    """Time a stage into ``timings`` and show it (``auditor.core.progress.stage``)."""
-    start = datetime.now(UTC)
-    try:
-        with stage(progress, label):
-            yield
-    finally:
-        timings[name] = (datetime.now(UTC) - start).total_seconds()
 
 
 def _check_verifiable(store: RunStore, record: RunRecord, policy: RerunPolicy) -> list[str]:

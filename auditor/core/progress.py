@@ -11,6 +11,7 @@ rich progress bar on a terminal, one line per stage in CI logs, nothing under ``
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
@@ -56,6 +57,17 @@ class Reporter:
 def stage(say: Say, name: str) -> AbstractContextManager[None]:
     """``say.stage(name)`` when ``say`` is a ``Reporter``, else nothing."""
     return say.stage(name) if isinstance(say, Reporter) else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], key: str, say: Say, label: str) -> Iterator[None]:
+    """``stage(say, label)``, its wall time kept in ``timings[key]`` (also when it fails)."""
+    start = time.monotonic()
+    try:
+        with stage(say, label):
+            yield
+    finally:
+        timings[key] = time.monotonic() - start
 
 
 def counter(say: Say, label: str, total: int, total_bytes: int = 0, *,
