@@ -76,7 +76,8 @@ def test_the_installed_wheel_finds_its_templates(installed: Path, make_repo, tmp
     assert "FROM python:3.11-slim AS base" in printed.stdout
     ci = _audit(installed, "ci", "init", "github", cwd=repo)
     assert ci.returncode == 0, ci.stderr
-    assert "Verify recorded runs" in (repo / ".github" / "workflows" / "audit.yml").read_text()
+    workflow = (repo / ".github" / "workflows" / "audit.yml").read_text()
+    assert "Written by `audit ci init github`" in workflow
     html = tmp_path / "r.html"
     report = _audit(installed, "report", "--from-json",
                     str(FIXTURES / "verify" / "not_reproduced.json"), "--html", str(html),
