@@ -120,7 +120,7 @@ def state(record: RunRecord, sig: RecordSignature | None) -> str:
     if sig.record_sha256 != record_sha256(record):
         return ("for another version of this record: it was rewritten after it was signed "
                 "(run `audit fsck --key KEY.pub`)")
-    return f"signed, key {sig.keyid[:16]}… (check it with `audit fsck --key KEY.pub`)"
+    return f"signed, keyid {sig.keyid[:16]}… (check it with `audit fsck --key KEY.pub`)"
 
 
 def problems(store: RunStore, trusted: list[PublicKey]) -> list[str]:

@@ -40,7 +40,7 @@ from tests.conftest import audit
 from tests.e2e.conftest import training_project
 from tests.e2e.test_packaging import COPY_IGNORE, REPO
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]  # a cold image build
 PY = sys.executable
 MODELS = "outputs/*.safetensors"
 T = TypeVar("T")

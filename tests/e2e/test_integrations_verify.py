@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import FIXTURES, audit, git
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]  # a cold image build
 PY = sys.executable
 SCRIPTS = ("train_lightning.py", "train_hf.py", "requirements.in", "requirements.lock")
 

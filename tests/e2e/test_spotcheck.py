@@ -27,7 +27,7 @@ from auditor.certify.segments import choose_segments
 from auditor.store import open_store
 from tests.conftest import FIXTURES, audit, git
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]  # a cold image build
 PY = sys.executable
 N = 20  # the fixture checkpoints at the end of each of its 20 epochs (5 steps each)
 STEPS_PER_EPOCH = 5

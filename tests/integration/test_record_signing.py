@@ -33,7 +33,7 @@ def test_records_are_signed_and_unsigned_ones_are_named(make_repo: Callable[...,
     unsigned, signed = ids
     assert "record signature: none" in audit("show", unsigned, cwd=repo, env=plain).stdout
     shown = audit("show", signed, cwd=repo, env=plain).stdout
-    assert "record signature: Ed25519" in shown
+    assert "record signature: signed, keyid" in shown
     listed = {r["id"]: r for r in json.loads(audit("--json", "list", cwd=repo, env=plain).stdout)}
     assert listed[signed]["signed"] is True and listed[unsigned]["signed"] is False
     assert audit("fsck", "--key", str(pub), cwd=repo, env=plain).returncode == 0
