@@ -49,7 +49,8 @@ _EXPR = re.compile(r"\$\{\{\s*([^}]*?)\s*\}\}")
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The built wheel (once) and a fresh venv standing in for setup-python."""
+    """The built wheel (once) and a fresh venv standing in for setup-python (each job
+    below gets a venv of its own, as each matrix job gets a machine of its own)."""
     root = tmp_path_factory.mktemp("ci-runner")
     source = root / "src"
     shutil.copytree(REPO, source, symlinks=True, ignore=COPY_IGNORE)
@@ -76,9 +77,20 @@ def _project(parent: Path, runs: int) -> tuple[Path, dict[str, str], list[str]]:
     return root, env, ids
 
 
-def _runner_env(runner: dict[str, Any], rerun_env: dict[str, str]) -> dict[str, str]:
+def _job_venv(runner: dict[str, Any], job: str) -> Path:
+    """A fresh venv for one job (made once per job name): jobs that run at once never
+    install into one venv, as on CI where each matrix job has a runner of its own."""
+    folder = runner["tmp"] / f"venv-{job}"
+    if not folder.exists():
+        subprocess.run([PY, "-m", "venv", str(folder)], check=True)
+    return folder / "bin"
+
+
+def _runner_env(runner: dict[str, Any], rerun_env: dict[str, str],
+                job: str = "") -> dict[str, str]:
+    venv = _job_venv(runner, job) if job else runner["bin"]
     return {**os.environ, **rerun_env,
-            "PATH": f"{runner['bin']}:{os.environ['PATH']}",
+            "PATH": f"{venv}:{os.environ['PATH']}",
             "PYTHONPATH": sysconfig.get_paths()["purelib"],  # the wheel's dependencies
             "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "NO_COLOR": "1"}
 
@@ -124,9 +136,10 @@ def test_github_workflow_runs_as_generated(runner: dict[str, Any],
             "github.run_id": run_id, "github.run_attempt": "1", "matrix.shard": shard}
         temp = tmp_path / f"runner-temp-{name}-{run_id}-{shard}"
         temp.mkdir()
+        machine = {**base, **_runner_env(runner, torch_rerun_env, f"gh-{name}-{shard}")}
         done = []
         for step in (s for s in steps if s.job == name):
-            done.append(_run(step, root, {**base, **_github_env(step, context),
+            done.append(_run(step, root, {**machine, **_github_env(step, context),
                                           "RUNNER_TEMP": str(temp)}))
         return done
 
@@ -174,12 +187,12 @@ def test_gitlab_pipeline_runs_as_generated(runner: dict[str, Any],
         known = {**variables, **extra}
         own = {k: re.sub(r"\$(\w+)", lambda m: known.get(m.group(1), ""), v)
                for k, v in steps[name].env.items()}  # GitLab expands variables in variables
-        return _run(steps[name], root, {**_runner_env(runner, torch_rerun_env), **known,
-                                        **own})
+        machine = _runner_env(runner, torch_rerun_env,
+                              f"gl-{name}-{extra.get('CI_NODE_INDEX', '')}")
+        return _run(steps[name], root, {**machine, **known, **own})
 
     assert job("audit-gate").returncode == 1  # no certificate yet
-    # a job with a broken shard spec fails in one line, exit 2 (after its install, which
-    # leaves the venv the two parallel jobs below share: here they run in one folder)
+    # a job with a broken shard spec fails in one line, exit 2 (after its install)
     broken = job("audit-verify", CI_NODE_INDEX="3", CI_NODE_TOTAL="2")
     assert broken.returncode == 2 and "error: invalid shard '3/2'" in broken.stderr
     for res in _parallel(lambda index: job("audit-verify", CI_NODE_INDEX=index,
