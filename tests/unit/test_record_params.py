@@ -85,6 +85,18 @@ def test_abbreviations_short_options_and_a_namespace_given(tmp_path: Path) -> No
                              "name": "default", "out": "default"}
 
 
+def test_a_path_typed_value_is_its_text(tmp_path: Path) -> None:
+    script = ("import argparse, pathlib\np = argparse.ArgumentParser()\n"
+              "p.add_argument('--out', type=pathlib.Path, default=pathlib.Path('outputs'))\n"
+              "p.add_argument('--data', type=pathlib.Path)\n"
+              "p.parse_args()\n")
+    res, probe = _probed(tmp_path, script, "--data", "data/blobs.csv")
+    assert res.returncode == 0, res.stderr
+    found = read_probe_params(probe)
+    assert found is not None
+    assert found.params == {"out": "outputs", "data": "data/blobs.csv"}
+
+
 def test_a_failing_capture_or_an_unwritable_folder_never_breaks_the_training(
         tmp_path: Path) -> None:
     script = ("import argparse\nclass Bad:\n    def __repr__(self):\n"

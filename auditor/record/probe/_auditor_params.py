@@ -12,7 +12,7 @@ line are ignored. Names are argparse's destinations (``--batch-size`` is ``batch
 
 Bounded: at most ``MAX_PARAMS`` destinations, text values cut to ``MAX_TEXT`` characters
 (with their length and a hash, so two long values that differ still differ); values that
-are not JSON are kept as their ``repr`` without memory addresses (a function given through
+are not JSON are kept as their ``repr`` without memory addresses (a path as its text) (a function given through
 ``set_defaults(func=...)`` has the same text in every run).
 
 At exit the capture is written to ``$AUDITOR_PROBE_DIR/params-<pid>.json`` with the pid,
@@ -58,6 +58,9 @@ def _plain(value: "Any", depth: int = 0) -> "Any":
         return value if value - value == 0 else repr(value)  # nan and inf are not JSON
     if isinstance(value, str):
         return _text(value)
+    if isinstance(value, os.PathLike):  # `type=Path`: the path, not `PosixPath('out')`
+        path = os.fspath(value)
+        return _text(path if isinstance(path, str) else repr(path))
     if isinstance(value, (list, tuple)) and depth == 0:
         items = [_plain(v, 1) for v in value[:MAX_ITEMS]]
         if len(value) > MAX_ITEMS:
