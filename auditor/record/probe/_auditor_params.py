@@ -11,9 +11,10 @@ parse), or ``default`` (the default given to ``add_argument``). Later parses of 
 line are ignored. Names are argparse's destinations (``--batch-size`` is ``batch_size``).
 
 Bounded: at most ``MAX_PARAMS`` destinations, text values cut to ``MAX_TEXT`` characters
-(with their length and a hash, so two long values that differ still differ); values that
-are not JSON are kept as their ``repr`` without memory addresses (a path as its text) (a function given through
-``set_defaults(func=...)`` has the same text in every run).
+(with their length and a hash, so two long values that differ still differ); a path is
+kept as its text; other values that are not JSON are kept as their ``repr`` without memory
+addresses (a function given through ``set_defaults(func=...)`` has the same text in every
+run).
 
 At exit the capture is written to ``$AUDITOR_PROBE_DIR/params-<pid>.json`` with the pid,
 the parent's pid, the words the parse left (``parse_known_args``), when it happened and
