@@ -274,13 +274,21 @@ def diff_states(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[
     return out
 
 
-def _tensors(out: list[StateDifference], part: str, exp: Any, act: Any,
-             label: Callable[[str], str]) -> None:
+def _both_sides(out: list[StateDifference], part: str, exp: Any, act: Any) -> bool:
+    """True when both snapshots hold ``part`` (to be compared further); a part only one of
+    them holds is named as such, one missing from both is nothing to compare."""
     if exp is None and act is None:
-        return
+        return False
     if not isinstance(exp, dict) or not isinstance(act, dict):
         which = "the original" if isinstance(exp, dict) else "the rerun"
         out.append(StateDifference(part, part, f"{part} state is present only in {which}"))
+        return False
+    return True
+
+
+def _tensors(out: list[StateDifference], part: str, exp: Any, act: Any,
+             label: Callable[[str], str]) -> None:
+    if not _both_sides(out, part, exp, act):
         return
     for name in sorted(set(exp) | set(act)):
         e, a = exp.get(name), act.get(name)
@@ -301,12 +309,7 @@ def _opt_label(name: str) -> str:
 
 
 def _optimizer(out: list[StateDifference], exp: Any, act: Any) -> None:
-    if exp is None and act is None:
-        return
-    if not isinstance(exp, dict) or not isinstance(act, dict):
-        which = "the original" if isinstance(exp, dict) else "the rerun"
-        out.append(StateDifference("optimizer", "optimizer",
-                                   f"optimizer state is present only in {which}"))
+    if not _both_sides(out, "optimizer", exp, act):
         return
     before = len(out)
     _tensors(out, "optimizer", exp.get("tensors"), act.get("tensors"), _opt_label)
@@ -326,12 +329,7 @@ def _optimizer(out: list[StateDifference], exp: Any, act: Any) -> None:
 
 
 def _scheduler(out: list[StateDifference], exp: Any, act: Any) -> None:
-    if exp is None and act is None:
-        return
-    if not isinstance(exp, dict) or not isinstance(act, dict):
-        which = "the original" if isinstance(exp, dict) else "the rerun"
-        out.append(StateDifference("scheduler", "scheduler",
-                                   f"scheduler state is present only in {which}"))
+    if not _both_sides(out, "scheduler", exp, act):
         return
     if exp.get("sha256") == act.get("sha256"):
         return
