@@ -38,7 +38,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from auditor.certify import segments as seg
-from auditor.certify.decide import decide, environment_digest
+from auditor.certify.decide import decide, verify_result
 from auditor.certify.verdict import (
     LEVEL_RANK,
     Cause,
@@ -142,13 +142,9 @@ def spot_check(store: RunStore, original: RunRecord, policy: Policy, opts: Repla
                      catch_one=seg.catch_chance(n, q, 1), catch_tenth_k=k10,
                      catch_tenth=seg.catch_chance(n, q, k10))
     verdict = _segments_verdict(outcomes, policy, notes, spot)
-    timings["total"] = (datetime.now(UTC) - started).total_seconds()
-    result = VerifyResult(
-        original_run=original.identity.id, original_name=original.identity.name,
-        rerun_run=last.identity.id, rerun_name=last.identity.name, verdict=verdict,
-        policy=policy.table(), image=built.image_id, backend=built.backend,
-        environment_sha256=environment_digest(last), started_at=started, seconds=timings,
-        check="spot-check", spot_check=spot, segments=outcomes)
+    result = verify_result(original, last, verdict, policy, image=built.image_id,
+                           backend=built.backend, started=started, seconds=timings,
+                           check="spot-check", spot_check=spot, segments=outcomes)
     return _issue(store, result, original, last, opts, progress)
 
 
@@ -198,14 +194,10 @@ def resume_check(store: RunStore, original: RunRecord, policy: Policy, opts: Rep
                              first_difference=(restored[0].where if restored
                                                else verdict.first_divergence),
                              rerun_run=rerun.identity.id, seconds=timings.get("rerun", 0.0))
-    timings["total"] = (datetime.now(UTC) - started).total_seconds()
-    result = VerifyResult(
-        original_run=original.identity.id, original_name=original.identity.name,
-        rerun_run=rerun.identity.id, rerun_name=rerun.identity.name, verdict=verdict,
-        policy=policy.table(), image=built.image_id, backend=built.backend,
-        environment_sha256=environment_digest(rerun), started_at=started, seconds=timings,
-        metric_series=plot_series(left, right), check="resume", spot_check=spot,
-        segments=[outcome])
+    result = verify_result(original, rerun, verdict, policy, image=built.image_id,
+                           backend=built.backend, started=started, seconds=timings,
+                           metric_series=plot_series(left, right), check="resume",
+                           spot_check=spot, segments=[outcome])
     return _issue(store, result, original, rerun, opts, progress)
 
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from auditor.certify.decide import decide, environment_digest
+from auditor.certify.decide import decide, verify_result
 from auditor.certify.verdict import VerifyResult
 from auditor.compare import compare_runs, evidence_from_store, plot_series
 from auditor.core.errors import AuditorError, CouldNotVerify, InputError
@@ -87,13 +87,9 @@ def verify(
     with timed(timings, "compare", progress, "comparing metrics, weights, files and environment"):
         left, right = evidence_from_store(store, original), evidence_from_store(store, rerun)
         verdict = decide(compare_runs(left, right, policy.compare), original, rerun, policy, notes)
-    timings["total"] = (datetime.now(UTC) - started).total_seconds()
-    result = VerifyResult(
-        original_run=original.identity.id, original_name=original.identity.name,
-        rerun_run=rerun.identity.id, rerun_name=rerun.identity.name, verdict=verdict,
-        policy=policy.table(), image=built.image_id, backend=built.backend,
-        environment_sha256=environment_digest(rerun), started_at=started, seconds=timings,
-        metric_series=plot_series(left, right))
+    result = verify_result(original, rerun, verdict, policy, image=built.image_id,
+                           backend=built.backend, started=started, seconds=timings,
+                           metric_series=plot_series(left, right))
     from auditor.certify.issue import issue_certificate
 
     with stage(progress, "certificate"):

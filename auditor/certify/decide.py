@@ -51,9 +51,10 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from auditor.certify.verdict import Cause, Level, Verdict
+from auditor.certify.verdict import Cause, Level, Verdict, VerifyResult
 from auditor.compare import environment, files
 from auditor.compare.difference import Difference
 from auditor.compare.pairing import OutputCoverage
@@ -509,6 +510,24 @@ def _lookup(group: str, item: str) -> tuple[str, float, str]:
         if g == group and fnmatch.fnmatchcase(item, glob):
             return category, score, why
     return group, 10.0, f"The {group} setting {item} differs."
+
+
+# -- the result of a verification --------------------------------------------------------
+
+
+def verify_result(original: RunRecord, rerun: RunRecord, verdict: Verdict, policy: Policy, *,
+                  image: str | None, backend: str, started: datetime,
+                  seconds: dict[str, float], **extra: Any) -> VerifyResult:
+    """A full or partial verification's result: both runs, the verdict, the policy, the
+    environment the rerun had, and its timings with their ``total`` up to now; ``extra``:
+    what only one kind of check carries (curves, the spot-check, segment rows)."""
+    total = (datetime.now(UTC) - started).total_seconds()
+    return VerifyResult(
+        original_run=original.identity.id, original_name=original.identity.name,
+        rerun_run=rerun.identity.id, rerun_name=rerun.identity.name, verdict=verdict,
+        policy=policy.table(), image=image, backend=backend,
+        environment_sha256=environment_digest(rerun), started_at=started,
+        seconds={**seconds, "total": total}, **extra)
 
 
 # -- environment digest ----------------------------------------------------------------
