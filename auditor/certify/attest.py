@@ -27,7 +27,9 @@ Contract:
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import stat
 from collections.abc import Iterable, Sequence
@@ -170,9 +172,6 @@ def seal_vsa(statement: dict[str, Any], key: PrivateKey) -> Envelope:
 
 def is_vsa(envelope_bytes: bytes) -> bool:
     """True when the envelope's payload is a statement of the VSA predicate type."""
-    import base64
-    import json
-
     try:
         envelope = parse_envelope(envelope_bytes, "attestation")
         data = json.loads(base64.b64decode(envelope.payload))
@@ -183,8 +182,6 @@ def is_vsa(envelope_bytes: bytes) -> bool:
 
 def certificate_of_vsa(envelope_bytes: bytes, trusted: list[PublicKey], source: str) -> str:
     """The sha256 of the certificate a signed VSA summarises (signature checked first)."""
-    import json
-
     envelope = parse_envelope(envelope_bytes, source)
     payload = verify_envelope(envelope, PAYLOAD_TYPE, trusted or None,
                               require_signature=True, source=source)
