@@ -131,7 +131,7 @@ def execute_docker(
             if container is not None:
                 container.remove(force=True)
             for left in client.containers.list(
-                all=True, filters={"label": f"auditor.attempt={attempt}"}
+                all=True, sparse=True, filters={"label": f"auditor.attempt={attempt}"}
             ):
                 left.remove(force=True)
         client.close()

@@ -160,7 +160,10 @@ def _remove_containers(folder: Path) -> int:
         return 0
     removed = 0
     try:
-        for left in client.containers.list(all=True, filters={"label": f"{LABEL}={folder}"}):
+        # sparse: no per-container inspect, so one removed meanwhile is no error
+        listed = client.containers.list(
+            all=True, sparse=True, filters={"label": f"{LABEL}={folder}"})
+        for left in listed:
             with contextlib.suppress(docker.errors.DockerException):
                 left.remove(force=True)
                 removed += 1

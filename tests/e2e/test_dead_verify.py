@@ -59,7 +59,7 @@ def test_the_next_command_cleans_what_a_killed_verify_left_and_spares_a_live_one
 
     def containers(run_id: str) -> list[Any]:
         return list(docker_client.containers.list(
-            all=True, filters={"label": f"auditor.run={run_id}"}))
+            all=True, sparse=True, filters={"label": f"auditor.run={run_id}"}))
 
     def start(run_id: str, script: str) -> tuple[subprocess.Popen[str], Path]:
         proc = subprocess.Popen([AUDIT, "verify", run_id, "--backend", "docker"], cwd=repo,
@@ -71,8 +71,9 @@ def test_the_next_command_cleans_what_a_killed_verify_left_and_spares_a_live_one
         return proc, scratch
 
     killed, dead_scratch = start(doomed, f"doomed_{token}.py")
-    survivor, live_scratch = start(live, f"live_{token}.py")
+    survivor: subprocess.Popen[str] | None = None
     try:
+        survivor, live_scratch = start(live, f"live_{token}.py")
         killed.send_signal(signal.SIGKILL)
         killed.communicate(timeout=60)
         # what kill -9 leaves: the container, the scratch folder, a `running` rerun
@@ -91,11 +92,13 @@ def test_the_next_command_cleans_what_a_killed_verify_left_and_spares_a_live_one
         assert [c.status for c in containers(live)] == ["running"]
         assert live_scratch.exists()
         assert _status(store, live) == ["running"]
-    finally:
+    finally:  # also when starting the live one failed: no process or pipe left behind
         for proc in (killed, survivor):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            if proc is not None:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
                 proc.communicate(timeout=120)
+    assert survivor is not None
     assert survivor.returncode == 130  # stopped by this test, and cleaned by itself
     assert containers(live) == [] and not live_scratch.exists()
     assert _status(store, live) == ["failed"]

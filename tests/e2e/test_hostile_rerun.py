@@ -409,7 +409,7 @@ def test_sigterm_to_verify_removes_the_container_and_its_scratch_folder(
 
     def containers() -> list[Any]:
         return list(docker_client.containers.list(
-            all=True, filters={"label": f"auditor.run={run_id}"}))
+            all=True, sparse=True, filters={"label": f"auditor.run={run_id}"}))
 
     proc = subprocess.Popen([AUDIT, "verify", run_id, "--backend", "docker"], cwd=repo,
                             env={**os.environ, **GIT_ENV, **env}, stdout=subprocess.PIPE,

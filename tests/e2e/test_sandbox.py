@@ -136,7 +136,8 @@ def last_json(executed: Executed) -> dict[str, Any]:
 
 def containers_of(client: Any, run_id: str) -> list[Any]:
     """`docker ps -a --filter label=auditor.run=<id>`."""
-    return list(client.containers.list(all=True, filters={"label": f"auditor.run={run_id}"}))
+    return list(client.containers.list(
+        all=True, sparse=True, filters={"label": f"auditor.run={run_id}"}))
 
 
 def run_probe(
