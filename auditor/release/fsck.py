@@ -23,7 +23,7 @@ from auditor.release.tamper import (
     series_problems,
 )
 from auditor.store import RunStore, signatures
-from auditor.store.sql import _parse_record
+from auditor.store.records import parse_record
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _check_records(store: RunStore, report: FsckReport, repair: bool = False) ->
     for run_id, text, sha in list(store.all_records()):  # no nested read transactions
         count += 1
         try:
-            record = _parse_record(run_id, text, sha)
+            record = parse_record(run_id, text, sha)
         except AuditorError as exc:
             report.bad(str(exc))
             continue

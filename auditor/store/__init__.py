@@ -20,13 +20,13 @@ from auditor.core.errors import StoreError
 from auditor.store.base import CertificateRow, MetricPoint, RunStore, RunSummary
 from auditor.store.blobs import BlobStore, sha256_file
 from auditor.store.location import cache_dir_for, is_local_blobs, local_blob_dir, read_config
+from auditor.store.records import parse_record, validate_run_ref
 
 if TYPE_CHECKING:  # SQLAlchemy and fsspec load on first use: `audit list` needs neither
     from auditor.store.remote import RemoteBlobStore
-    from auditor.store.sql import SqlStore, validate_run_ref
+    from auditor.store.sql import SqlStore
 
-_LAZY = {"SqlStore": "auditor.store.sql", "validate_run_ref": "auditor.store.sql",
-         "RemoteBlobStore": "auditor.store.remote"}
+_LAZY = {"SqlStore": "auditor.store.sql", "RemoteBlobStore": "auditor.store.remote"}
 
 
 def __getattr__(name: str) -> Any:
@@ -48,6 +48,7 @@ __all__ = [
     "default_store_dir",
     "open_store",
     "open_store_at",
+    "parse_record",
     "repo_root",
     "server_location",
     "sha256_file",

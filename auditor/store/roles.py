@@ -69,7 +69,7 @@ def _quote(name: str) -> str:
 def recorder_tables() -> list[str]:
     """The tables a recorder writes: every table of the store's schema but the
     certificates' and the migrations'."""
-    from auditor.store.sql import meta
+    from auditor.store.sql_schema import meta
 
     return sorted(t for t in meta.tables if t not in CERT_TABLES + OWNER_TABLES)
 

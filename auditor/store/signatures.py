@@ -64,7 +64,7 @@ def signer(key: PrivateKey) -> Callable[[sa.Connection, RunRecord], None]:
     from auditor.core.keys import keyid
     from auditor.core.keys import sign as sign_with
     from auditor.core.schema import record_sha256
-    from auditor.store.sql import t_meta
+    from auditor.store.sql_schema import t_meta
 
     ident = keyid(key.public_key())
 

@@ -48,23 +48,16 @@ from auditor.store.base import (
     CertificateRow,
     MetricPoint,
     RunStore,
+    float_to_bits,
     runs_to_move,
     series_digest,
 )
 from auditor.store.signatures import PREFIX as SIG_PREFIX
-from auditor.store.sql import (
-    SqlStore,
-    _reason,
-    _record_row,
-    float_to_bits,
-    t_artifacts,
-    t_imports,
-    t_meta,
-    t_metrics,
-    t_runs,
-    write_previews,
-    write_values,
-)
+from auditor.store.sql import SqlStore
+from auditor.store.sql_base import reason
+from auditor.store.sql_metrics import write_previews
+from auditor.store.sql_records import artifact_rows, record_row, write_values
+from auditor.store.sql_schema import t_artifacts, t_imports, t_meta, t_metrics, t_runs
 
 BATCH = 5_000
 
@@ -113,8 +106,8 @@ def sync(
         denied = denial(exc, target.url)  # the target's role may not write: one line, exit 2
         if denied is not None:
             raise denied from None
-        reason = _reason(exc, source.password(), target.password())
-        raise StoreUnavailable(f"moving runs from {source.url} to {target.url}: {reason}") from None
+        why = reason(exc, source.password(), target.password())
+        raise StoreUnavailable(f"moving runs from {source.url} to {target.url}: {why}") from None
 
 
 def _sync(source: SqlStore, target: SqlStore, run_ids: Sequence[str],
@@ -225,8 +218,8 @@ def _insert_run(source: SqlStore, target: SqlStore, record: RunRecord,
     appeared there meanwhile (nothing written)."""
     run_id = record.identity.id
     origin, sig, imports = _extras(source, run_id)
-    row = _record_row(record, None) | {"origin": origin}
-    with target._write(run_id) as conn:
+    row = record_row(record, None) | {"origin": origin}
+    with target.write_tx(run_id) as conn:
         if conn.execute(sa.select(t_runs.c.id).where(t_runs.c.id == run_id)).first():
             return False
         conn.execute(t_metrics.delete().where(t_metrics.c.run_id == run_id))
@@ -235,9 +228,7 @@ def _insert_run(source: SqlStore, target: SqlStore, record: RunRecord,
                                                                points[start:start + BATCH])))
         conn.execute(t_artifacts.delete().where(t_artifacts.c.run_id == run_id))
         if record.artifacts:
-            conn.execute(t_artifacts.insert(), [
-                {"run_id": run_id, "name": a.name, "sha256": a.sha256, "size": a.size,
-                 "kind": a.kind} for a in record.artifacts])
+            conn.execute(t_artifacts.insert(), artifact_rows(record))
         if sig is not None:
             conn.execute(t_meta.delete().where(t_meta.c.key == SIG_PREFIX + run_id))
             conn.execute(t_meta.insert().values(key=SIG_PREFIX + run_id, value=sig))
@@ -292,8 +283,8 @@ def import_run(store: RunStore, record: RunRecord, points: list[MetricPoint], *,
 
     sql = _sql(store)
     run_id = record.identity.id
-    row = _record_row(record, None) | {"origin": origin}
-    with _translated(sql), sql._write(f"import:{source}:{source_run_id}") as conn:
+    row = record_row(record, None) | {"origin": origin}
+    with _translated(sql), sql.write_tx(f"import:{source}:{source_run_id}") as conn:
         if conn.execute(sa.select(t_imports.c.run_id).where(
                 t_imports.c.source == source,
                 t_imports.c.source_run_id == source_run_id)).first():
@@ -302,9 +293,7 @@ def import_run(store: RunStore, record: RunRecord, points: list[MetricPoint], *,
             conn.execute(t_metrics.insert(), list(_metric_rows(run_id, start,
                                                                points[start:start + BATCH])))
         if record.artifacts:
-            conn.execute(t_artifacts.insert(), [
-                {"run_id": run_id, "name": a.name, "sha256": a.sha256, "size": a.size,
-                 "kind": a.kind} for a in record.artifacts])
+            conn.execute(t_artifacts.insert(), artifact_rows(record))
         conn.execute(t_imports.insert().values(
             source=source, source_run_id=source_run_id, run_id=run_id,
             imported_at=datetime.now(UTC).isoformat()))
@@ -327,4 +316,4 @@ def _translated(store: SqlStore) -> Iterator[None]:
     try:
         yield
     except sa.exc.SQLAlchemyError as exc:  # direct queries: methods translate their own
-        raise StoreUnavailable(f"store {store.url}: {_reason(exc, store.password())}") from None
+        raise StoreUnavailable(f"store {store.url}: {reason(exc, store.password())}") from None
