@@ -38,7 +38,8 @@ from auditor.core.keys import load_private_key
 from auditor.core.schema import ArtifactRef, RunRecord, record_sha256
 from auditor.core.version import __version__
 from auditor.rerun.record import isolation_level
-from auditor.store import CertificateRow, RunStore
+from auditor.store import CertificateRow
+from auditor.store.base import Certifier, HasBlobs, RecordWriter
 
 RESULT_ARTIFACT = "verify/result.json"
 
@@ -90,7 +91,7 @@ def partial_of(result: VerifyResult) -> PartialCheck | None:
 
 
 def issue_certificate(
-    store: RunStore,
+    store: Certifier,
     result: VerifyResult,
     original: RunRecord,
     rerun: RunRecord,
@@ -153,7 +154,7 @@ def issue_certificate(
     return final
 
 
-def _store_result(store: RunStore, rerun: RunRecord, result: VerifyResult) -> None:
+def _store_result(store: RecordWriter, rerun: RunRecord, result: VerifyResult) -> None:
     sha, size = store.blobs.put_bytes(result.model_dump_json(indent=1).encode())
     ref = ArtifactRef(name=RESULT_ARTIFACT, sha256=sha, size=size, kind="report")
     current = store.get_record(rerun.identity.id)
@@ -161,7 +162,7 @@ def _store_result(store: RunStore, rerun: RunRecord, result: VerifyResult) -> No
     store.put_record(current.model_copy(update={"artifacts": (*kept, ref)}))
 
 
-def stored_result(store: RunStore, rerun: RunRecord) -> VerifyResult:
+def stored_result(store: HasBlobs, rerun: RunRecord) -> VerifyResult:
     """The VerifyResult stored with a rerun."""
     ref = rerun.artifact(RESULT_ARTIFACT)
     if ref is None:

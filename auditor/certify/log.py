@@ -56,8 +56,8 @@ from auditor.certify.certificate import (
 from auditor.core.errors import AuditorError, InputError, IntegrityError
 from auditor.core.keys import PrivateKey, PublicKey
 from auditor.core.safefile import atomic_write, fsync_dir
-from auditor.store import RunStore, store_dir_of
-from auditor.store.base import LogParts
+from auditor.store import store_dir_of
+from auditor.store.base import CertificateReader, LogParts
 
 LOG_NAME = "certs.jsonl"
 HEAD_NAME = "certs.head.json"
@@ -140,7 +140,7 @@ def parts(where: Path | LogParts) -> LogParts:
 ADOPTED_SUFFIX = ".in-database"  # a folder log a server store has taken in, kept aside
 
 
-def log_of(store: RunStore) -> LogParts:
+def log_of(store: CertificateReader) -> LogParts:
     """The store's certificate log: in its database (a server store, shared by every machine
     that uses it), else files in the store folder (``log/``).
 
@@ -226,7 +226,7 @@ def verify_log(where: Path | LogParts, trusted: list[PublicKey] | None = None) -
     return len(lines)
 
 
-def log_head(store: RunStore) -> str:
+def log_head(store: CertificateReader) -> str:
     """The sha256 of the store's certificate log's last line (``GENESIS`` when empty), after
     the chain is checked: what a spot-check's segment seed is derived from."""
     log = log_of(store)

@@ -28,6 +28,7 @@ from auditor.cli.options import Ctx, pass_ctx, quiet_option
 if TYPE_CHECKING:
     from auditor.core.keys import PrivateKey
     from auditor.store import RunStore
+    from auditor.store.base import CertificateReader, RecordReader
     from auditor.store.sync import SyncReport
 
 
@@ -35,7 +36,7 @@ class _TargetLog:
     """The certificate log of the receiving store (its database, or ``log/`` beside its
     artifacts for SQLite)."""
 
-    def __init__(self, store: RunStore, key: PrivateKey | None) -> None:
+    def __init__(self, store: CertificateReader, key: PrivateKey | None) -> None:
         from auditor.certify import log as certlog
 
         self.log = certlog.log_of(store)
@@ -64,7 +65,7 @@ trust_option = click.option(
     "only.")
 
 
-def _run_ids(store: RunStore, runs: tuple[str, ...], every: bool) -> list[str]:
+def _run_ids(store: RecordReader, runs: tuple[str, ...], every: bool) -> list[str]:
     from auditor.core.errors import InputError
 
     if every and runs:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from auditor.core.schema import RunRecord
-from auditor.store.base import RunStore
+from auditor.store.base import RunReader
 
 COMPARED_KINDS = ("output", "log")  # artifact kinds whose files a comparison reads
 
@@ -27,7 +27,7 @@ class Evidence:
     series: Callable[[str], Iterator[tuple[int, float]]]  # (step, value), in logging order
 
 
-def evidence_from_store(store: RunStore, record: RunRecord) -> Evidence:
+def evidence_from_store(store: RunReader, record: RunRecord) -> Evidence:
     """One side read from the store; every output and log blob is re-hashed first."""
     verified = {a.name: store.blobs.verified_path(a.sha256, a.name)
                 for a in record.artifacts if a.kind in COMPARED_KINDS}

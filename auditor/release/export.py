@@ -48,7 +48,7 @@ from auditor.core.errors import InputError, IntegrityError
 from auditor.core.keys import PrivateKey, PublicKey, load_private_key, type_of
 from auditor.core.safefile import check_target, write_target
 from auditor.release.tamper import evidence_problems, raise_first
-from auditor.store.base import CertificateRow, RunStore
+from auditor.store.base import CertificateReader, CertificateRow, EvidenceReader, RecordReader
 
 EC_HINT = "generate one with `audit keys generate --type ecdsa-p256`"
 
@@ -65,7 +65,7 @@ class Exported:
     written: tuple[tuple[str, Path], ...]  # (kind, path)
 
 
-def export(store: RunStore, ref: str, key_path: Path | None, trusted: list[PublicKey], *,
+def export(store: EvidenceReader, ref: str, key_path: Path | None, trusted: list[PublicKey], *,
            certificate: Path | None = None, vsa: Path | None = None,
            model_signature: Path | None = None) -> Exported:
     """Write the attestations asked for (see the module contract)."""
@@ -118,7 +118,7 @@ def _signing_key(key_path: Path | None, vsa: bool, model: bool) -> PrivateKey | 
     return key
 
 
-def _row_of(store: RunStore, ref: str) -> CertificateRow:
+def _row_of(store: CertificateReader, ref: str) -> CertificateRow:
     text = ref.strip().lower()
     rows = store.certificates(run_id=ref)
     if rows:
@@ -134,7 +134,7 @@ def _row_of(store: RunStore, ref: str) -> CertificateRow:
                      hint="give a run id or a certificate's sha256; `audit verify` issues one")
 
 
-def _sign_model(store: RunStore, statement: Statement, folder: str, digest: str,
+def _sign_model(store: RecordReader, statement: Statement, folder: str, digest: str,
                 key_path: Path, out: Path) -> None:
     try:
         from model_signing import signing

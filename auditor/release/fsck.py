@@ -22,7 +22,8 @@ from auditor.release.tamper import (
     logged_certificates,
     series_problems,
 )
-from auditor.store import RunStore, signatures
+from auditor.store import signatures
+from auditor.store.base import EvidenceReader, RecordReader, RunReader, StoreAudit
 from auditor.store.records import parse_record
 
 
@@ -39,7 +40,7 @@ class FsckReport:
         self.lines.append(f"BAD  {message}")
 
 
-def check_store(store: RunStore, *, repair: bool = False,
+def check_store(store: StoreAudit, *, repair: bool = False,
                 keys: Sequence[PublicKey] = ()) -> FsckReport:
     """Check everything; with ``repair`` remove stray temp files."""
     report = FsckReport()
@@ -64,7 +65,7 @@ def check_store(store: RunStore, *, repair: bool = False,
     return report
 
 
-def _check_records(store: RunStore, report: FsckReport, repair: bool = False) -> int:
+def _check_records(store: RunReader, report: FsckReport, repair: bool = False) -> int:
     count = 0
     for run_id, text, sha in list(store.all_records()):  # no nested read transactions
         count += 1
@@ -88,7 +89,7 @@ def _check_records(store: RunStore, report: FsckReport, repair: bool = False) ->
     return count
 
 
-def _check_objects(store: RunStore, report: FsckReport) -> int:
+def _check_objects(store: RecordReader, report: FsckReport) -> int:
     count = 0
     for claimed, actual in store.blobs.object_digests():
         count += 1
@@ -99,7 +100,7 @@ def _check_objects(store: RunStore, report: FsckReport) -> int:
 
 
 
-def _check_certificates(store: RunStore, report: FsckReport,
+def _check_certificates(store: EvidenceReader, report: FsckReport,
                         keys: list[PublicKey] | None) -> int:
     for problem in index_problems(store, keys):
         report.bad(problem)

@@ -85,7 +85,7 @@ from auditor.core.policy import (
     loosenings,
 )
 from auditor.release.tamper import evidence_problems, index_problems, raise_first
-from auditor.store.base import CertificateRow, RunStore
+from auditor.store.base import CertificateReader, CertificateRow, CertifiedRuns, EvidenceReader
 
 CLOCK_SKEW = timedelta(minutes=5)
 REQUIREMENTS = ("registered", "certificate", "signature", "subject", "level", "check",
@@ -221,7 +221,7 @@ def trusted_keys(policy: GatePolicy, extra: Sequence[Path] = ()) -> list[PublicK
     return keys
 
 
-def check_artifacts(store: RunStore, paths: Sequence[Path], policy: GatePolicy, *,
+def check_artifacts(store: EvidenceReader, paths: Sequence[Path], policy: GatePolicy, *,
                     extra_keys: Sequence[Path] = (), now: datetime | None = None,
                     attestations: Sequence[Path] = ()) -> GateReport:
     """Check every artifact against the store's certificates (see the module contract).
@@ -265,7 +265,7 @@ def _artifact_digest(path: Path) -> tuple[str, list[str]]:
     return model_digest(files), [sha for _, sha in files]
 
 
-def _check_one(store: RunStore, path: Path, policy: GatePolicy,
+def _check_one(store: EvidenceReader, path: Path, policy: GatePolicy,
                keys: list[PublicKey], now: datetime, only: set[str] | None) -> GateFinding:
     sha, files = _artifact_digest(path)
     unregistered = [f for f in files if not store.runs_with_artifact(f)]
@@ -286,7 +286,7 @@ def _check_one(store: RunStore, path: Path, policy: GatePolicy,
     return next((f for f in findings if f.passed), findings[0])
 
 
-def _not_compared(store: RunStore, sha: str) -> str:
+def _not_compared(store: CertifiedRuns, sha: str) -> str:
     """Why an output of a certified run is not a subject: its policy did not compare it."""
     for run_id, name in store.runs_with_artifact(sha):
         for row in store.certificates(run_id=run_id):
@@ -300,7 +300,7 @@ def _not_compared(store: RunStore, sha: str) -> str:
     return ""
 
 
-def _check_certificate(store: RunStore, row: CertificateRow, path: Path, sha: str,
+def _check_certificate(store: EvidenceReader, row: CertificateRow, path: Path, sha: str,
                        policy: GatePolicy, keys: list[PublicKey],
                        now: datetime) -> GateFinding:
     data = store.blobs.read_bytes(row.sha256, f"certificate {row.sha256[:12]}")
@@ -322,7 +322,7 @@ def _check_certificate(store: RunStore, row: CertificateRow, path: Path, sha: st
     return GateFinding(path, sha, True, "", message, row.sha256, pred.verdict, pred.original_run)
 
 
-def _statement_failure(store: RunStore, statement: Statement, sha: str, policy: GatePolicy,
+def _statement_failure(store: EvidenceReader, statement: Statement, sha: str, policy: GatePolicy,
                        now: datetime) -> tuple[str, str] | None:
     pred = statement.predicate
     if not any(s.digest.get("sha256", "").lower() == sha for s in statement.subject):
@@ -462,7 +462,7 @@ def _age_failure(issued: datetime, policy: GatePolicy, now: datetime) -> tuple[s
     return None
 
 
-def _latest_failure(store: RunStore, statement: Statement,
+def _latest_failure(store: CertificateReader, statement: Statement,
                     policy: GatePolicy) -> tuple[str, str] | None:
     if not policy.latest_only:
         return None

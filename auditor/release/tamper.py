@@ -44,8 +44,17 @@ from auditor.certify.issue import RESULT_ARTIFACT
 from auditor.core.errors import AuditorError, IntegrityError, RunNotFound
 from auditor.core.keys import PublicKey
 from auditor.core.schema import ArtifactRef, RunRecord, record_sha256
-from auditor.store import CertificateRow, RunStore, signatures
-from auditor.store.base import runs_to_move, series_digest
+from auditor.store import CertificateRow, signatures
+from auditor.store.base import (
+    CertificateReader,
+    HasBlobs,
+    MetricReader,
+    RecordReader,
+    RunReader,
+    StoreAudit,
+    runs_to_move,
+    series_digest,
+)
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,7 @@ class Logged:
 
 
 def logged_certificates(
-    store: RunStore, trusted: list[PublicKey] | None
+    store: CertificateReader, trusted: list[PublicKey] | None
 ) -> tuple[list[Logged], list[str]]:
     """The log's certificates and the problems found reading them."""
     log = certlog.log_of(store)
@@ -90,7 +99,7 @@ def logged_certificates(
     return found, problems
 
 
-def index_problems(store: RunStore, trusted: list[PublicKey] | None) -> list[str]:
+def index_problems(store: CertificateReader, trusted: list[PublicKey] | None) -> list[str]:
     """What is wrong with the log, or with the certificates table measured against it."""
     logged, problems = logged_certificates(store, trusted)
     if problems and not logged:
@@ -133,7 +142,7 @@ def _row_problems(row: CertificateRow, item: Logged) -> list[str]:
             for name in signed if stored[name] != signed[name]]
 
 
-def evidence_problems(store: RunStore, statement: Statement, source: str) -> list[str]:
+def evidence_problems(store: RunReader, statement: Statement, source: str) -> list[str]:
     """What no longer matches between the store and a certificate's signed digests."""
     pred = statement.predicate
     record, problem = _record(store, pred.original_run, source)
@@ -160,7 +169,7 @@ def evidence_problems(store: RunStore, statement: Statement, source: str) -> lis
     return problems
 
 
-def series_problems(store: RunStore, record: RunRecord) -> list[str]:
+def series_problems(store: MetricReader, record: RunRecord) -> list[str]:
     """The stored metric points against the series digest the record holds."""
     signed = record.metrics.series_sha256
     if signed is None:
@@ -187,7 +196,7 @@ def _model_problems(statement: Statement, record: RunRecord, name: str, sha: str
             "certify"] if missing else []
 
 
-def _subject_problems(store: RunStore, name: str, sha: str, artifacts: dict[str, ArtifactRef],
+def _subject_problems(store: HasBlobs, name: str, sha: str, artifacts: dict[str, ArtifactRef],
                       source: str) -> list[str]:
     art = artifacts.get(name)
     if art is None or art.sha256 != sha:
@@ -200,7 +209,7 @@ def _subject_problems(store: RunStore, name: str, sha: str, artifacts: dict[str,
     return []
 
 
-def _rerun_problems(store: RunStore, statement: Statement, source: str) -> list[str]:
+def _rerun_problems(store: RecordReader, statement: Statement, source: str) -> list[str]:
     pred = statement.predicate
     if not pred.rerun_run or not pred.rerun_record_sha256:
         return []
@@ -215,7 +224,7 @@ def _rerun_problems(store: RunStore, statement: Statement, source: str) -> list[
     return []
 
 
-def _record(store: RunStore, run_id: str, source: str) -> tuple[RunRecord | None, str]:
+def _record(store: RecordReader, run_id: str, source: str) -> tuple[RunRecord | None, str]:
     try:
         return store.get_record(run_id), ""
     except RunNotFound:
@@ -232,7 +241,7 @@ def raise_first(problems: list[str], what: str) -> None:
                              hint="the store was changed behind auditor's back; run `audit fsck`")
 
 
-def transfer_problems(store: RunStore, run_ids: Sequence[str],
+def transfer_problems(store: StoreAudit, run_ids: Sequence[str],
                       trusted: list[PublicKey] | None) -> list[str]:
     """What is wrong at a push's or pull's source, for the runs it would move (see the
     module contract): nothing may be copied when this is not empty."""
@@ -252,7 +261,7 @@ def transfer_problems(store: RunStore, run_ids: Sequence[str],
     return problems
 
 
-def _record_problems(store: RunStore, run_id: str,
+def _record_problems(store: signatures.SignedRecords, run_id: str,
                      trusted: list[PublicKey] | None) -> list[str]:
     """The record against its digest and its stored signature."""
     try:

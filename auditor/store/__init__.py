@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from auditor.core.errors import StoreError
-from auditor.store.base import CertificateRow, MetricPoint, RunStore, RunSummary
+from auditor.store.base import CertificateRow, HasBlobs, MetricPoint, RunStore, RunSummary
 from auditor.store.blobs import BlobStore, sha256_file
 from auditor.store.location import cache_dir_for, is_local_blobs, local_blob_dir, read_config
 from auditor.store.records import parse_record, validate_run_ref
@@ -117,7 +117,7 @@ def keep_out_of_git(directory: Path) -> None:
         ignore.write_text("# written by auditor: the run store stays out of git\n*\n")
 
 
-def store_dir_of(store: RunStore) -> Path:
+def store_dir_of(store: HasBlobs) -> Path:
     """The directory that holds the store's blobs (and, for SQLite, its database)."""
     return store.blobs.root
 

@@ -4,6 +4,10 @@ One core write per kind of thing (``put_record``, ``add_metrics``) plus thin rea
 Implementations never leak their rows: every method speaks in schema models or small
 frozen dataclasses. ``store/sql.py`` implements it over SQLAlchemy (SQLite by default,
 PostgreSQL by URL); artifacts live in a ``BlobStore`` beside the database.
+
+``RunStore`` is the union of one small protocol per family of tables, each split in a
+reader and a writer (records, metric series, certificates, builds and meta); a caller
+names the narrowest one it uses, so what it may touch is in its signature.
 """
 
 from __future__ import annotations
@@ -151,29 +155,15 @@ class LogParts(Protocol):
     def write(self, name: str, data: bytes | None) -> None: ...
 
 
-class RunStore(Protocol):
-    """Where runs, metrics, artifacts and certificates live.
-
-    Every caller outside ``store/`` is typed against this protocol; only ``open_store``
-    names the implementation (``SqlStore``). Failures of the database surface as
-    ``StoreError``, never as the driver's or SQLAlchemy's own exceptions.
-    """
+class HasBlobs(Protocol):
+    """Where the store's artifacts and certificate envelopes are."""
 
     blobs: BlobStore
-    url: str  # shown form: any password replaced by ***
-    upgrade: Upgrade  # what opening the store found and migrated
 
-    def get_meta(self, key: str) -> str | None:
-        """A value of the store's key/value ``meta`` table."""
 
-    def meta_items(self, prefix: str) -> list[tuple[str, str]]:
-        """(key, value) of every ``meta`` row whose key starts with ``prefix``."""
-
-    def remember_meta(self, key: str, value: str) -> str:
-        """Set ``key`` unless it is set already; returns the value it has now."""
-
-    def put_record(self, record: RunRecord, *, pid: int | None = None) -> None:
-        """Insert or replace a run's record atomically (with its artifact index)."""
+class RecordReader(HasBlobs, Protocol):
+    """The runs family, read (``store/sql_records.py``): records, their summaries and
+    artifact index. What the run table, exports and the release gate read."""
 
     def get_record(self, run_id: str) -> RunRecord:
         """The full record of a run (exact id); CorruptRecord when it fails its digest."""
@@ -195,12 +185,26 @@ class RunStore(Protocol):
     def run_ids_reproducing(self, run_id: str) -> list[str]:
         """Reruns that point at ``run_id``, newest first."""
 
-    def all_records(self) -> Iterator[tuple[str, str, str]]:
-        """(id, record JSON, stored digest) of every run, unparsed (for fsck)."""
+    def runs_with_artifact(self, sha256: str) -> list[tuple[str, str]]:
+        """(run id, artifact name) pairs that reference an object."""
 
-    def add_metrics(self, run_id: str,
-                    points: Iterable[MetricPoint | tuple[str, int, float, float]]) -> int:
-        """Append metric points in one transaction; returns how many were stored."""
+    def all_records(self) -> Iterator[tuple[str, str, str]]:
+        """(id, record JSON, stored digest) of every run, unparsed (for fsck:
+        ``store/records.py``'s ``parse_record`` checks each)."""
+
+
+class RecordWriter(RecordReader, Protocol):
+    """The runs family, written: what the recorder and a rerun need."""
+
+    def put_record(self, record: RunRecord, *, pid: int | None = None) -> None:
+        """Insert or replace a run's record atomically (with its artifact index)."""
+
+    def mark_stale_runs(self) -> list[str]:
+        """Mark runs whose recorder died on this host as crashed; returns their ids."""
+
+
+class MetricReader(Protocol):
+    """The metrics family, read (``store/sql_metrics.py``): series and their previews."""
 
     def iter_metrics(self, run_id: str, key: str | None = None) -> Iterator[MetricPoint]:
         """A run's points in logging order (optionally one key)."""
@@ -215,21 +219,27 @@ class RunStore(Protocol):
         points logged after it (derived, display-only: store/preview.py); None when the
         run has no usable preview."""
 
-    def refresh_previews(self, run_id: str) -> None:
-        """Recompute the run's curve previews from its series now."""
-
-    def preview_problems(self, run_id: str, *, repair: bool = False) -> list[str]:
-        """Previews that differ from what the run's series gives (``repair``: rebuilt)."""
-
     def metrics_mark(self, run_id: str) -> int:
         """The run's last metric sequence number (-1 for none): unchanged means the
         run's series are unchanged (points are append-only)."""
 
-    def runs_with_artifact(self, sha256: str) -> list[tuple[str, str]]:
-        """(run id, artifact name) pairs that reference an object."""
+    def preview_problems(self, run_id: str, *, repair: bool = False) -> list[str]:
+        """Previews that differ from what the run's series gives (``repair``: rebuilt)."""
 
-    def put_certificate(self, row: CertificateRow) -> None:
-        """Index a certificate whose envelope is already in the blob store."""
+
+class MetricWriter(MetricReader, Protocol):
+    """The metrics family, written: what a recording run appends."""
+
+    def add_metrics(self, run_id: str,
+                    points: Iterable[MetricPoint | tuple[str, int, float, float]]) -> int:
+        """Append metric points in one transaction; returns how many were stored."""
+
+    def refresh_previews(self, run_id: str) -> None:
+        """Recompute the run's curve previews from its series now."""
+
+
+class CertificateReader(HasBlobs, Protocol):
+    """The certificates family, read (``store/sql_certs.py``)."""
 
     def certificates(self, *, run_id: str | None = None,
                      subject: str | None = None) -> list[CertificateRow]:
@@ -239,8 +249,26 @@ class RunStore(Protocol):
         """The certificate log the store keeps itself (a server store's database); None
         when it lives in the store folder (``log/``, SQLite)."""
 
-    def batches(self) -> BatchTables:
-        """Batches of verifications and their claims (``store/batches.py``)."""
+
+class CertificateWriter(CertificateReader, Protocol):
+    """The certificates family, written: what ``certify`` issues into."""
+
+    def put_certificate(self, row: CertificateRow) -> None:
+        """Index a certificate whose envelope is already in the blob store."""
+
+
+class MetaStore(Protocol):
+    """The builds and meta family (``store/sql_meta.py``): the key/value ``meta`` table,
+    remembered builds and the database's own check."""
+
+    def get_meta(self, key: str) -> str | None:
+        """A value of the store's key/value ``meta`` table."""
+
+    def meta_items(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, value) of every ``meta`` row whose key starts with ``prefix``."""
+
+    def remember_meta(self, key: str, value: str) -> str:
+        """Set ``key`` unless it is set already; returns the value it has now."""
 
     def put_build(self, inputs_digest: str, run_id: str, result_json: str) -> None:
         """Remember a build result (JSON) by its inputs digest."""
@@ -251,14 +279,51 @@ class RunStore(Protocol):
     def integrity_check(self) -> str:
         """The database's own consistency check ("ok" when sound)."""
 
-    def mark_stale_runs(self) -> list[str]:
-        """Mark runs whose recorder died on this host as crashed; returns their ids."""
+
+class RunReader(RecordReader, MetricReader, Protocol):
+    """Records and their series, read: what comparing runs and showing them needs."""
+
+
+class CertifiedRuns(RecordReader, CertificateReader, Protocol):
+    """Records and their certificates, read: what the release gate and export need."""
+
+
+class EvidenceReader(RunReader, CertifiedRuns, Protocol):
+    """What checking a certificate against the store reads: records, their series and
+    certificates (the release gate, the tamper checks)."""
+
+
+class StoreAudit(EvidenceReader, MetaStore, Protocol):
+    """Everything a check of the whole store reads (``audit fsck``, a push's source):
+    the evidence, the record signatures in ``meta`` and the database's own check."""
+
+
+class Certifier(RecordWriter, CertificateWriter, Protocol):
+    """What issuing a certificate writes: the certificate, its log line, the rerun's
+    stored result."""
+
+
+class RunStore(RecordWriter, MetricWriter, CertificateWriter, MetaStore, Protocol):
+    """Where runs, metrics, artifacts and certificates live: the union of the family
+    protocols above.
+
+    ``open_store`` returns it and only ``open_store`` names the implementation
+    (``SqlStore``); a caller types its store with the narrowest protocol it uses
+    (``RunReader``, ``CertificateWriter``, …). Failures of the database surface as
+    ``StoreError``, never as the driver's or SQLAlchemy's own exceptions.
+    """
+
+    url: str  # shown form: any password replaced by ***
+    upgrade: Upgrade  # what opening the store found and migrated
+
+    def batches(self) -> BatchTables:
+        """Batches of verifications and their claims (``store/batches.py``)."""
 
     def close(self) -> None:
         """Release connections."""
 
 
-def runs_to_move(store: RunStore, run_ids: Sequence[str]
+def runs_to_move(store: CertificateReader, run_ids: Sequence[str]
                  ) -> tuple[list[str], dict[str, CertificateRow]]:
     """What a push or pull of ``run_ids`` moves: the runs (each once, in order) followed by
     the reruns their certificates name, and those certificates by sha256."""

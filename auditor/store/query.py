@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from auditor.core.errors import InputError
-from auditor.store.base import RunStore, RunSummary
+from auditor.store.base import CertifiedRuns, RecordReader, RunSummary
 
 Op = Literal["=", "!=", "<", "<=", ">", ">=", "~"]
 OPS: tuple[Op, ...] = ("<=", ">=", "!=", "=", "<", ">", "~")
@@ -290,7 +290,7 @@ def sort_rows(rows: list[Row], keys: Sequence[tuple[str, bool]]) -> list[Row]:
     return out
 
 
-def latest_verdicts(store: RunStore) -> dict[str, str]:
+def latest_verdicts(store: CertifiedRuns) -> dict[str, str]:
     """Run id -> badge of its newest certificate."""
     certificates = getattr(store, "certificates", None)
     if certificates is None:
@@ -301,13 +301,13 @@ def latest_verdicts(store: RunStore) -> dict[str, str]:
     return out
 
 
-def all_rows(store: RunStore) -> list[Row]:
+def all_rows(store: CertifiedRuns) -> list[Row]:
     """Every run as a table row, newest first."""
     verdicts = latest_verdicts(store)
     return [_row(store, s, verdicts.get(s.id, "never")) for s in store.list_runs()]
 
 
-def _row(store: RunStore, s: RunSummary, verified: str) -> Row:
+def _row(store: RecordReader, s: RunSummary, verified: str) -> Row:
     params = s.params
     if params is None and s.status == "corrupt":  # its record fails its digest: no params
         params = {}
@@ -324,7 +324,7 @@ class RowCache:
     10,000 runs does not parse 10,000 summaries. Certificates are re-read every time
     (their badges change without the run's record changing)."""
 
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: CertifiedRuns) -> None:
         self.store = store
         self.rows: dict[str, Row] = {}
         self.versions: dict[str, str] = {}
@@ -382,7 +382,7 @@ def _keys(rows: Sequence[Row], attr: str) -> list[str]:
     return sorted(set().union(*(getattr(r, attr).keys() for r in rows)))
 
 
-def page_runs(store: RunStore, query: Query, *, page: int = 1, size: int = 50) -> Page:
+def page_runs(store: CertifiedRuns, query: Query, *, page: int = 1, size: int = 50) -> Page:
     """One page of the runs ``query`` selects, filtered, sorted and cut by the database
     (``RunStore.query_page``); the page's rows are then built from their digest-checked
     records and checked against ``query`` here (each must match, in the order
@@ -403,21 +403,21 @@ def page_runs(store: RunStore, query: Query, *, page: int = 1, size: int = 50) -
     return dataclasses.replace(whole, matched_rows=[])
 
 
-def query_runs(store: RunStore, where: Sequence[str] = (), sort: str | None = None,
+def query_runs(store: CertifiedRuns, where: Sequence[str] = (), sort: str | None = None,
                *, page: int = 1, size: int = 50, originals: bool = False) -> Page:
     """The page of runs a filter and sort select, read from ``store``."""
     return select(all_rows(store), parse_query(where, sort, originals=originals),
                   page=page, size=size)
 
 
-def rows_of(store: RunStore, ids: Sequence[str]) -> list[Row]:
+def rows_of(store: CertifiedRuns, ids: Sequence[str]) -> list[Row]:
     """These runs as table rows, in the order given."""
     verdicts = latest_verdicts(store)
     summaries = {s.id: s for s in store.list_runs(ids=list(ids))}
     return [_row(store, summaries[i], verdicts.get(i, "never")) for i in ids if i in summaries]
 
 
-def reruns_of(store: RunStore, originals: Sequence[Row]) -> dict[str, list[Row]]:
+def reruns_of(store: CertifiedRuns, originals: Sequence[Row]) -> dict[str, list[Row]]:
     """Original id -> its reruns as rows, newest first (for showing them nested)."""
     wanted = {r.id: store.run_ids_reproducing(r.id) for r in originals}
     ids = [i for found in wanted.values() for i in found]
@@ -438,7 +438,7 @@ def parse_age(text: str) -> timedelta:
     return timedelta(**{unit: int(m.group(1))})
 
 
-def verifiable_runs(store: RunStore, *, since: str | None = None, tags: Sequence[str] = (),
+def verifiable_runs(store: CertifiedRuns, *, since: str | None = None, tags: Sequence[str] = (),
                     name: str | None = None, now: datetime | None = None) -> list[str]:
     """The ids ``audit verify --all`` verifies: finished runs that are not reruns, started
     within ``since`` (an age), carrying any of ``tags``, named like the glob ``name``."""

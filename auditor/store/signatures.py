@@ -21,9 +21,9 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from auditor.store.base import RunStore
+from auditor.store.base import MetaStore, RecordReader
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (fast start-up)
     import sqlalchemy as sa
@@ -45,6 +45,10 @@ class RecordSignature:
     keyid: str
     sig: str
 
+
+
+class SignedRecords(RecordReader, MetaStore, Protocol):
+    """Records and the signatures beside them in ``meta``."""
 
 def _pae(digest: str) -> bytes:
     kind, payload = PAYLOAD_TYPE.encode(), digest.encode()
@@ -88,13 +92,13 @@ def _parse(key: str, value: str) -> RecordSignature | None:
         return None  # an unreadable signature row counts as no signature
 
 
-def signature_of(store: RunStore, run_id: str) -> RecordSignature | None:
+def signature_of(store: MetaStore, run_id: str) -> RecordSignature | None:
     """The stored signature of a run's record, if any."""
     value = store.get_meta(PREFIX + run_id)
     return None if value is None else _parse(PREFIX + run_id, value)
 
 
-def all_signatures(store: RunStore) -> Iterator[RecordSignature]:
+def all_signatures(store: MetaStore) -> Iterator[RecordSignature]:
     """Every stored record signature."""
     for key, value in store.meta_items(PREFIX):
         sig = _parse(key, value)
@@ -102,7 +106,7 @@ def all_signatures(store: RunStore) -> Iterator[RecordSignature]:
             yield sig
 
 
-def signed_run_ids(store: RunStore) -> set[str]:
+def signed_run_ids(store: SignedRecords) -> set[str]:
     """Runs whose current record digest is the one that was signed."""
     sigs = {s.run_id: s.record_sha256 for s in all_signatures(store)}
     if not sigs:
@@ -123,7 +127,7 @@ def state(record: RunRecord, sig: RecordSignature | None) -> str:
     return f"signed, keyid {sig.keyid[:16]}… (check it with `audit fsck --key KEY.pub`)"
 
 
-def problems(store: RunStore, trusted: list[PublicKey]) -> list[str]:
+def problems(store: SignedRecords, trusted: list[PublicKey]) -> list[str]:
     """Signatures that do not match their record, or (with keys) do not verify."""
     from auditor.core.schema import record_sha256
 

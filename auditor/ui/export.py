@@ -12,13 +12,13 @@ from pathlib import Path
 
 from auditor.core.errors import InputError
 from auditor.core.safefile import check_target, write_target
-from auditor.store.base import RunStore
+from auditor.store.base import EvidenceReader
 from auditor.store.query import latest_verdicts
 from auditor.ui.pages import compare_page
 from auditor.ui.views import MAX_COMPARE, compare_view
 
 
-def export_comparison(store: RunStore, runs: Sequence[str], path: Path,
+def export_comparison(store: EvidenceReader, runs: Sequence[str], path: Path,
                       metric: str | None = None) -> Path:
     """Write the self-contained comparison of ``runs`` to ``path`` (atomically)."""
     if len(runs) < 2:

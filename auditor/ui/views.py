@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from auditor.core.schema import RunRecord
-from auditor.store.base import RunStore
+from auditor.store.base import MetricReader, RecordReader, RunReader
 from auditor.store.preview import lttb as downsample
 from auditor.store.query import BADGES, Row
 from auditor.store.summaries import entry_point
@@ -107,7 +107,7 @@ def lttb(steps: np.ndarray, values: np.ndarray, points: int = MAX_POINTS
     return xs.tolist(), ys.tolist()
 
 
-def series(store: RunStore, run_id: str, key: str | None = None
+def series(store: MetricReader, run_id: str, key: str | None = None
            ) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
     """A run's metric series as numpy arrays with their point counts, per key: the
     store's curve previews plus the points after them where it has them (derived,
@@ -129,7 +129,7 @@ class CurveCache:
         self.entries: OrderedDict[tuple[Any, ...], dict[str, dict[str, Any]]] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, store: RunStore, run_id: str, key: str | None, points: int
+    def get(self, store: MetricReader, run_id: str, key: str | None, points: int
             ) -> dict[str, dict[str, Any]]:
         """metric -> {steps, values, total} of one run, downsampled."""
         cache_key = (id(store), run_id, key, points, store.metrics_mark(run_id))
@@ -152,7 +152,7 @@ class CurveCache:
 CURVES = CurveCache()
 
 
-def curves(store: RunStore, run_ids: Sequence[str], key: str | None = None,
+def curves(store: MetricReader, run_ids: Sequence[str], key: str | None = None,
            points: int = MAX_POINTS) -> dict[str, list[dict[str, Any]]]:
     """metric -> [{run, steps, values, total}], each series LTTB-downsampled."""
     out: dict[str, list[dict[str, Any]]] = {}
@@ -256,7 +256,7 @@ def seed_groups(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
-def compare_view(store: RunStore, run_ids: Sequence[str], metric: str | None,
+def compare_view(store: RunReader, run_ids: Sequence[str], metric: str | None,
                  verdicts: dict[str, str], population: Sequence[Row] | None = None
                  ) -> dict[str, Any]:
     """Everything the compare page shows for these runs; ``population`` (all the runs a
@@ -287,7 +287,7 @@ def badge(verdict: str) -> str:
     return BADGES.get(verdict, verdict)
 
 
-def explained(store: RunStore, certs: Sequence[Any]) -> list[dict[str, Any]]:
+def explained(store: RecordReader, certs: Sequence[Any]) -> list[dict[str, Any]]:
     """Each certificate with what its stored verification says: the verdict, the first
     divergence, the most likely cause, and where its HTML report is served (from the
     result stored with the rerun; a certificate whose result cannot be read says so)."""
@@ -319,7 +319,7 @@ def explained(store: RunStore, certs: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def stored_verification(store: RunStore, run_id: str) -> Any:
+def stored_verification(store: RecordReader, run_id: str) -> Any:
     """The result stored with a rerun by its verification (``VerifyResult``): the run's
     own for a rerun, its newest rerun's for an original."""
     from auditor.certify.issue import stored_result
@@ -334,7 +334,7 @@ def stored_verification(store: RunStore, run_id: str) -> Any:
     return stored_result(store, record)
 
 
-def live_divergence(store: RunStore, rerun_id: str, original_id: str
+def live_divergence(store: MetricReader, rerun_id: str, original_id: str
                     ) -> dict[str, dict[str, Any]]:
     """metric -> the first step where a rerun's series leaves its original's beyond the
     default metric tolerance (``|a - b| <= atol + rtol·|a|``), over every point logged so
@@ -370,7 +370,7 @@ def _finite_or_none(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def run_curves(store: RunStore, rec: RunRecord) -> dict[str, Any]:
+def run_curves(store: MetricReader, rec: RunRecord) -> dict[str, Any]:
     """A run page's curves; for a rerun, its original's overlaid (dashed) and the first
     divergence so far."""
     own = curves(store, [rec.identity.id])
