@@ -71,3 +71,22 @@ def test_a_database_error_during_an_operation_is_one_line_exit_3(tmp_path: Path)
     assert res.returncode == 3, res.stderr
     assert res.stderr.startswith("error: store sqlite:///") and res.stderr.count("\n") == 1
     assert "no such table: runs" in res.stderr and "Traceback" not in res.stderr
+
+
+def _private_store_imports(source: str, where: str) -> list[str]:
+    """``from auditor.store… import _name`` lines of ``source``: a private helper of the
+    store borrowed by another package."""
+    return [f"{where}:{node.lineno} {node.module}.{a.name}"
+            for node in ast.walk(ast.parse(source, where))
+            if isinstance(node, ast.ImportFrom) and node.module
+            and (node.module + ".").startswith("auditor.store.")
+            for a in node.names if a.name.startswith("_")]
+
+
+def test_no_caller_imports_a_private_name_of_the_store() -> None:
+    found = [hit for path in _outside_store()
+             for hit in _private_store_imports(path.read_text(), str(path.relative_to(PACKAGE)))]
+    assert not found, f"use the store's public names (auditor.store.records…): {found}"
+    # the checker itself catches the borrow issue 18 removed (fsck parsing records)
+    assert _private_store_imports("from auditor.store.sql import _parse_record\n", "fsck.py")
+    assert not _private_store_imports("from auditor.store.records import parse_record\n", "x")
