@@ -139,7 +139,9 @@ def run(ctx: click.Context, store: RunStore, ids: list[str], policy: Policy,
         outcomes = submit(ex.spec, planned, allow_gpu_mismatch=ex.allow_gpu_mismatch,
                           say=say(ctx), folder=Path("."))
     _show(ctx, store, planned.batch_id, outcomes, planned.skipped)
-    sys.exit(max((o.exit_code for o in outcomes), default=0))
+    # a signal's or a shell's code from a job (130, 127) is could-not-verify: exit 3
+    sys.exit(max((o.exit_code if o.exit_code in (0, 1, 2) else 3 for o in outcomes),
+                 default=0))
 
 
 def _shared_tmp() -> str | None:

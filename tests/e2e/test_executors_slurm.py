@@ -69,6 +69,7 @@ def world() -> Iterator[dict[str, Any]]:
             "t4": _record(repo, {**env, "PATH": f"{always_t4}:{os.environ['PATH']}"}, "5",
                           tag="t4"),
             "slow": _record(repo, env, "9", "--slow", tag="requeue"),
+            "halt": _record(repo, env, "8", "--slow", tag="requeue"),
             "noisy": _record(repo, env, script="noisy.py", tag="requeue")}
     allotted = _smi(folder / "node", A100_XML, only_when_allotted=True)
     with slurm_cluster() as slurm:
@@ -165,22 +166,20 @@ def test_a_requeued_task_runs_again_and_certifies_once_a_verdict_is_never_requeu
     """``scontrol requeue`` (what a preemption with ``PreemptMode=REQUEUE`` does: SIGTERM,
     then SIGKILL, then the task again) while the slow run's rerun trains: Slurm starts the
     task again, the second attempt claims the run, and the store holds one certificate.
-    The not-reproduced run's task (exit 1) ends once."""
+    ``scancel`` of another task while it trains: could-not-verify, recorded, not started
+    again. The not-reproduced run's task (exit 1) ends once."""
     runs, conf = world["runs"], world["slurm"].env["SLURM_CONF"]
+    slurm_env = {**os.environ, **world["slurm"].env}
     proc = subprocess.Popen(
         [AUDIT, "--json", "verify", "--all", "--tag", "requeue", "--batch", "slurm-rq",
          "--executor", "slurm", "--backend", "venv"], cwd=world["repo"],
         env={**os.environ, **GIT_ENV, **world["env"]}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:
-        deadline, found = time.monotonic() + 300, None
-        while found is None and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-            found = _slurm_task_running(conf, "train.py", "--slow")
-        assert found, "the slow run's rerun never started under Slurm"
-        first_training, task = found
-        subprocess.run(["scontrol", "requeue", task], env={**os.environ, **world["slurm"].env},
-                       check=True)
+        first_training, task = _when_training(proc, conf, "9")
+        subprocess.run(["scontrol", "requeue", task], env=slurm_env, check=True)
+        _, halted = _when_training(proc, conf, "8")
+        subprocess.run(["scancel", halted], env=slurm_env, check=True)
         out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
@@ -191,16 +190,21 @@ def test_a_requeued_task_runs_again_and_certifies_once_a_verdict_is_never_requeu
     jobs = {j["run"]: j for j in json.loads(out)["jobs"]}
     assert jobs[runs["slow"]]["recorded_verdict"].startswith("reproduced"), (jobs, err)
     assert jobs[runs["slow"]]["attempts"] == 2, jobs  # the requeued task's own answer
-    assert jobs[runs["noisy"]]["exit"] == 1 and proc.returncode == 1, (jobs, err)
-    assert jobs[runs["noisy"]]["attempts"] == 1, jobs
+    assert jobs[runs["noisy"]]["exit"] == 1 and jobs[runs["noisy"]]["attempts"] == 1, jobs
+    assert jobs[runs["halt"]]["verdict"] == "could-not-verify", jobs
+    assert proc.returncode == 3, (jobs, err)  # the worst, in the documented codes
     slow = _slurm_job(world, task)
     assert slow["Restarts"] == "1" and slow["JobState"] == "COMPLETED", slow
-    siblings = [_slurm_job(world, f"{slow['ArrayJobId']}_{i}") for i in (0, 1)]
-    (noisy,) = [t for t in siblings if t["JobId"] != slow["JobId"]]
+    tasks = [_slurm_job(world, f"{slow['ArrayJobId']}_{i}") for i in (0, 1, 2)]
+    (noisy,) = [t for t in tasks if t["JobId"] != slow["JobId"] and
+                f"{t['ArrayJobId']}_{t['ArrayTaskId']}" != halted]
     assert noisy["Restarts"] == "0" and noisy["JobState"] == "COMPLETED", noisy
+    cancelled = _slurm_job(world, halted)
+    assert cancelled["Restarts"] == "0" and cancelled["JobState"] == "CANCELLED", cancelled
     store = open_store(world["env"]["AUDITOR_STORE"])
     try:
         certs = store.certificates(run_id=runs["slow"])
+        halt_certs = store.certificates(run_id=runs["halt"])
         items = {i.run_id: i for i in store.batches().get("slurm-rq").items}
     finally:
         store.close()
@@ -208,3 +212,15 @@ def test_a_requeued_task_runs_again_and_certifies_once_a_verdict_is_never_requeu
     assert items[runs["slow"]].state == "done"
     assert items[runs["slow"]].certificate_sha256 == certs[0].sha256
     assert items[runs["noisy"]].verdict == "not-reproduced"
+    assert halt_certs == [] and items[runs["halt"]].state == "failed", items[runs["halt"]]
+
+
+def _when_training(proc: subprocess.Popen[str], conf: str, seed: str) -> tuple[int, str]:
+    """Wait until the rerun of ``train.py SEED --slow`` trains under our Slurm."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = _slurm_task_running(conf, "train.py", seed, "--slow")
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"the rerun of train.py {seed} never trained under Slurm")
