@@ -8,7 +8,10 @@ The only stand-ins are for a GPU, which this machine cannot have:
   resource Ray gives a node with an A100) and an ``nvidia-smi`` on its PATH that prints a
   real A100's report (``fixtures/nvidia-smi``), so a verification placed there finds the
   GPU the run was recorded on; the head node has neither.
-- Slurm: the node declares one ``gpu:a100`` GRES backed by ``/dev/null``.
+- Slurm: the node declares one ``gpu:a100`` GRES backed by ``/dev/null``. A requeued
+  task starts again after ``AuthInfo=cred_expire`` seconds (5 here; Slurm's default, 120 s,
+  is why a requeued task seemed never to restart), plus the scheduler's next pass (about
+  20 s here).
 """
 
 from __future__ import annotations
@@ -162,7 +165,8 @@ SlurmdPort={slurmd}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={folder}/munge/munge.sock
+AuthInfo=socket={folder}/munge/munge.sock,cred_expire=5
+KillWait=5
 CredType=cred/munge
 StateSaveLocation={folder}/state
 SlurmdSpoolDir={folder}/spool

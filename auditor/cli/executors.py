@@ -52,6 +52,7 @@ class ExecutorArgs:
     queue: str | None
     forwarded: tuple[str, ...]  # the options every job's `audit verify` gets
     allow_gpu_mismatch: bool
+    policy_text: str | None = None  # kubernetes: the policy file's text for the pods
 
 
 def take(kw: dict[str, Any]) -> ExecutorArgs | None:
@@ -83,8 +84,13 @@ def take(kw: dict[str, Any]) -> ExecutorArgs | None:
     forwarded: list[str] = []
     policy = kw.get("policy_path") or (Path("auditor.toml") if Path("auditor.toml").is_file()
                                        else None)
-    if policy and engine != "kubernetes":  # a path the workers share; pods read the image's
+    policy_text = None
+    if policy and engine != "kubernetes":  # a path the workers share
         forwarded += ["--policy", str(Path(policy).resolve())]
+    elif engine == "kubernetes":  # pods get its text (a ConfigMap); empty: the defaults
+        policy_text = _policy_text(Path(policy)) if policy else ""
+    if kw.get("profile"):
+        forwarded += ["--profile", kw["profile"]]
     for flag in ("bitwise", "allow_gpu_mismatch"):
         if kw.get(flag):
             forwarded.append("--" + flag.replace("_", "-"))
@@ -95,7 +101,17 @@ def take(kw: dict[str, Any]) -> ExecutorArgs | None:
     if kw.get("memory") not in (None, "8g"):
         forwarded += ["--memory", kw["memory"]]
     return ExecutorArgs(spec, engine, emit, image, queue, tuple(forwarded),
-                        bool(kw.get("allow_gpu_mismatch")))
+                        bool(kw.get("allow_gpu_mismatch")), policy_text)
+
+
+def _policy_text(path: Path) -> str:
+    """The policy file's text as the pods will read it (exit 2 when it cannot be read)."""
+    from auditor.core.capped import POLICY_LIMIT, read_capped
+
+    try:
+        return read_capped(path, POLICY_LIMIT, "policy").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: the policy is not UTF-8 text: {exc}") from None
 
 
 def run(ctx: click.Context, store: RunStore, ids: list[str], policy: Policy,
@@ -123,7 +139,9 @@ def run(ctx: click.Context, store: RunStore, ids: list[str], policy: Policy,
         outcomes = submit(ex.spec, planned, allow_gpu_mismatch=ex.allow_gpu_mismatch,
                           say=say(ctx), folder=Path("."))
     _show(ctx, store, planned.batch_id, outcomes, planned.skipped)
-    sys.exit(max((o.exit_code for o in outcomes), default=0))
+    # a signal's or a shell's code from a job (130, 127) is could-not-verify: exit 3
+    sys.exit(max((o.exit_code if o.exit_code in (0, 1, 2) else 3 for o in outcomes),
+                 default=0))
 
 
 def _shared_tmp() -> str | None:
@@ -143,7 +161,7 @@ def _emit(ctx: click.Context, batch_id: str, jobs: list[Any], ex: ExecutorArgs) 
 
     assert ex.emit is not None
     settings = Settings(image=ex.image or DEFAULT_IMAGE, queue=ex.queue,
-                        verify_args=ex.forwarded)
+                        verify_args=ex.forwarded, policy=ex.policy_text)
     written = emit(ex.emit, batch_id, jobs, settings) if jobs else []
     if wants_json(ctx):
         click.echo(json.dumps({"batch": batch_id, "manifests": [str(p) for p in written],

@@ -13,6 +13,10 @@ index. Both render ``templates/ci/kubernetes-job.yml.j2``:
   queue name, as a Kueue ``ResourceFlavor``'s node label (the Job carries the
   ``kueue.x-k8s.io/queue-name`` label and starts suspended).
 - the store URL and credentials from a Secret's keys (``secretKeyRef``), never inline.
+- the policy the batch was planned under (its file's text, empty for the defaults) as a
+  ConfigMap in each file, mounted read-only at ``/policy``: every pod verifies with
+  ``--policy /policy/auditor.toml``, so its claims and certificates carry the batch's
+  policy digest, not whatever policy the image holds.
 
 Every value is a constant here or passes the ``yaml`` filter (``release.ci.yaml_scalar``
 for scalars, JSON flow collections otherwise), so a run id, image or queue name cannot add
@@ -43,6 +47,8 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 DEFAULT_IMAGE = "auditor:latest"
 DEFAULT_SECRET = "auditor-store"
 DEFAULT_KEY_SECRET = "auditor-signing-key"
+POLICY_MOUNT = "/policy"
+POLICY_FILE = "auditor.toml"
 TTL_S = 86400
 RETRIES = 1
 REQUESTS = {"cpu": "2", "memory": "8Gi", "ephemeral-storage": "20Gi"}
@@ -61,6 +67,7 @@ class Settings:
     queue: str | None = None
     parallelism: int = 4
     verify_args: tuple[str, ...] = ()
+    policy: str | None = None  # the policy file's text for the pods (None: the image's)
 
 
 @dataclass
@@ -83,6 +90,7 @@ class _JobValues:
     ttl: int = TTL_S
     labels: dict[str, str] = field(default_factory=dict)
     job_labels: dict[str, str] = field(default_factory=dict)
+    policy_config: str | None = None  # the ConfigMap with the policy
 
 
 def _env() -> Environment:
@@ -146,13 +154,17 @@ def run_script(jobs: Sequence[Job], settings: Settings) -> str:
     """The container's shell: the run of this index, verified in the batch."""
     runs = " ".join(shlex.quote(j.run_id) for j in jobs)
     timeout = max(j.timeout_s for j in jobs)
-    extra = shlex.join(settings.verify_args)
+    extra = shlex.join(_policy_args(settings) + list(settings.verify_args))
     return ("set -eu\n"
             f"set -- {runs}\n"
             'shift "$JOB_COMPLETION_INDEX"\n'
             'export AUDITOR_WORKER="kubernetes:$AUDITOR_BATCH:$1"\n'  # a retried index
             f'exec audit verify "$1" --batch "$AUDITOR_BATCH" --timeout {timeout} '
             f"{KEY_ARG} {extra}".rstrip() + "\n")
+
+
+def _policy_args(settings: Settings) -> list[str]:
+    return ["--policy", f"{POLICY_MOUNT}/{POLICY_FILE}"] if settings.policy is not None else []
 
 
 def shard_script(shards: int, settings: Settings, timeout_s: int) -> str:
@@ -178,8 +190,11 @@ def batch_manifests(batch_id: str, jobs: Sequence[Job], settings: Settings) -> d
         values = _values(batch_id, members, run_script(members, settings), settings,
                          len(members), max(j.wall_s for j in members), gpu, count)
         flavor = dns_name("gpu", kind) if gpu and settings.queue else None
+        if settings.policy is not None:
+            values.policy_config = dns_name("audit", batch_id[:20], "policy")
         text = _env().get_template("kubernetes-emit.yml.j2").render(
-            j=asdict(values), name=name, flavor=flavor)
+            j=asdict(values), name=name, flavor=flavor,
+            policy={POLICY_FILE: settings.policy} if settings.policy is not None else None)
         list(yaml.safe_load_all(text))  # our own template must stay valid YAML
         out[f"{name}.yaml"] = text
     return out

@@ -6,20 +6,29 @@ model, one task per run).
 - ``--gres=gpu:<type>:<count>`` from the recorded GPU (``base.gpu_short``: "NVIDIA
   A100-SXM4-80GB" → ``gpu:a100:1``), the time limit from the original's duration with a
   margin (``base.job_for``), ``--requeue``.
-- Requeue on preemption, never on a verdict: ``VerifyTask`` is a submitit
-  ``Checkpointable``, so the signal Slurm sends before preempting or timing out a task
-  requeues it; a task that returns (whatever its exit code: a verdict, bad input,
-  could-not-verify) is done. The rerun a preemption killed issued no certificate (a
-  certificate is issued only after the comparison).
+- Requeue on preemption, never on a verdict. A preemption (``PreemptMode=REQUEUE``), an
+  ``scontrol requeue`` or a node failure ends the running task with SIGTERM (then SIGKILL)
+  and Slurm starts it again (after ``AuthInfo=cred_expire``, 120 s by default). The task's
+  ``audit verify`` runs with SIGTERM blocked, so Slurm's signal reaches only ``VerifyTask``:
+  when Slurm has counted a restart of the task (``scontrol show job``: ``Restarts``), it
+  kills the verification (its claim stays open to the same worker name) and exits without
+  a result, so the requeued task claims the run again and its result is the only one;
+  otherwise (``scancel``, our wall limit) it interrupts the verification (SIGINT), which
+  records could-not-verify. A task that returns (whatever its exit code: a verdict, bad
+  input, could-not-verify) is done: Slurm requeues no exit code. The killed attempt issued
+  no certificate (a certificate is issued only after the comparison). Submitit's own
+  time-limit signal (USR2) checkpoints and requeues the task once (``max_num_timeout=1``).
 - A task past its wall limit is cancelled (``scancel``): could-not-verify.
 - The controller not answering (``sbatch`` fails) is could-not-verify (exit 3), one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -39,8 +48,9 @@ POLL_S = 1.0
 
 
 class VerifyTask(submitit.helpers.Checkpointable):
-    """One array task: the verification of one run. Requeued (``checkpoint``) only when
-    Slurm signals a preemption or its time limit; a returned exit code is final."""
+    """One array task: the verification of one run. Started again only when Slurm
+    requeues it (preemption, ``scontrol requeue``, a lost node, submitit's time-limit
+    checkpoint); a returned exit code is final."""
 
     def __init__(self, argv: dict[str, list[str]], env: dict[str, str],
                  workers: dict[str, str]) -> None:
@@ -51,14 +61,70 @@ class VerifyTask(submitit.helpers.Checkpointable):
     def __call__(self, run_id: str) -> dict[str, Any]:
         started = time.monotonic()
         node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        env = {**os.environ, **self.env, "AUDITOR_WORKER": self.workers[run_id]}
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the child inherits it
         try:
-            done = subprocess.run(self.argv[run_id], env={
-                **os.environ, **self.env, "AUDITOR_WORKER": self.workers[run_id]},
-                check=False, stdin=subprocess.DEVNULL)
+            child = subprocess.Popen(self.argv[run_id], env=env, stdin=subprocess.DEVNULL)
+            signal.signal(signal.SIGTERM, lambda _sig, _frame: _terminated(child))
         except OSError as exc:  # the worker has no `audit`: infrastructure, not a verdict
             return {"exit": 127, "node": node, "seconds": time.monotonic() - started,
                     "error": f"cannot run {self.argv[run_id][0]}: {exc}"}
-        return {"exit": done.returncode, "node": node, "seconds": time.monotonic() - started}
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        return {"exit": child.wait(), "node": node, "seconds": time.monotonic() - started,
+                "attempt": int(os.environ.get("SLURM_RESTART_COUNT") or 0) + 1}
+
+
+def _terminated(child: subprocess.Popen[bytes]) -> None:
+    """Slurm's SIGTERM to this task. Requeued (Slurm counted one more restart than this
+    attempt's ``SLURM_RESTART_COUNT``, or gave no answer): the verification is killed
+    before it can close its claim, and the task exits without a result (the requeued
+    task's is the result). Cancelled: the verification is interrupted and records
+    could-not-verify."""
+    restarts = _restarts(os.environ.get("SLURM_JOB_ID", ""))
+    ours = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if restarts is None or restarts > ours:
+        for pid in [child.pid, *_descendants(child.pid)]:  # the rerun too: nothing closes
+            with contextlib.suppress(ProcessLookupError):  # the claim, nothing writes
+                os.kill(pid, signal.SIGKILL)
+        child.wait()
+        sys.stderr.write(f"auditor: Slurm requeues this task (restart {ours + 1}): the "
+                         "verification was stopped and runs again\n")
+        sys.stderr.flush()
+        os._exit(143)  # no result file: the requeued task writes it
+    with contextlib.suppress(ProcessLookupError):
+        child.send_signal(signal.SIGINT)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (from /proc), before any of them is killed."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, todo = [], [pid]
+    while todo:
+        above = todo.pop()
+        below = [p for p, parent in parents.items() if parent == above]
+        found += below
+        todo += below
+    return found
+
+
+def _restarts(job_id: str) -> int | None:
+    """How many times Slurm has requeued the task (``scontrol show job``: ``Restarts``,
+    counted when the requeue is decided), None when Slurm does not answer."""
+    if not job_id:
+        return None
+    try:
+        shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True,
+                               text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for field in shown.stdout.split():
+        if field.startswith("Restarts=") and field[9:].isdigit():
+            return int(field[9:])
+    return None
 
 
 def gres(job: Job) -> str | None:
@@ -148,6 +214,7 @@ class SlurmExecutor:
                            message=f"Slurm task {handle.job_id} failed: {_first_line(exc)}")
         code = int(result["exit"])
         return Outcome(job.run_id, code, verdict_of(code), node=str(result["node"]),
+                       attempts=int(result.get("attempt", 1)),
                        message=result.get("error") or f"Slurm task {handle.job_id}",
                        seconds=float(result["seconds"]))
 

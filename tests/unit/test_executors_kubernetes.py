@@ -41,7 +41,7 @@ from auditor.store import RunStore
 from tests.factories import make_record
 
 K8S_VERSION = "1.33"  # backoffLimitPerIndex is GA from 1.33, podFailurePolicy from 1.31
-MODELS = {"Job": "V1Job", "CronJob": "V1CronJob"}
+MODELS = {"Job": "V1Job", "CronJob": "V1CronJob", "ConfigMap": "V1ConfigMap"}
 A100 = "NVIDIA A100-SXM4-80GB"
 
 
@@ -243,6 +243,51 @@ def test_verify_all_emits_manifests_from_the_store_without_the_store_url(
     assert walls[gpu_label(A100)] > 3 * 4000 > walls[None]  # the limit follows the duration
     items = {i.run_id: i.state for i in store.batches().get("nightly-1").items}
     assert items == {cpu.identity.id: "pending", gpu.identity.id: "pending"}
+
+
+@pytest.mark.parametrize("given", ["file", "profile", "none"])
+def test_pods_verify_under_the_batchs_own_policy_from_a_configmap(
+        tmp_path: Path, store: RunStore, monkeypatch: pytest.MonkeyPatch, given: str) -> None:
+    """The pods read the policy the batch was planned under (its digest is the batch's),
+    from a ConfigMap in the emitted file, not the image's: with ``--policy FILE``, with a
+    tolerance profile, and with the defaults (an empty file)."""
+    from auditor.core.policy import load_policy
+    from auditor.store.batches import policy_digest
+
+    monkeypatch.chdir(tmp_path)  # no auditor.toml here but ours
+    run = make_record(status="finished", duration_s=60.0)
+    store.put_record(run)
+    policy = tmp_path / "team-policy.toml"
+    policy.write_text('[verify]\npass_env = ["HF_TOKEN"]\n')
+    args = {"file": ["--policy", str(policy)], "profile": ["--profile", "relaxed"],
+            "none": []}[given]
+    out = tmp_path / "m"
+    res = CliRunner().invoke(main, ["--store", str(tmp_path / "store"), "--json", "verify",
+                                    "--all", "--executor", "kubernetes", "--emit", str(out),
+                                    "--batch", "pol-1", *args])
+    assert res.exit_code == 0, res.output
+    (text,) = [p.read_text() for p in out.iterdir()]
+    config, job = documents(text)
+    kubernetes_validate.validate(config, K8S_VERSION, strict=True)
+    validate(config)
+    validate(job)
+    assert config["kind"] == "ConfigMap" and "secret" not in config["metadata"]["name"]
+    pod = _pod(job)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "policy"]
+    assert volume["configMap"]["name"] == config["metadata"]["name"]
+    assert {"name": "policy", "mountPath": "/policy", "readOnly": True} in \
+        pod["containers"][0]["volumeMounts"]
+    argv = run_index(pod["containers"][0]["args"][0], 0, tmp_path, batch="pol-1")
+    check_command(main, argv)
+    assert argv[argv.index("--policy") + 1] == "/policy/auditor.toml", argv
+    # the pod's policy, read as the pod reads it, is the batch's
+    mounted = tmp_path / "policy" / "auditor.toml"
+    mounted.parent.mkdir()
+    mounted.write_text(config["data"]["auditor.toml"])
+    profile = argv[argv.index("--profile") + 1] if "--profile" in argv else None
+    pods = policy_digest(load_policy(mounted, profile=profile).table())
+    assert pods == store.batches().get("pol-1").info.policy_sha256
+    assert (pods == policy_digest(load_policy(None).table())) == (given == "none")
 
 
 def test_executor_option_errors_are_one_line_exit_2(tmp_path: Path) -> None:
