@@ -78,6 +78,7 @@ DATA_STATE_CAUSE = (
     "(the data-loader generator or sampler position, an RNG the script did not pass in "
     "generators=[...], a counter kept outside the model and optimizer).")
 MAX_CONCURRENT = 4  # segments replayed at once, at most
+JOBS_VAR = "AUDITOR_SEGMENT_JOBS"
 _Done = tuple[SegmentOutcome, RunRecord]  # a replayed segment: its outcome, its rerun
 
 
@@ -119,11 +120,11 @@ def spot_check(store: RunStore, original: RunRecord, policy: Policy, opts: Repla
     progress(f"spot-checking run {original.identity.id}: segments "
              f"{', '.join(map(str, chosen))} of {n} (seed {seed[:12]}…)")
     backend = choose(opts.backend, progress)
+    acc = original.environment.accelerators
+    width = _width(q, backend, opts.limits, gpus=len(acc.gpus) if acc else 0)
     timings: dict[str, float] = {}
     with timed(timings, "build", progress, "environment"):
         built = build_for(store, original, opts, backend, progress)
-    acc = original.environment.accelerators
-    width = _width(q, backend, opts.limits, gpus=len(acc.gpus) if acc else 0)
     inflight = _InFlight()
 
     def segment(k: int) -> tuple[SegmentOutcome, RunRecord]:
@@ -344,7 +345,18 @@ def _width(q: int, backend: Backend, limits: Limits, *, gpus: int) -> int:
     per = _bytes(limits.mem_limit)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     fits = max(1, total // per) if per else 1
-    return max(1, min(q, cores, fits, MAX_CONCURRENT))
+    return max(1, min(q, cores, fits, MAX_CONCURRENT, _jobs()))
+
+
+def _jobs() -> int:
+    """``AUDITOR_SEGMENT_JOBS``: at most this many segments at once (1: one after the
+    other); unset: no cap beyond cores and memory."""
+    text = os.environ.get(JOBS_VAR, "").strip()
+    if not text:
+        return MAX_CONCURRENT
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"{JOBS_VAR}={text!r}: expected a whole number of at least 1")
+    return int(text)
 
 
 def _bytes(text: str) -> int | None:
