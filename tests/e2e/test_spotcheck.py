@@ -4,7 +4,8 @@ rebuilt from their lockfile (one image for the module), real certificates.
 
 Caught: a checkpoint produced from other data than recorded (its segment diverges), a
 checkpoint file altered after recording (exit 3, nothing replayed), later segments trained
-with another learning rate; a script that checkpoints its data-loader generator resumes
+with another learning rate, a segment whose replay dies (that segment fails, the other
+one, replayed at the same time, lands); a script that checkpoints its data-loader generator resumes
 bitwise, one that does not is caught with the first diverging step and a data-loader cause.
 Bad input: no checkpoints, a step with none, more segments than the run has, checkpoint
 tensors that do not fit the model.
@@ -63,6 +64,14 @@ def project(tmp_path_factory: pytest.TempPathFactory,
         "register_optimizer_step_pre_hook(hook)\n"
         "from train_ckpt import main\n"
         "main()\n")
+    # a script whose replay of the segment ending at step 85 dies at once (only a replay
+    # gets AUDITOR_STOP_AT): that segment's replay fails, the other one replays
+    (root / "train_ckpt_dies.py").write_text(
+        "import os, sys\n"
+        "if os.environ.get('AUDITOR_STOP_AT') == '85':\n"
+        "    sys.exit('segment crash: this replay stops before step 85')\n"
+        "from train_ckpt import main\n"
+        "main()\n")
     (root / "data").mkdir(exist_ok=True)
     shutil.copy(FIXTURES / "data" / "blobs.csv", root / "data")
     (root / ".gitignore").write_text("outputs/\n.auditor/\n__pycache__/\n")
@@ -96,7 +105,8 @@ def seed_for(*segments: int) -> str:
 
 
 def reruns(project: dict[str, Any], run_id: str) -> list[str]:
-    res = audit("--json", "list", cwd=project["root"], env=project["env"])
+    res = audit("--json", "list", "--include-reruns", "--limit", "0", cwd=project["root"],
+                env=project["env"])  # (without the flag reruns are never listed)
     rows = json.loads(res.stdout)
     rows = rows["runs"] if isinstance(rows, dict) else rows
     return [r["id"] for r in rows if r.get("reproduces") == run_id]
@@ -151,6 +161,22 @@ def test_later_segments_with_another_learning_rate_fail(project: dict[str, Any])
     where = " ".join(d["where"] for d in after["differences"])
     assert "checkpoint@85/" in where, where
     assert "lr" in json.dumps(after["differences"]), after["differences"]
+
+
+def test_a_failing_segment_replay_is_reported_as_that_segment(
+        project: dict[str, Any]) -> None:
+    run_id = record(project, "train_ckpt_dies.py")
+    fine, dies = 4, 16  # replayed at once: one dies at its start, the other lands
+    code, result, err = verify(project, run_id, "--segments", "2",
+                               "--segment-seed", seed_for(fine, dies))
+    assert code == 1, err
+    first, second = result["segments"]
+    assert first["index"] == fine and first["level"] == "reproduced-bitwise", first
+    assert second["index"] == dies and second["level"] == "not-reproduced", second
+    assert second["first_difference"] == "checkpoint@85", second
+    said = json.dumps(second["differences"])
+    assert "did not write the checkpoint at step 85" in said and "exit 1" in said, said
+    assert len(reruns(project, run_id)) == 2  # each segment its own stored rerun
 
 
 def test_an_altered_checkpoint_is_exit_3_before_any_replay(project: dict[str, Any],
