@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
@@ -74,6 +77,9 @@ DATA_STATE_CAUSE = (
     "resumed training diverged: the difference lies in state the checkpoint does not hold "
     "(the data-loader generator or sampler position, an RNG the script did not pass in "
     "generators=[...], a counter kept outside the model and optimizer).")
+MAX_CONCURRENT = 4  # segments replayed at once, at most
+JOBS_VAR = "AUDITOR_SEGMENT_JOBS"
+_Done = tuple[SegmentOutcome, RunRecord]  # a replayed segment: its outcome, its rerun
 
 
 class ReplayOptions(BuildOptions, Protocol):
@@ -114,23 +120,29 @@ def spot_check(store: RunStore, original: RunRecord, policy: Policy, opts: Repla
     progress(f"spot-checking run {original.identity.id}: segments "
              f"{', '.join(map(str, chosen))} of {n} (seed {seed[:12]}…)")
     backend = choose(opts.backend, progress)
+    acc = original.environment.accelerators
+    width = _width(q, backend, opts.limits, gpus=len(acc.gpus) if acc else 0)
     timings: dict[str, float] = {}
     with timed(timings, "build", progress, "environment"):
         built = build_for(store, original, opts, backend, progress)
-    outcomes: list[SegmentOutcome] = []
-    last: RunRecord | None = None
-    with timed(timings, "rerun", progress, f"replaying {q} segment(s)"):
-        for k in chosen:
-            start = refs[k - 1] if k > 0 else None
-            end = refs[k]
-            begun = datetime.now(UTC)
-            rerun = _replay(store, original, built, backend, opts, policy, start, end.step,
-                            progress)
-            diffs = _segment_differences(store, original, rerun, start.step if start else 0,
-                                         end, policy)
-            outcomes.append(_outcome(k, start.step if start else 0, end.step, diffs, policy,
-                                     rerun, (datetime.now(UTC) - begun).total_seconds()))
-            last = rerun
+    inflight = _InFlight()
+
+    def segment(k: int) -> tuple[SegmentOutcome, RunRecord]:
+        start = refs[k - 1] if k > 0 else None
+        end = refs[k]
+        begun = datetime.now(UTC)
+        rerun = _replay(store, original, built, backend, opts, policy, start, end.step,
+                        progress, inflight)
+        diffs = _segment_differences(store, original, rerun, start.step if start else 0,
+                                     end, policy)
+        return (_outcome(k, start.step if start else 0, end.step, diffs, policy, rerun,
+                         (datetime.now(UTC) - begun).total_seconds()), rerun)
+
+    label = f"replaying {q} segment(s)" + (f", {width} at a time" if width > 1 else "")
+    with timed(timings, "rerun", progress, label), interrupt_on_sigterm():
+        done = _all_segments([partial(segment, k) for k in chosen], width, inflight)
+    outcomes = [outcome for outcome, _ in done]
+    last = done[-1][1] if done else None
     assert last is not None
     notes += [*build_notes(store, original, built), *sandbox_notes(last)]
     total = refs[-1].step
@@ -230,9 +242,11 @@ def _steps(refs: Sequence[CheckpointRef]) -> str:
 
 
 def _verify_all(store: RunStore, refs: Sequence[CheckpointRef]) -> None:
-    """Every checkpoint file re-hashed: an altered or truncated one is exit 3 now."""
-    for ref in refs:
-        ck.verify_checkpoint(store.blobs, ref)
+    """Every checkpoint file re-hashed: an altered or truncated one is exit 3 now (the
+    earliest such checkpoint; hashed on every core, as hashing releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+        for _ in pool.map(lambda ref: ck.verify_checkpoint(store.blobs, ref), refs):
+            pass
 
 
 def _fresh_seed(store: RunStore, original: RunRecord) -> tuple[str, str]:
@@ -249,15 +263,19 @@ def _fresh_seed(store: RunStore, original: RunRecord) -> tuple[str, str]:
 
 def _replay(store: RunStore, original: RunRecord, built: BuildResult, backend: Backend,
             opts: ReplayOptions, policy: Policy, start: CheckpointRef | None, stop_at: int | None,
-            say: Progress) -> RunRecord:
+            say: Progress, inflight: _InFlight | None = None) -> RunRecord:
     """Rerun ``original`` from the checkpoint ``start`` (None: from the beginning) until
     the checkpoint at ``stop_at`` (None: to the end); the stored rerun record. As
     ``rerun.run.rerun``, with the checkpoint materialised into the probe folder and the
-    two variables of the checkpoint API added to the replayed environment."""
+    two variables of the checkpoint API added to the replayed environment. ``inflight``:
+    the concurrent replays of a spot-check, which register their scratch folder there
+    and do not start once it is stopping."""
     with interrupt_on_sigterm():
         tmp = scratch_dir()
         workdir = Path(tmp.name)
         try:
+            if inflight is not None:
+                inflight.add(workdir)
             lease.take(workdir, store.url, backend.name)
             acc = original.environment.accelerators
             limits = replace(opts.limits, gpus=len(acc.gpus) if acc else 0)
@@ -279,6 +297,8 @@ def _replay(store: RunStore, original: RunRecord, built: BuildResult, backend: B
                 f"({backend.name}, no network)")
             hidden = (store_dir_of(store),)
             repo = (Path(original.code.root),) if original.code and original.code.root else ()
+            if inflight is not None and inflight.stopping.is_set():
+                raise CouldNotVerify("the replay was not started: another segment's replay failed")
             try:
                 rerun = record_rerun(store, original, prep, built, lambda sink: backend.execute(
                     prep, built, limits, sink, hidden=hidden, also_hidden=repo))
@@ -291,6 +311,91 @@ def _replay(store: RunStore, original: RunRecord, built: BuildResult, backend: B
         finally:
             cleanup(workdir)
             tmp.cleanup()
+
+
+class _InFlight:
+    """The scratch folders of a spot-check's concurrent replays: on a failure or an
+    interrupt, their containers (labelled with the folder, ``lease.LABEL``) are removed,
+    so every replay ends at once, and no further one starts."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._folders: list[Path] = []
+
+    def add(self, folder: Path) -> None:
+        with self._lock:
+            self._folders.append(folder)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self._lock:
+            folders = list(self._folders)
+        for folder in folders:
+            lease.remove_containers(folder)
+
+
+def _width(q: int, backend: Backend, limits: Limits, *, gpus: int) -> int:
+    """How many segments replay at once: each in its own container (the sandbox of a full
+    rerun), up to one per CPU core and as many as this host's memory holds at the rerun's
+    memory limit; one at a time on the venv backend and for GPU runs (one device)."""
+    if backend.name != "docker" or gpus:
+        return 1
+    cores = len(os.sched_getaffinity(0))
+    per = _bytes(limits.mem_limit)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    fits = max(1, total // per) if per else 1
+    return max(1, min(q, cores, fits, MAX_CONCURRENT, _jobs()))
+
+
+def _jobs() -> int:
+    """``AUDITOR_SEGMENT_JOBS``: at most this many segments at once (1: one after the
+    other); unset: no cap beyond cores and memory."""
+    text = os.environ.get(JOBS_VAR, "").strip()
+    if not text:
+        return MAX_CONCURRENT
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"{JOBS_VAR}={text!r}: expected a whole number of at least 1")
+    return int(text)
+
+
+def _bytes(text: str) -> int | None:
+    """A docker memory size (``512m``, ``8g``, ``1073741824``) in bytes; None unreadable."""
+    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower()
+    scale = units.get(text[-1:], 0) if text and not text[-1].isdigit() else 1
+    number = text[:-1] if scale != 1 or (text and not text[-1].isdigit()) else text
+    return int(number) * scale if number.isdigit() and scale else None
+
+
+def _all_segments(tasks: Sequence[Callable[[], _Done]], width: int,
+                  inflight: _InFlight) -> list[_Done]:
+    """Every task's result, in order, ``width`` at a time. The first failure (ours: exit
+    3, or bad input) stops the others (their containers removed) and is raised, and so
+    is an interrupt."""
+    if width <= 1:
+        return [task() for task in tasks]
+    pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="segment")
+    futures = [pool.submit(task) for task in tasks]
+    try:
+        pending: set[Future[_Done]] = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in finished:
+                failed = future.exception()
+                if failed is not None:
+                    raise failed
+        return [future.result() for future in futures]
+    except BaseException:
+        inflight.stop()
+        for future in futures:
+            future.cancel()
+        while not all(future.done() for future in futures):
+            wait(futures, timeout=0.5)
+            inflight.stop()  # a container created after the last look
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _readable(folder: Path) -> None:

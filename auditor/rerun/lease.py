@@ -132,7 +132,7 @@ def reap_dead(store: RunStore) -> list[str]:
     said = []
     ours = store_digest(store.url)
     for folder, lease in dead:
-        removed = _remove_containers(folder) if lease.get("backend") == "docker" else 0
+        removed = remove_containers(folder) if lease.get("backend") == "docker" else 0
         what = [f"{removed} container(s) removed"] if removed else []
         if lease.get("store") == ours:
             if isinstance(lease.get("run"), str) and _mark_crashed(store, lease):
@@ -147,7 +147,7 @@ def reap_dead(store: RunStore) -> list[str]:
     return said
 
 
-def _remove_containers(folder: Path) -> int:
+def remove_containers(folder: Path) -> int:
     """Remove the containers labelled with ``folder`` (0 when no engine answers)."""
     import docker.errors
 

@@ -2,9 +2,11 @@
 trainings that checkpoint every epoch (``fixtures/ckpt``), real docker replays in the image
 rebuilt from their lockfile (one image for the module), real certificates.
 
-Caught: a checkpoint produced from other data than recorded (its segment diverges), a
-checkpoint file altered after recording (exit 3, nothing replayed), later segments trained
-with another learning rate; a script that checkpoints its data-loader generator resumes
+Caught (the first, third and fourth in one doctored run, recorded once): a checkpoint
+produced from other data than recorded (its segment diverges), a checkpoint file altered
+after recording (exit 3, nothing replayed), later segments trained with another learning
+rate, a segment whose replay dies (that segment fails, the other one, replayed at the same
+time, lands); a script that checkpoints its data-loader generator resumes
 bitwise, one that does not is caught with the first diverging step and a data-loader cause.
 Bad input: no checkpoints, a step with none, more segments than the run has, checkpoint
 tensors that do not fit the model.
@@ -48,10 +50,16 @@ def project(tmp_path_factory: pytest.TempPathFactory,
         "sys.argv += ['--hidden', os.environ.get('CKPT_TEST_HIDDEN', '32')]\n"
         "from train_ckpt import main\n"
         "main()\n")
-    # a learning rate the script sets itself before every update from step N on, from a
-    # variable a rerun does not get (a hand-written schedule the record does not show)
-    (root / "train_ckpt_lr.py").write_text(
-        "import os\n"
+    # one doctored run for three faults in known segments (recorded once, `doctored`):
+    # CKPT_FIXTURE_NOISE_AT=6 (recorded) feeds epoch 6 other data (segment 6); a learning
+    # rate the script sets itself before every update from step 50 on, from a variable a
+    # rerun does not get (a hand-written schedule the record does not show: segments 10
+    # and later); and its replay of the segment ending at step 15 dies at once (only a
+    # replay gets AUDITOR_STOP_AT: segment 2). Segment 4 (steps 20 -> 25) is honest.
+    (root / "train_ckpt_doctored.py").write_text(
+        "import os, sys\n"
+        "if os.environ.get('AUDITOR_STOP_AT') == '15':\n"
+        "    sys.exit('segment crash: this replay stops before step 15')\n"
         "from torch.optim.optimizer import register_optimizer_step_pre_hook\n"
         "after = os.environ.get('CKPT_TEST_LR_AFTER')\n"
         "count = [0]\n"
@@ -96,7 +104,8 @@ def seed_for(*segments: int) -> str:
 
 
 def reruns(project: dict[str, Any], run_id: str) -> list[str]:
-    res = audit("--json", "list", cwd=project["root"], env=project["env"])
+    res = audit("--json", "list", "--include-reruns", "--limit", "0", cwd=project["root"],
+                env=project["env"])  # (without the flag reruns are never listed)
     rows = json.loads(res.stdout)
     rows = rows["runs"] if isinstance(rows, dict) else rows
     return [r["id"] for r in rows if r.get("reproduces") == run_id]
@@ -105,6 +114,14 @@ def reruns(project: dict[str, Any], run_id: str) -> list[str]:
 @pytest.fixture(scope="module")
 def honest(project: dict[str, Any]) -> str:
     return record(project)
+
+
+@pytest.fixture(scope="module")
+def doctored(project: dict[str, Any]) -> str:
+    """The doctored run (``project``): other data in segment 6, another learning rate from
+    step 50 (segments 10-19), a replay that dies in segment 2; segment 4 honest."""
+    return record(project, "train_ckpt_doctored.py",
+                  env={"CKPT_FIXTURE_NOISE_AT": "6", "CKPT_TEST_LR_AFTER": "50"})
 
 
 def test_spot_check_of_an_honest_run_certifies_its_segments(
@@ -127,10 +144,10 @@ def test_spot_check_of_an_honest_run_certifies_its_segments(
         1 - (18 * 17) / (20 * 19))
 
 
-def test_a_checkpoint_from_other_data_fails_its_segment(project: dict[str, Any]) -> None:
+def test_a_checkpoint_from_other_data_fails_its_segment(project: dict[str, Any],
+                                                        doctored: str) -> None:
     epoch = 6  # segment 6 ends at the checkpoint of step 35
-    run_id = record(project, env={"CKPT_FIXTURE_NOISE_AT": str(epoch)})
-    code, result, err = verify(project, run_id, "--segments", "1",
+    code, result, err = verify(project, doctored, "--segments", "1",
                                "--segment-seed", seed_for(epoch))
     assert code == 1, err
     (segment,) = result["segments"]
@@ -139,10 +156,10 @@ def test_a_checkpoint_from_other_data_fails_its_segment(project: dict[str, Any])
         "@step 3" in segment["first_difference"], segment
 
 
-def test_later_segments_with_another_learning_rate_fail(project: dict[str, Any]) -> None:
-    run_id = record(project, "train_ckpt_lr.py", env={"CKPT_TEST_LR_AFTER": "50"})
+def test_later_segments_with_another_learning_rate_fail(project: dict[str, Any],
+                                                       doctored: str) -> None:
     early, late = 4, 16  # steps 20 -> 25 (before the change), 80 -> 85 (after it)
-    code, result, err = verify(project, run_id, "--segments", "2",
+    code, result, err = verify(project, doctored, "--segments", "2",
                                "--segment-seed", seed_for(early, late))
     assert code == 1, err
     before, after = result["segments"]
@@ -151,6 +168,22 @@ def test_later_segments_with_another_learning_rate_fail(project: dict[str, Any])
     where = " ".join(d["where"] for d in after["differences"])
     assert "checkpoint@85/" in where, where
     assert "lr" in json.dumps(after["differences"]), after["differences"]
+
+
+def test_a_failing_segment_replay_is_reported_as_that_segment(
+        project: dict[str, Any], doctored: str) -> None:
+    dies, fine = 2, 4  # replayed at once: one dies at its start, the other lands
+    before = set(reruns(project, doctored))
+    code, result, err = verify(project, doctored, "--segments", "2",
+                               "--segment-seed", seed_for(dies, fine))
+    assert code == 1, err
+    first, second = result["segments"]
+    assert first["index"] == dies and first["level"] == "not-reproduced", first
+    assert first["first_difference"] == "checkpoint@15", first
+    said = json.dumps(first["differences"])
+    assert "did not write the checkpoint at step 15" in said and "exit 1" in said, said
+    assert second["index"] == fine and second["level"] == "reproduced-bitwise", second
+    assert len(set(reruns(project, doctored)) - before) == 2  # each its own stored rerun
 
 
 def test_an_altered_checkpoint_is_exit_3_before_any_replay(project: dict[str, Any],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,3 +155,70 @@ def test_segment_rows_in_every_format() -> None:
     assert junit.count("<failure") == 2  # the verdict and segment 3; no double count
     html = render_html(result)
     assert "Segments replayed" in html and "segment 11" in html and "mlp &lt;b&gt;" in html
+
+
+# -- replaying the chosen segments at once -----------------------------------------------
+
+
+def test_memory_sizes_read_as_docker_writes_them() -> None:
+    from auditor.spotcheck import _bytes
+
+    assert _bytes("8g") == 8 << 30 and _bytes("512m") == 512 << 20
+    assert _bytes("1073741824") == 1 << 30 and _bytes("64K") == 64 << 10
+    assert _bytes("lots") is None and _bytes("") is None and _bytes("1.5g") is None
+
+
+def test_segment_jobs_caps_the_width_and_refuses_nonsense(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from auditor.rerun.backends import DockerBackend, VenvBackend
+    from auditor.rerun.sandbox import Limits
+    from auditor.spotcheck import JOBS_VAR, _width
+
+    monkeypatch.setenv(JOBS_VAR, "1")
+    assert _width(4, DockerBackend(), Limits(), gpus=0) == 1
+    monkeypatch.delenv(JOBS_VAR)
+    assert 1 <= _width(4, DockerBackend(), Limits(mem_limit="1m"), gpus=0) <= 4
+    assert _width(1, DockerBackend(), Limits(mem_limit="1m"), gpus=0) == 1  # never above q
+    assert _width(4, VenvBackend(), Limits(mem_limit="1m"), gpus=0) == 1
+    assert _width(4, DockerBackend(), Limits(mem_limit="1m"), gpus=1) == 1  # one device
+    # a limit larger than this host's memory: one at a time
+    assert _width(4, DockerBackend(), Limits(mem_limit="1000000g"), gpus=0) == 1
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(JOBS_VAR, bad)
+        with pytest.raises(InputError, match=JOBS_VAR):
+            _width(2, DockerBackend(), Limits(), gpus=0)
+
+
+def test_concurrent_segments_keep_their_order_and_the_first_failure_stops_the_rest() -> None:
+    import threading
+    import time
+
+    from auditor.core.errors import CouldNotVerify
+    from auditor.spotcheck import _all_segments, _InFlight
+
+    both = threading.Barrier(2, timeout=10)
+
+    def slow(k: int) -> Any:
+        both.wait()  # both run at once, or this times out
+        time.sleep(0.05 * (3 - k))
+        return k
+
+    inflight = _InFlight()
+    assert _all_segments([lambda k=k: slow(k) for k in (1, 2)], 2, inflight) == [1, 2]
+    assert not inflight.stopping.is_set()
+
+    started: list[int] = []
+
+    def task(k: int) -> Any:
+        if inflight.stopping.is_set():
+            raise CouldNotVerify("not started")
+        started.append(k)
+        if k == 0:
+            raise CouldNotVerify("segment 0: the container could not start")
+        time.sleep(0.3)
+        return k
+
+    inflight = _InFlight()
+    with pytest.raises(CouldNotVerify, match="segment 0"):
+        _all_segments([lambda k=k: task(k) for k in range(6)], 2, inflight)
+    assert inflight.stopping.is_set() and len(started) < 6  # the queued ones never ran
