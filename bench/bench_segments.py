@@ -1,7 +1,7 @@
 """A 20-segment run: the time of a full `audit verify` vs `audit verify --segments 2`, as a
 ratio measured in one run of this script (issue 19; target: at most 12%).
 
-    python bench/bench_segments.py [--hidden 1024] [--repeats N] [--out FILE]
+    python bench/bench_segments.py [--hidden 1024] [--updates 1] [--repeats N] [--out FILE]
         # writes bench/results/segments.json
 
 Records ``bench/segments_fixture/train_heavy.py`` (the checkpoint pattern of
@@ -55,6 +55,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hidden", type=int, default=1024,
                         help="the training's width: what one step costs")
+    parser.add_argument("--updates", type=int, default=1,
+                        help="optimizer updates per logged step: the training's length "
+                             "without larger checkpoints")
     parser.add_argument("--repeats", type=int, default=REPEATS,
                         help="alternating pairs of verifications (medians reported)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the figures go")
@@ -74,7 +77,8 @@ def main() -> None:
         for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "b"]):
             sh(["git", *cmd], project, env)
         out = sh([AUDIT, "--json", "record", "--", sys.executable, "train_heavy.py",
-                  "--hidden", str(args.hidden)], project, env).stdout
+                  "--hidden", str(args.hidden), "--repeat", str(args.updates)],
+                 project, env).stdout
         run_id = json.loads(out.strip().splitlines()[-1])["id"]
         shown = json.loads(sh([AUDIT, "--json", "show", run_id], project, env).stdout)
         training = float(shown["identity"]["duration_s"])
@@ -117,6 +121,7 @@ def main() -> None:
             "machine": f"{platform.machine()} {os.cpu_count()} cpus; docker",
             "load_average_1min_at_start": round(load, 2),
             "fixture": f"bench/segments_fixture/train_heavy.py --hidden {args.hidden} "
+                       f"--repeat {args.updates} "
                        "(20 epochs x 5 steps, a checkpoint per epoch: 20 segments)",
             "training_recorded_s": round(training, 2),
             "full_verify_s": [round(x, 2) for x in full],

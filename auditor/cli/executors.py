@@ -138,10 +138,22 @@ def run(ctx: click.Context, store: RunStore, ids: list[str], policy: Policy,
     else:
         outcomes = submit(ex.spec, planned, allow_gpu_mismatch=ex.allow_gpu_mismatch,
                           say=say(ctx), folder=Path("."))
-    _show(ctx, store, planned.batch_id, outcomes, planned.skipped)
-    # a signal's or a shell's code from a job (130, 127) is could-not-verify: exit 3
-    sys.exit(max((o.exit_code if o.exit_code in (0, 1, 2) else 3 for o in outcomes),
-                 default=0))
+    codes = _show(ctx, store, planned.batch_id, outcomes, planned.skipped)
+    sys.exit(max(codes, default=0))
+
+
+def exit_code_of(outcome: Outcome, item: Any) -> int:
+    """One job's exit code, the store's record first: a retried job that found its run
+    already ``failed`` in this batch exits 0 (nothing left to do) yet the run was not
+    verified, so it counts 3; a signal's or a shell's code (130, 127) is 3 too."""
+    code = outcome.exit_code if outcome.exit_code in (0, 1, 2) else 3
+    if item is None:
+        return code
+    if item.state == "failed":
+        return max(code, 3)
+    if item.state == "done" and item.exit_code in (0, 1, 2):
+        return max(code if code == 3 else 0, int(item.exit_code))
+    return code
 
 
 def _shared_tmp() -> str | None:
@@ -175,29 +187,36 @@ def _emit(ctx: click.Context, batch_id: str, jobs: list[Any], ex: ExecutorArgs) 
 
 
 def _show(ctx: click.Context, store: RunStore, batch_id: str, outcomes: list[Outcome],
-          skipped: list[str]) -> None:
+          skipped: list[str]) -> list[int]:
     """Each job's outcome beside what its worker recorded in the batch (the store is the
-    truth: a job whose run another worker held exits 0 and is ``skipped`` there)."""
+    truth: a job whose run another worker held exits 0 and is ``skipped`` there); each
+    job's exit code as ``exit_code_of`` reconciles the two."""
     items = {i.run_id: i for i in store.batches().get(batch_id).items}
     rows: list[dict[str, Any]] = []
+    codes: list[int] = []
     for o in outcomes:
         item = items.get(o.run_id)
-        rows.append({"run": o.run_id, "exit": o.exit_code, "verdict": o.verdict,
+        codes.append(exit_code_of(o, item))
+        rows.append({"run": o.run_id, "exit": codes[-1], "job_exit": o.exit_code,
+                     "verdict": o.verdict,
                      "state": item.state if item else None,
                      "recorded_verdict": item.verdict if item else None, "node": o.node,
                      "attempts": o.attempts, "seconds": o.seconds,
                      "message": o.message or (item.message if item else "")})
     if wants_json(ctx):
         click.echo(json.dumps({"batch": batch_id, "skipped": skipped, "jobs": rows}, indent=1))
-        return
+        return codes
     for row in rows:
         where = f" on {str(row['node'])[:12]}" if row["node"] else ""
         tries = f", {row['attempts']} attempts" if row["attempts"] > 1 else ""
         said = row["recorded_verdict"] or row["verdict"]
         if row["state"] == "skipped":
             said = f"skipped ({row['message']})"
+        elif row["state"] == "failed":
+            said = row["recorded_verdict"] or "could-not-verify"
         click.echo(f"{row['run']}: {said} (exit {row['exit']}{where}{tries})"
                    + (f": {row['message']}" if row["exit"] not in (0, 1) and row["message"]
                       else ""))
     click.echo(f"batch {batch_id}: {len(outcomes)} job(s), {len(skipped)} skipped")
     hint(ctx, f"see `audit batch show {batch_id}`")
+    return codes
