@@ -375,9 +375,10 @@ def main() -> int:
             report["d_warm_verify"] = warm_verify(args.repeat, args.against)
     report["host"]["load_1m_after"] = round(os.getloadavg()[0], 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    if args.skip_builds or args.skip_verify:  # keep the other part's last figures
-        kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        report = {**kept, **report}
+    if args.skip_builds and RESULTS.exists():  # the builds' last figures kept, as they were
+        kept = json.loads(RESULTS.read_text())
+        report = {**kept, "d_warm_verify": {"when": report["when"], "host": report["host"],
+                                            **report["d_warm_verify"]}}
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
