@@ -10,18 +10,16 @@ engine, a failed build, a GPU mismatch, a timeout.
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from auditor.certify.decide import decide, verify_result
-from auditor.certify.verdict import VerifyResult
-from auditor.compare import compare_runs, evidence_from_store, plot_series
 from auditor.core.errors import AuditorError, CouldNotVerify, InputError
-from auditor.core.keys import load_private_key
 from auditor.core.policy import Policy, RerunPolicy
 from auditor.core.progress import stage, timed
 from auditor.core.safefile import check_target
@@ -34,10 +32,17 @@ from auditor.rerun.sandbox import Limits
 from auditor.store import RunStore
 
 if TYPE_CHECKING:
+    from auditor.certify.verdict import VerifyResult
     from auditor.store.batches import ItemResult as ItemResultT
     from auditor.store.batches import Shard as ShardT
 
 Progress = Callable[[str], None]
+
+# What only the stages after the rerun use (the comparers with numpy, the verdict and the
+# certificate): imported in the background while the rerun runs, not before it starts.
+AFTER_RERUN = ("auditor.certify.decide", "auditor.compare.environment",
+               "auditor.compare.files", "auditor.compare.metrics", "auditor.compare.params",
+               "auditor.compare.process", "auditor.certify.issue")
 
 
 @dataclass(frozen=True)
@@ -79,9 +84,15 @@ def verify(
     backend = choose(opts.backend, progress)
     with timed(timings, "build", progress, "environment"):
         built = build_for(store, original, opts, backend, progress)
+    loading = _import_in_background(AFTER_RERUN)
     with timed(timings, "rerun", progress, "rerun"):
         rerun = rerun_in(store, original, built, backend, limits=opts.limits,
                          skip_replay=opts.skip_replay, pass_env=policy.rerun.pass_env, say=progress)
+    loading.join()  # the imports below then find what it loaded (or fail here, as always)
+    from auditor.certify.decide import decide, verify_result
+    from auditor.certify.issue import issue_certificate
+    from auditor.compare import compare_runs, evidence_from_store, plot_series
+
     notes += [*build_notes(store, original, built), *sandbox_notes(rerun),
               *(f"setting not replayed (test switch): {s}" for s in opts.skip_replay)]
     with timed(timings, "compare", progress, "comparing metrics, weights, files and environment"):
@@ -90,10 +101,23 @@ def verify(
     result = verify_result(original, rerun, verdict, policy, image=built.image_id,
                            backend=built.backend, started=started, seconds=timings,
                            metric_series=plot_series(left, right))
-    from auditor.certify.issue import issue_certificate
-
     with stage(progress, "certificate"):
         return issue_certificate(store, result, original, rerun, opts.sign_key, opts.certificate)
+
+
+def _import_in_background(modules: tuple[str, ...]) -> threading.Thread:
+    """Import ``modules`` in a daemon thread (the rerun waits on its container meanwhile).
+    A failure is left to the caller's own import of the module, which raises it."""
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except BaseException:  # noqa: BLE001 - raised again by the caller's import
+                return
+
+    thread = threading.Thread(target=load, name="auditor-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def _check_verifiable(store: RunStore, record: RunRecord, policy: RerunPolicy) -> list[str]:
@@ -133,6 +157,8 @@ def _check_outputs(opts: VerifyOptions) -> None:
     """The signing key and the certificate target, checked before any build: a bad key or
     an unwritable target is exit 2 now, not after a cold image build and a rerun."""
     if opts.sign_key is not None:
+        from auditor.core.keys import load_private_key
+
         load_private_key(opts.sign_key)
     if opts.certificate is not None:
         check_target(opts.certificate)

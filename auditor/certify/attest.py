@@ -48,7 +48,6 @@ from auditor.certify.certificate import (
     sign_payload,
     verify_envelope,
 )
-from auditor.compare.weights import WEIGHT_SUFFIXES
 from auditor.core.errors import InputError, IntegrityError
 from auditor.core.keys import PrivateKey, PublicKey
 from auditor.core.schema import ArtifactRef
@@ -74,6 +73,8 @@ def model_digest(files: Iterable[tuple[str, str]]) -> str:
 
 def model_folder(outputs: Sequence[ArtifactRef]) -> str | None:
     """The deepest folder holding every weights output of a run, or None."""
+    from auditor.compare.weights import WEIGHT_SUFFIXES  # numpy: not for every user of this
+
     weights = [PurePosixPath(a.name) for a in outputs
                if PurePosixPath(a.name).suffix.lower() in WEIGHT_SUFFIXES]
     if not weights:

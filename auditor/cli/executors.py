@@ -58,14 +58,14 @@ class ExecutorArgs:
 def take(kw: dict[str, Any]) -> ExecutorArgs | None:
     """The executor's options, out of ``kw`` (None without ``--executor``), and the verify
     options each job repeats. Bad combinations are exit 2 before the store opens."""
-    from auditor.executors import engine_of
-
     spec, emit = kw.pop("executor", None), kw.pop("emit", None)
     image, queue = kw.pop("image", None), kw.pop("queue", None)
     if not spec:
         if emit or image or queue:
             raise InputError("--emit, --image and --queue go with --executor kubernetes")
         return None
+    from auditor.executors import engine_of  # only with --executor
+
     engine = engine_of(spec)
     if engine == "kubernetes" and not emit:
         raise InputError("--executor kubernetes writes manifests", hint="give --emit DIR")

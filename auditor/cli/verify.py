@@ -226,7 +226,6 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
     With --segments Q, a spot-check replays Q segments between the run's checkpoints; with
     --resume-at STEP, the run resumes from its checkpoint at STEP and must match the
     uninterrupted run."""
-    from auditor.store.query import verifiable_runs
     from auditor.store.roles import require
 
     if bool(run) == all_runs:
@@ -254,9 +253,13 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
     batch = _batch_args(kw)
     store = store_of(ctx)
     require(store, "verify")  # only a verifier's role appends certificates: fail now
-    ids = (verifiable_runs(store, since=kw.get("since"), tags=kw.get("tags") or (),
-                           name=kw.get("name_glob"))
-           if all_runs else [store.resolve(run or "")])
+    if all_runs:
+        from auditor.store.query import verifiable_runs
+
+        ids = verifiable_runs(store, since=kw.get("since"), tags=kw.get("tags") or (),
+                              name=kw.get("name_glob"))
+    else:
+        ids = [store.resolve(run or "")]
     if executor is not None:
         run_on_executor(ctx, store, ids, policy, executor, batch[0] if batch else None,
                         kw["timeout"])
@@ -276,10 +279,10 @@ def verify_cmd(ctx: click.Context, /, run: str | None, all_runs: bool, **kw: Any
 
 def _batch_args(kw: dict[str, Any]) -> tuple[str, Shard] | None:
     """``--batch ID`` and ``--shard I/N``, checked before the store opens (exit 2)."""
-    from auditor.store.batches import ALL, new_batch_id, parse_shard, validate_batch_id
-
     if not kw.get("batch_id") and not kw.get("shard"):
         return None
+    from auditor.store.batches import ALL, new_batch_id, parse_shard, validate_batch_id
+
     shard = parse_shard(kw["shard"]) if kw.get("shard") else ALL
     return validate_batch_id(kw["batch_id"]) if kw.get("batch_id") else new_batch_id(), shard
 
@@ -423,8 +426,6 @@ def _write_reports(results: list[VerifyResult], targets: dict[str, Path],
 
 def _render(ctx: click.Context, results: list[VerifyResult],
             failures: list[tuple[str, int, str]], single: bool) -> None:
-    from auditor.report.terminal import print_result, print_summary
-
     if wants_json(ctx):
         click.echo(
             json.dumps(
@@ -436,6 +437,8 @@ def _render(ctx: click.Context, results: list[VerifyResult],
             )
         )
         return
+    from auditor.report.terminal import print_result, print_summary
+
     if single and results:
         print_result(results[0])
     else:

@@ -19,26 +19,44 @@ an id in a name), TensorBoard event files read by ``events``, logs informational
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from auditor.compare import environment, files, metrics, params, process
 from auditor.compare.difference import Difference
 from auditor.compare.evidence import Evidence, evidence_from_store, plot_series
 from auditor.core.errors import InputError
 from auditor.core.policy import ComparePolicy
 
-__all__ = ["COMPARATORS", "Comparer", "Difference", "Evidence", "compare_runs",
-           "evidence_from_store", "plot_series"]
+__all__ = ["COMPARATORS", "Comparer", "Difference", "Evidence", "comparators",
+           "compare_runs", "evidence_from_store", "plot_series"]
 
 Comparer = Callable[[Evidence, Evidence, ComparePolicy], list[Difference]]
 
-COMPARATORS: tuple[tuple[str, Comparer], ...] = (
-    ("process", process.compare),
-    ("params", params.compare),
-    ("environment", environment.compare),
-    ("metrics", metrics.compare),
-    ("weights", files.compare_weights),
-    ("files", files.compare),
-)
+if TYPE_CHECKING:
+    COMPARATORS: tuple[tuple[str, Comparer], ...]
+
+
+@cache
+def comparators() -> tuple[tuple[str, Comparer], ...]:
+    """The table, in order. The comparers (numpy with them) are imported on first use, not
+    with the package: ``Difference`` and ``evidence_from_store`` stay cheap to import, and
+    ``audit verify`` loads them while the rerun runs."""
+    from auditor.compare import environment, files, metrics, params, process
+
+    return (
+        ("process", process.compare),
+        ("params", params.compare),
+        ("environment", environment.compare),
+        ("metrics", metrics.compare),
+        ("weights", files.compare_weights),
+        ("files", files.compare),
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "COMPARATORS":  # the table, as it was when imported with the package
+        return comparators()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def compare_runs(
@@ -46,12 +64,12 @@ def compare_runs(
 ) -> dict[str, list[Difference]]:
     """Every comparer's differences (or those named in ``only``), in table order."""
     chosen = _chosen(only)
-    return {name: comparer(left, right, policy) for name, comparer in COMPARATORS
+    return {name: comparer(left, right, policy) for name, comparer in comparators()
             if name in chosen}
 
 
 def _chosen(only: Sequence[str] | None) -> set[str]:
-    names = [name for name, _ in COMPARATORS]
+    names = [name for name, _ in comparators()]
     if only is None:
         return set(names)
     unknown = [name for name in only if name not in names]

@@ -1,4 +1,4 @@
-"""The environment comparer: what surrounded the two runs, group by group, with deepdiff.
+"""The environment comparer: what surrounded the two runs, group by group, item by item.
 
 Contract: ``compare(left, right, policy)`` returns one ``kind="changed"`` difference per
 changed item, at ``environment/<group>/<item>`` (``environment/packages/numpy``) with both
@@ -12,11 +12,14 @@ implementation, build), os (os, kernel, glibc), cpu (model, count, affinity, fla
 (names, compute capabilities, driver, CUDA driver, torch CUDA, cuDNN, NCCL), determinism
 (every switch but ``source``), seeds (seed, seeded, pythonhashseed, torch_initial_seed),
 env (environment variables; a variable redacted on both sides is left out, since its
-values cannot be compared). Each group is a small dict, so deepdiff stays cheap.
+values cannot be compared). An item differs where deepdiff would find a change in it
+(``_equal``: types count, lists in order, NaN equals NaN), decided without deepdiff's walk
+or import, since a rerun in another image changes hundreds of package items.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -110,12 +113,31 @@ def _compare_group(group: str, left: Group, right: Group) -> list[Difference]:
                            stats={"group": group}, comments=(f"not captured in the {lacking}",))]
     if group == "env":
         left, right = _without_redacted(left, right)
+    if isinstance(left, dict) and isinstance(right, dict):  # every group: its items only
+        items = sorted(k for k in left.keys() | right.keys()
+                       if k not in left or k not in right or not _equal(left[k], right[k]))
+        return [_item(group, item, left.get(item), right.get(item)) for item in items]
     changes = deep_changes(left, right)
     if any(not c.path for c in changes):  # the whole group changed shape or type
         return [Difference(where=f"environment/{group}", kind="changed", left=short(left),
                            right=short(right), within_tolerance=True, stats={"group": group})]
     items = sorted({c.path[0] for c in changes})
     return [_item(group, item, left.get(item), right.get(item)) for item in items]
+
+
+def _equal(left: Any, right: Any) -> bool:
+    """deepdiff's equality, which the group's items need only as yes or no (no walk, no
+    import: a verify changes hundreds of package items): the same type at every level
+    (``1`` is not ``1.0``, a list is not a tuple), lists in order, NaN equal to NaN."""
+    if type(left) is not type(right):
+        return False
+    if isinstance(left, dict):
+        return left.keys() == right.keys() and all(_equal(v, right[k]) for k, v in left.items())
+    if isinstance(left, list | tuple):
+        return len(left) == len(right) and all(map(_equal, left, right))
+    if isinstance(left, float) and math.isnan(left):
+        return math.isnan(right)
+    return bool(left == right)
 
 
 def _without_redacted(left: dict[str, Any], right: dict[str, Any]) -> tuple[dict[str, Any], ...]:

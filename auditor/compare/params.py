@@ -6,7 +6,7 @@ list indices joined by ``/``: ``params/optim/lr``), with both values in short fo
 within tolerance: a rerun with other hyperparameters is not the same run. NaN equals NaN;
 ``1`` vs ``1.0`` is a change of type and is reported. The policy is not consulted.
 
-``deep_changes`` is the shared deepdiff walk (also used by the environment comparer):
+``deep_changes`` is the shared deepdiff walk (the environment comparer's fallback):
 deepdiff's tree view, so paths come as lists and never need parsing back out of strings.
 """
 

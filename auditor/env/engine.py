@@ -1,9 +1,10 @@
 """The docker engine: a connected client, or ``EngineUnavailable`` (exit 3) at once.
 
 ``docker_client()`` checks a ``unix://`` socket itself before the SDK touches it (the SDK
-leaks a failed socket), then pings within ``PING_TIMEOUT_S``. ``engine_answers()`` is the
-question the backend choice asks. Used by the docker build, the base image and the
-docker rerun; nothing here knows about builds.
+leaks a failed socket), then asks within ``PING_TIMEOUT_S``: the API version the first
+time in a process (that answer is the ping), a ping with the version kept after that.
+``engine_answers()`` is the question the backend choice asks. Used by the docker build,
+the base image and the docker rerun; nothing here knows about builds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from auditor.core.errors import EngineUnavailable
 
 PING_TIMEOUT_S = 3
 BUILD_TIMEOUT_S = 3600
+_API_VERSIONS: dict[str, str] = {}  # engine URL -> the API version negotiated with it
 
 
 def docker_client(timeout: int = BUILD_TIMEOUT_S) -> Any:
@@ -29,8 +31,12 @@ def docker_client(timeout: int = BUILD_TIMEOUT_S) -> Any:
         raise EngineUnavailable(message)  # checked here: the SDK leaks a failed socket
     client = None
     try:
-        client = docker.from_env(timeout=PING_TIMEOUT_S)
-        client.ping()
+        known = _API_VERSIONS.get(url)  # None: negotiated now (GET /version, an answer too)
+        client = docker.from_env(timeout=PING_TIMEOUT_S, version=known)
+        if known is None:
+            _API_VERSIONS[url] = client.api.api_version
+        else:
+            client.ping()
     except (docker.errors.DockerException, OSError) as exc:
         if client is not None:
             client.close()

@@ -127,13 +127,17 @@ def execute_docker(
             err = list(_lines(iter([container.logs(stdout=False, stderr=True)])))
         code = int(status.get("StatusCode", 1))
     finally:
-        with contextlib.suppress(docker.errors.DockerException):
-            if container is not None:
+        removed = False
+        if container is not None:
+            with contextlib.suppress(docker.errors.DockerException):
                 container.remove(force=True)
-            for left in client.containers.list(
-                all=True, sparse=True, filters={"label": f"auditor.attempt={attempt}"}
-            ):
-                left.remove(force=True)
+                removed = True
+        if not removed:  # created but not returned by `run`, or not removed: by its label
+            with contextlib.suppress(docker.errors.DockerException):
+                for left in client.containers.list(
+                    all=True, sparse=True, filters={"label": f"auditor.attempt={attempt}"}
+                ):
+                    left.remove(force=True)
         client.close()
     return Executed(
         code, "".join(out), "".join(err), time.monotonic() - started, prep.workdir / "probe",

@@ -147,3 +147,23 @@ def test_many_package_changes_are_itemised_not_one_blob() -> None:
     wheres = {d.where for d in compare(a, b)}
     assert "environment/packages/pkg0" in wheres and "environment/packages/other" in wheres
     assert "environment/packages" not in wheres and len(wheres) >= 40
+
+
+def test_items_differ_exactly_where_deepdiff_finds_a_change() -> None:
+    """The group items are compared without deepdiff (a verify changes hundreds of them):
+    the changed items must be those deepdiff's walk finds, types, order and NaN included."""
+    from auditor.compare.params import deep_changes
+
+    nan = float("nan")
+    left = {"same": 1, "int_float": 1, "bool_int": True, "list_tuple": [1, 2],
+            "order": [1, 2], "nan": nan, "nan_list": [nan, 1.0], "nested": {"a": {"b": 1}},
+            "nested_same": {"a": [1, {"b": nan}]}, "gone": "x", "none": None, "zero": 0.0,
+            "str": "a"}
+    right = {"same": 1, "int_float": 1.0, "bool_int": 1, "list_tuple": (1, 2),
+             "order": [2, 1], "nan": nan, "nan_list": [nan, 1.0], "nested": {"a": {"b": 2}},
+             "nested_same": {"a": [1, {"b": nan}]}, "new": "y", "none": None, "zero": -0.0,
+             "str": "b"}
+    walked = sorted({c.path[0] for c in deep_changes(left, right)})
+    got = [d.where.rsplit("/", 1)[1] for d in environment._compare_group("env", left, right)]
+    assert got == walked == ["bool_int", "gone", "int_float", "list_tuple", "nested", "new",
+                             "order", "str"]
