@@ -191,7 +191,14 @@ def _show(ctx: click.Context, store: RunStore, batch_id: str, outcomes: list[Out
     """Each job's outcome beside what its worker recorded in the batch (the store is the
     truth: a job whose run another worker held exits 0 and is ``skipped`` there); each
     job's exit code as ``exit_code_of`` reconciles the two."""
-    items = {i.run_id: i for i in store.batches().get(batch_id).items}
+    tables = store.batches()
+    items = {i.run_id: i for i in tables.get(batch_id).items}
+    refused = [o for o in outcomes if o.exit_code not in (0, 1, 2)
+               and (i := items.get(o.run_id)) is not None and i.state == "pending"]
+    if refused:  # never started by any worker: could-not-verify in the batch, not pending
+        for o in refused:
+            tables.refuse(batch_id, o.run_id, o.message or "the job never started")
+        items = {i.run_id: i for i in tables.get(batch_id).items}
     rows: list[dict[str, Any]] = []
     codes: list[int] = []
     for o in outcomes:

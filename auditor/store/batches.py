@@ -385,6 +385,18 @@ class BatchTables:
             ).values(state="skipped", message=reason[:MAX_TEXT], verdict=verdict,
                      certificate_sha256=certificate_sha256))
 
+    def refuse(self, batch_id: str, run_id: str, reason: str) -> bool:
+        """Mark an item no worker ever took ``failed`` (could-not-verify, exit 3): refused
+        before it started (no node has its GPU, the engine never ran its job). An item a
+        worker took keeps what that worker recorded. True when the item was changed."""
+        with self._begin() as conn:
+            changed = conn.execute(t_items.update().where(
+                t_items.c.batch_id == batch_id, t_items.c.run_id == run_id,
+                t_items.c.state == "pending",
+            ).values(state="failed", verdict="could-not-verify", exit_code=3,
+                     message=reason[:MAX_TEXT]))
+        return bool(changed.rowcount)
+
     def get(self, batch_id: str) -> Batch:
         """The batch and its items; ``InputError`` (exit 2) when there is none."""
         validate_batch_id(batch_id)

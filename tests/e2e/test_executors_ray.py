@@ -157,6 +157,9 @@ def test_a_batch_runs_in_parallel_places_the_gpu_run_and_is_never_verified_twice
     assert jobs[runs["gpu"]]["node"] == _gpu_node(cluster)
     items = _batch(world, batch)
     assert items[runs["gpu"]]["node"] == "gpu-node" and items[runs["gpu"]]["state"] == "done"
+    # refused before submission: could-not-verify in the batch, not left pending
+    assert (items[runs["t4"]]["state"], items[runs["t4"]]["verdict"]) == (
+        "failed", "could-not-verify"), items[runs["t4"]]
     for run_id in ids:
         assert items[run_id]["verdict"].startswith("reproduced"), items[run_id]
         assert items[run_id]["certificate_sha256"], items[run_id]

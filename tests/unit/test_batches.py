@@ -177,6 +177,25 @@ def test_batch_items_record_where_and_how_long(tables: tuple[BatchTables, Clock]
     assert [b.id for b in t.list()] == ["ci-7"]
 
 
+def test_an_item_refused_before_any_worker_took_it_fails_and_a_taken_one_is_kept(
+        tables: tuple[BatchTables, Clock]) -> None:
+    t, _ = tables
+    t.create("b1", policy_sha256=P)
+    t.add_items("b1", [("r1", 1), ("r2", 1)])
+    assert t.claim("b1", "r2", P, L, worker="w1", lease_s=60).owned
+    t.finish("b1", "r2", P, L, ItemResult("reproduced-bitwise", 0,
+                                          certificate_sha256="c" * 64), worker="w1")
+    assert t.refuse("b1", "r1", "no node offers GPU 'Tesla T4'")
+    assert not t.refuse("b1", "r2", "late")  # what its worker recorded stays
+    items = {i.run_id: i for i in t.get("b1").items}
+    assert (items["r1"].state, items["r1"].verdict, items["r1"].exit_code,
+            items["r1"].message) == ("failed", "could-not-verify", 3,
+                                     "no node offers GPU 'Tesla T4'")
+    assert (items["r2"].state, items["r2"].verdict) == ("done", "reproduced-bitwise")
+    # nothing was claimed for r1: a later batch verifies it
+    assert t.needs_verification(["r1"], P, {"r1": L}) == ["r1"]
+
+
 def test_a_shard_under_another_policy_or_count_is_refused(
         tables: tuple[BatchTables, Clock]) -> None:
     t, _ = tables
