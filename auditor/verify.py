@@ -135,6 +135,11 @@ def _check_verifiable(store: RunStore, record: RunRecord, policy: RerunPolicy) -
             f"run {record.identity.id} is {record.identity.status}; only finished "
             "runs can be verified"
         )
+    withheld = record.not_captured.get("code.diff")
+    if withheld and record.code is not None and record.code.diff_artifact is None:
+        # the tree cannot be rebuilt: say so before a build (a derived lock: minutes)
+        raise CouldNotVerify(f"run {record.identity.id} cannot be verified: {withheld}",
+                             hint="record the run again once its changes hold no secret")
     for art in record.artifacts:
         store.blobs.verified_path(art.sha256, art.name)  # IntegrityError (exit 3) when altered
     from auditor.release.tamper import raise_first, series_problems

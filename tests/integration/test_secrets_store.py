@@ -197,6 +197,9 @@ def test_secrets_in_untracked_files_and_uncommitted_changes_are_never_stored(  #
     verify = audit("verify", rec.identity.id[:12], "--backend", "venv", cwd=repo, env=env)
     assert verify.returncode == 3, verify.stdout + verify.stderr
     assert "Traceback" not in verify.stderr
+    # said before any build (a run without a lockfile would first compile one: minutes)
+    assert "the uncommitted changes were not stored" in verify.stderr, verify.stderr
+    assert "environment" not in verify.stderr.split("cannot be verified")[0], verify.stderr
     store.close()
 
 
