@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -215,17 +217,19 @@ def s3_bucket(s3_env: dict[str, str]) -> str:
 def audit(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real `audit` command."""
+    """Run the real `audit` command; past ``timeout`` its whole process group is killed
+    (a pip-compile or a rerun it started is not left running into later tests)."""
     full_env = {**os.environ, **GIT_ENV, **(env or {})}
-    return subprocess.run(
-        [AUDIT, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        check=False,
-    )
+    with subprocess.Popen([AUDIT, *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess([AUDIT, *args], proc.returncode, out, err)
 
 
 @pytest.hookimpl(hookwrapper=True)
