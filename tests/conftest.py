@@ -232,6 +232,13 @@ def audit(
     return subprocess.CompletedProcess([AUDIT, *args], proc.returncode, out, err)
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a child a test interrupts with SIGINT: CI started in the
+    background (``cmd &`` without job control) ignores SIGINT, the child inherits that,
+    and Python then installs no KeyboardInterrupt handler of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     """Under CI nothing may pass by skipping: a skipped test is reported as a failure."""

@@ -356,11 +356,11 @@ def test_signal_to_verify_removes_the_venv_rerun_and_its_scratch_folder(
     res = audit("--json", "record", "--", PY, script, str(pid_file), cwd=repo, env=env)
     assert res.returncode == 0, res.stderr
     run_id = json.loads(res.stdout.strip().splitlines()[-1])["id"]
-    from tests.conftest import AUDIT, GIT_ENV
+    from tests.conftest import AUDIT, GIT_ENV, default_sigint
 
     proc = subprocess.Popen([AUDIT, "verify", run_id, "--backend", "venv"], cwd=repo,
                             env={**os.environ, **GIT_ENV, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         pattern = f"{tempfile.gettempdir()}/auditor-rerun-*/tree/{script}"
         scratch = Path(_wait_for(lambda: glob.glob(pattern), 300)[0]).parent.parent

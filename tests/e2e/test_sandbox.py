@@ -46,6 +46,7 @@ from auditor.rerun.sandbox import (
     scratch_dir,
 )
 from auditor.store import SqlStore, open_store
+from tests.conftest import default_sigint
 from tests.factories import make_record
 
 pytestmark = [pytest.mark.docker]
@@ -468,7 +469,7 @@ def test_t40_sigint_removes_container(
     run_id = prep.record.identity.id
     proc = subprocess.Popen(
         [sys.executable, str(scratch / "runner.py"), str(scratch / "prep.pickle"), sandbox_image],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
     )
     try:
         assert proc.stdout is not None
