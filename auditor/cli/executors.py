@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from auditor.core.policy import Policy
     from auditor.executors.base import Outcome
     from auditor.store import RunStore
+    from auditor.store.batches import BatchItem
 
 F = Any
 
@@ -138,11 +139,21 @@ def run(ctx: click.Context, store: RunStore, ids: list[str], policy: Policy,
     else:
         outcomes = submit(ex.spec, planned, allow_gpu_mismatch=ex.allow_gpu_mismatch,
                           say=say(ctx), folder=Path("."))
+    _refuse_unstarted(store, planned.batch_id, outcomes)
     codes = _show(ctx, store, planned.batch_id, outcomes, planned.skipped)
     sys.exit(max(codes, default=0))
 
 
-def exit_code_of(outcome: Outcome, item: Any) -> int:
+def _refuse_unstarted(store: RunStore, batch_id: str, outcomes: list[Outcome]) -> None:
+    """A job that ended without a verdict while its run is still ``pending`` never
+    started (no node has its GPU): could-not-verify in the batch, not left pending."""
+    tables = store.batches()
+    for o in outcomes:
+        if o.exit_code not in (0, 1, 2):
+            tables.refuse(batch_id, o.run_id, o.message or "the job never started")
+
+
+def exit_code_of(outcome: Outcome, item: BatchItem | None) -> int:
     """One job's exit code, the store's record first: a retried job that found its run
     already ``failed`` in this batch exits 0 (nothing left to do) yet the run was not
     verified, so it counts 3; a signal's or a shell's code (130, 127) is 3 too."""
@@ -150,7 +161,7 @@ def exit_code_of(outcome: Outcome, item: Any) -> int:
     if item is None:
         return code
     if item.state == "failed":
-        return max(code, 3)
+        return 3
     if item.state == "done" and item.exit_code in (0, 1, 2):
         return max(code if code == 3 else 0, int(item.exit_code))
     return code
@@ -191,14 +202,7 @@ def _show(ctx: click.Context, store: RunStore, batch_id: str, outcomes: list[Out
     """Each job's outcome beside what its worker recorded in the batch (the store is the
     truth: a job whose run another worker held exits 0 and is ``skipped`` there); each
     job's exit code as ``exit_code_of`` reconciles the two."""
-    tables = store.batches()
-    items = {i.run_id: i for i in tables.get(batch_id).items}
-    refused = [o for o in outcomes if o.exit_code not in (0, 1, 2)
-               and (i := items.get(o.run_id)) is not None and i.state == "pending"]
-    if refused:  # never started by any worker: could-not-verify in the batch, not pending
-        for o in refused:
-            tables.refuse(batch_id, o.run_id, o.message or "the job never started")
-        items = {i.run_id: i for i in tables.get(batch_id).items}
+    items = {i.run_id: i for i in store.batches().get(batch_id).items}
     rows: list[dict[str, Any]] = []
     codes: list[int] = []
     for o in outcomes:
