@@ -4,6 +4,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 AUDIT   := $(BIN)/audit
 PYTEST_ARGS ?=
+# test processes (pytest-xdist, one module per process: a module's fixtures stay in one
+# process). Most tests wait on subprocesses, docker and servers, so 2 halve CI on 2 cores.
+TEST_JOBS ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: venv demo test test-fast lint bench clean
@@ -23,10 +26,10 @@ demo: venv
 	$(BIN)/python -m auditor.cli.demo
 
 test: venv
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: venv
-	$(BIN)/python -m pytest -m "not slow and not docker" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile -m "not slow and not docker" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check auditor tests bench

@@ -125,7 +125,9 @@ def small_build(docker_client: Any, small_inputs: BuildInputs,
                 tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     _untag(docker_client, small_inputs)
     seen = Recorder()
-    result = build_docker(small_inputs, progress=seen)
+    # no_cache: another test (another pytest worker) may be building the same small lock
+    # now, and its layers would make this build count nothing
+    result = build_docker(small_inputs, no_cache=True, progress=seen)
     assert "building the image" in seen.stages
     six, *installer = seen.counted["fetching"]  # the installer, uv, is a build input too
     assert six == "six-1.17.0-py2.py3-none-any.whl"

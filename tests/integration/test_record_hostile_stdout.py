@@ -99,15 +99,16 @@ def test_control_characters_in_names_are_escaped(make_repo, tmp_path: Path) -> N
                 "--", PY, "m.py", f"--lr{ESC}", "0.1", cwd=repo, env=env)
     assert res.returncode == 0, res.stderr
     run_id = _recorded(res)
-    fast = run_list(str(store), "list")
-    full = run_list(str(store), "list", full=True)
+    wide = {"COLUMNS": "200"}  # the table is cut to the width; never rely on a leaked one
+    fast = run_list(str(store), "list", env=wide)
+    full = run_list(str(store), "list", full=True, env=wide)
     assert fast[3].startswith("fast") and full[3].startswith("full")
     for code, out, _err, _path in (fast, full):
         assert code == 0
         assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
         assert "\\x1b[31mred\\x07[bold]x[/]" in out  # visible, markup literal
         assert "\\x1b[2Jloss\\u202e=0.5" in out
-    shown = audit("show", run_id, cwd=repo, env=env)
+    shown = audit("show", run_id, cwd=repo, env={**env, **wide})
     assert shown.returncode == 0, shown.stderr
     assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
     for text in ("\\x1b[31mred\\x07[bold]x[/]", "t\\x1b[31m", "lr\\x1b[31m",
