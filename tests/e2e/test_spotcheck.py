@@ -120,8 +120,11 @@ def honest(project: dict[str, Any]) -> str:
 def doctored(project: dict[str, Any]) -> str:
     """The doctored run (``project``): other data in segment 6, another learning rate from
     step 50 (segments 10-19), a replay that dies in segment 2; segment 4 honest."""
+    # one torch thread: its replays may run two at a time on 2 cores (a replay trains with
+    # the original's thread count, and segments replay at once only where cores hold them)
     return record(project, "train_ckpt_doctored.py",
-                  env={"CKPT_FIXTURE_NOISE_AT": "6", "CKPT_TEST_LR_AFTER": "50"})
+                  env={"CKPT_FIXTURE_NOISE_AT": "6", "CKPT_TEST_LR_AFTER": "50",
+                       "OMP_NUM_THREADS": "1"})
 
 
 def test_spot_check_of_an_honest_run_certifies_its_segments(
@@ -177,6 +180,8 @@ def test_a_failing_segment_replay_is_reported_as_that_segment(
     code, result, err = verify(project, doctored, "--segments", "2",
                                "--segment-seed", seed_for(dies, fine))
     assert code == 1, err
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert "replaying 2 segment(s), 2 at a time" in err, err
     first, second = result["segments"]
     assert first["index"] == dies and first["level"] == "not-reproduced", first
     assert first["first_difference"] == "checkpoint@15", first

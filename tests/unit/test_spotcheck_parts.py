@@ -6,6 +6,7 @@ segment rows in every report format."""
 from __future__ import annotations
 
 import math
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from auditor.report.html import render_html
 from auditor.report.junit import render_junit
 from auditor.report.markdown import render_markdown
 from auditor.report.terminal import result_rows
+from tests.factories import make_record
 from tests.unit.test_gate import World, failure, world  # noqa: F401 - the fixture
 
 # -- choice, seed, chance ----------------------------------------------------------------
@@ -174,19 +176,44 @@ def test_segment_jobs_caps_the_width_and_refuses_nonsense(
     from auditor.rerun.sandbox import Limits
     from auditor.spotcheck import JOBS_VAR, _width
 
+    one = {"gpus": 0, "threads": 1}
     monkeypatch.setenv(JOBS_VAR, "1")
-    assert _width(4, DockerBackend(), Limits(), gpus=0) == 1
+    assert _width(4, DockerBackend(), Limits(), **one) == 1
     monkeypatch.delenv(JOBS_VAR)
-    assert 1 <= _width(4, DockerBackend(), Limits(mem_limit="1m"), gpus=0) <= 4
-    assert _width(1, DockerBackend(), Limits(mem_limit="1m"), gpus=0) == 1  # never above q
-    assert _width(4, VenvBackend(), Limits(mem_limit="1m"), gpus=0) == 1
-    assert _width(4, DockerBackend(), Limits(mem_limit="1m"), gpus=1) == 1  # one device
+    cores = len(os.sched_getaffinity(0))
+    assert _width(4, DockerBackend(), Limits(mem_limit="1m"), **one) == min(4, cores)
+    assert _width(1, DockerBackend(), Limits(mem_limit="1m"), **one) == 1  # never above q
+    assert _width(4, VenvBackend(), Limits(mem_limit="1m"), **one) == 1
+    assert _width(4, DockerBackend(), Limits(mem_limit="1m"), gpus=1, threads=1) == 1
     # a limit larger than this host's memory: one at a time
-    assert _width(4, DockerBackend(), Limits(mem_limit="1000000g"), gpus=0) == 1
+    assert _width(4, DockerBackend(), Limits(mem_limit="1000000g"), **one) == 1
+    # replays that each train on every core of this host: one at a time (two at once on
+    # 2 cores took 89 s each, one at a time 24 s: bench/results/segments-long.json)
+    assert _width(4, DockerBackend(), Limits(mem_limit="1m"), gpus=0, threads=cores) == 1
+    assert _width(4, DockerBackend(), Limits(mem_limit="1m"), gpus=0,
+                  threads=max(1, cores // 2)) == min(4, cores // max(1, cores // 2))
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv(JOBS_VAR, bad)
         with pytest.raises(InputError, match=JOBS_VAR):
-            _width(2, DockerBackend(), Limits(), gpus=0)
+            _width(2, DockerBackend(), Limits(), **one)
+
+
+def test_a_replay_trains_with_the_thread_count_the_original_did() -> None:
+    from auditor.core.schema import Determinism
+    from auditor.spotcheck import _threads_of
+
+    cores = len(os.sched_getaffinity(0))
+    rec = make_record()
+    det = Determinism(source="observed-in-process", torch_num_threads=3)
+    assert _threads_of(rec.model_copy(update={"determinism": det}), frozenset()) == 3
+    assert _threads_of(rec.model_copy(update={"determinism": det}),
+                       frozenset({"threads"})) == cores  # not replayed: torch's default
+    env = rec.environment.model_copy(update={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    assert _threads_of(rec.model_copy(update={"environment": env, "determinism": None}),
+                       frozenset()) == 1
+    odd = rec.environment.model_copy(update={"env_vars": {"OMP_NUM_THREADS": "[redacted]"}})
+    assert _threads_of(rec.model_copy(update={"environment": odd, "determinism": None}),
+                       frozenset()) == cores
 
 
 def test_concurrent_segments_keep_their_order_and_the_first_failure_stops_the_rest() -> None:
