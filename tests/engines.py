@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -44,6 +45,29 @@ def free_ports(count: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+def worker_port_range(span: int) -> int:
+    """The first of ``span`` consecutive free ports below the kernel's ephemeral range
+    (32768 and up on Linux), where ``free_ports`` never draws: Ray refuses to start when its
+    worker-port range holds a port given to another of its components (seen in CI:
+    ``worker_ports is trying to use a port number 52169``)."""
+    rng = random.Random()
+    for _ in range(100):
+        start = rng.randrange(20000, 32000 - span)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(start, start + span):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return start
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {span} consecutive free ports between 20000 and 32000")
 
 
 def fake_gpu_bin(folder: Path) -> Path:
@@ -93,8 +117,9 @@ def ray_cluster(*, env: dict[str, str] | None = None, cpus: int = 1) -> Iterator
     """A head and a "GPU" node on 127.0.0.1 (``cpus`` CPUs each). ``env`` reaches every
     job (the nodes' environment); the GPU node's PATH starts with the fake nvidia-smi."""
     folder = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: socket paths
-    gcs, dash, client, *rest = free_ports(3 + 6 + 6 + 2)
-    head_ports, node_ports, (wmin, _) = rest[:6], rest[6:12], rest[12:14]
+    gcs, dash, client, *rest = free_ports(3 + 6 + 6)
+    head_ports, node_ports = rest[:6], rest[6:12]
+    wmin = worker_port_range(501)  # below the kernel's ephemeral range the others come from
     base = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_DISABLE_DOCKER_CPU_WARNING": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
     gpu_bin = fake_gpu_bin(folder / "gpu-bin")
