@@ -28,6 +28,7 @@ import base64
 import contextlib
 import ctypes
 import hashlib
+import io
 import json
 import mmap
 import os
@@ -127,10 +128,10 @@ def _torch_dtype(st: str) -> Any:
     raise IntegrityError(f"unknown safetensors dtype {st!r}")
 
 
-def write_safetensors(path: Path, tensors: Sequence[tuple[str, Any]],
-                      metadata: Mapping[str, str] | None = None) -> int:
-    """Write ``tensors`` as a safetensors file, streamed: header first, then each tensor's
-    bytes from its own (CPU, contiguous) memory. Returns the file's size."""
+def _safetensors_head(tensors: Sequence[tuple[str, Any]],
+                      metadata: Mapping[str, str] | None) -> tuple[bytes, int]:
+    """The length prefix and header of a safetensors file of ``tensors``, and the number
+    of tensor bytes that follow it."""
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for name, t in tensors:
@@ -140,12 +141,33 @@ def write_safetensors(path: Path, tensors: Sequence[tuple[str, Any]],
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw, offset
+
+
+def write_safetensors(path: Path, tensors: Sequence[tuple[str, Any]],
+                      metadata: Mapping[str, str] | None = None) -> int:
+    """Write ``tensors`` as a safetensors file, streamed: header first, then each tensor's
+    bytes from its own (CPU, contiguous) memory. Returns the file's size."""
+    head, offset = _safetensors_head(tensors, metadata)
     with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)))
-        fh.write(raw)
+        fh.write(head)
         for _name, t in tensors:
-            fh.write(tensor_view(_cpu(t)))
-    return 8 + len(raw) + offset
+            flat = _cpu(t)  # held while its bytes are written: it may be a fresh copy
+            fh.write(tensor_view(flat))
+            del flat
+    return len(head) + offset
+
+
+def encode_safetensors(tensors: Sequence[tuple[str, Any]],
+                       metadata: Mapping[str, str] | None = None) -> bytes:
+    """``write_safetensors``'s bytes, in memory (for a small checkpoint)."""
+    head, _ = _safetensors_head(tensors, metadata)
+    parts = [head]
+    for _name, t in tensors:
+        flat = _cpu(t)
+        parts.append(bytes(tensor_view(flat)))
+        del flat
+    return b"".join(parts)
 
 
 def read_header(fh: IO[bytes], size: int, label: str) -> tuple[int, dict[str, Any]]:
@@ -183,33 +205,42 @@ def read_header(fh: IO[bytes], size: int, label: str) -> tuple[int, dict[str, An
 def safetensors_digests(path: Path, label: str) -> tuple[dict[str, dict[str, Any]], str, int]:
     """Per-tensor ``{name: {dtype, shape, sha256}}``, the file's sha256 and size, in one
     streamed pass over the file."""
-    whole = hashlib.sha256()
     size = path.stat().st_size
     with open(path, "rb") as fh:
-        start, header = read_header(fh, size, label)
-        fh.seek(0)
-        whole.update(fh.read(start))
-        out: dict[str, dict[str, Any]] = {}
-        pos = 0
-        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-            begin, stop = info["data_offsets"]
-            if begin != pos:  # a gap or an overlap: hash it into the file digest only
-                if begin < pos:
-                    raise IntegrityError(f"{label}: tensors overlap at {name!r}")
-                whole.update(fh.read(begin - pos))
-            one = hashlib.sha256()
-            left = stop - begin
-            while left:
-                chunk = fh.read(min(CHUNK, left))
-                if not chunk:
-                    raise IntegrityError(f"{label}: truncated in tensor {name!r}")
-                one.update(chunk)
-                whole.update(chunk)
-                left -= len(chunk)
-            pos = stop
-            out[name] = {"dtype": info["dtype"], "shape": info["shape"], "sha256": one.hexdigest()}
-        while chunk := fh.read(CHUNK):
+        return _digests(fh, size, label)
+
+
+def safetensors_digests_of(data: bytes, label: str) -> tuple[dict[str, dict[str, Any]], str, int]:
+    """``safetensors_digests`` of a file's bytes held in memory."""
+    return _digests(io.BytesIO(data), len(data), label)
+
+
+def _digests(fh: IO[bytes], size: int, label: str) -> tuple[dict[str, dict[str, Any]], str, int]:
+    whole = hashlib.sha256()
+    start, header = read_header(fh, size, label)
+    fh.seek(0)
+    whole.update(fh.read(start))
+    out: dict[str, dict[str, Any]] = {}
+    pos = 0
+    for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        begin, stop = info["data_offsets"]
+        if begin != pos:  # a gap or an overlap: hash it into the file digest only
+            if begin < pos:
+                raise IntegrityError(f"{label}: tensors overlap at {name!r}")
+            whole.update(fh.read(begin - pos))
+        one = hashlib.sha256()
+        left = stop - begin
+        while left:
+            chunk = fh.read(min(CHUNK, left))
+            if not chunk:
+                raise IntegrityError(f"{label}: truncated in tensor {name!r}")
+            one.update(chunk)
             whole.update(chunk)
+            left -= len(chunk)
+        pos = stop
+        out[name] = {"dtype": info["dtype"], "shape": info["shape"], "sha256": one.hexdigest()}
+    while chunk := fh.read(CHUNK):
+        whole.update(chunk)
     return out, whole.hexdigest(), size
 
 
@@ -374,13 +405,16 @@ class _LoaderScan:
         return out
 
 
-def snapshot_state(step: int, files: Mapping[str, Path], state: Mapping[str, Any],
+def snapshot_state(step: int, files: Mapping[str, Path | bytes], state: Mapping[str, Any],
                    listed: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The state snapshot of a spooled checkpoint (see docs: the same shape for an original
-    checkpoint and for the state a resumed run restored). The tensor files are read once:
-    their whole-file digests go into ``listed`` when given."""
+    checkpoint and for the state a resumed run restored); a file is given by its path or
+    its bytes. The tensor files are read once: their whole-file digests go into ``listed``
+    when given."""
     def tensors(name: str) -> dict[str, dict[str, Any]]:
-        per_tensor, digest, size = safetensors_digests(files[name], name)
+        src = files[name]
+        per_tensor, digest, size = (safetensors_digests_of(src, name) if isinstance(src, bytes)
+                                    else safetensors_digests(src, name))
         if listed is not None:
             listed[name] = {"sha256": digest, "size": size}
         return per_tensor
@@ -444,6 +478,15 @@ class Captured:
             if part is not None:
                 part[:] = [(n, _cpu(t).clone()) for n, t in part]
 
+    def encode(self) -> dict[str, bytes]:
+        """The checkpoint's files as bytes (model, optimizer, state), for a small one."""
+        files: dict[str, bytes] = {}
+        for name, part in ((MODEL_FILE, self.model), (OPTIMIZER_FILE, self.optimizer)):
+            if part is not None:
+                files[name] = encode_safetensors(part)
+        files[STATE_FILE] = canonical(self.state)
+        return files
+
     def write(self, folder: Path) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         files: dict[str, Path] = {}
@@ -492,28 +535,39 @@ def finish_spool(folder: Path, step: int, kind: str, files: Mapping[str, Path],
     """Hash the spooled files, build the manifest (with the state snapshot) and write it
     last, atomically; ``state`` is ``state.json``'s content when the caller has it.
     Returns the manifest's bytes."""
-    listed: dict[str, dict[str, Any]] = {}
-    if kind == "registered":
-        (name, path), = files.items()
-        snap: dict[str, Any] = {"step": step, "tensors": registered_digests(path)}
-    else:
-        if state is None:
-            state = json.loads(files[STATE_FILE].read_bytes()) if STATE_FILE in files else {}
-        snap = snapshot_state(step, files, state, listed)
-    if kind == "resumed":  # a snapshot only: its files are not kept
-        listed = {}
-    else:
-        for name, path in files.items():
-            if name not in listed:
-                digest, size = file_digest(path)
-                listed[name] = {"sha256": digest, "size": size}
-    manifest = {"format": FORMAT, "kind": kind, "step": step,
-                "files": dict(sorted(listed.items())), "state": snap}
-    data = canonical(manifest)
+    data = build_manifest(step, kind, files, state)
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, folder / MANIFEST)
     return data
+
+
+def build_manifest(step: int, kind: str, files: Mapping[str, Path | bytes],
+                   state: Mapping[str, Any] | None = None) -> bytes:
+    """A checkpoint's manifest (every file's digest and size, the state snapshot) for its
+    files given by path or by bytes."""
+    listed: dict[str, dict[str, Any]] = {}
+    if kind == "registered":
+        (name, path), = files.items()
+        assert isinstance(path, Path)
+        snap: dict[str, Any] = {"step": step, "tensors": registered_digests(path)}
+    else:
+        if state is None:
+            src = files.get(STATE_FILE)
+            state = ({} if src is None else
+                     json.loads(src if isinstance(src, bytes) else src.read_bytes()))
+        snap = snapshot_state(step, files, state, listed)
+    if kind == "resumed":  # a snapshot only: its files are not kept
+        listed = {}
+    else:
+        for name, src in files.items():
+            if name not in listed:
+                digest, size = ((sha256_bytes(src), len(src)) if isinstance(src, bytes)
+                                else file_digest(src))
+                listed[name] = {"sha256": digest, "size": size}
+    manifest = {"format": FORMAT, "kind": kind, "step": step,
+                "files": dict(sorted(listed.items())), "state": snap}
+    return canonical(manifest)
 
 
 def registered_digests(path: Path) -> dict[str, dict[str, Any]]:
@@ -759,6 +813,21 @@ class CheckpointMixin:
     def _stored(self, folder: Path, step: int, kind: str, files: Mapping[str, Path]) -> None:
         raise NotImplementedError
 
+    def _stored_bytes(self, folder: Path, step: int, kind: str, files: Mapping[str, bytes],
+                      manifest: bytes) -> None:
+        """A small checkpoint, encoded in memory: spooled into ``folder`` (the manifest
+        last, atomically), then ``_stored``. A run that owns a store puts the bytes there
+        directly instead."""
+        folder.mkdir(parents=True, exist_ok=True)
+        paths: dict[str, Path] = {}
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+            paths[name] = folder / name
+        tmp = folder / (MANIFEST + ".tmp")
+        tmp.write_bytes(manifest)
+        os.replace(tmp, folder / MANIFEST)
+        self._stored(folder, step, kind, paths)
+
     def _metrics_so_far(self) -> dict[str, tuple[int, float]]:
         raise NotImplementedError
 
@@ -859,14 +928,13 @@ class CheckpointMixin:
             self._ckpt_worker = Worker()
 
         def job() -> None:
-            written: Mapping[str, Path]
-            if isinstance(files, Captured):
-                written = files.write(folder)
-                finish_spool(folder, step, kind, written, files.state)
+            if isinstance(files, Captured):  # small: encoded and hashed in memory
+                encoded = files.encode()
+                manifest = build_manifest(step, kind, encoded, files.state)
+                self._stored_bytes(folder, step, kind, encoded, manifest)
             else:
-                written = files
-                finish_spool(folder, step, kind, written)
-            self._stored(folder, step, kind, written)
+                finish_spool(folder, step, kind, files)
+                self._stored(folder, step, kind, files)
 
         self._ckpt_worker.put(job)
         target = stop_at()

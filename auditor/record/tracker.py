@@ -84,20 +84,32 @@ class Run(MetricLogger, CheckpointMixin):
 
     def _stored(self, folder: Path, step: int, kind: str, files: Mapping[str, Path]) -> None:
         """In the checkpoint thread: every file and the manifest into the blob store."""
-        prefix = f"checkpoints/{folder.name}"
-        size = 0
-        for name, path in files.items():
-            sha, n = self._store.blobs.put_file(path)
-            size += n
+        stored = [(name, *self._store.blobs.put_file(path)) for name, path in files.items()]
+        self._note_checkpoint(folder.name, step, kind, stored,
+                              self._store.blobs.put_file(folder / MANIFEST))
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _stored_bytes(self, folder: Path, step: int, kind: str, files: Mapping[str, bytes],
+                      manifest: bytes) -> None:
+        """In the checkpoint thread: a small checkpoint's bytes straight into the blob
+        store, all of its objects behind one durability barrier (no spool folder)."""
+        *put, manifest_put = self._store.blobs.put_many([*files.values(), manifest])
+        self._note_checkpoint(folder.name, step, kind,
+                              [(name, sha, n) for name, (sha, n) in zip(files, put, strict=True)],
+                              manifest_put)
+
+    def _note_checkpoint(self, label: str, step: int, kind: str,
+                         stored: list[tuple[str, str, int]], manifest: tuple[str, int]) -> None:
+        prefix = f"checkpoints/{label}"
+        for name, sha, n in stored:
             self._ckpt_artifacts.append(ArtifactRef(name=f"{prefix}/{name}", sha256=sha,
                                                     size=n, kind="checkpoint"))
-        sha, n = self._store.blobs.put_file(folder / MANIFEST)
-        self._ckpt_artifacts.append(ArtifactRef(name=f"{prefix}/{MANIFEST}", sha256=sha,
-                                                size=n, kind="checkpoint"))
-        self._checkpoints.append(CheckpointRef(step=step, manifest=sha,
+        self._ckpt_artifacts.append(ArtifactRef(name=f"{prefix}/{MANIFEST}", sha256=manifest[0],
+                                                size=manifest[1], kind="checkpoint"))
+        self._checkpoints.append(CheckpointRef(step=step, manifest=manifest[0],
                                                kind=cast(CheckpointKind, kind),
-                                               size=size, files=len(files)))
-        shutil.rmtree(folder, ignore_errors=True)
+                                               size=sum(n for _, _, n in stored),
+                                               files=len(stored)))
 
     def _metrics_so_far(self) -> dict[str, tuple[int, float]]:
         return {k: (self._steps[k], v) for k, v in self._final.items()}

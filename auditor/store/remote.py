@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -131,6 +131,10 @@ class RemoteBlobStore(BlobStore):
                 except FileExistsError:
                     self._exists_with(key, digest, len(data))
         return digest, len(data)
+
+    def put_many(self, items: Sequence[bytes]) -> list[tuple[str, int]]:
+        """Store several objects held in memory, one after another."""
+        return [self.put_bytes(data) for data in items]
 
     def _size_of(self, key: str) -> int | None:
         """The size of the object at ``key``; None when there is none. On S3 one HEAD:

@@ -338,3 +338,44 @@ def test_the_attached_api_loads_and_checkpoints_with_the_standard_library_alone(
     manifest = json.loads((probe / "checkpoints" / "step-00000004" / "manifest.json")
                           .read_bytes())
     assert manifest["step"] == 4 and list(manifest["files"]) == ["state.json"]
+
+
+def test_a_small_checkpoint_encoded_in_memory_is_the_streamed_files_byte_for_byte(
+        tmp_path: Path) -> None:
+    """The in-memory path a store-owning run takes (``encode`` + ``build_manifest``) and
+    the spooled files of the streaming path give the same bytes and the same manifest."""
+    model, opt, sched, gen, loader = build()
+    train(model, opt, sched, loader, 2)
+    with torch.no_grad():  # a non-contiguous view: its bytes come from a fresh copy
+        model[0].weight.set_(model[0].weight.detach().t().contiguous().t())
+    assert not model[0].weight.is_contiguous()
+    captured = cio.capture_api(2, model=model, optimizer=opt, scheduler=sched,
+                               generators=[gen], extra={"epoch": 1}, metrics={"loss": (2, 0.5)},
+                               loaders=None)
+    encoded = captured.encode()
+    files = captured.write(tmp_path / "spool")
+    assert list(encoded) == list(files)
+    for name, path in files.items():
+        assert encoded[name] == path.read_bytes(), name
+    assert cio.build_manifest(2, "api", encoded, captured.state) == cio.build_manifest(
+        2, "api", files, captured.state) == cio.build_manifest(2, "api", files)
+    loaded = load_file(str(files["model.safetensors"]))
+    assert torch.equal(loaded["0.weight"], model[0].weight.detach())
+
+
+def test_a_large_checkpoint_of_non_contiguous_tensors_writes_their_own_bytes(
+        tmp_path: Path) -> None:
+    """A streamed (large) checkpoint of tensors whose bytes need a copy first (a transposed
+    weight here; a GPU tensor's CPU copy likewise): each copy lives until it is written."""
+    model = torch.nn.Sequential(torch.nn.Linear(2048, 2048, bias=False),
+                                torch.nn.Linear(2048, 2048, bias=False))  # 32 MB: streamed
+    with torch.no_grad():
+        for layer in model:
+            layer.weight.set_(layer.weight.detach().t().contiguous().t())
+    assert model[0].weight.nbytes > cio.SMALL_CHECKPOINT // 2
+    run = Probe(tmp_path)
+    assert run.checkpoint(1, model=model)
+    run.wait_checkpoints()
+    loaded = load_file(str(tmp_path / "step-00000001" / "model.safetensors"))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded[name], tensor), name
