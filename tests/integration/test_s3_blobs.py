@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,41 @@ def test_record_into_postgresql_and_s3_then_every_read_command(
     for key in _fs().find(s3_bucket):
         assert secret.encode() not in _fs().cat_file(key)
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == secret
+
+
+def test_a_standalone_runs_checkpoints_go_to_the_team_bucket(s3_bucket: str,
+                                                              tmp_path: Path) -> None:
+    """``run.checkpoint`` of a run whose store keeps artifacts in S3: a small checkpoint
+    (encoded in memory, ``put_many``) and a large one (streamed, spooled, ``put_file``)
+    both land in the bucket, verified on the way back and restorable."""
+    import torch
+
+    from auditor.core.schema import Command, Identity, RunRecord
+    from auditor.record import checkpoints as ck
+    from auditor.record.tracker import Run
+
+    store = open_store(str(tmp_path / "meta"), blobs=s3_bucket)
+    record = RunRecord(identity=Identity(id="0" * 26, name="s3", user="u", host="h",
+                                         started_at=datetime.now(UTC)),
+                       command=Command(argv=("x",), cwd="."))
+    store.put_record(record)
+    run = Run(record, store=store, quiet=True)
+    small = torch.nn.Linear(4, 2)
+    large = torch.nn.Linear(2048, 1100)  # 9 MB of tensors: above the in-memory bound
+    run.checkpoint(1, model=small, optimizer=torch.optim.SGD(small.parameters(), lr=0.1))
+    run.checkpoint(2, model=large)
+    run.end()
+    stored = store.get_record(record.identity.id)
+    refs = ck.list_checkpoints(stored)
+    assert [r.step for r in refs] == [1, 2]
+    for ref in refs:
+        manifest = ck.verify_checkpoint(store.blobs, ref)
+        for sha, _size in manifest.files.values():
+            assert _fs().exists(store.blobs.key_for(sha))  # in the bucket, not only cached
+    folder = ck.materialise(store.blobs, refs[0], tmp_path / "ck1")
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(str(folder / "model.safetensors"))["weight"],
+                       small.weight.detach())
+    assert not (store.blobs.root / "spool" / record.identity.id).exists()
+    store.close()
