@@ -536,10 +536,16 @@ def finish_spool(folder: Path, step: int, kind: str, files: Mapping[str, Path],
     last, atomically; ``state`` is ``state.json``'s content when the caller has it.
     Returns the manifest's bytes."""
     data = build_manifest(step, kind, files, state)
+    write_manifest(folder, data)
+    return data
+
+
+def write_manifest(folder: Path, data: bytes) -> None:
+    """``manifest.json`` into a spool folder, atomically: a reader sees it whole or not
+    at all, so its presence marks the folder complete."""
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, folder / MANIFEST)
-    return data
 
 
 def build_manifest(step: int, kind: str, files: Mapping[str, Path | bytes],
@@ -823,9 +829,7 @@ class CheckpointMixin:
         for name, data in files.items():
             (folder / name).write_bytes(data)
             paths[name] = folder / name
-        tmp = folder / (MANIFEST + ".tmp")
-        tmp.write_bytes(manifest)
-        os.replace(tmp, folder / MANIFEST)
+        write_manifest(folder, manifest)
         self._stored(folder, step, kind, paths)
 
     def _metrics_so_far(self) -> dict[str, tuple[int, float]]:

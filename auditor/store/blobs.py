@@ -67,9 +67,33 @@ class BlobStore:
 
     def path_for(self, sha256: str) -> Path:
         """Where the object with this digest lives (whether or not it exists)."""
+        return Path(self._object_name(sha256))
+
+    def _object_name(self, sha256: str) -> str:
+        """``path_for`` as a string, for the hot paths (no pathlib objects)."""
         if not _HEX64.fullmatch(sha256):
             raise IntegrityError(f"not a sha256 digest: {sha256[:80]!r}")
-        return self.objects / sha256[:2] / sha256[2:]
+        return f"{self.objects}/{sha256[:2]}/{sha256[2:]}"
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write that fails (read-only, full) as one StoreError naming the folder."""
+        try:
+            yield
+        except OSError as exc:
+            where = exc.filename or self.root
+            raise StoreError(
+                f"cannot write to the store: {where}: {exc.strerror or exc}"
+            ) from None
+
+    def _shard(self, folder: str) -> None:
+        """The object folder ``folder`` (``objects/sha256/ab``), private, made when missing
+        (by another writer at the same time, too)."""
+        if not os.path.isdir(folder):
+            _private_dir(self.root / "objects")
+            _private_dir(self.objects)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(folder, 0o700)
 
     def make_private(self) -> None:
         """Close the store to other users: ``objects/`` and ``tmp/`` 0700, and the store
@@ -86,13 +110,8 @@ class BlobStore:
     def put_stream(self, stream: BinaryIO) -> tuple[str, int]:
         """Store bytes from a stream; returns (sha256, size). StoreError names the folder
         when the store cannot be written (read-only, full)."""
-        try:
+        with self._writing():
             return self._put_stream(stream)
-        except OSError as exc:
-            where = exc.filename or self.root
-            raise StoreError(
-                f"cannot write to the store: {where}: {exc.strerror or exc}"
-            ) from None
 
     def _put_stream(self, stream: BinaryIO) -> tuple[str, int]:
         if not self.tmp.is_dir():
@@ -119,10 +138,7 @@ class BlobStore:
         if final.is_file():
             tmp_path.unlink()
             return
-        if not final.parent.is_dir():
-            _private_dir(self.root / "objects")
-            _private_dir(self.objects)
-            final.parent.mkdir(mode=0o700, exist_ok=True)
+        self._shard(os.fspath(final.parent))
         os.chmod(tmp_path, 0o400)
         os.replace(tmp_path, final)
         fsync_dir(final.parent)
@@ -146,13 +162,8 @@ class BlobStore:
         renamed into place and each folder renamed into is fsynced once. The guarantee
         is ``put_stream``'s, object by object; a checkpoint's files cost one pass over
         the store's folders instead of one per file. Returns (sha256, size) per item."""
-        try:
+        with self._writing():
             return self._put_many(items)
-        except OSError as exc:
-            where = exc.filename or self.root
-            raise StoreError(
-                f"cannot write to the store: {where}: {exc.strerror or exc}"
-            ) from None
 
     def _put_many(self, items: Sequence[bytes]) -> list[tuple[str, int]]:
         out = [(hashlib.sha256(data).hexdigest(), len(data)) for data in items]
@@ -180,11 +191,7 @@ class BlobStore:
             for tmp_name, sha in written:
                 final = self._object_name(sha)
                 folder = os.path.dirname(final)
-                if not os.path.isdir(folder):
-                    _private_dir(self.root / "objects")
-                    _private_dir(self.objects)
-                    with contextlib.suppress(FileExistsError):  # another writer's
-                        os.mkdir(folder, 0o700)
+                self._shard(folder)
                 os.replace(tmp_name, final)
                 folders.add(folder)
             for folder in sorted(folders):
@@ -194,12 +201,6 @@ class BlobStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp_name)
         return out
-
-    def _object_name(self, sha256: str) -> str:
-        """``path_for`` as a string, for the hot paths (no pathlib objects)."""
-        if not _HEX64.fullmatch(sha256):
-            raise IntegrityError(f"not a sha256 digest: {sha256[:80]!r}")
-        return f"{self.objects}/{sha256[:2]}/{sha256[2:]}"
 
     def verified_path(self, sha256: str, name: str = "") -> Path:
         """The object's path after re-hashing it; IntegrityError when missing or altered."""
